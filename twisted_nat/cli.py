@@ -1,0 +1,107 @@
+"""
+The C{twisted-nat} command.
+
+    twisted-nat stun [--timeout S] [--bind ADDR] HOST[:PORT] [HOST[:PORT] ...]
+
+prints this machine's public (server-reflexive) address as JSON.  Every
+failure ends with one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import react
+from twisted.python import usage
+
+from twisted_nat.address import format_address, parse_hostport
+from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.stun.client import DEFAULT_STUN_PORT, DiscoveryResult, STUNClient
+
+
+class StunOptions(usage.Options):
+    synopsis = "[options] HOST[:PORT] [HOST[:PORT] ...]"
+    longdesc = "Ask STUN servers for this host's public address; print it as JSON."
+    optParameters = [
+        ["timeout", "t", "5.0", "Give up after this many seconds.", float],
+        ["bind", "b", "0.0.0.0:0", "Local address and port to send from."],
+    ]
+
+    def parseArgs(self, *servers: str) -> None:
+        if not servers:
+            raise usage.UsageError("name at least one STUN server")
+        try:
+            self["servers"] = [parse_hostport(s, DEFAULT_STUN_PORT) for s in servers]
+            self["bind"] = parse_hostport(self["bind"], 0)
+        except ConfigurationError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be positive")
+
+
+class Options(usage.Options):
+    synopsis = "<command> [options]"
+    subCommands = [["stun", None, StunOptions, "Print this host's public address as JSON."]]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("name a command: stun")
+
+
+def discovery_json(result: DiscoveryResult) -> str:
+    return json.dumps(
+        {
+            "mapped_address": format_address(result.mapped),
+            "host": result.mapped[0],
+            "port": result.mapped[1],
+            "local_address": format_address(result.local),
+            "server": format_address(result.server),
+            "rtt_ms": round(result.rtt * 1000, 3),
+        }
+    )
+
+
+async def _stun(reactor: object, options: StunOptions) -> None:
+    client = STUNClient(options["servers"], timeout=options["timeout"], reactor=reactor)  # type: ignore[arg-type]
+    host, port = options["bind"]
+    try:
+        listening = reactor.listenUDP(port, client, interface=host)  # type: ignore[attr-defined]
+    except CannotListenError as e:
+        raise ConfigurationError(f"cannot bind {format_address(options['bind'])}: {e.socketError}")
+    try:
+        result = await client.discover()
+    finally:
+        await Deferred.fromCoroutine(_stop(listening))
+    print(discovery_json(result))
+
+
+async def _stop(listening: object) -> None:
+    result = listening.stopListening()  # type: ignore[attr-defined]
+    if isinstance(result, Deferred):
+        await result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the C{twisted-nat} console script."""
+    options = Options()
+    try:
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except usage.UsageError as e:
+        sys.exit(f"twisted-nat: {e}")
+
+    async def run(reactor: object) -> None:
+        try:
+            await _stun(reactor, options.subOptions)
+        except TwistedNATError as e:
+            sys.stderr.write(f"twisted-nat: {e}\n")
+            raise SystemExit(1) from None
+
+    react(lambda reactor: ensureDeferred(run(reactor)))
+
+
+if __name__ == "__main__":
+    main()

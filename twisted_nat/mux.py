@@ -1,0 +1,217 @@
+"""
+One UDP socket, many protocols.
+
+A NAT binding belongs to one local port, so STUN discovery, hole punching,
+keep-alive, TURN and the application's own datagrams must all use the same
+socket.  L{UDPMultiplexer} is the only protocol that socket ever has: it
+looks at each datagram once and hands it to exactly one sub-protocol, the
+way RFC 7983 (and RFC 9443) prescribe for media ports:
+
+    first byte 0-3    STUN; routed further by method and class, once the
+                      magic cookie confirms it
+    first byte 64-79  TURN ChannelData
+    other ranges      whatever a sub-protocol claims with L{add_range}
+
+Each sub-protocol is an ordinary C{DatagramProtocol}, connected to a
+L{SubTransport} whose C{write} goes out through the shared socket.  Nothing
+else decides where a datagram goes, and no sub-protocol touches the socket.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+import attrs
+from twisted.internet.interfaces import IListeningPort, IUDPTransport
+from twisted.internet.protocol import AbstractDatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted_nat.stun.attributes import MAGIC_COOKIE_BYTES
+from twisted_nat.stun.message import MessageClass, split_message_type
+
+Address = tuple[str, int]
+
+STUN_FIRST_BYTES = range(0, 4)
+CHANNEL_DATA_FIRST_BYTES = range(64, 80)
+
+_TYPE = struct.Struct("!H")
+
+
+@attrs.define
+class MultiplexerStats:
+    """Counters of what arrived and where it went (or why it was dropped)."""
+
+    received: int = 0
+    delivered: int = 0
+    dropped_unclaimed: int = 0
+
+
+@implementer(IUDPTransport)
+class SubTransport:
+    """
+    The transport a sub-protocol sees: writes go out through the shared
+    socket; closing it detaches only this sub-protocol.
+    """
+
+    def __init__(self, mux: UDPMultiplexer, protocol: AbstractDatagramProtocol) -> None:
+        self._mux = mux
+        self._protocol = protocol
+
+    def write(self, packet: bytes, addr: Address | None = None) -> None:
+        if addr is None:
+            raise ValueError("a shared UDP socket needs a destination for every datagram")
+        self._mux.write(packet, addr)
+
+    def connect(self, host: str, port: int) -> None:
+        raise RuntimeError("a shared UDP socket cannot be connected to one peer")
+
+    def getHost(self) -> object:
+        return self._mux.getHost()
+
+    def stopListening(self) -> None:
+        self._mux.remove(self._protocol)
+
+    loseConnection = stopListening
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        self._mux.require_transport().setBroadcastAllowed(enabled)
+
+    def getBroadcastAllowed(self) -> bool:
+        return bool(self._mux.require_transport().getBroadcastAllowed())
+
+
+class UDPMultiplexer(AbstractDatagramProtocol):
+    """
+    The protocol of the shared socket: demultiplexes by first byte and, for
+    STUN, by magic cookie, method and class.
+
+    STUN messages without a handler for their method and class, and
+    datagrams in a range nobody claimed, are dropped and counted.  RFC 3489
+    messages (no magic cookie) go to the handler registered with
+    C{rfc3489=True}, if any: only a server wants them.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.stats = MultiplexerStats()
+        self.transport: IUDPTransport | None = None
+        self._ranges: list[AbstractDatagramProtocol | None] = [None] * 256
+        self._stun: dict[tuple[int, int], AbstractDatagramProtocol] = {}
+        self._rfc3489: AbstractDatagramProtocol | None = None
+        self._protocols: list[AbstractDatagramProtocol] = []
+
+    # --- the shared socket ---
+
+    def makeConnection(self, transport: IUDPTransport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.doStart()
+
+    def require_transport(self) -> IUDPTransport:
+        if self.transport is None:
+            raise RuntimeError("the multiplexer is not listening on a socket yet")
+        return self.transport
+
+    def write(self, packet: bytes, addr: Address) -> None:
+        self.require_transport().write(packet, addr)
+
+    def getHost(self) -> object:
+        return self.require_transport().getHost()
+
+    def doStop(self) -> None:
+        for protocol in list(self._protocols):
+            self.remove(protocol)
+        super().doStop()
+        self.transport = None
+
+    # --- registration ---
+
+    def add_stun(
+        self,
+        protocol: AbstractDatagramProtocol,
+        methods: Iterable[int],
+        classes: Iterable[MessageClass] = tuple(MessageClass),
+        rfc3489: bool = False,
+    ) -> SubTransport:
+        """Route STUN messages of these methods and classes to C{protocol}."""
+        keys = [(m, c) for m in methods for c in classes]
+        for key in keys:
+            if key in self._stun:
+                raise ValueError(f"STUN method {key[0]:#x} class {key[1]} already routed")
+        if rfc3489 and self._rfc3489 is not None:
+            raise ValueError("RFC 3489 messages already routed")
+        for key in keys:
+            self._stun[key] = protocol
+        if rfc3489:
+            self._rfc3489 = protocol
+        return self._attach(protocol)
+
+    def add_range(
+        self, protocol: AbstractDatagramProtocol, first_bytes: Iterable[int]
+    ) -> SubTransport:
+        """Route datagrams whose first byte is in C{first_bytes} to C{protocol}."""
+        wanted = list(first_bytes)
+        for byte in wanted:
+            if byte in STUN_FIRST_BYTES:
+                raise ValueError("first bytes 0-3 are STUN's; use add_stun")
+            if self._ranges[byte] is not None:
+                raise ValueError(f"first byte {byte} already routed")
+        for byte in wanted:
+            self._ranges[byte] = protocol
+        return self._attach(protocol)
+
+    def _attach(self, protocol: AbstractDatagramProtocol) -> SubTransport:
+        transport = SubTransport(self, protocol)
+        if protocol not in self._protocols:
+            self._protocols.append(protocol)
+            protocol.makeConnection(transport)  # type: ignore[arg-type]
+        return transport
+
+    def remove(self, protocol: AbstractDatagramProtocol) -> None:
+        """Detach C{protocol} from every route; it gets C{doStop}."""
+        if protocol not in self._protocols:
+            return
+        self._protocols.remove(protocol)
+        self._stun = {k: p for k, p in self._stun.items() if p is not protocol}
+        self._ranges = [None if p is protocol else p for p in self._ranges]
+        if self._rfc3489 is protocol:
+            self._rfc3489 = None
+        protocol.doStop()
+
+    # --- dispatch ---
+
+    def route(self, data: bytes) -> AbstractDatagramProtocol | None:
+        """The sub-protocol that should get C{data}, or None."""
+        if not data:
+            return None
+        first = data[0]
+        if first < 4:
+            if len(data) < 20:
+                return None
+            if data[4:8] != MAGIC_COOKIE_BYTES:
+                return self._rfc3489
+            method, klass = split_message_type(_TYPE.unpack_from(data)[0])
+            return self._stun.get((method, klass))
+        return self._ranges[first]
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.stats.received += 1
+        protocol = self.route(datagram)
+        if protocol is None:
+            self.stats.dropped_unclaimed += 1
+            self.log.debug(
+                "dropped unclaimed datagram of {size} bytes from {addr}",
+                size=len(datagram),
+                addr=addr,
+            )
+            return
+        self.stats.delivered += 1
+        protocol.datagramReceived(datagram, addr)
+
+
+def listening_port_host(port: IListeningPort) -> Address:
+    """The (host, port) a listening UDP port is bound to."""
+    host = port.getHost()
+    return (host.host, host.port)  # type: ignore[attr-defined]

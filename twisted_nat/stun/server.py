@@ -1,0 +1,255 @@
+"""
+The STUN server: Binding responses on one socket, or RFC 5780 behaviour
+discovery on four.
+
+A plain server answers on the socket a request arrived on.  Given a second
+address and a second port, a L{STUNServerGroup} listens on all four
+combinations; a request's CHANGE-REQUEST then picks the socket the answer
+leaves from, and every answer names the socket it left from
+(RESPONSE-ORIGIN) and the one that differs in both address and port
+(OTHER-ADDRESS).  RFC 3489 clients, which send no magic cookie, get the
+attributes they know: MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS.
+
+Every datagram is hostile until decoded: garbage gets no answer at all, a
+malformed request gets 400 and one with an unknown comprehension-required
+attribute 420, and nothing raised while parsing reaches the reactor.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import attrs
+from twisted.internet.interfaces import IListeningPort, IReactorUDP
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from twisted_nat.errors import STUNDecodeError
+from twisted_nat.stun.attributes import (
+    MAGIC_COOKIE_BYTES,
+    Attribute,
+    ChangedAddress,
+    ChangeRequest,
+    Fingerprint,
+    MappedAddress,
+    OtherAddress,
+    ResponseOrigin,
+    ResponsePort,
+    Software,
+    SourceAddress,
+    UnknownAttributes,
+    XorMappedAddress,
+)
+from twisted_nat.stun.message import (
+    Message,
+    MessageClass,
+    Method,
+    decode,
+    encode,
+    error_response,
+    response_to,
+    split_message_type,
+)
+
+Address = tuple[str, int]
+SOFTWARE = "twisted-nat"
+_HEAD = struct.Struct("!HH4s12s")
+
+
+@attrs.define
+class ServerStats:
+    """What the server did with each datagram."""
+
+    answered: int = 0
+    bad_request: int = 0
+    unknown_attribute: int = 0
+    dropped_garbage: int = 0
+    dropped_not_request: int = 0
+
+
+class BindingServer(DatagramProtocol):
+    """
+    Answers Binding requests arriving on one socket.
+
+    Alone, it is a plain STUN server.  As a member of a L{STUNServerGroup} it
+    knows its place (C{address_index}, C{port_index}) among the four sockets
+    and asks the group for the socket a CHANGE-REQUEST wants.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        software: str | None = SOFTWARE,
+        group: STUNServerGroup | None = None,
+        address_index: int = 0,
+        port_index: int = 0,
+    ) -> None:
+        self.software = software
+        self.group = group
+        self.address_index = address_index
+        self.port_index = port_index
+        self.stats = group.stats if group is not None else ServerStats()
+        self.local: Address = ("0.0.0.0", 0)
+        self._software_attributes: tuple[Attribute, ...] = (
+            (Software(software),) if software else ()
+        )
+
+    def startProtocol(self) -> None:
+        assert self.transport is not None
+        host = self.transport.getHost()
+        self.local = (host.host, host.port)  # type: ignore[attr-defined]
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        try:
+            reply = self.handle(datagram, addr)
+        except Exception:
+            # The codec raises only STUNDecodeError, which handle() catches;
+            # anything else is our bug, but still must not kill the reactor.
+            self.log.failure("unexpected error answering {addr}", addr=addr)
+            return
+        if reply is not None:
+            data, destination, sender = reply
+            sender.send(data, destination)
+
+    def send(self, data: bytes, destination: Address) -> None:
+        assert self.transport is not None
+        self.transport.write(data, destination)
+
+    def handle(self, datagram: bytes, addr: Address) -> tuple[bytes, Address, BindingServer] | None:
+        """
+        Decide the answer to one datagram: C{(bytes, destination, socket)},
+        or None for silence.  Pure apart from the counters.
+        """
+        try:
+            message = decode(datagram, allow_rfc3489=True)
+        except STUNDecodeError as e:
+            return self._malformed(datagram, addr, e)
+        if message.message_class != MessageClass.REQUEST:
+            self.stats.dropped_not_request += 1
+            return None
+        if message.method != Method.BINDING:
+            self.stats.bad_request += 1
+            return self._error(message, 400, addr)
+        unknown = message.unknown_comprehension_required()
+        change = message.get(ChangeRequest)
+        if change is not None and self.group is None and (change.change_ip or change.change_port):
+            unknown = (*unknown, ChangeRequest.TYPE)
+        if unknown:
+            self.stats.unknown_attribute += 1
+            return self._error(message, 420, addr, UnknownAttributes(unknown))
+        sender = self
+        if change is not None and self.group is not None:
+            sender = self.group.member(
+                self.address_index ^ change.change_ip, self.port_index ^ change.change_port
+            )
+        destination = addr
+        response_port = message.get(ResponsePort)
+        if response_port is not None:
+            destination = (addr[0], response_port.port)
+        self.stats.answered += 1
+        return encode(self._success(message, addr, sender)), destination, sender
+
+    def _success(self, message: Message, addr: Address, sender: BindingServer) -> Message:
+        host, port = addr
+        other = self.group.other_address(sender) if self.group is not None else None
+        attributes: list[Attribute]
+        if message.is_rfc3489:
+            attributes = [MappedAddress(host, port), SourceAddress(*sender.local)]
+            if other is not None:
+                attributes.append(ChangedAddress(*other))
+            attributes.extend(self._software_attributes)
+            return response_to(message, attributes)
+        attributes = [XorMappedAddress(host, port)]
+        if self.group is not None:
+            attributes.append(ResponseOrigin(*sender.local))
+            if other is not None:
+                attributes.append(OtherAddress(*other))
+        attributes.extend(self._software_attributes)
+        attributes.append(Fingerprint())
+        return response_to(message, attributes)
+
+    def _error(
+        self, message: Message, code: int, addr: Address, *extra: Attribute
+    ) -> tuple[bytes, Address, BindingServer]:
+        attributes = [*extra, *self._software_attributes]
+        if not message.is_rfc3489:
+            attributes.append(Fingerprint())
+        return encode(error_response(message, code, *attributes)), addr, self
+
+    def _malformed(
+        self, datagram: bytes, addr: Address, error: STUNDecodeError
+    ) -> tuple[bytes, Address, BindingServer] | None:
+        """
+        400 for what is recognisably a STUN request with a broken body;
+        silence for everything else, which may not be STUN at all.
+        """
+        if (
+            len(datagram) < 20
+            or datagram[0] >= 4
+            or datagram[4:8] != MAGIC_COOKIE_BYTES
+            or len(datagram) & 3
+        ):
+            self.stats.dropped_garbage += 1
+            self.log.debug("dropped non-STUN datagram from {addr}", addr=addr)
+            return None
+        mtype, _, cookie, tid = _HEAD.unpack_from(datagram)
+        method, message_class = split_message_type(mtype)
+        if message_class != MessageClass.REQUEST:
+            self.stats.dropped_garbage += 1
+            return None
+        self.stats.bad_request += 1
+        self.log.debug("bad request from {addr}: {error}", addr=addr, error=error)
+        request = Message(method, MessageClass.REQUEST, tid, (), cookie)
+        return self._error(request, 400, addr)
+
+
+class STUNServerGroup:
+    """
+    RFC 5780's four sockets: two addresses times two ports.
+
+    C{primary} and C{alternate} are the two (address, port) pairs; the group
+    listens on primary, (primary address, alternate port), (alternate
+    address, primary port) and alternate.
+    """
+
+    def __init__(
+        self, primary: Address, alternate: Address, software: str | None = SOFTWARE
+    ) -> None:
+        if primary[0] == alternate[0] or primary[1] == alternate[1]:
+            raise ValueError("RFC 5780 needs two different addresses and two different ports")
+        self.primary = primary
+        self.alternate = alternate
+        self.stats = ServerStats()
+        self.hosts = (primary[0], alternate[0])
+        self.ports = (primary[1], alternate[1])
+        self._members = {
+            (a, p): BindingServer(software, self, a, p) for a in (0, 1) for p in (0, 1)
+        }
+
+    def member(self, address_index: int, port_index: int) -> BindingServer:
+        return self._members[(int(address_index), int(port_index))]
+
+    def members(self) -> Iterator[tuple[Address, BindingServer]]:
+        for (a, p), server in self._members.items():
+            yield (self.hosts[a], self.ports[p]), server
+
+    def other_address(self, server: BindingServer) -> Address:
+        """The socket differing from C{server}'s in both address and port."""
+        return (self.hosts[1 - server.address_index], self.ports[1 - server.port_index])
+
+    def listen(self, reactor: IReactorUDP) -> list[IListeningPort]:
+        """
+        Bind all four sockets; if one cannot be bound, close the others and
+        let the C{CannotListenError} through.
+        """
+        ports: list[IListeningPort] = []
+        try:
+            for (host, port), server in self.members():
+                ports.append(reactor.listenUDP(port, server, interface=host))
+        except BaseException:
+            for bound in ports:
+                bound.stopListening()
+            raise
+        return ports
