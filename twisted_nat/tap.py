@@ -149,7 +149,11 @@ class _ExitOnListenFailure(MultiService):
         except CannotListenError as e:
             address = format_address((e.interface or "0.0.0.0", e.port))
             reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-            sys.stderr.write(f"twisted-nat: cannot listen on UDP {address}: {reason}\n")
+            # twistd has replaced sys.stderr with a log redirection by now;
+            # the operator should see this on the real stderr.
+            stream = sys.__stderr__ or sys.stderr
+            stream.write(f"twisted-nat: cannot listen on UDP {address}: {reason}\n")
+            stream.flush()
             raise SystemExit(1) from None
 
 

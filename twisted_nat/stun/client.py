@@ -53,7 +53,9 @@ from twisted_nat.stun.message import (
     check_integrity,
     decode,
     encode,
+    has_integrity,
     request,
+    with_integrity,
 )
 
 Address = tuple[str, int]
@@ -238,7 +240,9 @@ class STUNClient(DatagramProtocol):
         The answer must carry C{message}'s transaction id and, unless
         C{match_source} is false (RFC 5780 CHANGE-REQUEST answers come from
         elsewhere), come from C{server}.  With a C{key}, the request is
-        signed and a success response must verify under it.
+        signed (MESSAGE-INTEGRITY and FINGERPRINT are added unless it
+        carries integrity attributes already) and a success response must
+        verify under it.
 
         @return: a Deferred firing with a L{Response}, or failing with
             L{STUNTimeout}, L{STUNErrorResponse}, or L{TransactionCancelled}
@@ -247,6 +251,8 @@ class STUNClient(DatagramProtocol):
         if self.transport is None:
             return defer.fail(TransactionCancelled("the STUN client is not listening"))
         schedule = schedule or self.schedule
+        if key is not None and not has_integrity(message):
+            message = with_integrity(message)
         tid = message.transaction_id
         if tid in self._transactions:
             return defer.fail(ValueError("transaction id already in use"))

@@ -78,6 +78,7 @@ class BindingServer(DatagramProtocol):
     """
 
     log = Logger()
+    noisy = False  # the service logs one line per socket itself
 
     def __init__(
         self,
@@ -182,14 +183,15 @@ class BindingServer(DatagramProtocol):
         self, datagram: bytes, addr: Address, error: STUNDecodeError
     ) -> tuple[bytes, Address, BindingServer] | None:
         """
-        400 for what is recognisably a STUN request with a broken body;
-        silence for everything else, which may not be STUN at all.
+        400 for what is recognisably a STUN request (cookie, and a length
+        field that matches the datagram) with a broken body; silence for
+        everything else, which may not be STUN at all.
         """
         if (
             len(datagram) < 20
             or datagram[0] >= 4
             or datagram[4:8] != MAGIC_COOKIE_BYTES
-            or len(datagram) & 3
+            or _HEAD.unpack_from(datagram)[1] != len(datagram) - 20
         ):
             self.stats.dropped_garbage += 1
             self.log.debug("dropped non-STUN datagram from {addr}", addr=addr)

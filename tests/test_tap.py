@@ -1,0 +1,159 @@
+"""C{twistd nat} and C{twisted-nat}: options, service, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from tests.netutil import free_udp_ports
+from twisted_nat.cli import discovery_json
+from twisted_nat.stun.client import DiscoveryResult
+from twisted_nat.tap import Options, STUNServerService, makeService
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_python(code_or_args: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, *code_or_args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
+
+
+def twistd(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return run_python(
+        ["-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())", *args],
+        timeout,
+    )
+
+
+def test_defaults_are_rfc5780_on_two_loopback_addresses():
+    options = Options()
+    options.parseOptions(["server"])
+    sub = options.subOptions
+    assert (sub["address"], sub["port"]) == ("127.0.0.1", 3478)
+    assert (sub["alternate-address"], sub["alternate-port"]) == ("127.0.0.2", 3479)
+    assert not sub["single"]
+
+
+def test_no_subcommand_means_server():
+    options = Options()
+    options.parseOptions([])
+    service = makeService(options, reactor=Clock())
+    [child] = list(service)
+    assert isinstance(child, STUNServerService)
+    assert child.alternate == ("127.0.0.2", 3479)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["server", "--address", "nowhere"], "not an IP address: 'nowhere'"),
+        (["server", "--port", "70000"], "port out of range"),
+        (["server", "--port", "x"], "not a port number"),
+        (["server", "--alternate-address", "127.0.0.1"], "two different addresses"),
+        (["server", "--alternate-port", "3478"], "two different ports"),
+        (["server", "--bogus"], "bogus"),
+    ],
+)
+def test_bad_options_end_in_one_line(args, message):
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(args)
+    text = str(raised.value.code)
+    assert message in text
+    assert text.startswith("twistd nat: ")
+    assert "\n" not in text
+
+
+def test_single_mode_allows_one_address():
+    options = Options()
+    options.parseOptions(["server", "--single", "--alternate-address", "127.0.0.1"])
+    service = makeService(options, reactor=Clock())
+    [child] = list(service)
+    assert child.alternate is None
+
+
+def test_twistd_reports_a_port_in_use_in_one_line():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = twistd("-n", "--pidfile=", "nat", "server", "--single", "--port", str(port))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert f"twisted-nat: cannot listen on UDP 127.0.0.1:{port}: Address already in use" in (
+        result.stderr
+    )
+
+
+def test_twistd_bad_address_is_one_line():
+    result = twistd("-n", "--pidfile=", "nat", "server", "--address", "300.1.1.1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "twistd nat: not an IP address: '300.1.1.1'"
+    assert "Traceback" not in result.stdout
+
+
+def test_twistd_runs_the_server_and_answers(tmp_path):
+    """Start the real twistd process and ask it for our address."""
+    primary, alternate = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
+    args = ["-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    server = subprocess.Popen(
+        [sys.executable, *args, "-n", "--pidfile=", "nat", "server", "--port", str(primary),
+         "--alternate-port", str(alternate)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        result = None
+        for _ in range(40):
+            result = run_python(
+                ["-m", "twisted_nat.cli", "stun", "-t", "0.5", f"127.0.0.1:{primary}"]
+            )
+            if result.returncode == 0:
+                break
+        assert result is not None and result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert answer["host"] == "127.0.0.1"
+        assert answer["server"] == f"127.0.0.1:{primary}"
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+    assert f"STUN server listening on 127.0.0.2:{alternate}" in output
+
+
+def test_cli_errors_are_one_line():
+    result = run_python(["-m", "twisted_nat.cli", "stun", "nohost:99999"])
+    assert result.returncode != 0
+    assert result.stderr.strip() == "twisted-nat: port out of range 0-65535: 99999"
+    result = run_python(["-m", "twisted_nat.cli", "stun", "-t", "0.3", "127.0.0.1:9"])
+    assert result.returncode == 1
+    assert result.stderr.startswith("twisted-nat: public address discovery failed")
+    assert "Traceback" not in result.stderr
+    result = run_python(["-m", "twisted_nat.cli"])
+    assert result.returncode != 0
+    assert "name a command" in result.stderr
+
+
+def test_discovery_json_shape():
+    result = DiscoveryResult(
+        mapped=("2001:db8::1", 4000), local=("::", 5000), server=("2001:db8::2", 3478), rtt=0.0125
+    )
+    assert json.loads(discovery_json(result)) == {
+        "mapped_address": "[2001:db8::1]:4000",
+        "host": "2001:db8::1",
+        "port": 4000,
+        "local_address": "[::]:5000",
+        "server": "[2001:db8::2]:3478",
+        "rtt_ms": 12.5,
+    }
