@@ -18,7 +18,9 @@ from twisted_nat.stun.attributes import PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORIT
 
 Preparation = Callable[[str], str]
 
-_DISALLOWED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+# Outside every class the FreeformClass admits (RFC 8264 9.11-9.18): the
+# line and paragraph separators are not Spaces, which means Zs only.
+_DISALLOWED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def opaque_string(value: str) -> str:
@@ -47,9 +49,7 @@ def saslprep(value: str) -> str:
     send what a server of a later Unicode version may know.
     """
     mapped = "".join(
-        " " if stringprep.in_table_c12(c) else c
-        for c in value
-        if not stringprep.in_table_b1(c)
+        " " if stringprep.in_table_c12(c) else c for c in value if not stringprep.in_table_b1(c)
     )
     normalised = unicodedata.normalize("NFKC", mapped)
     prohibited = (
