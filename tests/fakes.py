@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import attrs
-from twisted.internet.interfaces import IUDPTransport
+from typing import Any
+
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
 
@@ -37,20 +39,20 @@ class RecordingUDPTransport:
         return False
 
 
-@attrs.define
-class Collector:
-    """A minimal DatagramProtocol stand-in that records what it receives."""
+class Collector(DatagramProtocol):
+    """A DatagramProtocol that records what it receives, and its start and stop."""
 
-    received: list[tuple[bytes, tuple[str, int]]] = attrs.Factory(list)
-    transport: object = None
-    started: int = 0
-    stopped: int = 0
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+        self.started = 0
+        self.stopped = 0
 
-    def makeConnection(self, transport: object) -> None:
-        self.transport = transport
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
         self.started += 1
 
     def doStop(self) -> None:
+        super().doStop()
         self.stopped += 1
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:

@@ -10,7 +10,7 @@ def free_udp_port(*hosts: str) -> int:
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
+            port = int(probe.getsockname()[1])
             others = []
             try:
                 for host in hosts[1:]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor as global_reactor
 
 from tests.netutil import free_udp_ports
 from twisted_nat.errors import DiscoveryError
@@ -13,6 +15,8 @@ from twisted_nat.stun.attributes import ChangeRequest, OtherAddress, ResponseOri
 from twisted_nat.stun.client import RetransmissionSchedule, STUNClient
 from twisted_nat.stun.message import MessageClass, Method, request
 from twisted_nat.stun.server import BindingServer, STUNServerGroup
+
+reactor: Any = global_reactor
 
 
 @pytest.fixture

@@ -135,7 +135,9 @@ def test_match_source_false_accepts_other_origin():
 def test_unknown_transaction_and_garbage_are_dropped_and_counted():
     client, clock, transport = make_client()
     out = results(client.request(request(), SERVER))
-    client.datagramReceived(encode(response_to(request(), [XorMappedAddress("1.2.3.4", 5)])), SERVER)
+    client.datagramReceived(
+        encode(response_to(request(), [XorMappedAddress("1.2.3.4", 5)])), SERVER
+    )
     client.datagramReceived(b"\x00\x01garbage", SERVER)
     client.datagramReceived(b"", SERVER)
     echoed_request = transport.written[0][0]
@@ -293,9 +295,7 @@ def test_discovery_resolves_names_without_blocking():
         pending[name] = Deferred()
         return pending[name]
 
-    client, clock, transport = make_client(
-        stun_servers=[("stun.example", 3478)], resolver=resolver
-    )
+    client, clock, transport = make_client(stun_servers=[("stun.example", 3478)], resolver=resolver)
     out = results(client.discover())
     assert transport.written == []
     pending["stun.example"].callback("192.0.2.99")

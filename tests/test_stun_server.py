@@ -94,6 +94,10 @@ def test_rfc3489_request_gets_legacy_attributes():
     assert response.get(SourceAddress).address == ("192.0.2.1", 3478)
     assert response.get(XorMappedAddress) is None
     assert response.get(Fingerprint) is None
+    # RFC 3489 clients do not skip padding: text must fill whole words
+    software = response.get(Software).value
+    assert software.rstrip() == "twisted-nat"
+    assert len(software.encode()) % 4 == 0
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -51,7 +52,7 @@ def test_defaults_are_rfc5780_on_two_loopback_addresses():
 def test_no_subcommand_means_server():
     options = Options()
     options.parseOptions([])
-    service = makeService(options, reactor=Clock())
+    service: Any = makeService(options, reactor=Clock())
     [child] = list(service)
     assert isinstance(child, STUNServerService)
     assert child.alternate == ("127.0.0.2", 3479)
@@ -80,7 +81,7 @@ def test_bad_options_end_in_one_line(args, message):
 def test_single_mode_allows_one_address():
     options = Options()
     options.parseOptions(["server", "--single", "--alternate-address", "127.0.0.1"])
-    service = makeService(options, reactor=Clock())
+    service: Any = makeService(options, reactor=Clock())
     [child] = list(service)
     assert child.alternate is None
 
@@ -110,9 +111,23 @@ def test_twistd_runs_the_server_and_answers(tmp_path):
     args = ["-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     server = subprocess.Popen(
-        [sys.executable, *args, "-n", "--pidfile=", "nat", "server", "--port", str(primary),
-         "--alternate-port", str(alternate)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            *args,
+            "-n",
+            "--pidfile=",
+            "nat",
+            "server",
+            "--port",
+            str(primary),
+            "--alternate-port",
+            str(alternate),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         result = None

@@ -71,7 +71,8 @@ async def _stun(reactor: object, options: StunOptions) -> None:
     try:
         listening = reactor.listenUDP(port, client, interface=host)  # type: ignore[attr-defined]
     except CannotListenError as e:
-        raise ConfigurationError(f"cannot bind {format_address(options['bind'])}: {e.socketError}")
+        address = format_address(options["bind"])
+        raise ConfigurationError(f"cannot bind {address}: {e.socketError}") from None
     try:
         result = await client.discover()
     finally:

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterable
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IUDPTransport
 from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
@@ -67,7 +68,7 @@ class SubTransport:
     def connect(self, host: str, port: int) -> None:
         raise RuntimeError("a shared UDP socket cannot be connected to one peer")
 
-    def getHost(self) -> object:
+    def getHost(self) -> IPv4Address | IPv6Address:
         return self._mux.getHost()
 
     def stopListening(self) -> None:
@@ -105,7 +106,7 @@ class UDPMultiplexer(AbstractDatagramProtocol):
 
     # --- the shared socket ---
 
-    def makeConnection(self, transport: IUDPTransport) -> None:  # type: ignore[override]
+    def makeConnection(self, transport: IUDPTransport) -> None:
         self.transport = transport
         self.doStart()
 
@@ -117,7 +118,7 @@ class UDPMultiplexer(AbstractDatagramProtocol):
     def write(self, packet: bytes, addr: Address) -> None:
         self.require_transport().write(packet, addr)
 
-    def getHost(self) -> object:
+    def getHost(self) -> IPv4Address | IPv6Address:
         return self.require_transport().getHost()
 
     def doStop(self) -> None:
@@ -166,7 +167,7 @@ class UDPMultiplexer(AbstractDatagramProtocol):
         transport = SubTransport(self, protocol)
         if protocol not in self._protocols:
             self._protocols.append(protocol)
-            protocol.makeConnection(transport)  # type: ignore[arg-type]
+            protocol.makeConnection(transport)
         return transport
 
     def remove(self, protocol: AbstractDatagramProtocol) -> None:

@@ -118,7 +118,9 @@ class STUNServerService(Service):
         if self.alternate is None:
             self.server = BindingServer(self.software)
             host, port = self.primary
-            self.ports = [self._reactor.listenUDP(port, self.server, interface=host)]
+            self.ports = [
+                self._reactor.listenUDP(port, self.server, interface=host, maxPacketSize=8192)
+            ]
         else:
             self.group = STUNServerGroup(self.primary, self.alternate, self.software)
             self.ports = self.group.listen(self._reactor)

@@ -86,7 +86,7 @@ class RetransmissionSchedule:
     def delay_after(self, sends: int) -> float:
         """How long to wait after the C{sends}-th transmission (1-based)."""
         if sends < self.rc:
-            return self.rto * 2 ** (sends - 1)
+            return self.rto * (1 << (sends - 1))
         return self.rto * self.rm
 
     @property
@@ -211,7 +211,7 @@ class STUNClient(DatagramProtocol):
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
-            reactor = global_reactor  # type: ignore[assignment]
+            reactor = global_reactor
         assert reactor is not None
         self.stun_servers = list(stun_servers)
         self.timeout = timeout
@@ -404,20 +404,15 @@ class STUNClient(DatagramProtocol):
         host, port = server
         if isIPAddress(host) or isIPv6Address(host):
             return defer.succeed((host, port))
-        resolver = self._resolver
+        resolver: Resolver | None = self._resolver or getattr(self._reactor, "resolve", None)
         if resolver is None:
-            resolve = getattr(self._reactor, "resolve", None)
-            if resolve is None:
-                return defer.fail(ValueError(f"cannot resolve {host!r}: reactor has no resolver"))
-            resolver = resolve
-        d = resolver(host)
-        d.addCallback(lambda ip: (ip, port))
-        return d
+            return defer.fail(ValueError(f"cannot resolve {host!r}: reactor has no resolver"))
+        return resolver(host).addCallback(lambda ip: (ip, port))
 
     def local_address(self) -> Address:
         assert self.transport is not None
         host = self.transport.getHost()
-        return (host.host, host.port)  # type: ignore[attr-defined]
+        return (host.host, host.port)
 
 
 class _Discovery:
@@ -489,7 +484,7 @@ class _Discovery:
         if self._done:
             return
         self._running.pop(server, None)
-        self._failures[server] = failure.value
+        self._failures[server] = failure.value or RuntimeError("unknown failure")
         self._client.log.debug(
             "STUN server {server} failed: {error}", server=server, error=failure.value
         )
@@ -518,4 +513,3 @@ class _Discovery:
             d.addErrback(lambda f: None)
             d.cancel()
         self._waiting = []
-

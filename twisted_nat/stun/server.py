@@ -93,14 +93,16 @@ class BindingServer(DatagramProtocol):
         self.port_index = port_index
         self.stats = group.stats if group is not None else ServerStats()
         self.local: Address = ("0.0.0.0", 0)
-        self._software_attributes: tuple[Attribute, ...] = (
-            (Software(software),) if software else ()
-        )
+        self._software_attributes: tuple[Attribute, ...] = (Software(software),) if software else ()
+        # RFC 3489 required text attributes to be a multiple of four bytes
+        # long, and its clients (pystun3) do not skip padding: pad the text.
+        legacy = software + " " * (-len(software.encode("utf-8")) % 4) if software else ""
+        self._legacy_software: tuple[Attribute, ...] = (Software(legacy),) if legacy else ()
 
     def startProtocol(self) -> None:
         assert self.transport is not None
         host = self.transport.getHost()
-        self.local = (host.host, host.port)  # type: ignore[attr-defined]
+        self.local = (host.host, host.port)
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         try:
@@ -160,7 +162,7 @@ class BindingServer(DatagramProtocol):
             attributes = [MappedAddress(host, port), SourceAddress(*sender.local)]
             if other is not None:
                 attributes.append(ChangedAddress(*other))
-            attributes.extend(self._software_attributes)
+            attributes.extend(self._legacy_software)
             return response_to(message, attributes)
         attributes = [XorMappedAddress(host, port)]
         if self.group is not None:
@@ -174,9 +176,10 @@ class BindingServer(DatagramProtocol):
     def _error(
         self, message: Message, code: int, addr: Address, *extra: Attribute
     ) -> tuple[bytes, Address, BindingServer]:
-        attributes = [*extra, *self._software_attributes]
-        if not message.is_rfc3489:
-            attributes.append(Fingerprint())
+        if message.is_rfc3489:
+            attributes = [*extra, *self._legacy_software]
+        else:
+            attributes = [*extra, *self._software_attributes, Fingerprint()]
         return encode(error_response(message, code, *attributes)), addr, self
 
     def _malformed(
@@ -249,7 +252,7 @@ class STUNServerGroup:
         ports: list[IListeningPort] = []
         try:
             for (host, port), server in self.members():
-                ports.append(reactor.listenUDP(port, server, interface=host))
+                ports.append(reactor.listenUDP(port, server, interface=host, maxPacketSize=8192))
         except BaseException:
             for bound in ports:
                 bound.stopListening()
