@@ -96,3 +96,27 @@ async def test_client_shares_a_socket_through_the_multiplexer(plain_server):
         assert result.mapped == ("127.0.0.1", port.getHost().port)
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipv6_loopback():
+    server = BindingServer()
+    server_port = reactor.listenUDP(0, server, interface="::1")
+    stun = STUNClient(timeout=3.0, schedule=RetransmissionSchedule(rto=0.1))
+    client_port = reactor.listenUDP(0, stun, interface="::1")
+    try:
+        result = await stun.discover([("::1", server_port.getHost().port)])
+        assert result.mapped == ("::1", client_port.getHost().port)
+    finally:
+        server_port.stopListening()
+        client_port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_names_resolve_through_the_reactor(plain_server, client):
+    """C{localhost} goes through the reactor's threaded resolver, not a blocking call."""
+    server, (_, port) = plain_server
+    stun, local = client
+    result = await stun.discover([("localhost", port)])
+    assert result.server == ("127.0.0.1", port)
+    assert result.mapped == local

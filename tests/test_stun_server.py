@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.fakes import RecordingUDPTransport
 from twisted_nat.stun.attributes import (
@@ -218,3 +220,71 @@ def test_group_needs_two_addresses_and_two_ports():
         STUNServerGroup(("192.0.2.1", 3478), ("192.0.2.1", 3479))
     with pytest.raises(ValueError):
         STUNServerGroup(("192.0.2.1", 3478), ("192.0.2.2", 3478))
+
+
+# --- the plain-request fast path must answer exactly as the full path --------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    host=st.ip_addresses(v=4).map(str),
+    port=st.integers(0, 65535),
+    tid=st.binary(min_size=12, max_size=12),
+    software=st.none() | _text,
+    fingerprint=st.booleans(),
+    grouped=st.booleans(),
+)
+def test_plain_path_answers_byte_for_byte_like_the_full_path(
+    host, port, tid, software, fingerprint, grouped
+):
+    server = group_servers().member(1, 0) if grouped else plain_server()
+    attributes = [] if software is None else [Software(software)]
+    if fingerprint:
+        attributes.append(Fingerprint())
+    data = encode(request(attributes=attributes, transaction_id=tid))
+    fast = server.plain_binding_answer(data, (host, port))
+    assert fast is not None
+    full = server.handle_any(data, (host, port))
+    assert full is not None
+    assert fast == full[0]
+    assert full[1] == (host, port)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        request(attributes=[Username("alice")]),
+        request(attributes=[ChangeRequest(False, False)]),
+        request(Method.ALLOCATE),
+        Message(Method.BINDING, MessageClass.INDICATION, b"\x03" * 12),
+    ],
+)
+def test_plain_path_declines_everything_else(message):
+    server = plain_server()
+    assert server.plain_binding_answer(encode(message), CLIENT) is None
+    assert server.plain_binding_answer(encode(request()), ("2001:db8::1", 1)) is None
+
+
+def test_plain_path_declines_a_bad_fingerprint_which_then_gets_400():
+    server = plain_server()
+    data = bytearray(encode(request(attributes=[Software("x"), Fingerprint()])))
+    data[-1] ^= 1
+    assert server.plain_binding_answer(bytes(data), CLIENT) is None
+    response, _, _ = answer(server, bytes(data))
+    assert response.get(ErrorCode).code == 400
+
+
+def test_send_errors_are_counted_not_raised():
+    class Refusing:
+        def sendto(self, data, addr):
+            raise ConnectionRefusedError(111, "refused")
+
+    transport = RecordingUDPTransport("192.0.2.1", 3478)
+    transport.socket = Refusing()
+    server = BindingServer()
+    server.makeConnection(transport)
+    server.datagramReceived(encode(request()), CLIENT)
+    assert server.stats.send_errors == 1
+    assert server.stats.answered == 1

@@ -25,11 +25,19 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IReactorTime,
+    IResolutionReceiver,
+)
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_nat.errors import (
     DiscoveryError,
@@ -404,15 +412,55 @@ class STUNClient(DatagramProtocol):
         host, port = server
         if isIPAddress(host) or isIPv6Address(host):
             return defer.succeed((host, port))
-        resolver: Resolver | None = self._resolver or getattr(self._reactor, "resolve", None)
-        if resolver is None:
-            return defer.fail(ValueError(f"cannot resolve {host!r}: reactor has no resolver"))
+        resolver = self._resolver or self._resolve_with_reactor
         return resolver(host).addCallback(lambda ip: (ip, port))
+
+    def _resolve_with_reactor(self, host: str) -> Deferred[str]:
+        """
+        Resolve through the reactor's C{nameResolver} (threaded, never
+        blocking the reactor), for the address family of our socket.
+        """
+        name_resolver = getattr(self._reactor, "nameResolver", None)
+        if name_resolver is None:
+            return defer.fail(DNSLookupError(f"cannot resolve {host!r}: reactor has no resolver"))
+        ipv6 = self.transport is not None and isinstance(self.transport.getHost(), IPv6Address)
+        receiver = _FirstAddress(host)
+        name_resolver.resolveHostName(
+            receiver,
+            host,
+            0,
+            addressTypes=[IPv6Address if ipv6 else IPv4Address],
+            transportSemantics="UDP",
+        )
+        return receiver.deferred
 
     def local_address(self) -> Address:
         assert self.transport is not None
         host = self.transport.getHost()
         return (host.host, host.port)
+
+
+@implementer(IResolutionReceiver)
+class _FirstAddress:
+    """Collects a host name's resolution and fires with its first address."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.deferred: Deferred[str] = Deferred()
+        self._found: list[str] = []
+
+    def resolutionBegan(self, resolutionInProgress: object) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        if isinstance(address, IPv4Address | IPv6Address):
+            self._found.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        if self._found:
+            self.deferred.callback(self._found[0])
+        else:
+            self.deferred.errback(DNSLookupError(f"{self.host!r} has no address"))
 
 
 class _Discovery:
