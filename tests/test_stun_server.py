@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import RecordingUDPTransport
 from twisted_nat.stun.attributes import (
+    Attribute,
     ChangedAddress,
     ChangeRequest,
     ErrorCode,
@@ -240,7 +243,7 @@ def test_plain_path_answers_byte_for_byte_like_the_full_path(
     host, port, tid, software, fingerprint, grouped
 ):
     server = group_servers().member(1, 0) if grouped else plain_server()
-    attributes = [] if software is None else [Software(software)]
+    attributes: list[Attribute] = [] if software is None else [Software(software)]
     if fingerprint:
         attributes.append(Fingerprint())
     data = encode(request(attributes=attributes, transaction_id=tid))
@@ -281,7 +284,7 @@ def test_send_errors_are_counted_not_raised():
         def sendto(self, data, addr):
             raise ConnectionRefusedError(111, "refused")
 
-    transport = RecordingUDPTransport("192.0.2.1", 3478)
+    transport: Any = RecordingUDPTransport("192.0.2.1", 3478)
     transport.socket = Refusing()
     server = BindingServer()
     server.makeConnection(transport)
