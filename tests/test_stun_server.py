@@ -227,7 +227,7 @@ def test_group_needs_two_addresses_and_two_ports():
 
 # --- the plain-request fast path must answer exactly as the full path --------
 
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40)
+_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=0, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
