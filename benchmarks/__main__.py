@@ -1,0 +1,28 @@
+"""
+Run every benchmark in turn: C{python -m benchmarks} (from the repository
+root, with the C{bench} and C{test} extras installed and coturn on the PATH).
+
+Results are printed and written as JSON under C{benchmarks/results/}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from benchmarks import bench_codec, bench_server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> int:
+    RESULTS.mkdir(exist_ok=True)
+    print("== STUN codec: ours against aioice ==", flush=True)
+    status = bench_codec.main(["--json", str(RESULTS / "codec.json")])
+    print("\n== STUN server: ours against coturn ==", flush=True)
+    status |= bench_server.main(["--json", str(RESULTS / "server.json")])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
