@@ -325,3 +325,19 @@ def test_response_class_check_messages():
     indication = Message(req.method, MessageClass.INDICATION, req.transaction_id)
     client.datagramReceived(encode(indication), SERVER)
     assert out == []
+
+
+def test_drops_are_logged_at_debug_level():
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client, clock, transport = make_client()
+        client.datagramReceived(b"\x00\x01\x00\x00garbage-garbage!", SERVER)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert client.stats.dropped_malformed == 1
+    [event] = [e for e in events if "malformed" in str(e.get("log_format", ""))]
+    assert event["log_level"] == LogLevel.debug
+    assert event["addr"] == SERVER

@@ -235,6 +235,7 @@ class BindingServer(DatagramProtocol):
             return self._malformed(datagram, addr, e)
         if message.message_class != MessageClass.REQUEST:
             self.stats.dropped_not_request += 1
+            self.log.debug("dropped STUN {kind} from {addr}", kind=message.message_class, addr=addr)
             return None
         if message.method != Method.BINDING:
             self.stats.bad_request += 1
