@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
@@ -85,7 +87,19 @@ def test_schedule_is_configurable():
     assert out[0].check(STUNTimeout)
 
 
-@pytest.mark.parametrize("bad", [dict(rto=0), dict(rc=0), dict(rm=0)])
+def test_even_schedule_fits_a_window():
+    schedule = RetransmissionSchedule.within(0.4, sends=7)
+    assert schedule.total == pytest.approx(0.4)
+    client, clock, transport = make_client(schedule=schedule)
+    out = results(client.request(request(), SERVER))
+    clock.pump([0.05] * 7)
+    assert len(transport.written) == 7
+    assert out == []
+    clock.pump([0.051])  # 0.4 s, give or take float rounding
+    assert out[0].check(STUNTimeout)
+
+
+@pytest.mark.parametrize("bad", [dict(rto=0), dict(rc=0), dict(rm=0), dict(backoff=0.5)])
 def test_schedule_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         RetransmissionSchedule(**bad)
@@ -330,13 +344,14 @@ def test_response_class_check_messages():
 def test_drops_are_logged_at_debug_level():
     from twisted.logger import LogLevel, globalLogPublisher
 
-    events: list[dict[str, object]] = []
-    globalLogPublisher.addObserver(events.append)
+    events: list[Any] = []
+    observer: Any = events.append
+    globalLogPublisher.addObserver(observer)
     try:
         client, clock, transport = make_client()
         client.datagramReceived(b"\x00\x01\x00\x00garbage-garbage!", SERVER)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
     assert client.stats.dropped_malformed == 1
     [event] = [e for e in events if "malformed" in str(e.get("log_format", ""))]
     assert event["log_level"] == LogLevel.debug

@@ -3,8 +3,12 @@ The C{twisted-nat} command.
 
     twisted-nat stun [--timeout S] [--bind ADDR] HOST[:PORT] [HOST[:PORT] ...]
 
-prints this machine's public (server-reflexive) address as JSON.  Every
-failure ends with one line on stderr and a non-zero exit status.
+prints this machine's public (server-reflexive) address as JSON;
+
+    twisted-nat detect --stun HOST[:PORT] [--stun ...] [--json]
+
+discovers the NAT behaviour (RFC 5780) and prints it readably or as JSON.
+Every failure ends with one line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from twisted.internet.task import react
 from twisted.python import usage
 
 from twisted_nat.address import format_address, parse_hostport
+from twisted_nat.behavior import detect_nat
 from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.stun.client import DEFAULT_STUN_PORT, DiscoveryResult, STUNClient
 
@@ -27,7 +32,7 @@ class StunOptions(usage.Options):
     synopsis = "[options] HOST[:PORT] [HOST[:PORT] ...]"
     longdesc = "Ask STUN servers for this host's public address; print it as JSON."
     optParameters = [
-        ["timeout", "t", "5.0", "Give up after this many seconds.", float],
+        ["timeout", "t", 5.0, "Give up after this many seconds.", float],
         ["bind", "b", "0.0.0.0:0", "Local address and port to send from."],
     ]
 
@@ -43,13 +48,49 @@ class StunOptions(usage.Options):
             raise usage.UsageError("--timeout must be positive")
 
 
+class DetectOptions(usage.Options):
+    synopsis = "--stun HOST[:PORT] [--stun HOST[:PORT] ...] [options]"
+    longdesc = (
+        "Discover the NAT behaviour between this host and the STUN servers (RFC 5780): "
+        "mapping, filtering, hairpinning and the classic NAT type. Use a server that "
+        "offers RFC 5780 (two addresses, two ports), such as `twistd nat server`."
+    )
+    optFlags = [["json", "j", "Print the result as JSON."]]
+    optParameters = [
+        ["interface", "i", "0.0.0.0", "Local address to bind."],
+        ["timeout", "t", 5.0, "How long the first contact with a server may take.", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["stun"] = []
+
+    def opt_stun(self, server: str) -> None:
+        """A STUN server, HOST[:PORT] (repeatable; port 3478 if not given)."""
+        try:
+            self["stun"].append(parse_hostport(server, DEFAULT_STUN_PORT))
+        except ConfigurationError as e:
+            raise usage.UsageError(str(e)) from None
+
+    opt_s = opt_stun
+
+    def postOptions(self) -> None:
+        if not self["stun"]:
+            raise usage.UsageError("name a STUN server with --stun HOST[:PORT]")
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be positive")
+
+
 class Options(usage.Options):
     synopsis = "<command> [options]"
-    subCommands = [["stun", None, StunOptions, "Print this host's public address as JSON."]]
+    subCommands = [
+        ["stun", None, StunOptions, "Print this host's public address as JSON."],
+        ["detect", None, DetectOptions, "Discover the NAT type and behaviour (RFC 5780)."],
+    ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: stun")
+            raise usage.UsageError("name a command: stun, detect")
 
 
 def discovery_json(result: DiscoveryResult) -> str:
@@ -80,6 +121,16 @@ async def _stun(reactor: object, options: StunOptions) -> None:
     print(discovery_json(result))
 
 
+async def _detect(reactor: object, options: DetectOptions) -> None:
+    behavior = await detect_nat(
+        reactor, options["stun"], options["interface"], timeout=options["timeout"]
+    )
+    if options["json"]:
+        print(json.dumps(behavior.as_json()))
+    else:
+        print(behavior.describe())
+
+
 async def _stop(listening: object) -> None:
     result = listening.stopListening()  # type: ignore[attr-defined]
     if isinstance(result, Deferred):
@@ -96,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def run(reactor: object) -> None:
         try:
-            await _stun(reactor, options.subOptions)
+            if options.subCommand == "detect":
+                await _detect(reactor, options.subOptions)
+            else:
+                await _stun(reactor, options.subOptions)
         except TwistedNATError as e:
             sys.stderr.write(f"twisted-nat: {e}\n")
             raise SystemExit(1) from None

@@ -78,23 +78,34 @@ class RetransmissionSchedule:
     """
     RFC 8489 section 6.2.1's timer values.
 
-    @ivar rto: the initial retransmission timeout, doubled after each send.
+    @ivar rto: the initial retransmission timeout, multiplied by C{backoff}
+        after each send (RFC 8489 doubles it).
     @ivar rc: how many times the request is sent in all.
     @ivar rm: after the last send, wait C{rm} times the initial RTO.
+    @ivar backoff: 2 for the RFC's schedule; 1 sends at an even pace, which
+        behaviour discovery uses to fit retransmissions inside a short
+        window derived from the measured round trip.
     """
 
     rto: float = 0.5
     rc: int = 7
-    rm: int = 16
+    rm: float = 16
+    backoff: float = 2.0
 
     def __attrs_post_init__(self) -> None:
-        if self.rto <= 0 or self.rc < 1 or self.rm < 1:
-            raise ValueError("rto must be positive, rc and rm at least 1")
+        if self.rto <= 0 or self.rc < 1 or self.rm <= 0 or self.backoff < 1:
+            raise ValueError("rto and rm must be positive, rc at least 1, backoff at least 1")
+
+    @classmethod
+    def within(cls, window: float, sends: int = 7) -> RetransmissionSchedule:
+        """C{sends} evenly spaced transmissions, failing C{window} seconds after the first."""
+        step = window / (sends + 1)
+        return cls(rto=step, rc=sends, rm=2, backoff=1.0)
 
     def delay_after(self, sends: int) -> float:
         """How long to wait after the C{sends}-th transmission (1-based)."""
         if sends < self.rc:
-            return self.rto * (1 << (sends - 1))
+            return float(self.rto * self.backoff ** (sends - 1))
         return self.rto * self.rm
 
     @property
@@ -112,6 +123,11 @@ class Response:
     server: Address
     attempts: int
     elapsed: float
+    rtt: float = attrs.field(default=0.0)
+    """
+    Time since the latest transmission: the round trip if that transmission
+    is the one answered (Karn's ambiguity applies after retransmissions).
+    """
 
     @property
     def mapped_address(self) -> Address | None:
@@ -165,6 +181,7 @@ class _Transaction:
         "deferred",
         "destination",
         "key",
+        "last_sent",
         "match_source",
         "schedule",
         "started",
@@ -186,6 +203,7 @@ class _Transaction:
         self.key = key
         self.match_source = match_source
         self.started = started
+        self.last_sent = started
         self.attempts = 0
         self.timer: IDelayedCall | None = None
         self.deferred: Deferred[Response] = Deferred()
@@ -297,6 +315,7 @@ class STUNClient(DatagramProtocol):
         if transaction is None or self.transport is None:
             return
         transaction.attempts += 1
+        transaction.last_sent = self._reactor.seconds()
         self.stats.transmissions += 1
         self.transport.write(transaction.data, transaction.destination)
         delay = transaction.schedule.delay_after(transaction.attempts)
@@ -365,7 +384,8 @@ class STUNClient(DatagramProtocol):
             return
         self._finish(message.transaction_id)
         self.stats.responses += 1
-        elapsed = self._reactor.seconds() - transaction.started
+        now = self._reactor.seconds()
+        elapsed = now - transaction.started
         if message.message_class == MessageClass.ERROR:
             error = message.get(ErrorCode)
             code, reason = (error.code, error.reason) if error else (500, "no ERROR-CODE")
@@ -374,7 +394,14 @@ class STUNClient(DatagramProtocol):
             )
             return
         transaction.deferred.callback(
-            Response(message, addr, transaction.destination, transaction.attempts, elapsed)
+            Response(
+                message,
+                addr,
+                transaction.destination,
+                transaction.attempts,
+                elapsed,
+                now - transaction.last_sent,
+            )
         )
 
     def doStop(self) -> None:
@@ -522,7 +549,7 @@ class _Discovery:
             mapped=mapped,
             local=self._client.local_address(),
             server=response.server,
-            rtt=response.elapsed,
+            rtt=response.rtt,
             other_address=response.other_address,
         )
         self._stop()
