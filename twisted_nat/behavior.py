@@ -44,7 +44,7 @@ from twisted_nat.errors import (
     TwistedNATError,
 )
 from twisted_nat.mux import UDPMultiplexer
-from twisted_nat.stun.attributes import ChangeRequest
+from twisted_nat.stun.attributes import ChangeRequest, ResponsePort
 from twisted_nat.stun.client import Resolver, Response, RetransmissionSchedule, STUNClient
 from twisted_nat.stun.message import MessageClass, Method, decode, encode, request
 
@@ -659,6 +659,114 @@ class BehaviorDiscovery:
         )
 
 
+class _LifetimeTarget(STUNClient):
+    """
+    The socket whose binding is timed: besides its own transactions, it
+    watches for answers to requests another socket sent with RESPONSE-PORT
+    pointing here, which arrive only while the binding lives.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor=reactor, software=None)
+        self.awaited: dict[bytes, Deferred[bool]] = {}
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        waiting = self.awaited.pop(datagram[8:20], None) if len(datagram) >= 20 else None
+        if waiting is None:
+            super().datagramReceived(datagram, addr)
+            return
+        waiting.callback(True)
+
+
+async def measure_binding_lifetime(
+    reactor: Any,
+    server: Address,
+    interface: str = "0.0.0.0",
+    first: float = 1.0,
+    longest: float = 600.0,
+    precision: float = 0.1,
+    window: float = 0.5,
+) -> tuple[float, float]:
+    """
+    How long the NAT keeps an idle UDP binding (RFC 5780 section 4.6).
+
+    Socket X creates a binding towards C{server}; after X has been idle for
+    T seconds, socket Y sends a Binding request carrying RESPONSE-PORT with
+    X's public port, so the answer reaches X only while X's binding lives.
+    T doubles from C{first} until the binding is found dead (or C{longest}
+    is reached), then is bisected until the bounds are within C{precision}
+    (relative).  After every probe X sends again, so each probe measures
+    idleness from X's last outbound packet.  This takes about twice the
+    lifetime, summed over the probes: it is a separate, long-running test.
+
+    @return: a Deferred-compatible coroutine result, C{(alive, dead)}: the
+        longest idle time the binding survived and the shortest it did not
+        (C{dead} is C{inf} when it survived C{longest}).
+    """
+    target = _LifetimeTarget(reactor)
+    prober = STUNClient(reactor=reactor, software=None)
+    ports = [
+        reactor.listenUDP(0, target, interface=interface),
+        reactor.listenUDP(0, prober, interface=interface),
+    ]
+    schedule = RetransmissionSchedule.within(window)
+
+    async def refresh() -> Address:
+        response = await target.request(request(), server, schedule=RetransmissionSchedule(0.2))
+        if response.mapped_address is None:
+            raise DiscoveryError({server: ValueError("no mapped address in the answer")})
+        return response.mapped_address
+
+    async def survives(idle: float, public: Address) -> bool:
+        await _sleep(reactor, idle)
+        probe = request(attributes=[ResponsePort(public[1])])
+        arrived: Deferred[bool] = Deferred()
+        target.awaited[probe.transaction_id] = arrived
+        sent = prober.request(probe, server, schedule=schedule)
+        sent.addErrback(lambda failure: None)  # the answer goes to X, never to Y
+
+        def give_up() -> None:
+            if not arrived.called:
+                arrived.callback(False)
+
+        timer = reactor.callLater(window, give_up)
+        alive = await arrived
+        target.awaited.pop(probe.transaction_id, None)
+        if timer.active():
+            timer.cancel()
+        sent.cancel()
+        return alive
+
+    try:
+        public = await refresh()
+        alive, dead = 0.0, float("inf")
+        idle = first
+        while dead == float("inf") and idle <= longest:
+            if await survives(idle, public):
+                alive = idle
+                idle *= 2
+            else:
+                dead = idle
+            public = await refresh()
+        while dead != float("inf") and dead - alive > precision * max(alive, first):
+            idle = (alive + dead) / 2
+            if await survives(idle, public):
+                alive = idle
+            else:
+                dead = idle
+            public = await refresh()
+        return alive, dead
+    finally:
+        for port in ports:
+            await _stop(port)
+
+
+def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
 async def _none() -> None:
     return None
 
@@ -670,15 +778,32 @@ async def _stop(port: IListeningPort) -> None:
 
 
 def detect_nat(
-    reactor: Any, servers: Sequence[Address], interface: str = "0.0.0.0", **options: Any
+    reactor: Any,
+    servers: Sequence[Address],
+    interface: str = "0.0.0.0",
+    lifetime: bool = False,
+    **options: Any,
 ) -> Deferred[NATBehavior]:
     """
     Discover the NAT behaviour between this host and C{servers}.
 
     @param reactor: a reactor (C{IReactorUDP} and C{IReactorTime}), or a
         host of the simulated internet in L{twisted_nat.testing}.
+    @param lifetime: also measure how long an idle binding lives
+        (L{measure_binding_lifetime}); this takes minutes on real NATs.
     @param options: the tuning keywords of L{BehaviorDiscovery}.
     @return: a Deferred firing with a L{NATBehavior}; failing with
         L{DiscoveryError} only when no server name resolves.
     """
-    return BehaviorDiscovery(reactor, servers, interface, **options).run()
+    discovery = BehaviorDiscovery(reactor, servers, interface, **options)
+    if not lifetime:
+        return discovery.run()
+
+    async def with_lifetime() -> NATBehavior:
+        behavior = await discovery.run()
+        if not behavior.nat_present:
+            return behavior  # no NAT, no binding to time (or no answer at all)
+        alive, _ = await measure_binding_lifetime(reactor, behavior.server, interface)
+        return attrs.evolve(behavior, binding_lifetime=alive)
+
+    return Deferred.fromCoroutine(with_lifetime())

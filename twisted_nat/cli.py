@@ -55,7 +55,10 @@ class DetectOptions(usage.Options):
         "mapping, filtering, hairpinning and the classic NAT type. Use a server that "
         "offers RFC 5780 (two addresses, two ports), such as `twistd nat server`."
     )
-    optFlags = [["json", "j", "Print the result as JSON."]]
+    optFlags = [
+        ["json", "j", "Print the result as JSON."],
+        ["lifetime", "l", "Also measure how long an idle binding lives (takes minutes)."],
+    ]
     optParameters = [
         ["interface", "i", "0.0.0.0", "Local address to bind."],
         ["timeout", "t", 5.0, "How long the first contact with a server may take.", float],
@@ -123,7 +126,11 @@ async def _stun(reactor: object, options: StunOptions) -> None:
 
 async def _detect(reactor: object, options: DetectOptions) -> None:
     behavior = await detect_nat(
-        reactor, options["stun"], options["interface"], timeout=options["timeout"]
+        reactor,
+        options["stun"],
+        options["interface"],
+        lifetime=bool(options["lifetime"]),
+        timeout=options["timeout"],
     )
     if options["json"]:
         print(json.dumps(behavior.as_json()))
