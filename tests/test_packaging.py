@@ -56,6 +56,9 @@ def test_plugin_file_lands_without_package_markers(installed: Path) -> None:
     assert "twisted/__init__.py" not in files
     assert "twisted/plugins/__init__.py" not in files
     assert "twisted_nat/py.typed" in files
+    # every subpackage is listed in setup.cfg (automatic discovery is off)
+    for package in ("twisted_nat/stun", "twisted_nat/testing"):
+        assert f"{package}/__init__.py" in files, package
 
 
 def test_twistd_lists_nat_and_documents_every_option(installed: Path, tmp_path: Path) -> None:

@@ -1,0 +1,607 @@
+"""
+The simulated internet: hosts, their UDP ports, and the paths between them.
+
+Everything happens on one C{task.Clock} and every random choice comes from
+one seeded C{random.Random}, so a failing test fails the same way each time
+it runs.  A datagram's journey has two halves.  When it is sent, it climbs
+out through the sender's NATs (which create and refresh mappings then, as a
+NAT next to the sender would) until it reaches the address space in which
+its destination lives.  It then spends the path's delay in flight, and on
+arrival descends through the receiver's NATs (whose filters judge it then,
+as a NAT next to the receiver would).  That split is what makes simultaneous
+hole punching behave as it does on a real network: each side's packet is
+filtered at the moment it arrives, after the other side's has opened the
+way, or not.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, TypedDict, TypeVar, Unpack
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError, InvalidAddressError, MessageLengthError
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+    IReactorUDP,
+    IUDPTransport,
+)
+from twisted.internet.protocol import AbstractDatagramProtocol
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_nat.errors import TwistedNATError
+from twisted_nat.testing._nat import (
+    CLASSIC_NAT_TYPES,
+    ClassicNATType,
+    FilteringBehavior,
+    MappingBehavior,
+    NATBox,
+    PortAllocation,
+    _Realm,
+)
+
+Address = tuple[str, int]
+T = TypeVar("T")
+
+WILDCARD = "0.0.0.0"
+EPHEMERAL_PORTS = range(32768, 61000)
+"""Linux's default C{ip_local_port_range}: where port 0 binds land."""
+MAX_UDP_PAYLOAD = 65507
+
+
+class NATSettings(TypedDict, total=False):
+    """The keywords of L{SimulatedInternet.add_nat} that a classic type leaves open."""
+
+    allocation: PortAllocation
+    hairpinning: bool
+    binding_timeout: float
+    behind: NATBox | None
+    loss: float
+    inbound_refresh: bool
+    ports: range
+
+
+class SimulationTimeout(TwistedNATError, TimeoutError):
+    """L{SimulatedInternet.run_until} gave up on a Deferred that never fired."""
+
+
+@attrs.define
+class NetworkStats:
+    """
+    What happened to every datagram sent on the simulated internet.
+
+    NAT-level fates (filtered, expired mapping, hairpinning refused) are
+    counted by each L{NATBox}; these are the path's and the hosts'.
+
+    @ivar sent: datagrams handed to a port's C{write}.
+    @ivar delivered: datagrams given to a protocol's C{datagramReceived}.
+    @ivar lost: datagrams the path lost (the internet's C{loss} setting).
+    @ivar unroutable: datagrams for an address no host or NAT owns.
+    @ivar unreachable: datagrams that reached their host after its port had
+        stopped listening, or for a port that never listened (a real host
+        would answer with ICMP port unreachable, which UDP ignores).
+    @ivar truncated: datagrams cut to the receiving port's C{maxPacketSize},
+        as C{recvfrom} does.
+    @ivar protocol_errors: exceptions raised by a protocol's
+        C{datagramReceived}, logged and otherwise ignored, like the reactor.
+    """
+
+    sent: int = 0
+    delivered: int = 0
+    lost: int = 0
+    unroutable: int = 0
+    unreachable: int = 0
+    truncated: int = 0
+    protocol_errors: int = 0
+
+
+@implementer(IListeningPort, IUDPTransport)
+class SimulatedPort:
+    """
+    A UDP port bound on a L{SimulatedHost}: the transport its protocol sees.
+
+    It behaves as C{twisted.internet.udp.Port} does where a protocol can
+    tell (errors for hostnames and oversized datagrams, C{getHost}, a
+    second C{stopListening} doing nothing), with two differences: it has no
+    C{socket} attribute, so code that reaches for the raw socket falls back
+    to C{write}, and C{stopListening} releases the port at once rather than
+    on the next reactor iteration.  Connected UDP is not simulated.
+    """
+
+    def __init__(
+        self,
+        host: SimulatedHost,
+        port: int,
+        protocol: AbstractDatagramProtocol,
+        interface: str,
+        maxPacketSize: int,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        self.interface = interface
+        self.maxPacketSize = maxPacketSize
+        self.listening = False
+        self._broadcast = False
+
+    def __repr__(self) -> str:
+        return f"<SimulatedPort {self.interface}:{self.port} {type(self.protocol).__name__}>"
+
+    def startListening(self) -> None:
+        """Bind, then connect the protocol, as C{listenUDP} does."""
+        self.port = self.host._bind(self)
+        self.listening = True
+        self.protocol.makeConnection(self)
+
+    def stopListening(self) -> Deferred[None]:
+        if not self.listening:
+            return defer.succeed(None)
+        self.listening = False
+        self.host._unbind(self)
+        self.protocol.doStop()
+        return defer.succeed(None)
+
+    loseConnection = stopListening
+
+    def write(self, packet: bytes, addr: Address | None = None) -> None:
+        if not self.listening:
+            raise OSError(errno.EBADF, "write on a port that has stopped listening")
+        if addr is None:
+            raise ValueError("an unconnected UDP port needs a destination for every datagram")
+        if not isinstance(packet, bytes):
+            raise TypeError(f"datagrams are bytes, not {type(packet).__name__}")
+        host, port = addr
+        if not isIPAddress(host):
+            raise InvalidAddressError(host, "write() only accepts IPv4 addresses here")
+        if not 0 < port < 65536:
+            raise ValueError(f"cannot send to port {port}")
+        if len(packet) > MAX_UDP_PAYLOAD:
+            raise MessageLengthError("message too long")
+        source = self.host.addresses[0] if self.interface == WILDCARD else self.interface
+        self.host.internet._send(self.host, (source, self.port), (host, port), packet)
+
+    def writeSequence(self, seq: Iterable[bytes], addr: Address) -> None:
+        self.write(b"".join(seq), addr)
+
+    def connect(self, host: str, port: int) -> None:
+        raise NotImplementedError("connected UDP is not simulated")
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.interface, self.port)
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        self._broadcast = enabled
+
+    def getBroadcastAllowed(self) -> bool:
+        return self._broadcast
+
+    def _receive(self, data: bytes, source: Address) -> None:
+        internet = self.host.internet
+        if len(data) > self.maxPacketSize:
+            internet.stats.truncated += 1
+            data = data[: self.maxPacketSize]
+        internet.stats.delivered += 1
+        try:
+            self.protocol.datagramReceived(data, source)
+        except Exception:
+            internet.stats.protocol_errors += 1
+            internet.log.failure(
+                "Unhandled error in {protocol} receiving a datagram from {source}",
+                protocol=self.protocol,
+                source=source,
+            )
+
+
+@implementer(IReactorUDP, IReactorTime)
+class SimulatedHost:
+    """
+    A machine on the simulated internet, and the reactor its code runs on:
+    pass it wherever a protocol wants an C{IReactorUDP} or C{IReactorTime}
+    (C{STUNClient(reactor=host)}, C{host.listenUDP(0, protocol)}).
+
+    Its clock is the internet's, shared by every host, so one C{advance}
+    moves the whole world.  Made by L{SimulatedInternet.add_host}.
+
+    @ivar addresses: its IPv4 addresses, in the address space of the NAT it
+        is behind (or the public internet); datagrams from a port bound to
+        every address leave from the first.
+    """
+
+    def __init__(
+        self,
+        internet: SimulatedInternet,
+        addresses: tuple[str, ...],
+        behind: NATBox | None,
+    ) -> None:
+        self.internet = internet
+        self.addresses = addresses
+        self.behind = behind
+        self._realm = behind._inside if behind is not None else internet._public
+        self._ports: dict[Address, SimulatedPort] = {}
+
+    def __repr__(self) -> str:
+        where = f" behind {self.behind.public_address}" if self.behind is not None else ""
+        return f"<SimulatedHost {', '.join(self.addresses)}{where}>"
+
+    # --- IReactorUDP ---
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: AbstractDatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+    ) -> SimulatedPort:
+        """
+        Bind C{port} (0 for a free ephemeral one) on C{interface} (one of
+        L{addresses}, or C{""} / C{"0.0.0.0"} for all of them).
+
+        @raise CannotListenError: the port is taken on that address, or the
+            address is not this host's, as a real bind would refuse.
+        """
+        listening = SimulatedPort(self, port, protocol, interface or WILDCARD, maxPacketSize)
+        listening.startListening()
+        return listening
+
+    def ports(self) -> list[SimulatedPort]:
+        """The ports listening now, for assertions about what is left bound."""
+        return sorted(self._ports.values(), key=lambda p: (p.port, p.interface))
+
+    def _bind(self, listening: SimulatedPort) -> int:
+        interface, port = listening.interface, listening.port
+        if interface != WILDCARD and interface not in self.addresses:
+            raise CannotListenError(
+                interface, port, OSError(errno.EADDRNOTAVAIL, "not an address of this host")
+            )
+        if not 0 <= port < 65536:
+            raise OverflowError("bind(): port must be 0-65535.")
+        if port == 0:
+            port = self._ephemeral(interface)
+        elif not self._free(interface, port):
+            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "in use"))
+        self._ports[(interface, port)] = listening
+        return port
+
+    def _unbind(self, listening: SimulatedPort) -> None:
+        self._ports.pop((listening.interface, listening.port), None)
+
+    def _free(self, interface: str, port: int) -> bool:
+        if interface == WILDCARD:
+            return all(p != port for _, p in self._ports)
+        return (interface, port) not in self._ports and (WILDCARD, port) not in self._ports
+
+    def _ephemeral(self, interface: str) -> int:
+        rng = self.internet._random
+        for _ in range(64):
+            port = rng.choice(EPHEMERAL_PORTS)
+            if self._free(interface, port):
+                return port
+        for port in EPHEMERAL_PORTS:
+            if self._free(interface, port):
+                return port
+        raise CannotListenError(interface, 0, OSError(errno.EADDRINUSE, "no ephemeral port left"))
+
+    def _deliver(self, data: bytes, source: Address, destination: Address) -> None:
+        listening = self._ports.get(destination) or self._ports.get((WILDCARD, destination[1]))
+        if listening is None:
+            self.internet.stats.unreachable += 1
+            return
+        listening._receive(data, source)
+
+    # --- IReactorTime, from the shared clock ---
+
+    def seconds(self) -> float:
+        return self.internet.clock.seconds()
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> IDelayedCall:
+        return self.internet.clock.callLater(delay, callable, *args, **kwargs)
+
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
+        return self.internet.clock.getDelayedCalls()
+
+
+class SimulatedInternet:
+    """
+    An in-memory IPv4 network of hosts and NATs on one C{task.Clock}.
+
+    @param clock: the clock everything runs on; a new one by default.
+    @param seed: seeds the one random generator behind loss, jitter,
+        reordering, ephemeral ports and random port allocation.
+    @param latency: the one-way delay of a whole path, in seconds (5 ms by
+        default), however many NATs it crosses (translation itself takes no
+        time), and the same between two hosts on one LAN as across the
+        world.
+    @param jitter: up to this much more delay, uniformly distributed, per
+        datagram; enough of it reorders datagrams sent close together.
+    @param loss: the probability that a path loses a datagram, on top of
+        any loss configured on the NATs it crosses.
+    @param reorder: the probability that a datagram is held back by one to
+        three times the base delay (at least a millisecond), so that it
+        arrives after datagrams sent shortly after it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        seed: int = 0,
+        latency: float = 0.005,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        reorder: float = 0.0,
+    ) -> None:
+        if latency < 0 or jitter < 0:
+            raise ValueError("latency and jitter cannot be negative")
+        for name, p in (("loss", loss), ("reorder", reorder)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} is a probability, between 0 and 1")
+        self.clock = clock if clock is not None else Clock()
+        self.seed = seed
+        self.latency = latency
+        self.jitter = jitter
+        self.loss = loss
+        self.reorder = reorder
+        self.stats = NetworkStats()
+        self._random = random.Random(seed)
+        self._public = _Realm(None)
+
+    # --- building the network ---
+
+    def add_host(
+        self, addresses: str | Sequence[str], behind: NATBox | None = None
+    ) -> SimulatedHost:
+        """
+        A host with these IPv4 addresses, on the public internet or on the
+        inside of the NAT C{behind}.  Addresses must be unique within that
+        address space only: two homes may both be 10.0.0.2.
+        """
+        if isinstance(addresses, str):
+            addresses = (addresses,)
+        addresses = tuple(addresses)
+        if not addresses:
+            raise ValueError("a host needs at least one address")
+        for address in addresses:
+            _check_ipv4(address)
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"duplicate address in {addresses}")
+        host = SimulatedHost(self, addresses, behind)
+        for address in addresses:
+            if address in host._realm.nodes:
+                raise ValueError(f"{address} is already in use there")
+        for address in addresses:
+            host._realm.claim(address, host)
+        return host
+
+    def add_nat(
+        self,
+        public_address: str,
+        mapping: MappingBehavior,
+        filtering: FilteringBehavior,
+        allocation: PortAllocation = PortAllocation.PRESERVING,
+        hairpinning: bool = False,
+        binding_timeout: float = 30.0,
+        behind: NATBox | None = None,
+        loss: float = 0.0,
+        inbound_refresh: bool = True,
+        ports: range = range(1024, 65536),
+    ) -> NATBox:
+        """
+        A NAT whose public side is C{public_address}, on the public internet
+        or, for carrier-grade NAT and the like, inside the NAT C{behind}.
+        Hosts go behind it with C{add_host(..., behind=nat)}.
+
+        @param allocation: how new mappings pick a public port from C{ports}.
+        @param hairpinning: whether a datagram from the inside to the NAT's
+            own public address comes back in (filtered like any inbound
+            datagram, from the sender's mapping) or is dropped.
+        @param binding_timeout: seconds of inactivity after which a mapping
+            lapses; 30 s is a common consumer-router value, RFC 4787 asks
+            for at least 120 s.
+        @param loss: the probability that this NAT loses a datagram passing
+            through it, either way.
+        @param inbound_refresh: whether admitted inbound datagrams refresh
+            a mapping's timer, as well as outbound ones (which always do).
+        @param ports: the pool of public ports mappings are allocated from.
+        """
+        _check_ipv4(public_address)
+        outside = behind._inside if behind is not None else self._public
+        nat = NATBox(
+            public_address,
+            mapping,
+            filtering,
+            allocation,
+            hairpinning,
+            binding_timeout,
+            inbound_refresh,
+            loss,
+            ports,
+            outside,
+            behind,
+            self.clock,
+            self._random,
+        )
+        outside.claim(public_address, nat)
+        return nat
+
+    def add_nat_of_type(
+        self, public_address: str, kind: ClassicNATType, **settings: Unpack[NATSettings]
+    ) -> NATBox:
+        """
+        L{add_nat} with the mapping and filtering of one of RFC 3489's four
+        classic types (L{CLASSIC_NAT_TYPES}): "full-cone",
+        "restricted-cone", "port-restricted-cone" or "symmetric".  Other
+        keywords are L{add_nat}'s.
+        """
+        try:
+            mapping, filtering = CLASSIC_NAT_TYPES[kind]
+        except KeyError:
+            raise ValueError(
+                f"unknown NAT type {kind!r}; one of {', '.join(CLASSIC_NAT_TYPES)}"
+            ) from None
+        return self.add_nat(public_address, mapping, filtering, **settings)
+
+    # --- running it ---
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move the clock C{seconds} forward, running each scheduled call at
+        its own time (C{Clock.advance} alone would run them all at the end,
+        so a retransmission timer would see the wrong time).
+        """
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self._advance_to(self.clock.seconds() + seconds)
+
+    def run_until(
+        self,
+        deferred: Deferred[T] | Coroutine[Deferred[Any], Any, T],
+        timeout: float = 60.0,
+        step: float = 0.001,
+    ) -> T:
+        """
+        Advance the clock in steps of C{step} until C{deferred} (or a
+        coroutine, wrapped in one) fires, and return its result or raise
+        its failure.
+
+        Each scheduled call runs at its own time within a step, and
+        stretches with nothing scheduled are crossed in one move, so a
+        long timeout costs nothing; the clock is left at the end of the
+        step in which the Deferred fired.
+
+        @raise SimulationTimeout: the Deferred has not fired after
+            C{timeout} simulated seconds, or nothing is left scheduled that
+            could ever fire it.
+        """
+        if step <= 0:
+            raise ValueError("step must be positive")
+        d = deferred if isinstance(deferred, Deferred) else Deferred.fromCoroutine(deferred)
+        outcome: list[T | Failure] = []
+
+        def record(result: T | Failure) -> T | None:
+            outcome.append(result)
+            return None if isinstance(result, Failure) else result
+
+        d.addBoth(record)
+        start = self.clock.seconds()
+        deadline = start + timeout
+        while not outcome:
+            now = self.clock.seconds()
+            upcoming = self._next_call()
+            if upcoming is None:
+                raise SimulationTimeout(
+                    f"{d!r} has not fired after {now - start:.3f} simulated seconds,"
+                    " and nothing is scheduled that could fire it"
+                )
+            if now >= deadline or upcoming > deadline:
+                self._advance_to(max(now, deadline))
+                raise SimulationTimeout(f"{d!r} has not fired within {timeout} simulated seconds")
+            # Skip the quiet steps: land at the end of the step holding the
+            # next scheduled call.
+            steps = max(1, -int(-(upcoming - now) // step))
+            self._advance_to(min(now + steps * step, deadline))
+        result = outcome[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+
+    def _next_call(self) -> float | None:
+        calls = self.clock.getDelayedCalls()
+        return min(call.getTime() for call in calls) if calls else None
+
+    def _advance_to(self, target: float) -> None:
+        clock = self.clock
+        while True:
+            upcoming = self._next_call()
+            if upcoming is None or upcoming > target:
+                break
+            # Set the time exactly: advance(upcoming - now) can fall an ulp
+            # short of the call and loop forever.
+            clock.rightNow = max(clock.rightNow, upcoming)
+            clock.advance(0)
+        clock.rightNow = max(clock.rightNow, target)
+
+    # --- the paths ---
+
+    def _send(
+        self, sender: SimulatedHost, source: Address, destination: Address, data: bytes
+    ) -> None:
+        """
+        Climb out through the sender's NATs to the address space where the
+        destination lives, then put the datagram in flight.
+        """
+        self.stats.sent += 1
+        realm = sender._realm
+        while True:
+            nat = realm.nat
+            if nat is not None and destination[0] == nat.public_address:
+                # Hairpinning: out through the mapping, then back in.
+                translated = None if nat._lose() else nat._outbound(source, destination)
+                if translated is None:
+                    return
+                if not nat.hairpinning:
+                    nat.stats.dropped += 1
+                    return
+                nat.stats.hairpinned += 1
+                self._fly(nat, translated, destination, data)
+                return
+            node = realm.nodes.get(destination[0])
+            if node is not None:
+                self._fly(node, source, destination, data)
+                return
+            if nat is None:
+                self.stats.unroutable += 1
+                return
+            translated = None if nat._lose() else nat._outbound(source, destination)
+            if translated is None:
+                return
+            source = translated
+            realm = nat._outside
+
+    def _fly(
+        self, node: SimulatedHost | NATBox, source: Address, destination: Address, data: bytes
+    ) -> None:
+        rng = self._random
+        if self.loss and rng.random() < self.loss:
+            self.stats.lost += 1
+            return
+        delay = self.latency
+        if self.jitter:
+            delay += rng.uniform(0.0, self.jitter)
+        if self.reorder and rng.random() < self.reorder:
+            delay += max(self.latency, 0.001) * rng.uniform(1.0, 3.0)
+        self.clock.callLater(delay, self._arrive, node, source, destination, data)
+
+    def _arrive(
+        self, node: SimulatedHost | NATBox, source: Address, destination: Address, data: bytes
+    ) -> None:
+        """Descend through the receiver's NATs, filtering now, to the host."""
+        while isinstance(node, NATBox):
+            inside = None if node._lose() else node._inbound(source, destination)
+            if inside is None:
+                return
+            destination = inside
+            found = node._inside.nodes.get(destination[0])
+            if found is None:
+                self.stats.unroutable += 1
+                return
+            node = found
+        node._deliver(data, source, destination)
+
+
+def _check_ipv4(address: str) -> None:
+    if not isIPAddress(address):
+        raise ValueError(f"{address!r} is not an IPv4 address (only IPv4 is simulated)")
