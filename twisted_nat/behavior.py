@@ -371,7 +371,10 @@ class BehaviorDiscovery:
         bound, port = host.host, host.port  # type: ignore[attr-defined]
         if bound not in _WILDCARDS:
             return (bound, port)
-        source = route_source(server[0])
+        # A reactor that is not the real network (the simulated internet)
+        # answers the routing question itself.
+        routing = getattr(self._reactor, "route_source", route_source)
+        source = routing(server[0])
         return None if source is None else (source, port)
 
     # --- the run ---

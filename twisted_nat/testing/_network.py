@@ -254,6 +254,15 @@ class SimulatedHost:
         listening.startListening()
         return listening
 
+    def route_source(self, destination: str) -> str:
+        """
+        The address a port bound to every address sends from: what the
+        operating system's routing table answers for a real host.  Behaviour
+        discovery asks this to tell "no NAT" from "NAT" (see
+        L{twisted_nat.behavior.route_source}).
+        """
+        return self.addresses[0]
+
     def ports(self) -> list[SimulatedPort]:
         """The ports listening now, for assertions about what is left bound."""
         return sorted(self._ports.values(), key=lambda p: (p.port, p.interface))
