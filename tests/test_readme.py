@@ -41,3 +41,9 @@ def test_codec_example_runs():
     namespace: dict[str, object] = {}
     exec(compile(codec_example, "README.md", "exec"), namespace)
     assert "decoded" in namespace
+
+
+def test_simulated_internet_example_prints_what_it_says(capsys):
+    [example] = [b for b in python_blocks() if "SimulatedInternet" in b]
+    exec(compile(example, "README.md", "exec"), {})
+    assert capsys.readouterr().out.split() == ["True", "False"]
