@@ -312,7 +312,7 @@ def _start(
         ports = _free_ports(hosts, 2 if mode is CoturnMode.RFC5780 else 1, tcp)
         port = ports[0]
         alternate_port = ports[1] if mode is CoturnMode.RFC5780 else None
-        argv = _command_line(
+        argv = command_line(
             executable, mode, workdir, port, alternate_port, relay_threads, tcp, credentials
         ) + list(extra_args)
         log_path = os.path.join(workdir, f"turnserver-{attempt}.log")
@@ -348,7 +348,7 @@ def _start(
     raise CoturnError(f"coturn could not bind free loopback ports in {_START_ATTEMPTS} attempts")
 
 
-def _command_line(
+def command_line(
     executable: str,
     mode: CoturnMode,
     workdir: str,
@@ -357,9 +357,11 @@ def _command_line(
     relay_threads: int | None,
     tcp: bool,
     credentials: TurnCredentials | None,
+    primary_host: str = PRIMARY_HOST,
+    alternate_host: str = ALTERNATE_HOST,
 ) -> list[str]:
     """
-    Build coturn's command line.
+    Build coturn's command line (the NAT lab uses it too, with the lab's addresses).
 
     Every option that would otherwise make coturn read a configuration file, open a
     management port, load TLS keys, or write under /var is set explicitly here.
@@ -373,9 +375,9 @@ def _command_line(
         "--no-dtls",
         "--pidfile", os.path.join(workdir, "turnserver.pid"),  # default is under /var
         "--db", os.path.join(workdir, "turndb"),  # default SQLite DB is under /var/lib
-        "--listening-ip", PRIMARY_HOST,
+        "--listening-ip", primary_host,
         "--listening-port", str(port),
-        "--relay-ip", PRIMARY_HOST,  # relay sockets on loopback too, whatever the mode
+        "--relay-ip", primary_host,  # relay sockets on the same address, whatever the mode
     ]  # fmt: skip
     if not tcp:
         argv.append("--no-tcp")
@@ -386,7 +388,7 @@ def _command_line(
     elif mode is CoturnMode.RFC5780:
         assert alternate_port is not None
         argv += [
-            "--listening-ip", ALTERNATE_HOST,
+            "--listening-ip", alternate_host,
             "--alt-listening-port", str(alternate_port),
             "--stun-only",
         ]  # fmt: skip

@@ -1,0 +1,86 @@
+"""
+STUN servers in the NAT lab's internet namespace, and detection runs in a
+peer's namespace: shared by the lab tests and the detection benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from tests.support.coturn import CoturnMode, command_line
+from tests.support.natlab import Lab, Nat
+
+OURS = 3478
+OURS_ALTERNATE = 3479
+COTURN = 3480
+COTURN_ALTERNATE = 3481
+
+_READY = r"""
+import os, socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+request = bytes.fromhex("000100002112a442") + os.urandom(12)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    probe.settimeout(0.1)
+    for _ in range(100):
+        probe.sendto(request, (host, port))
+        try:
+            probe.recvfrom(2048)
+            sys.exit(0)
+        except OSError:
+            time.sleep(0.05)
+sys.exit(f"nothing answers on {host}:{port}")
+"""
+
+
+def start_servers(lab: Lab, coturn: str | None, workdir: str) -> None:
+    """
+    Our RFC 5780 server (C{twistd nat server}) on the internet's first two
+    addresses, ports L{OURS} and L{OURS_ALTERNATE}; coturn, when given, on
+    the same addresses, ports L{COTURN} and L{COTURN_ALTERNATE}.  Returns
+    once every socket answers.
+    """
+    primary, alternate = lab.internet.addresses[:2]
+    inet = lab.internet.namespace
+    twistd = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
+    server = ["nat", "server", "--address", primary, "--port", str(OURS)]
+    server += ["--alternate-address", alternate, "--alternate-port", str(OURS_ALTERNATE)]
+    lab.spawn(
+        inet,
+        [sys.executable, "-c", twistd, "-n", "--pidfile=", "--logfile=/dev/null", *server],
+        stdout=subprocess.DEVNULL,
+    )
+    ports = [OURS, OURS_ALTERNATE]
+    if coturn is not None:
+        argv = command_line(
+            coturn,
+            CoturnMode.RFC5780,
+            workdir,
+            COTURN,
+            COTURN_ALTERNATE,
+            None,
+            False,
+            None,
+            primary_host=primary,
+            alternate_host=alternate,
+        )
+        lab.spawn(inet, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ports += [COTURN, COTURN_ALTERNATE]
+    for port in ports:
+        ready = lab.run(inet, [sys.executable, "-c", _READY, primary, str(port)])
+        if ready.returncode != 0:
+            raise RuntimeError(f"STUN server on {primary}:{port} did not start: {ready.stderr}")
+
+
+def detect_from(lab: Lab, nat: Nat, port: int, runs: int, tool: str = "ours") -> list[Any]:
+    """C{runs} detections (ours or pystun3's) from C{nat}'s first peer; one dict each."""
+    server = f"{lab.internet.addresses[0]}:{port}"
+    argv = [sys.executable, "-m", "tests.support.detect_runner", "--stun", server]
+    result = lab.run(
+        nat.peer.namespace, [*argv, "--runs", str(runs), "--tool", tool], timeout=60 + runs * 60
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"detection failed in {nat.peer.namespace}: {result.stderr}")
+    return [json.loads(line) for line in result.stdout.splitlines()]
