@@ -1,6 +1,7 @@
 """
 Run every benchmark in turn: C{python -m benchmarks} (from the repository
-root, with the C{bench} and C{test} extras installed and coturn on the PATH).
+root, with the C{bench} and C{test} extras installed and coturn on the PATH; the
+detection benchmark also needs root, for the NAT lab).
 
 Results are printed and written as JSON under C{benchmarks/results/}.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import bench_codec, bench_server
+from benchmarks import bench_codec, bench_detect, bench_server
+from tests.support.natlab import lab_unavailable_reason
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,6 +23,12 @@ def main() -> int:
     status = bench_codec.main(["--json", str(RESULTS / "codec.json")])
     print("\n== STUN server: ours against coturn ==", flush=True)
     status |= bench_server.main(["--json", str(RESULTS / "server.json")])
+    print("\n== NAT detection on real NATs: ours against pystun3 ==", flush=True)
+    reason = lab_unavailable_reason()
+    if reason is None:
+        status |= bench_detect.main(["--json", str(RESULTS / "detect.json")])
+    else:
+        print(f"skipped: {reason}")
     return status
 
 

@@ -381,6 +381,7 @@ class BehaviorDiscovery:
 
     async def _run(self) -> NATBehavior:
         started = self._reactor.seconds()
+        self._problems = []
         resolver = STUNClient(reactor=self._reactor, resolver=self._resolver)
         servers: list[Address] = []
         failures: dict[Address, BaseException] = {}
@@ -402,11 +403,22 @@ class BehaviorDiscovery:
         finally:
             await _stop(mapping_socket.port)
             await _stop(filtering_socket.port)
-        return attrs.evolve(
+        behavior = attrs.evolve(
             behavior,
             elapsed=self._reactor.seconds() - started,
             problems=tuple(self._problems),
         )
+        self.log.debug(
+            "NAT behaviour towards {server}: {nat_type} ({mapping} mapping, {filtering} "
+            "filtering) in {elapsed:.3f}s; problems: {problems}",
+            server=behavior.server,
+            nat_type=behavior.nat_type.value,
+            mapping=behavior.mapping.value,
+            filtering=behavior.filtering.value,
+            elapsed=behavior.elapsed,
+            problems=behavior.problems,
+        )
+        return behavior
 
     def _first(self, sock: _Socket, server: Address) -> Deferred[Response]:
         return sock.client.request(request(), server, deadline=self._timeout)
