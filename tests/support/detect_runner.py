@@ -23,12 +23,13 @@ from twisted.internet.task import react
 from twisted_nat.address import parse_hostport
 from twisted_nat.behavior import route_source
 
-# pystun3's names, as the classic names of twisted_nat.behavior.NATType.
+# pystun3's names (spelt as pystun3 2.0 spells them), as the classic names of
+# twisted_nat.behavior.NATType.
 PYSTUN3_NAMES = {
     "Open Internet": "open internet",
     "Full Cone": "full cone",
-    "Restricted NAT": "restricted cone",
-    "Restricted Port NAT": "port-restricted cone",
+    "Restric NAT": "restricted cone",
+    "Restric Port NAT": "port-restricted cone",
     "Symmetric NAT": "symmetric",
     "Symmetric UDP Firewall": "no NAT, firewalled",
     "Blocked": "UDP blocked",
