@@ -60,7 +60,12 @@ class Candidate:
         return (self.host, self.port)
 
     def as_json(self) -> dict[str, object]:
-        return {"type": self.kind.value, "host": self.host, "port": self.port, "priority": self.priority}
+        return {
+            "type": self.kind.value,
+            "host": self.host,
+            "port": self.port,
+            "priority": self.priority,
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, object]) -> Candidate:
