@@ -733,11 +733,11 @@ def test_register_refuses_subclasses_the_fast_decoders_would_build_wrong() -> No
     from twisted_nat.stun import attributes as module
 
     @attrs.frozen
-    class Relayed(module._XorAddressAttribute):
+    class Relayed(module.XorAddressAttribute):
         TYPE = 0xFFF0
 
     @attrs.frozen
-    class Labelled(module._XorAddressAttribute):
+    class Labelled(module.XorAddressAttribute):
         TYPE = 0xFFF1
         label: str = ""
 
@@ -747,7 +747,7 @@ def test_register_refuses_subclasses_the_fast_decoders_would_build_wrong() -> No
         value: str = attrs.field(validator=attrs.validators.max_len(4))
 
     @attrs.frozen
-    class Overridden(module._XorAddressAttribute):
+    class Overridden(module.XorAddressAttribute):
         TYPE = 0xFFF3
         label: str = ""
 

@@ -200,7 +200,7 @@ def unpack_xor_address(value: bytes, transaction_id: bytes) -> tuple[str, int]:
 
 
 @attrs.frozen
-class _AddressAttribute(Attribute):
+class AddressAttribute(Attribute):
     """An IPv4 or IPv6 transport address, in the plain layout."""
 
     host: str
@@ -217,18 +217,18 @@ class _AddressAttribute(Attribute):
     @_builds_unchecked("host", "port")
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
         host, port = unpack_address(value)
-        self: _AddressAttribute = _new(cls)
+        self: AddressAttribute = _new(cls)
         _set_host(self, host)
         _set_port(self, port)
         return self
 
 
-_set_host = _slot_setter(_AddressAttribute, "host")
-_set_port = _slot_setter(_AddressAttribute, "port")
+_set_host = _slot_setter(AddressAttribute, "host")
+_set_port = _slot_setter(AddressAttribute, "port")
 
 
 @attrs.frozen
-class _XorAddressAttribute(_AddressAttribute):
+class XorAddressAttribute(AddressAttribute):
     """A transport address obfuscated with the magic cookie and transaction id."""
 
     def encode_value(self, transaction_id: bytes) -> bytes:
@@ -238,7 +238,7 @@ class _XorAddressAttribute(_AddressAttribute):
     @_builds_unchecked("host", "port")
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
         host, port = unpack_xor_address(value, transaction_id)
-        self: _XorAddressAttribute = _new(cls)
+        self: XorAddressAttribute = _new(cls)
         _set_host(self, host)
         _set_port(self, port)
         return self
@@ -246,13 +246,13 @@ class _XorAddressAttribute(_AddressAttribute):
 
 @register
 @attrs.frozen
-class MappedAddress(_AddressAttribute):
+class MappedAddress(AddressAttribute):
     TYPE = 0x0001
 
 
 @register
 @attrs.frozen
-class SourceAddress(_AddressAttribute):
+class SourceAddress(AddressAttribute):
     """RFC 3489's SOURCE-ADDRESS, sent by legacy servers."""
 
     TYPE = 0x0004
@@ -260,7 +260,7 @@ class SourceAddress(_AddressAttribute):
 
 @register
 @attrs.frozen
-class ChangedAddress(_AddressAttribute):
+class ChangedAddress(AddressAttribute):
     """RFC 3489's CHANGED-ADDRESS: the legacy spelling of OTHER-ADDRESS."""
 
     TYPE = 0x0005
@@ -268,19 +268,19 @@ class ChangedAddress(_AddressAttribute):
 
 @register
 @attrs.frozen
-class XorMappedAddress(_XorAddressAttribute):
+class XorMappedAddress(XorAddressAttribute):
     TYPE = 0x0020
 
 
 @register
 @attrs.frozen
-class AlternateServer(_AddressAttribute):
+class AlternateServer(AddressAttribute):
     TYPE = 0x8023
 
 
 @register
 @attrs.frozen
-class ResponseOrigin(_AddressAttribute):
+class ResponseOrigin(AddressAttribute):
     """RFC 5780: the address and port the response was sent from."""
 
     TYPE = 0x802B
@@ -288,7 +288,7 @@ class ResponseOrigin(_AddressAttribute):
 
 @register
 @attrs.frozen
-class OtherAddress(_AddressAttribute):
+class OtherAddress(AddressAttribute):
     """RFC 5780: the server's alternate address and port."""
 
     TYPE = 0x802C

@@ -1,0 +1,218 @@
+"""
+What peers say to each other on the shared socket, and how it is protected.
+
+Control messages (the punch handshake and keep-alive) are STUN messages of
+two methods of our own, so the demultiplexer routes them by method and the
+STUN codec and its tests serve them:
+
+    PUNCH          method PUNCH, class request     "can you hear me?"
+    PUNCH_ACK      method PUNCH, class success     "yes" (same transaction id)
+    PUNCH_CONFIRM  method PUNCH, class indication  "and I heard you: use this path"
+    KEEP_ALIVE     method KEEPALIVE, class request
+    KEEP_ALIVE_ACK method KEEPALIVE, class success
+
+Each carries USERNAME = the session id (hex), MESSAGE-INTEGRITY-SHA256
+under a key derived from the session key, and FINGERPRINT.  A PUNCH names
+the candidate address it was sent to (so the receiver learns which of its
+candidates was reached), an ACK the address the PUNCH came from.
+
+Application datagrams carry a frame of their own, whose first byte (4) no
+STUN, ChannelData, DTLS, RTP or QUIC packet can start with (RFC 7983, RFC
+9443):
+
+    0x04 | sequence number (8 bytes) | payload | HMAC-SHA256 tag (16 bytes)
+
+The tag is keyed per direction, and the receiver keeps a sliding window of
+sequence numbers seen, so an attacker who can spoof the peer's address but
+does not know the session key can neither inject nor replay data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+import attrs
+
+from twisted_nat.errors import STUNDecodeError
+from twisted_nat.stun.attributes import (
+    Attribute,
+    Fingerprint,
+    MessageIntegritySHA256,
+    Username,
+    XorAddressAttribute,
+    XorMappedAddress,
+    register,
+)
+from twisted_nat.stun.message import (
+    Message,
+    MessageClass,
+    check_integrity,
+    decode,
+    encode,
+    new_transaction_id,
+)
+
+Address = tuple[str, int]
+
+PUNCH = 0x0D0
+KEEPALIVE = 0x0D1
+APP_DATA = 0x04
+
+_SEQUENCE = struct.Struct("!Q")
+TAG_LENGTH = 16
+FRAME_OVERHEAD = 1 + _SEQUENCE.size + TAG_LENGTH
+
+
+@register
+@attrs.frozen
+class Destination(XorAddressAttribute):
+    """
+    The candidate address a PUNCH was sent to (comprehension-optional,
+    private range): tells the receiver which of its candidates was reached.
+    """
+
+    TYPE = 0xC0D0
+
+
+@attrs.frozen
+class SessionKeys:
+    """
+    The keys derived from one session's 32-byte secret: one for control
+    messages, one per direction for data, so that a frame cannot be
+    reflected back to its sender as if the peer had sent it.
+    """
+
+    session_id: bytes
+    control: bytes
+    send: bytes
+    receive: bytes
+
+    @classmethod
+    def derive(cls, session_id: bytes, secret: bytes, offerer: bool) -> SessionKeys:
+        def key(label: bytes) -> bytes:
+            return hmac.new(secret, b"twisted-nat " + label + session_id, hashlib.sha256).digest()
+
+        ours, theirs = (b"offerer data", b"answerer data")[:: 1 if offerer else -1]
+        return cls(session_id, key(b"control"), key(ours), key(theirs))
+
+    @property
+    def username(self) -> str:
+        return self.session_id.hex()
+
+
+def control_message(
+    keys: SessionKeys,
+    method: int,
+    message_class: MessageClass,
+    transaction_id: bytes | None = None,
+    extra: tuple[Attribute, ...] = (),
+) -> bytes:
+    """One signed control message."""
+    message = Message(
+        method,
+        message_class,
+        transaction_id or new_transaction_id(),
+        (Username(keys.username), *extra, MessageIntegritySHA256(), Fingerprint()),
+    )
+    return encode(message, key=keys.control)
+
+
+def punch(keys: SessionKeys, destination: Address) -> tuple[bytes, bytes]:
+    """A PUNCH towards C{destination}: (transaction id, bytes)."""
+    tid = new_transaction_id()
+    return tid, control_message(
+        keys, PUNCH, MessageClass.REQUEST, tid, (Destination(*destination),)
+    )
+
+
+def punch_ack(keys: SessionKeys, transaction_id: bytes, source: Address) -> bytes:
+    return control_message(
+        keys, PUNCH, MessageClass.SUCCESS, transaction_id, (XorMappedAddress(*source),)
+    )
+
+
+def punch_confirm(keys: SessionKeys) -> bytes:
+    return control_message(keys, PUNCH, MessageClass.INDICATION)
+
+
+def keepalive(keys: SessionKeys) -> tuple[bytes, bytes]:
+    tid = new_transaction_id()
+    return tid, control_message(keys, KEEPALIVE, MessageClass.REQUEST, tid)
+
+
+def keepalive_ack(keys: SessionKeys, transaction_id: bytes) -> bytes:
+    return control_message(keys, KEEPALIVE, MessageClass.SUCCESS, transaction_id)
+
+
+def session_of(datagram: bytes) -> tuple[Message, bytes] | None:
+    """
+    Decode a control message and return it with the session id it claims,
+    or None for anything malformed.  Whether the claim is true is for
+    L{verify} to say, with that session's keys.
+    """
+    try:
+        message = decode(datagram)
+    except STUNDecodeError:
+        return None
+    username = message.get(Username)
+    if username is None or len(username.value) != 32:
+        return None
+    try:
+        return message, bytes.fromhex(username.value)
+    except ValueError:
+        return None
+
+
+def verify(message: Message, keys: SessionKeys) -> bool:
+    """Constant-time check of the message's MESSAGE-INTEGRITY-SHA256."""
+    return message.integrity_offsets[1] >= 0 and check_integrity(message, keys.control)
+
+
+# --- application data ----------------------------------------------------------
+
+
+def seal(key: bytes, sequence: int, payload: bytes) -> bytes:
+    """Frame and tag one application datagram."""
+    head = bytes((APP_DATA,)) + _SEQUENCE.pack(sequence) + payload
+    return head + hmac.new(key, head, hashlib.sha256).digest()[:TAG_LENGTH]
+
+
+def open_frame(key: bytes, frame: bytes) -> tuple[int, bytes] | None:
+    """(sequence, payload) of a frame whose tag verifies under C{key}, else None."""
+    if len(frame) < FRAME_OVERHEAD or frame[0] != APP_DATA:
+        return None
+    head, tag = frame[:-TAG_LENGTH], frame[-TAG_LENGTH:]
+    if not hmac.compare_digest(hmac.new(key, head, hashlib.sha256).digest()[:TAG_LENGTH], tag):
+        return None
+    return _SEQUENCE.unpack_from(head, 1)[0], head[1 + _SEQUENCE.size :]
+
+
+class ReplayWindow:
+    """
+    The last 64 sequence numbers seen, as a bitmask (the IPsec / DTLS
+    scheme): a datagram older than the window, or seen before, is refused.
+    """
+
+    __slots__ = ("_highest", "_seen")
+    SIZE = 64
+
+    def __init__(self) -> None:
+        self._highest = 0
+        self._seen = 0
+
+    def accept(self, sequence: int) -> bool:
+        """Record C{sequence}; False if it is a replay or too old."""
+        if sequence <= 0:
+            return False
+        if sequence > self._highest:
+            shift = sequence - self._highest
+            self._seen = ((self._seen << shift) | 1) & ((1 << self.SIZE) - 1)
+            self._highest = sequence
+            return True
+        age = self._highest - sequence
+        if age >= self.SIZE or self._seen & (1 << age):
+            return False
+        self._seen |= 1 << age
+        return True

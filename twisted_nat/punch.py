@@ -1,0 +1,477 @@
+"""
+UDP hole punching: the PUNCH -> PUNCH_ACK -> PUNCH_CONFIRM handshake.
+
+Both peers send PUNCH to every candidate of the other, in rank order, every
+C{interval}, at the same time: the first PUNCH out of each NAT opens it for
+the answers.  A PUNCH_ACK proves a path works both ways.  The offering peer
+controls the choice (as ICE's controlling agent does): after its first
+working path it waits a moment for a better-ranked one, then names its
+choice with PUNCH_CONFIRM; the answering peer takes the path the CONFIRM
+arrived on.  A PUNCH from an address that is no candidate (a symmetric
+NAT's fresh mapping) becomes a peer-reflexive candidate and is punched at
+once, which is what lets a symmetric NAT connect to a cone.
+
+L{PunchSession} makes every decision and does no I/O: events in, actions
+out, time passed in.  L{HolePuncher} is the thin protocol that sits on the
+shared socket's multiplexer, turns datagrams into events and actions into
+writes and timers, and keeps answering late PUNCHes after success, since
+the peer may still be waiting for its CONFIRM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from twisted_nat import control
+from twisted_nat.address import format_address
+from twisted_nat.candidates import Candidate, CandidateType, candidate_priority, rank
+from twisted_nat.control import Destination, SessionKeys
+from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.stun.attributes import XorMappedAddress
+from twisted_nat.stun.message import Message, MessageClass
+
+Address = tuple[str, int]
+
+
+@attrs.frozen
+class PunchSettings:
+    """
+    @ivar interval: time between rounds of PUNCHes (the design's 200 ms).
+    @ivar timeout: give up after this long.
+    @ivar max_retries: PUNCHes sent to one candidate at most.
+    @ivar grace: how long the controlling peer waits, after its first
+        working path, for a better-ranked one to work too.
+    """
+
+    interval: float = 0.2
+    timeout: float = 10.0
+    max_retries: int = 30
+    grace: float = 0.03
+
+
+@attrs.frozen
+class PairReport:
+    """What one candidate pair saw: the substance of a failure's message."""
+
+    remote: Candidate
+    punches_sent: int
+    punches_received: int
+    acks_received: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.remote.kind.value} {format_address(self.remote.address)}: sent "
+            f"{self.punches_sent}, got {self.punches_received} punches and "
+            f"{self.acks_received} acks"
+        )
+
+
+@attrs.frozen
+class PunchResult:
+    """The path a punch found."""
+
+    remote: Candidate
+    local_kind: CandidateType | None
+    rtt: float | None
+    elapsed: float
+    pairs: tuple[PairReport, ...]
+
+
+class PunchFailed(TwistedNATError):
+    """No candidate pair worked before the timeout; C{pairs} says what each saw."""
+
+    def __init__(self, elapsed: float, pairs: tuple[PairReport, ...]) -> None:
+        detail = "; ".join(p.describe() for p in pairs) or "no candidates"
+        super().__init__(f"hole punching failed after {elapsed:.1f}s ({detail})")
+        self.elapsed = elapsed
+        self.pairs = pairs
+
+
+# --- actions: what the session asks its owner to do ---------------------------
+
+
+@attrs.frozen
+class Send:
+    data: bytes
+    to: Address
+
+
+@attrs.frozen
+class StartGrace:
+    delay: float
+
+
+@attrs.frozen
+class Connected:
+    result: PunchResult
+
+
+@attrs.frozen
+class Failed:
+    error: PunchFailed
+
+
+Action = Send | StartGrace | Connected | Failed
+
+
+@attrs.define
+class _Pair:
+    remote: Candidate
+    sent: int = 0
+    punches_received: int = 0
+    acks_received: int = 0
+    rtt: float | None = None
+
+    def report(self) -> PairReport:
+        return PairReport(self.remote, self.sent, self.punches_received, self.acks_received)
+
+
+class PunchSession:
+    """
+    The decisions of one punch, for one peer.  No I/O, no clock: every
+    method takes the time and returns the actions to carry out.
+    """
+
+    def __init__(
+        self,
+        keys: SessionKeys,
+        controlling: bool,
+        local_candidates: Sequence[Candidate],
+        remote_candidates: Sequence[Candidate],
+        settings: PunchSettings,
+        now: float,
+    ) -> None:
+        self.keys = keys
+        self.controlling = controlling
+        self.settings = settings
+        self.started = now
+        self.state = "punching"
+        self.result: PunchResult | None = None
+        self._local = {c.address: c for c in local_candidates}
+        self._pairs: dict[Address, _Pair] = {
+            c.address: _Pair(c) for c in rank(list(remote_candidates))
+        }
+        self._sent: dict[bytes, tuple[Address, float]] = {}
+        self._valid: list[Address] = []
+        self._chosen: Address | None = None
+        self._local_kind: CandidateType | None = None
+
+    # --- events ---
+
+    def tick(self, now: float) -> list[Action]:
+        """A round of PUNCHes, every C{interval}; also where time runs out."""
+        if self.state != "punching":
+            return []
+        if now - self.started >= self.settings.timeout:
+            return self._fail(now)
+        actions: list[Action] = []
+        for pair in sorted(self._pairs.values(), key=lambda p: -p.remote.priority):
+            if pair.sent < self.settings.max_retries:
+                actions.append(self._punch(pair, now))
+        return actions
+
+    def punch_received(self, now: float, message: Message, source: Address) -> list[Action]:
+        """A valid PUNCH: answer it, and punch back at an address we did not know."""
+        actions: list[Action] = [
+            Send(control.punch_ack(self.keys, message.transaction_id, source), source)
+        ]
+        destination = message.get(Destination)
+        if destination is not None and destination.address in self._local:
+            self._local_kind = self._local_kind or self._local[destination.address].kind
+        pair = self._pairs.get(source)
+        if pair is None:
+            pair = self._pairs[source] = _Pair(self._reflexive(source))
+            if self.state == "punching":
+                actions.append(self._punch(pair, now))
+        pair.punches_received += 1
+        if self._chosen == source and self.controlling:
+            actions.append(Send(control.punch_confirm(self.keys), source))
+        return actions
+
+    def ack_received(self, now: float, message: Message, source: Address) -> list[Action]:
+        """A PUNCH_ACK for one of ours: that path works both ways."""
+        sent = self._sent.get(message.transaction_id)
+        if sent is None:
+            return []
+        _, when = sent
+        pair = self._pairs.get(source)
+        if pair is None:  # answered from elsewhere than we sent to: use where it came from
+            pair = self._pairs[source] = _Pair(self._reflexive(source))
+        pair.acks_received += 1
+        if pair.rtt is None:
+            pair.rtt = now - when
+        reflexive = message.get(XorMappedAddress)
+        if reflexive is not None and reflexive.address in self._local:
+            self._local_kind = self._local_kind or self._local[reflexive.address].kind
+        if source not in self._valid:
+            self._valid.append(source)
+        if not self.controlling:
+            return []
+        if self.state != "punching":
+            if self._chosen == source:
+                return [Send(control.punch_confirm(self.keys), source)]
+            return []
+        if len(self._valid) == 1:
+            # Long enough for a better-ranked path, which is usually also the
+            # shorter one, to answer too; never longer than the setting.
+            return [StartGrace(min(self.settings.grace, max(0.005, 2 * pair.rtt)))]
+        return []
+
+    def grace_over(self, now: float) -> list[Action]:
+        """The controlling peer names the best path that works."""
+        if self.state != "punching" or not self._valid:
+            return []
+        best = max(self._valid, key=lambda a: self._pairs[a].remote.priority)
+        return [Send(control.punch_confirm(self.keys), best), *self._connect(best, now)]
+
+    def confirm_received(self, now: float, source: Address) -> list[Action]:
+        """The controlling peer named this path: use it."""
+        if self.controlling or self.state != "punching":
+            return []
+        if source not in self._pairs:
+            self._pairs[source] = _Pair(self._reflexive(source))
+        return self._connect(source, now)
+
+    # --- helpers ---
+
+    @staticmethod
+    def _reflexive(source: Address) -> Candidate:
+        """A peer-reflexive candidate: an address the peer's packets really came from."""
+        return Candidate(
+            CandidateType.PEER_REFLEXIVE,
+            source[0],
+            source[1],
+            candidate_priority(CandidateType.PEER_REFLEXIVE),
+        )
+
+    def _punch(self, pair: _Pair, now: float) -> Send:
+        tid, data = control.punch(self.keys, pair.remote.address)
+        self._sent[tid] = (pair.remote.address, now)
+        pair.sent += 1
+        return Send(data, pair.remote.address)
+
+    def _connect(self, address: Address, now: float) -> list[Action]:
+        self.state = "connected"
+        self._chosen = address
+        pair = self._pairs[address]
+        self.result = PunchResult(
+            remote=pair.remote,
+            local_kind=self._local_kind,
+            rtt=pair.rtt,
+            elapsed=now - self.started,
+            pairs=self.reports(),
+        )
+        return [Connected(self.result)]
+
+    def _fail(self, now: float) -> list[Action]:
+        self.state = "failed"
+        return [Failed(PunchFailed(now - self.started, self.reports()))]
+
+    def reports(self) -> tuple[PairReport, ...]:
+        return tuple(p.report() for p in self._pairs.values())
+
+    def owns(self, transaction_id: bytes) -> bool:
+        return transaction_id in self._sent
+
+
+class _Running:
+    """A session with its timers and the Deferred its caller waits on."""
+
+    __slots__ = ("deferred", "grace", "session", "ticker")
+
+    def __init__(self, session: PunchSession) -> None:
+        self.session = session
+        self.deferred: Deferred[PunchResult] = Deferred()
+        self.ticker: IDelayedCall | None = None
+        self.grace: IDelayedCall | None = None
+
+
+@attrs.define
+class PuncherStats:
+    """Counters of the control traffic; every dropped datagram lands in one."""
+
+    received: int = 0
+    dropped_malformed: int = 0
+    dropped_unknown_session: int = 0
+    dropped_bad_mac: int = 0
+
+
+class HolePuncher(DatagramProtocol):
+    """
+    The punch handshake on the shared socket: attach it to the
+    multiplexer for the PUNCH method (L{attach}), then call L{punch_hole}.
+
+    Sessions stay registered after they connect, so that late PUNCHes are
+    still answered, until L{forget} is called when the connection closes.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, reactor: IReactorTime | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        assert reactor is not None
+        self._reactor: IReactorTime = reactor
+        self._running: dict[bytes, _Running] = {}
+        self.stats = PuncherStats()
+
+    def attach(self, mux: Any) -> None:
+        """Route PUNCH messages of every class from C{mux} to this protocol."""
+        mux.add_stun(self, [control.PUNCH])
+
+    def punch_hole(
+        self,
+        local_port: int,
+        remote_candidates: Sequence[Candidate],
+        punch_id: bytes,
+        timeout: float = 10.0,
+        max_retries: int = 30,
+        *,
+        secret: bytes,
+        controlling: bool,
+        local_candidates: Sequence[Candidate] = (),
+        interval: float = 0.2,
+    ) -> Deferred[PunchResult]:
+        """
+        Punch towards C{remote_candidates} for session C{punch_id}.
+
+        @param local_port: the shared socket's port; checked, since a punch
+            from any other socket would open the wrong binding.
+        @param secret: the session's 32-byte secret from the offer.
+        @param controlling: True for the offering peer, which picks the path.
+        @return: a Deferred firing with a L{PunchResult}, or failing with
+            L{PunchFailed} saying what each pair saw.
+        """
+        if self.transport is None:
+            raise ConfigurationError("the hole puncher is not attached to a socket")
+        bound = self.transport.getHost().port
+        if local_port != bound:
+            raise ConfigurationError(
+                f"punching from port {local_port}, but the shared socket is on port {bound}"
+            )
+        if punch_id in self._running:
+            raise ConfigurationError(f"session {punch_id.hex()} is already punching")
+        keys = SessionKeys.derive(punch_id, secret, offerer=controlling)
+        settings = PunchSettings(interval=interval, timeout=timeout, max_retries=max_retries)
+        session = PunchSession(
+            keys,
+            controlling,
+            local_candidates,
+            remote_candidates,
+            settings,
+            self._reactor.seconds(),
+        )
+        running = self._running[punch_id] = _Running(session)
+        self._tick(punch_id)
+        return running.deferred
+
+    def forget(self, punch_id: bytes) -> None:
+        """Stop answering for a session (its connection closed)."""
+        running = self._running.pop(punch_id, None)
+        if running is not None:
+            self._cancel_timers(running)
+            if not running.deferred.called:
+                running.deferred.errback(
+                    PunchFailed(self._reactor.seconds() - running.session.started, ())
+                )
+
+    def keys(self, punch_id: bytes) -> SessionKeys | None:
+        running = self._running.get(punch_id)
+        return running.session.keys if running is not None else None
+
+    # --- the protocol ---
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.stats.received += 1
+        claimed = control.session_of(datagram)
+        if claimed is None:
+            self.stats.dropped_malformed += 1
+            self.log.debug("dropped malformed control datagram from {addr}", addr=addr)
+            return
+        message, session_id = claimed
+        running = self._running.get(session_id)
+        if running is None:
+            self.stats.dropped_unknown_session += 1
+            self.log.debug("dropped PUNCH for an unknown session from {addr}", addr=addr)
+            return
+        session = running.session
+        if not control.verify(message, session.keys):
+            self.stats.dropped_bad_mac += 1
+            self.log.debug("dropped PUNCH failing its MAC from {addr}", addr=addr)
+            return
+        now = self._reactor.seconds()
+        if message.message_class == MessageClass.REQUEST:
+            actions = session.punch_received(now, message, addr)
+        elif message.message_class == MessageClass.SUCCESS:
+            actions = session.ack_received(now, message, addr)
+        elif message.message_class == MessageClass.INDICATION:
+            actions = session.confirm_received(now, addr)
+        else:
+            actions = []
+        self._carry_out(session_id, actions)
+
+    def doStop(self) -> None:
+        for punch_id in list(self._running):
+            self.forget(punch_id)
+        super().doStop()
+
+    # --- carrying out the session's decisions ---
+
+    def _tick(self, punch_id: bytes) -> None:
+        running = self._running.get(punch_id)
+        if running is None:
+            return
+        running.ticker = None
+        self._carry_out(punch_id, running.session.tick(self._reactor.seconds()))
+        if running.session.state == "punching":
+            running.ticker = self._reactor.callLater(
+                running.session.settings.interval, self._tick, punch_id
+            )
+
+    def _grace_over(self, punch_id: bytes) -> None:
+        running = self._running.get(punch_id)
+        if running is not None:
+            running.grace = None
+            self._carry_out(punch_id, running.session.grace_over(self._reactor.seconds()))
+
+    def _carry_out(self, punch_id: bytes, actions: list[Action]) -> None:
+        running = self._running[punch_id]
+        for action in actions:
+            if isinstance(action, Send):
+                assert self.transport is not None
+                self.transport.write(action.data, action.to)
+            elif isinstance(action, StartGrace):
+                if running.grace is None:
+                    running.grace = self._reactor.callLater(
+                        action.delay, self._grace_over, punch_id
+                    )
+            elif isinstance(action, Connected):
+                self._cancel_timers(running)
+                result = action.result
+                self.log.info(
+                    "punched through to {remote} ({kind}) in {elapsed:.0f} ms",
+                    remote=format_address(result.remote.address),
+                    kind=result.remote.kind.value,
+                    elapsed=result.elapsed * 1000,
+                )
+                running.deferred.callback(result)
+            else:
+                self._cancel_timers(running)
+                del self._running[punch_id]
+                running.deferred.errback(action.error)
+
+    def _cancel_timers(self, running: _Running) -> None:
+        for timer in (running.ticker, running.grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        running.ticker = running.grace = None
