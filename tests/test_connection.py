@@ -1,0 +1,102 @@
+"""Application data over a punched path: sealed frames, replay refusal, many peers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.fakes import Collector
+from tests.test_punch import make_internet, make_peer
+from twisted_nat import control
+from twisted_nat.connection import AppDataRouter, ConnectionClosed, PeerConnection
+from twisted_nat.control import SessionKeys
+
+
+def connected_pair(kind_a: str = "port-restricted", kind_b: str = "full") -> tuple[Any, ...]:
+    internet = make_internet()
+    alice, bob = make_peer(internet, kind_a, 1), make_peer(internet, kind_b, 2)
+    routers = []
+    for peer in (alice, bob):
+        router = AppDataRouter()
+        router.attach(peer.mux)
+        routers.append(router)
+    session, secret = os.urandom(16), os.urandom(32)
+    da = alice.puncher.punch_hole(
+        5000, bob.candidates, session, secret=secret, controlling=True,
+        local_candidates=alice.candidates,
+    )  # fmt: skip
+    db = bob.puncher.punch_hole(
+        5000, alice.candidates, session, secret=secret, controlling=False,
+        local_candidates=bob.candidates,
+    )  # fmt: skip
+    result_a = internet.run_until(da)
+    result_b = internet.run_until(db)
+    conn_a = PeerConnection(
+        routers[0], SessionKeys.derive(session, secret, True), result_a.remote, peer="bob"
+    )
+    conn_b = PeerConnection(
+        routers[1], SessionKeys.derive(session, secret, False), result_b.remote, peer="alice"
+    )
+    app_a, app_b = Collector(), Collector()
+    conn_a.set_protocol(app_a)
+    conn_b.set_protocol(app_b)
+    return internet, conn_a, conn_b, app_a, app_b, routers
+
+
+def test_datagrams_flow_both_ways_and_only_payloads_reach_the_app():
+    internet, conn_a, conn_b, app_a, app_b, routers = connected_pair()
+    app_a.transport.write(b"hello bob")
+    conn_b.write(b"hello alice")
+    internet.advance(0.1)
+    assert [d for d, _ in app_b.received] == [b"hello bob"]
+    assert [d for d, _ in app_a.received] == [b"hello alice"]
+    assert app_b.received[0][1] == conn_b.remote_address
+    assert routers[1].stats.delivered == 1
+
+
+def test_forged_and_replayed_frames_are_dropped():
+    internet, conn_a, conn_b, app_a, app_b, routers = connected_pair()
+    router_b = routers[1]
+    # an attacker spoofing alice's address, without the key
+    forged = control.seal(os.urandom(32), 1, b"evil")
+    router_b.datagramReceived(forged, conn_b.remote_address)
+    # a frame alice really sent, captured and replayed
+    genuine = control.seal(conn_a.keys.send, 77, b"once")
+    router_b.datagramReceived(genuine, conn_b.remote_address)
+    router_b.datagramReceived(genuine, conn_b.remote_address)
+    # bob's own frame reflected back at him
+    reflected = control.seal(conn_b.keys.send, 78, b"mirror")
+    router_b.datagramReceived(reflected, conn_b.remote_address)
+    # from nobody we know
+    router_b.datagramReceived(genuine, ("203.0.113.99", 1))
+    assert [d for d, _ in app_b.received] == [b"once"]
+    assert router_b.stats.dropped_bad_tag == 2
+    assert router_b.stats.dropped_replay == 1
+    assert router_b.stats.dropped_unknown_peer == 1
+
+
+def test_close_stops_sending_and_delivery():
+    internet, conn_a, conn_b, app_a, app_b, routers = connected_pair()
+    closed = []
+    conn_b.when_closed().addCallback(closed.append)
+    conn_b.close()
+    assert closed == [None]
+    assert app_b.stopped == 1
+    with pytest.raises(ConnectionClosed):
+        conn_b.write(b"late")
+    conn_a.write(b"anyone?")
+    internet.advance(0.1)
+    assert app_b.received == []
+    assert routers[1].stats.dropped_unknown_peer == 1
+
+
+def test_replay_window():
+    window = control.ReplayWindow()
+    assert window.accept(1) and window.accept(3) and window.accept(2)
+    assert not window.accept(2)
+    assert window.accept(100)
+    assert not window.accept(36), "older than the 64-wide window"
+    assert window.accept(37)
+    assert not window.accept(0)

@@ -1,0 +1,224 @@
+"""
+The peer connection: what an application holds once a hole is punched.
+
+A L{PeerConnection} carries the application's own datagrams to one peer,
+over the shared socket, in frames that only that peer can have produced
+(L{twisted_nat.control.seal}).  The application gives it a
+C{DatagramProtocol}; the protocol's transport writes to the peer, and its
+C{datagramReceived} sees only verified payloads from the peer.
+
+L{AppDataRouter} is the one protocol on the multiplexer for application
+frames: it finds the connection by the sender's address, checks the tag
+and the replay window, and hands the payload on.  Several connections to
+several peers share the socket this way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.protocol import AbstractDatagramProtocol, DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted_nat import control
+from twisted_nat.address import format_address
+from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.control import ReplayWindow, SessionKeys
+from twisted_nat.errors import TwistedNATError
+
+Address = tuple[str, int]
+
+
+class ConnectionClosed(TwistedNATError):
+    """The peer connection was closed; nothing more can be sent on it."""
+
+
+@attrs.define
+class RouterStats:
+    received: int = 0
+    delivered: int = 0
+    dropped_unknown_peer: int = 0
+    dropped_bad_tag: int = 0
+    dropped_replay: int = 0
+
+
+@implementer(IUDPTransport)
+class _ConnectionTransport:
+    """The transport the application's protocol sees: it reaches one peer only."""
+
+    def __init__(self, connection: PeerConnection) -> None:
+        self._connection = connection
+
+    def write(self, packet: bytes, addr: Address | None = None) -> None:
+        self._connection.write(packet)
+
+    def connect(self, host: str, port: int) -> None:
+        raise RuntimeError("a peer connection is already bound to its peer")
+
+    def getHost(self) -> Any:
+        return self._connection.router.getHost()
+
+    def stopListening(self) -> None:
+        self._connection.close()
+
+    loseConnection = stopListening
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        raise RuntimeError("a peer connection cannot broadcast")
+
+    def getBroadcastAllowed(self) -> bool:
+        return False
+
+
+class PeerConnection:
+    """
+    One authenticated UDP path to one peer.
+
+    @ivar peer: the peer's name, when it came through a rendezvous.
+    @ivar remote: the peer's candidate in use (its kind says host,
+        server-reflexive, peer-reflexive or relayed).
+    @ivar local_kind: which of our candidates the peer reached, if known.
+    @ivar setup_time: seconds from the start of punching to the connection.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        router: AppDataRouter,
+        keys: SessionKeys,
+        remote: Candidate,
+        local_kind: CandidateType | None = None,
+        rtt: float | None = None,
+        setup_time: float = 0.0,
+        peer: str | None = None,
+    ) -> None:
+        self.router = router
+        self.keys = keys
+        self.remote = remote
+        self.local_kind = local_kind
+        self.rtt = rtt
+        self.setup_time = setup_time
+        self.peer = peer
+        self.protocol: AbstractDatagramProtocol | None = None
+        self.closed = False
+        self._sequence = 0
+        self._replay = ReplayWindow()
+        self._closing: list[Deferred[None]] = []
+        router.add(self)
+
+    @property
+    def remote_address(self) -> Address:
+        return self.remote.address
+
+    @property
+    def session_id(self) -> bytes:
+        return self.keys.session_id
+
+    def describe_path(self) -> str:
+        local = self.local_kind.value if self.local_kind is not None else "?"
+        return f"{local} -> {self.remote.kind.value} {format_address(self.remote.address)}"
+
+    def set_protocol(self, protocol: AbstractDatagramProtocol) -> None:
+        """Give the application's protocol the peer: its transport writes there."""
+        self.protocol = protocol
+        protocol.makeConnection(_ConnectionTransport(self))  # type: ignore[arg-type]
+
+    def write(self, data: bytes) -> None:
+        """Send one datagram to the peer, sealed under this session's key."""
+        if self.closed:
+            raise ConnectionClosed("the peer connection is closed")
+        self._sequence += 1
+        self.router.send(control.seal(self.keys.send, self._sequence, data), self.remote.address)
+
+    def move_to(self, remote: Candidate) -> None:
+        """A re-punch found a new path: send there, accept from there."""
+        self.router.remove(self)
+        self.remote = remote
+        self.router.add(self)
+
+    def frame_received(self, frame: bytes) -> None:
+        opened = control.open_frame(self.keys.receive, frame)
+        if opened is None:
+            self.router.stats.dropped_bad_tag += 1
+            self.log.debug("dropped data failing its tag from {addr}", addr=self.remote.address)
+            return
+        sequence, payload = opened
+        if not self._replay.accept(sequence):
+            self.router.stats.dropped_replay += 1
+            self.log.debug("dropped replayed data from {addr}", addr=self.remote.address)
+            return
+        self.router.stats.delivered += 1
+        if self.protocol is not None:
+            self.protocol.datagramReceived(payload, self.remote.address)
+
+    def close(self) -> None:
+        """Close the connection: the router forgets it and the protocol stops."""
+        if self.closed:
+            return
+        self.closed = True
+        self.router.remove(self)
+        if self.protocol is not None:
+            self.protocol.doStop()
+        closing, self._closing = self._closing, []
+        for d in closing:
+            d.callback(None)
+
+    def when_closed(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.closed:
+            d.callback(None)
+        else:
+            self._closing.append(d)
+        return d
+
+
+class AppDataRouter(DatagramProtocol):
+    """The multiplexer's protocol for application frames (first byte 4)."""
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self) -> None:
+        self.stats = RouterStats()
+        self._connections: dict[Address, PeerConnection] = {}
+
+    def attach(self, mux: Any) -> None:
+        mux.add_range(self, [control.APP_DATA])
+
+    def add(self, connection: PeerConnection) -> None:
+        self._connections[connection.remote.address] = connection
+
+    def remove(self, connection: PeerConnection) -> None:
+        if self._connections.get(connection.remote.address) is connection:
+            del self._connections[connection.remote.address]
+
+    def connections(self) -> list[PeerConnection]:
+        return list(self._connections.values())
+
+    def send(self, frame: bytes, address: Address) -> None:
+        if self.transport is None:
+            raise ConnectionClosed("the shared socket is closed")
+        self.transport.write(frame, address)
+
+    def getHost(self) -> Any:
+        assert self.transport is not None
+        return self.transport.getHost()
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.stats.received += 1
+        connection = self._connections.get(addr)
+        if connection is None:
+            self.stats.dropped_unknown_peer += 1
+            self.log.debug("dropped data from {addr}, no connection", addr=addr)
+            return
+        connection.frame_received(datagram)
+
+    def doStop(self) -> None:
+        for connection in list(self._connections.values()):
+            connection.close()
+        super().doStop()
