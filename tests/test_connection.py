@@ -79,7 +79,7 @@ def test_forged_and_replayed_frames_are_dropped():
 
 def test_close_stops_sending_and_delivery():
     internet, conn_a, conn_b, app_a, app_b, routers = connected_pair()
-    closed = []
+    closed: list[None] = []
     conn_b.when_closed().addCallback(closed.append)
     conn_b.close()
     assert closed == [None]

@@ -126,7 +126,7 @@ class PeerConnection:
     def set_protocol(self, protocol: AbstractDatagramProtocol) -> None:
         """Give the application's protocol the peer: its transport writes there."""
         self.protocol = protocol
-        protocol.makeConnection(_ConnectionTransport(self))  # type: ignore[arg-type]
+        protocol.makeConnection(_ConnectionTransport(self))
 
     def write(self, data: bytes) -> None:
         """Send one datagram to the peer, sealed under this session's key."""
