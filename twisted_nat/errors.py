@@ -62,3 +62,46 @@ class DiscoveryError(TwistedNATError):
         detail = "; ".join(f"{h}:{p}: {exc}" for (h, p), exc in failures.items()) or "no servers"
         super().__init__(f"public address discovery failed ({detail})")
         self.failures = failures
+
+
+class RendezvousError(TwistedNATError):
+    """
+    Base of the rendezvous (signalling) errors.
+
+    These cross the wire as AMP error descriptions, which arrive as bytes;
+    the constructor accepts them so that C{str()} of an error reads the same
+    on both ends.
+    """
+
+    def __init__(self, message: str | bytes = "") -> None:
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        super().__init__(message)
+
+
+class UnknownPeer(RendezvousError):
+    """No peer is registered under the name an offer was addressed to."""
+
+
+class DuplicateName(RendezvousError):
+    """Another live connection has already registered this name."""
+
+
+class NotRegistered(RendezvousError):
+    """A connection tried to send an offer before registering a name."""
+
+
+class PeerUnavailable(RendezvousError):
+    """The peer was found but did not answer: its handler failed, refused or timed out."""
+
+
+class RendezvousUnavailable(RendezvousError):
+    """
+    There is no usable connection to the rendezvous server right now, or it
+    was lost while a call was waiting for its answer.  Retrying later may
+    work: the client reconnects by itself.
+    """
+
+
+class MalformedSignal(RendezvousError, ValueError):
+    """A signalling message (name, offer, answer) is not well-formed."""

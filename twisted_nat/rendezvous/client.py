@@ -1,0 +1,285 @@
+"""
+The rendezvous client: a peer's lasting connection to the rendezvous
+server, providing L{ISignaling}.
+
+    client = RendezvousClient(reactor, "tls:rendezvous.example.com:8765", "alice")
+    client.set_offer_handler(answer_them)
+    client.startService()           # or client.setServiceParent(application)
+    answer = await client.connect("bob", new_offer("alice", candidates))
+
+The connection is kept by a C{ClientService}, which reconnects with
+exponential backoff whenever it drops; every new connection registers the
+name again before it is used, so the server (which forgets a name when its
+connection drops) always knows us after a reconnect.
+
+Calls never wait for a connection: while there is no registered connection
+they fail at once with L{RendezvousUnavailable}, and a connection lost
+while a call waits fails that call the same way.  The caller decides
+whether to retry; a queue here would hold stale offers whose candidates
+may no longer be valid by the time they went out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_nat.errors import (
+    ConfigurationError,
+    MalformedSignal,
+    RendezvousError,
+    RendezvousUnavailable,
+)
+from twisted_nat.rendezvous.interfaces import ISignaling, OfferHandler, run_offer_handler
+from twisted_nat.rendezvous.protocol import RendezvousClientProtocol
+from twisted_nat.rendezvous.values import Answer, Offer, check_name
+
+RetryPolicy = Callable[[int], float]
+
+DEFAULT_CALL_TIMEOUT = 30.0
+
+
+def default_retry_policy() -> RetryPolicy:
+    """One second, growing by half each failure up to a minute, plus up to a second of jitter."""
+    return backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=1.5)
+
+
+class _Factory(Factory):
+    noisy = False
+
+    def __init__(self, client: RendezvousClient) -> None:
+        self._client = client
+
+    def buildProtocol(self, addr: IAddress | None) -> RendezvousClientProtocol:
+        return RendezvousClientProtocol(
+            self._client._answer_offer, self._client._connected, self._client._lost
+        )
+
+
+@implementer(ISignaling)
+class RendezvousClient(Service):
+    """
+    A peer registered as C{name} at the rendezvous server at C{endpoint}.
+
+    The name is kept in C{peer_name}: C{name} belongs to C{Service}, where
+    it names the service among its siblings.
+
+    @param reactor: for timers and for the connection, so it must provide
+        what the endpoint needs (C{IReactorTCP}, C{IReactorSSL}) as well as
+        C{IReactorTime}.
+    @param endpoint: a client endpoint string: C{"tcp:host=H:port=P"}, or
+        C{"tls:H:P"} to check the server's certificate and keep the
+        session keys of offers private on the way.
+    @param name: the name other peers reach us by.
+    @param retry_policy: seconds to wait before reconnection attempt n
+        (as for C{ClientService}); L{default_retry_policy} if not given.
+        A connection whose registration is refused is dropped, and the
+        next attempt waits as long as after a first failed one.
+    @param call_timeout: how long L{connect} and L{register} wait for the
+        server before failing with L{RendezvousUnavailable}; longer than
+        the server's relay timeout, so that its more precise
+        L{twisted_nat.errors.PeerUnavailable} arrives first.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        endpoint: str,
+        name: str,
+        retry_policy: RetryPolicy | None = None,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    ) -> None:
+        try:
+            check_name(name)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
+        try:
+            client_endpoint = clientFromString(reactor, endpoint)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigurationError(f"bad rendezvous server endpoint {endpoint!r}: {e}") from None
+        self.peer_name = name
+        self.endpoint = endpoint
+        self.call_timeout = call_timeout
+        self._reactor = reactor
+        self._handler: OfferHandler | None = None
+        self._protocol: RendezvousClientProtocol | None = None
+        self._waiters: list[Deferred[None]] = []
+        self._registrations = 0
+        self._service = ClientService(
+            client_endpoint,
+            _Factory(self),
+            retryPolicy=retry_policy or default_retry_policy(),
+            clock=reactor,
+        )
+
+    # --- the service ---
+
+    def startService(self) -> None:
+        super().startService()
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        stopped = self._service.stopService()
+        self._fail_waiters(RendezvousUnavailable("the rendezvous client was stopped"))
+        return stopped
+
+    @property
+    def registered(self) -> bool:
+        """Whether we are connected and registered right now."""
+        return self._protocol is not None
+
+    def when_registered(self) -> Deferred[None]:
+        """
+        Fire when we are connected and registered: at once if we are now,
+        else after the next successful registration.
+
+        It fails with the server's refusal (L{DuplicateName}) if the next
+        registration is refused, and with L{RendezvousUnavailable} if the
+        client is stopped first.  Failed connection attempts do not fail it:
+        the client keeps trying.
+        """
+        if self._protocol is not None:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(error)
+
+    # --- connection events (from the protocol) ---
+
+    def _connected(self, protocol: RendezvousClientProtocol) -> None:
+        self.log.debug(
+            "Connected to the rendezvous server at {endpoint}; registering as {name}",
+            endpoint=self.endpoint,
+            name=self.peer_name,
+        )
+        name = self.peer_name
+        d = protocol.register(name)
+        d.addTimeout(self.call_timeout, self._reactor)
+        d.addCallbacks(
+            self._registered,
+            self._refused,
+            callbackArgs=(protocol, name),
+            errbackArgs=(protocol, name),
+        )
+
+    def _registered(self, result: None, protocol: RendezvousClientProtocol, name: str) -> None:
+        if not protocol.connected or not self.running:
+            return
+        self._protocol = protocol
+        self._registrations += 1
+        if self._registrations == 1:
+            self.log.info(
+                "Registered as {name} at the rendezvous server at {endpoint}",
+                name=name,
+                endpoint=self.endpoint,
+            )
+        else:
+            self.log.info(
+                "Reconnected to the rendezvous server at {endpoint} and registered as {name} again",
+                name=name,
+                endpoint=self.endpoint,
+            )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _refused(self, failure: Failure, protocol: RendezvousClientProtocol, name: str) -> None:
+        if not protocol.connected:
+            return  # _lost has said what happened
+        self.log.warn(
+            "The rendezvous server at {endpoint} did not register {name} ({error}); "
+            "disconnecting to try again later",
+            endpoint=self.endpoint,
+            name=name,
+            error=failure.value,
+        )
+        if failure.check(RendezvousError):
+            assert isinstance(failure.value, Exception)
+            self._fail_waiters(failure.value)
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
+
+    def _lost(self, protocol: RendezvousClientProtocol, reason: Failure) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        if self.running:
+            self.log.info(
+                "Lost the connection to the rendezvous server at {endpoint} ({reason}); "
+                "reconnecting",
+                endpoint=self.endpoint,
+                reason=reason.getErrorMessage(),
+            )
+
+    def _answer_offer(self, offer: Offer) -> Deferred[Answer]:
+        self.log.debug("Offer from {name}", name=offer.from_name)
+        return run_offer_handler(self._handler, offer, self.log)
+
+    # --- ISignaling ---
+
+    def _call_failed(self, result: Any, timeout: float) -> Any:
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
+            return Failure(
+                RendezvousUnavailable(f"no answer from the rendezvous server in {timeout:g} s")
+            )
+        return result
+
+    def register(self, name: str) -> Deferred[None]:
+        """
+        Change the name we are registered as; later reconnections register
+        the new one.  If the server refuses it we keep the old name.
+        """
+        try:
+            check_name(name)
+        except ValueError as e:
+            return defer.fail(MalformedSignal(str(e)))
+        protocol = self._protocol
+        if protocol is None:
+            return defer.fail(RendezvousUnavailable("not connected to the rendezvous server"))
+
+        def renamed(result: None) -> None:
+            self.peer_name = name
+            self.log.info("Registered as {name} at the rendezvous server", name=name)
+
+        d = protocol.register(name)
+        d.addTimeout(self.call_timeout, self._reactor, onTimeoutCancel=self._call_failed)
+        return d.addCallback(renamed)
+
+    def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
+        try:
+            check_name(name)
+        except ValueError as e:
+            return defer.fail(MalformedSignal(str(e)))
+        protocol = self._protocol
+        if protocol is None:
+            return defer.fail(RendezvousUnavailable("not connected to the rendezvous server"))
+        d = protocol.connect(name, offer)
+        return d.addTimeout(self.call_timeout, self._reactor, onTimeoutCancel=self._call_failed)
+
+    def set_offer_handler(self, handler: OfferHandler | None) -> None:
+        self._handler = handler
+
+    def close(self) -> Deferred[None]:
+        """Stop the service (if it runs): disconnect and stop reconnecting."""
+        if not self.running:
+            return defer.succeed(None)
+        return self.stopService()
