@@ -5,16 +5,29 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 import pytest
 
 from tests.fakes import Collector
-from tests.test_punch import make_internet, make_peer
+from tests.test_punch import Peer, make_internet, make_peer
 from twisted_nat import control
 from twisted_nat.connection import AppDataRouter, ConnectionClosed, PeerConnection
 from twisted_nat.control import SessionKeys
 
 
-def connected_pair(kind_a: str = "port-restricted", kind_b: str = "full") -> tuple[Any, ...]:
+@attrs.define
+class Connected:
+    internet: Any
+    alice: Peer
+    bob: Peer
+    conn_a: PeerConnection
+    conn_b: PeerConnection
+    app_a: Collector
+    app_b: Collector
+    routers: list[AppDataRouter]
+
+
+def connected(kind_a: str = "port-restricted", kind_b: str = "full") -> Connected:
     internet = make_internet()
     alice, bob = make_peer(internet, kind_a, 1), make_peer(internet, kind_b, 2)
     routers = []
@@ -42,7 +55,12 @@ def connected_pair(kind_a: str = "port-restricted", kind_b: str = "full") -> tup
     app_a, app_b = Collector(), Collector()
     conn_a.set_protocol(app_a)
     conn_b.set_protocol(app_b)
-    return internet, conn_a, conn_b, app_a, app_b, routers
+    return Connected(internet, alice, bob, conn_a, conn_b, app_a, app_b, routers)
+
+
+def connected_pair(kind_a: str = "port-restricted", kind_b: str = "full") -> tuple[Any, ...]:
+    c = connected(kind_a, kind_b)
+    return c.internet, c.conn_a, c.conn_b, c.app_a, c.app_b, c.routers
 
 
 def test_datagrams_flow_both_ways_and_only_payloads_reach_the_app():
@@ -100,3 +118,63 @@ def test_replay_window():
     assert not window.accept(36), "older than the 64-wide window"
     assert window.accept(37)
     assert not window.accept(0)
+
+
+def keep_alive_both(c: Connected, interval: float, timeout: float = 1.0) -> list[Any]:
+    lost: list[Any] = []
+    for peer, conn in ((c.alice, c.conn_a), (c.bob, c.conn_b)):
+        d = peer.puncher.maintain_binding(
+            conn, conn.remote_address, interval=interval, timeout=timeout
+        )
+        d.addErrback(lost.append)
+    return lost
+
+
+def both_port_restricted(binding_timeout: float) -> Connected:
+    c = connected("port-restricted", "port-restricted")
+    for peer in (c.alice, c.bob):
+        peer.host.behind.binding_timeout = binding_timeout
+    return c
+
+
+def test_keepalive_holds_a_short_lived_binding_open():
+    """NAT bindings die after 10 s idle; probes every 4 s keep data flowing for 60 s."""
+    c = both_port_restricted(10.0)
+    lost = keep_alive_both(c, interval=4.0)
+    for second in range(0, 60, 12):
+        c.internet.advance(12.0)
+        c.conn_b.write(b"tick %d" % second)
+        c.internet.advance(0.1)
+    assert len(c.app_a.received) == 5
+    assert lost == []
+    quality = c.conn_a.quality()
+    assert quality is not None
+    assert quality.loss == 0.0
+    assert quality.rtt is not None and 0.005 < quality.rtt < 0.05
+    c.alice.puncher.stop_binding(c.conn_a.session_id)
+    c.bob.puncher.stop_binding(c.conn_b.session_id)
+
+
+def test_without_keepalive_the_binding_dies():
+    """The same NATs and traffic without keep-alive: the proof the mechanism matters."""
+    c = both_port_restricted(10.0)
+    c.internet.advance(12.0)
+    c.conn_b.write(b"anyone there?")
+    c.internet.advance(0.1)
+    assert c.app_a.received == []
+
+
+def test_a_vanished_peer_is_declared_lost():
+    c = connected()
+    lost: list[Any] = []
+    d = c.alice.puncher.maintain_binding(
+        c.conn_a, c.conn_a.remote_address, interval=2.0, timeout=0.5
+    )
+    d.addErrback(lost.append)
+    c.internet.advance(5.0)
+    assert lost == []
+    for listening in c.bob.host.ports():  # bob's machine goes away
+        listening.stopListening()
+    c.internet.advance(30.0)
+    assert len(lost) == 1
+    assert "no answer" in str(lost[0].value)

@@ -29,6 +29,7 @@ from twisted_nat.address import format_address
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.control import ReplayWindow, SessionKeys
 from twisted_nat.errors import TwistedNATError
+from twisted_nat.keepalive import KeepAliveMachine, LinkQuality
 
 Address = tuple[str, int]
 
@@ -105,6 +106,7 @@ class PeerConnection:
         self.setup_time = setup_time
         self.peer = peer
         self.protocol: AbstractDatagramProtocol | None = None
+        self.keepalive: KeepAliveMachine | None = None
         self.closed = False
         self._sequence = 0
         self._replay = ReplayWindow()
@@ -118,6 +120,10 @@ class PeerConnection:
     @property
     def session_id(self) -> bytes:
         return self.keys.session_id
+
+    def quality(self) -> LinkQuality | None:
+        """RTT (smoothed), loss and jitter, while keep-alive runs."""
+        return self.keepalive.quality() if self.keepalive is not None else None
 
     def describe_path(self) -> str:
         local = self.local_kind.value if self.local_kind is not None else "?"
@@ -134,11 +140,33 @@ class PeerConnection:
             raise ConnectionClosed("the peer connection is closed")
         self._sequence += 1
         self.router.send(control.seal(self.keys.send, self._sequence, data), self.remote.address)
+        if self.keepalive is not None:
+            self.keepalive.traffic_sent()
 
-    def move_to(self, remote: Candidate) -> None:
-        """A re-punch found a new path: send there, accept from there."""
+    def rebind(
+        self,
+        keys: SessionKeys,
+        remote: Candidate,
+        local_kind: CandidateType | None,
+        rtt: float | None,
+        setup_time: float,
+    ) -> None:
+        """
+        A new punch replaced this connection's path and session: send and
+        accept there, under the new keys.  The application's protocol stays
+        attached; keep-alive starts afresh for the new session.
+        """
         self.router.remove(self)
+        if self.keepalive is not None:
+            self.keepalive.stop()
+            self.keepalive = None
+        self.keys = keys
         self.remote = remote
+        self.local_kind = local_kind
+        self.rtt = rtt
+        self.setup_time = setup_time
+        self._sequence = 0
+        self._replay = ReplayWindow()
         self.router.add(self)
 
     def frame_received(self, frame: bytes) -> None:
@@ -153,6 +181,8 @@ class PeerConnection:
             self.log.debug("dropped replayed data from {addr}", addr=self.remote.address)
             return
         self.router.stats.delivered += 1
+        if self.keepalive is not None:
+            self.keepalive.traffic_received()
         if self.protocol is not None:
             self.protocol.datagramReceived(payload, self.remote.address)
 

@@ -34,6 +34,7 @@ from twisted_nat.address import format_address
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority, rank
 from twisted_nat.control import Destination, SessionKeys
 from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.keepalive import KeepAliveMachine, reactor_callables
 from twisted_nat.stun.attributes import XorMappedAddress
 from twisted_nat.stun.message import Message, MessageClass
 
@@ -82,6 +83,10 @@ class PunchResult:
     rtt: float | None
     elapsed: float
     pairs: tuple[PairReport, ...]
+
+
+class BindingLost(TwistedNATError):
+    """Keep-alive got no answer for too long: the NAT binding (or the peer) is gone."""
 
 
 class PunchFailed(TwistedNATError):
@@ -293,6 +298,18 @@ class _Running:
         self.grace: IDelayedCall | None = None
 
 
+class _KeepAlive:
+    """One connection's keep-alive: its machine and the Deferred its owner holds."""
+
+    __slots__ = ("connection", "deferred", "machine", "remote")
+
+    def __init__(self, connection: Any, remote: Address, machine: KeepAliveMachine) -> None:
+        self.connection = connection
+        self.remote = remote
+        self.machine = machine
+        self.deferred: Deferred[None] = Deferred()
+
+
 @attrs.define
 class PuncherStats:
     """Counters of the control traffic; every dropped datagram lands in one."""
@@ -305,11 +322,13 @@ class PuncherStats:
 
 class HolePuncher(DatagramProtocol):
     """
-    The punch handshake on the shared socket: attach it to the
-    multiplexer for the PUNCH method (L{attach}), then call L{punch_hole}.
+    The punch handshake and keep-alive on the shared socket: attach it to
+    the multiplexer (L{attach}), call L{punch_hole}, then
+    L{maintain_binding} for the connection made.
 
-    Sessions stay registered after they connect, so that late PUNCHes are
-    still answered, until L{forget} is called when the connection closes.
+    Sessions stay registered after they connect, so that late PUNCHes and
+    the peer's KEEP_ALIVEs are still answered, until L{forget} is called
+    when the connection closes.
     """
 
     log = Logger()
@@ -323,11 +342,79 @@ class HolePuncher(DatagramProtocol):
         assert reactor is not None
         self._reactor: IReactorTime = reactor
         self._running: dict[bytes, _Running] = {}
+        self._keepalives: dict[bytes, _KeepAlive] = {}
         self.stats = PuncherStats()
 
     def attach(self, mux: Any) -> None:
-        """Route PUNCH messages of every class from C{mux} to this protocol."""
-        mux.add_stun(self, [control.PUNCH])
+        """Route PUNCH and KEEPALIVE messages of every class from C{mux} to this protocol."""
+        mux.add_stun(self, [control.PUNCH, control.KEEPALIVE])
+
+    def maintain_binding(
+        self,
+        connection: Any,
+        remote_addr: Address,
+        interval: float = 25.0,
+        timeout: float = 5.0,
+        **options: Any,
+    ) -> Deferred[None]:
+        """
+        Keep the NAT bindings of C{connection}'s path open with KEEP_ALIVE
+        every C{interval} seconds, and measure the path while doing so.
+
+        The connection gets a C{keepalive} attribute (the
+        L{KeepAliveMachine}, whose C{quality()} is the link's RTT, loss and
+        jitter).  C{options} go to the machine (C{warn_after},
+        C{dead_after}, C{retry_interval}).
+
+        @return: a Deferred that fires with None when keep-alive is stopped
+            (L{stop_binding}, L{forget}), or fails with L{BindingLost} when
+            the peer stopped answering.
+        """
+        session_id = connection.session_id
+        if session_id not in self._running:
+            raise ConfigurationError(f"no punched session {session_id.hex()} to keep alive")
+        if session_id in self._keepalives:
+            raise ConfigurationError(f"session {session_id.hex()} is already kept alive")
+        keys = self._running[session_id].session.keys
+
+        def send_probe() -> bytes:
+            tid, data = control.keepalive(keys)
+            assert self.transport is not None
+            self.transport.write(data, entry.remote)
+            return tid
+
+        def warn(failures: int) -> None:
+            self.log.warn(
+                "no answer from {peer} to {failures} keep-alives in a row",
+                peer=format_address(entry.remote),
+                failures=failures,
+            )
+
+        def lost() -> None:
+            del self._keepalives[session_id]
+            self.log.warn("lost the path to {peer}", peer=format_address(entry.remote))
+            entry.deferred.errback(BindingLost(f"no answer from {format_address(entry.remote)}"))
+
+        machine = KeepAliveMachine(
+            send_probe=send_probe,
+            on_warning=warn,
+            on_lost=lost,
+            interval=interval,
+            timeout=timeout,
+            **reactor_callables(self._reactor),
+            **options,
+        )
+        entry = self._keepalives[session_id] = _KeepAlive(connection, remote_addr, machine)
+        connection.keepalive = machine
+        machine.start()
+        return entry.deferred
+
+    def stop_binding(self, session_id: bytes) -> None:
+        """Stop keeping a session's path alive (its Deferred fires with None)."""
+        entry = self._keepalives.pop(session_id, None)
+        if entry is not None:
+            entry.machine.stop()
+            entry.deferred.callback(None)
 
     def punch_hole(
         self,
@@ -377,6 +464,7 @@ class HolePuncher(DatagramProtocol):
 
     def forget(self, punch_id: bytes) -> None:
         """Stop answering for a session (its connection closed)."""
+        self.stop_binding(punch_id)
         running = self._running.pop(punch_id, None)
         if running is not None:
             self._cancel_timers(running)
@@ -407,7 +495,10 @@ class HolePuncher(DatagramProtocol):
         session = running.session
         if not control.verify(message, session.keys):
             self.stats.dropped_bad_mac += 1
-            self.log.debug("dropped PUNCH failing its MAC from {addr}", addr=addr)
+            self.log.debug("dropped control message failing its MAC from {addr}", addr=addr)
+            return
+        if message.method == control.KEEPALIVE:
+            self._keepalive_received(session_id, session.keys, message, addr)
             return
         now = self._reactor.seconds()
         if message.message_class == MessageClass.REQUEST:
@@ -419,6 +510,20 @@ class HolePuncher(DatagramProtocol):
         else:
             actions = []
         self._carry_out(session_id, actions)
+
+    def _keepalive_received(
+        self, session_id: bytes, keys: SessionKeys, message: Message, addr: Address
+    ) -> None:
+        """Answer the peer's KEEP_ALIVE; give our machine the peer's ACK."""
+        entry = self._keepalives.get(session_id)
+        if message.message_class == MessageClass.REQUEST:
+            assert self.transport is not None
+            self.transport.write(control.keepalive_ack(keys, message.transaction_id), addr)
+            if entry is not None:
+                entry.machine.probe_received()
+        elif message.message_class == MessageClass.SUCCESS and entry is not None:
+            entry.machine.ack_received(message.transaction_id)
+            entry.machine.traffic_received()
 
     def doStop(self) -> None:
         for punch_id in list(self._running):

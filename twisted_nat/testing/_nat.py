@@ -273,6 +273,17 @@ class NATBox:
             for b in sorted(self._bindings.values(), key=lambda b: (b.internal, b.external_port))
         ]
 
+    def flush(self) -> int:
+        """
+        Forget every binding at once, as C{conntrack -F} does to a Linux NAT
+        (or a reboot to a home router); returns how many there were.
+        """
+        flushed = len(self._bindings)
+        self._bindings.clear()
+        self._by_port.clear()
+        self.stats.expired += flushed
+        return flushed
+
     # --- what the network calls ---
 
     def _lose(self) -> bool:

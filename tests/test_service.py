@@ -1,0 +1,141 @@
+"""The composed service on the simulated internet: connect by name, data, status, re-punch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+
+from tests.fakes import Collector
+from twisted_nat import testing as sim
+from twisted_nat.rendezvous import InMemorySignalingHub
+from twisted_nat.service import NATTraversalManager, NATTraversalService
+from twisted_nat.stun.server import STUNServerGroup
+
+PRIMARY = ("203.0.113.10", 3478)
+ALTERNATE = ("203.0.113.11", 3479)
+
+
+@attrs.define
+class World:
+    internet: sim.SimulatedInternet
+    hub: InMemorySignalingHub
+    services: dict[str, NATTraversalService]
+    apps: dict[str, list[Collector]]
+    nats: dict[str, Any]
+
+
+def world(
+    kinds: dict[str, tuple[str, sim.PortAllocation]],
+    interval: float = 25.0,
+    timeout: float = 5.0,
+    seed: int = 0,
+) -> World:
+    internet = sim.SimulatedInternet(seed=seed, latency=0.005)
+    server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
+    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
+    hub = InMemorySignalingHub(reactor=internet.clock)
+    w = World(internet, hub, {}, {}, {})
+    for index, (name, (kind, allocation)) in enumerate(kinds.items(), start=1):
+        nat = internet.add_nat_of_type(f"198.51.100.{index}", kind, allocation=allocation)  # type: ignore[arg-type]
+        host = internet.add_host(f"192.0.2.{index + 10}", behind=nat)
+        apps: list[Collector] = []
+
+        def factory(connection: Any, apps: list[Collector] = apps) -> Collector:
+            app = Collector()
+            apps.append(app)
+            return app
+
+        service = NATTraversalService(
+            0,
+            [PRIMARY],
+            keepalive_interval=interval,
+            keepalive_timeout=timeout,
+            reactor=host,
+            name=name,
+            signaling=hub.peer(name),
+            protocol_factory=factory,
+            host_addresses=[host.addresses[0]],
+        )
+        service.startService()
+        w.services[name], w.apps[name], w.nats[name] = service, apps, nat
+    for service in w.services.values():
+        internet.run_until(service.ready())
+    internet.advance(1.0)  # behaviour discovery finishes in the background
+    return w
+
+
+PRESERVE = sim.PortAllocation.PRESERVING
+
+
+def test_connect_by_name_and_exchange_data():
+    w = world({"alice": ("port-restricted-cone", PRESERVE), "bob": ("restricted-cone", PRESERVE)})
+    alice, bob = w.services["alice"], w.services["bob"]
+    connection = w.internet.run_until(alice.connect("bob"))
+    w.internet.advance(0.5)
+    assert connection.peer == "bob"
+    assert "bob" in alice.connections and "alice" in bob.connections
+    connection.write(b"hi bob")
+    bob.connections["alice"].write(b"hi alice")
+    w.internet.advance(0.1)
+    assert [d for d, _ in w.apps["bob"][0].received] == [b"hi bob"]
+    assert [d for d, _ in w.apps["alice"][0].received] == [b"hi alice"]
+    assert connection.setup_time < 0.1
+
+
+def test_status_reports_nat_candidates_and_connections():
+    w = world({"alice": ("full-cone", PRESERVE), "bob": ("port-restricted-cone", PRESERVE)})
+    alice = w.services["alice"]
+    w.internet.run_until(alice.connect("bob"))
+    w.internet.advance(60.0)  # a few keep-alives for link quality
+    status = alice.status()
+    assert status["name"] == "alice"
+    assert status["public"].startswith("198.51.100.1:")
+    assert status["nat"]["nat_type"] == "full cone"
+    assert {c["type"] for c in status["candidates"]} == {"host", "srflx"}
+    [conn] = status["connections"]
+    assert conn["peer"] == "bob"
+    assert conn["path"]["remote"] == "srflx"
+    assert conn["path"]["remote_address"].startswith("198.51.100.2:")
+    assert 10.0 <= conn["rtt_ms"] <= 20.0
+    assert conn["loss"] == 0.0
+    assert conn["jitter_ms"] is not None
+
+
+def test_lost_binding_is_punched_again_through_the_rendezvous():
+    """alice's NAT forgets everything and picks new random ports: keep-alive notices."""
+    w = world(
+        {
+            "alice": ("port-restricted-cone", sim.PortAllocation.RANDOM),
+            "bob": ("port-restricted-cone", PRESERVE),
+        },
+        interval=4.0,
+        timeout=1.0,
+    )
+    connection = w.internet.run_until(w.services["alice"].connect("bob"))
+    first_session = connection.session_id
+    w.internet.advance(5.0)
+    w.nats["alice"].flush()
+    w.internet.advance(12.0)  # three intervals
+    assert connection.session_id != first_session, "a new session replaced the lost one"
+    assert not connection.closed
+    connection.write(b"still here")
+    w.internet.advance(0.1)
+    assert [d for d, _ in w.apps["bob"][0].received] == [b"still here"]
+    assert len(w.apps["bob"]) == 1, "the application kept its one protocol"
+
+
+def test_the_old_name_is_the_same_class():
+    assert NATTraversalManager is NATTraversalService
+
+
+def test_connect_without_rendezvous_is_a_configuration_error():
+    from twisted_nat.errors import ConfigurationError
+
+    internet = sim.SimulatedInternet()
+    host = internet.add_host("203.0.113.50")
+    service = NATTraversalService(0, [], reactor=host, host_addresses=["203.0.113.50"])
+    service.startService()
+    with pytest.raises(ConfigurationError):
+        internet.run_until(service.connect("bob"))

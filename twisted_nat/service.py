@@ -1,0 +1,434 @@
+"""
+The service that composes everything: one UDP socket, STUN, behaviour
+discovery, rendezvous, punching, keep-alive and the application's data.
+
+    service = NATTraversalService(
+        stun_servers=[("stun.example.net", 3478)],
+        name="alice",
+        rendezvous="tcp:host=rendezvous.example.net:port=8765",
+        protocol_factory=lambda connection: MyPeerProtocol(),
+    )
+    service.setServiceParent(application)
+    connection = await service.connect("bob")
+    connection.write(b"hello")
+
+The socket is bound in C{privilegedStartService}; then the public address
+is discovered on that very socket (so it is the binding punching will
+use), candidates are gathered, and the name is registered.  Incoming
+offers are answered with our candidates and punched at once; outgoing
+ones with L{connect}.  Every connection is kept alive and, when keep-alive
+declares its path lost, punched again through the rendezvous by the peer
+that made the first offer; the application's protocol stays attached to
+the same L{PeerConnection} throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import AbstractDatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_nat.address import format_address
+from twisted_nat.behavior import NATBehavior, detect_nat
+from twisted_nat.candidates import (
+    Candidate,
+    CandidateType,
+    host_candidates,
+    interface_addresses,
+    rank,
+)
+from twisted_nat.connection import AppDataRouter, PeerConnection
+from twisted_nat.control import SessionKeys
+from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.punch import BindingLost, HolePuncher, PunchResult
+from twisted_nat.rendezvous import ISignaling, Offer, RendezvousClient, answer_to, new_offer
+from twisted_nat.stun.client import DiscoveryResult, STUNClient
+from twisted_nat.stun.message import MessageClass, Method
+
+Address = tuple[str, int]
+ProtocolFactory = Callable[[PeerConnection], AbstractDatagramProtocol | None]
+
+
+class NATTraversalService(MultiService):
+    """
+    NAT traversal for one application: the socket, its candidates, and its
+    peer connections.
+
+    @param local_port: the UDP port to bind (0 for any).
+    @param stun_servers: C{(host, port)} STUN servers; the first RFC 5780
+        one also serves behaviour discovery.
+    @param enable_keepalive: keep every connection's NAT bindings open.
+    @param keepalive_interval: seconds between KEEP_ALIVEs; with
+        C{follow_lifetime}, replaced by half the binding lifetime measured.
+    @param name: our name at the rendezvous.
+    @param rendezvous: a client endpoint string for the rendezvous server,
+        where C{name} is registered (again after every reconnection); or
+        pass C{signaling}, any L{ISignaling} already registered under
+        C{name}, to carry offers yourself.
+    @param protocol_factory: called with each new connection; the protocol
+        it returns gets the connection's datagrams.
+    @param host_addresses: our interface addresses for host candidates
+        (found with C{ifaddr} when not given).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        local_port: int = 0,
+        stun_servers: Sequence[Address] = (),
+        enable_keepalive: bool = True,
+        keepalive_interval: float = 25.0,
+        *,
+        reactor: Any = None,
+        interface: str = "0.0.0.0",
+        name: str | None = None,
+        rendezvous: str | None = None,
+        signaling: ISignaling | None = None,
+        protocol_factory: ProtocolFactory | None = None,
+        keepalive_timeout: float = 5.0,
+        detect_behavior: bool = True,
+        host_addresses: Sequence[str] | None = None,
+        punch_timeout: float = 10.0,
+        punch_interval: float = 0.2,
+        max_retries: int = 30,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        if rendezvous is not None and signaling is not None:
+            raise ConfigurationError("give a rendezvous endpoint or a signaling channel, not both")
+        self._reactor = reactor
+        self.local_port = local_port
+        self.interface = interface
+        self.stun_servers = list(stun_servers)
+        self.enable_keepalive = enable_keepalive
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self.detect_behavior = detect_behavior
+        self.peer_name = name
+        self.protocol_factory = protocol_factory
+        self.punch_timeout = punch_timeout
+        self.punch_interval = punch_interval
+        self.max_retries = max_retries
+        self._host_addresses = list(host_addresses) if host_addresses is not None else None
+
+        self.mux = UDPMultiplexer()
+        self.stun = STUNClient(self.stun_servers, reactor=reactor)
+        self.puncher = HolePuncher(reactor=reactor)
+        self.router = AppDataRouter()
+        self.signaling: ISignaling | None = signaling
+        if rendezvous is not None:
+            if name is None:
+                raise ConfigurationError("a rendezvous needs a name to register")
+            client = RendezvousClient(reactor, rendezvous, name)
+            client.setServiceParent(self)
+            self.signaling = client
+
+        self.port: IListeningPort | None = None
+        self.public: DiscoveryResult | None = None
+        self.behavior: NATBehavior | None = None
+        self.candidates: list[Candidate] = []
+        self.connections: dict[str, PeerConnection] = {}
+        self._offered: set[str] = set()
+        self._ready: Deferred[None] | None = None
+        self._gathered = False
+        self._refreshing: Deferred[None] | None = None
+        self._refresh_waiters: list[Deferred[None]] = []
+        self._waiting: list[Deferred[None]] = []
+
+    # --- life cycle ---
+
+    def privilegedStartService(self) -> None:
+        self.port = self._reactor.listenUDP(self.local_port, self.mux, interface=self.interface)
+        self.mux.add_stun(self.stun, [Method.BINDING], [MessageClass.SUCCESS, MessageClass.ERROR])
+        self.puncher.attach(self.mux)
+        self.router.attach(self.mux)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+        if self.signaling is not None:
+            self.signaling.set_offer_handler(self._on_offer)
+        self._ready = Deferred.fromCoroutine(self._gather())
+        self._ready.addErrback(self._gathering_failed)
+
+    async def _gather(self) -> None:
+        assert self.port is not None
+        port = self.port.getHost().port  # type: ignore[attr-defined]
+        addresses = self._host_addresses
+        if addresses is None:
+            addresses = interface_addresses(include_loopback=self.interface.startswith("127."))
+        if self.interface not in ("", "0.0.0.0"):
+            addresses = [self.interface]
+        self.candidates = rank(host_candidates(port, addresses))
+        await self._discover_public()
+        if self.stun_servers and self.detect_behavior:
+            detecting = detect_nat(self._reactor, self.stun_servers, self.interface)
+            detecting.addCallbacks(self._behavior_found, self._behavior_failed)
+        self._gathered = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def _discover_public(self) -> None:
+        """
+        (Re)learn our server-reflexive candidate on the shared socket: at
+        start, and whenever a path was lost, since a NAT that lost its
+        bindings may give us a new public port.
+        """
+        if not self.stun_servers:
+            return
+        try:
+            self.public = await self.stun.discover()
+        except TwistedNATError as e:
+            self.log.warn("no public address: {error}", error=e)
+            return
+        self.log.info(
+            "public address {public} (seen by {server})",
+            public=format_address(self.public.mapped),
+            server=format_address(self.public.server),
+        )
+        found = [c for c in self.candidates if c.kind is not CandidateType.SERVER_REFLEXIVE]
+        if self.public.mapped not in [c.address for c in found]:
+            found.append(Candidate(CandidateType.SERVER_REFLEXIVE, *self.public.mapped))
+        self.candidates = rank(found)
+        self.log.info(
+            "candidates: {candidates}",
+            candidates=", ".join(
+                f"{c.kind.value} {format_address(c.address)}" for c in self.candidates
+            ),
+        )
+
+    def _refresh(self) -> Deferred[None]:
+        """One public-address refresh at a time; later callers wait for it."""
+        waiter: Deferred[None] = Deferred()
+        self._refresh_waiters.append(waiter)
+        if self._refreshing is None:
+            self._refreshing = Deferred.fromCoroutine(self._refresh_once())
+        return waiter
+
+    async def _refresh_once(self) -> None:
+        try:
+            await self._discover_public()
+        finally:
+            self._refreshing = None
+            waiters, self._refresh_waiters = self._refresh_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _gathering_failed(self, failure: Failure) -> None:
+        self.log.failure("gathering candidates failed", failure)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(failure)
+
+    def _behavior_found(self, behavior: NATBehavior) -> None:
+        self.behavior = behavior
+        self.log.info(
+            "NAT type: {nat_type} ({mapping} mapping, {filtering} filtering)",
+            nat_type=behavior.nat_type.value,
+            mapping=behavior.mapping.value,
+            filtering=behavior.filtering.value,
+        )
+
+    def _behavior_failed(self, failure: Failure) -> None:
+        self.log.warn("NAT behaviour discovery failed: {error}", error=failure.value)
+
+    def ready(self) -> Deferred[None]:
+        """Fires once the socket is bound and candidates are gathered."""
+        if self._gathered:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        for connection in list(self.connections.values()):
+            self._close(connection)
+        stopping = super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            stopped = port.stopListening()
+            if stopped is not None:
+                return Deferred.fromCoroutine(_both(stopping, stopped))
+        return stopping  # type: ignore[no-any-return]
+
+    # --- connections ---
+
+    def connect(self, name: str) -> Deferred[PeerConnection]:
+        """Offer a connection to the peer called C{name} and punch it."""
+        return Deferred.fromCoroutine(self._connect(name))
+
+    async def _connect(self, name: str) -> PeerConnection:
+        if self.signaling is None or self.peer_name is None:
+            raise ConfigurationError("connecting by name needs a name and a rendezvous")
+        await self.ready()
+        offer = new_offer(self.peer_name, self.candidates)
+        self.log.info("offering a connection to {peer}", peer=name)
+        answer = await self.signaling.connect(name, offer)
+        self._offered.add(name)
+        result = await self._punch(offer, answer.candidates, controlling=True)
+        return self._connected(name, offer, result, controlling=True)
+
+    def _on_offer(self, offer: Offer) -> Any:
+        """Answer an offer with our candidates, and punch at once."""
+        self.log.info("{peer} offers a connection", peer=offer.from_name)
+        if self._refreshing is not None:
+            # Our public address is being relearnt: answer with the new one.
+            return self._refresh().addCallback(lambda _: self._answer(offer))
+        return self._answer(offer)
+
+    def _answer(self, offer: Offer) -> Any:
+        punching = self._punch(offer, offer.candidates, controlling=False)
+        punching.addCallback(
+            lambda result: self._connected(offer.from_name, offer, result, controlling=False)
+        )
+        punching.addErrback(self._punch_failed, offer.from_name)
+        return answer_to(offer, self.candidates)
+
+    def _punch(
+        self, offer: Offer, remote: Sequence[Candidate], controlling: bool
+    ) -> Deferred[PunchResult]:
+        assert self.port is not None
+        return self.puncher.punch_hole(
+            self.port.getHost().port,  # type: ignore[attr-defined]
+            remote,
+            offer.session_id,
+            timeout=self.punch_timeout,
+            max_retries=self.max_retries,
+            secret=offer.key,
+            controlling=controlling,
+            local_candidates=self.candidates,
+            interval=self.punch_interval,
+        )
+
+    def _punch_failed(self, failure: Failure, peer: str) -> None:
+        self.log.warn("could not connect to {peer}: {error}", peer=peer, error=failure.value)
+
+    def _connected(
+        self, peer: str, offer: Offer, result: PunchResult, controlling: bool
+    ) -> PeerConnection:
+        keys = SessionKeys.derive(offer.session_id, offer.key, offerer=controlling)
+        existing = self.connections.get(peer)
+        if existing is not None and not existing.closed:
+            self.puncher.forget(existing.session_id)
+            existing.rebind(keys, result.remote, result.local_kind, result.rtt, result.elapsed)
+            connection = existing
+        else:
+            connection = PeerConnection(
+                self.router,
+                keys,
+                result.remote,
+                result.local_kind,
+                result.rtt,
+                result.elapsed,
+                peer=peer,
+            )
+            self.connections[peer] = connection
+            if self.protocol_factory is not None:
+                protocol = self.protocol_factory(connection)
+                if protocol is not None:
+                    connection.set_protocol(protocol)
+        rtt = f"{result.rtt * 1000:.1f} ms" if result.rtt is not None else "unknown"
+        self.log.info(
+            "connected to {peer} via {path} in {setup:.0f} ms, round trip {rtt}",
+            peer=peer,
+            path=connection.describe_path(),
+            setup=result.elapsed * 1000,
+            rtt=rtt,
+        )
+        if self.enable_keepalive:
+            interval = self.keepalive_interval
+            keeping = self.puncher.maintain_binding(
+                connection,
+                connection.remote_address,
+                interval=interval,
+                timeout=min(self.keepalive_timeout, interval),
+            )
+            keeping.addErrback(self._path_lost, connection)
+        return connection
+
+    def _path_lost(self, failure: Failure, connection: PeerConnection) -> None:
+        failure.trap(BindingLost)
+        peer = connection.peer or "?"
+        if connection.closed:
+            return
+        refreshed = self._refresh()
+        if peer in self._offered:
+            self.log.info("punching again to {peer}", peer=peer)
+            again = refreshed.addCallback(lambda _: self.connect(peer))
+            again.addErrback(self._punch_failed, peer)
+        else:
+            self.log.info("waiting for {peer} to punch again", peer=peer)
+
+    def close(self, peer: str) -> None:
+        """Close the connection to C{peer}."""
+        connection = self.connections.get(peer)
+        if connection is not None:
+            self._close(connection)
+
+    def _close(self, connection: PeerConnection) -> None:
+        self.puncher.forget(connection.session_id)
+        connection.close()
+        if connection.peer is not None and self.connections.get(connection.peer) is connection:
+            del self.connections[connection.peer]
+
+    # --- what operators read ---
+
+    def status(self) -> dict[str, Any]:
+        """The state of this peer, as served by C{--status}."""
+
+        def endpoint(address: Address | None) -> str | None:
+            return None if address is None else format_address(address)
+
+        connections = []
+        for peer, connection in sorted(self.connections.items()):
+            quality = connection.quality()
+            connections.append(
+                {
+                    "peer": peer,
+                    "path": {
+                        "local": connection.local_kind.value if connection.local_kind else None,
+                        "remote": connection.remote.kind.value,
+                        "remote_address": endpoint(connection.remote_address),
+                    },
+                    "setup_ms": round(connection.setup_time * 1000, 3),
+                    "rtt_ms": _ms(quality.rtt if quality else connection.rtt),
+                    "loss": quality.loss if quality else None,
+                    "jitter_ms": _ms(quality.jitter if quality else None),
+                }
+            )
+        return {
+            "name": self.peer_name,
+            "local_port": self.port.getHost().port if self.port else None,  # type: ignore[attr-defined]
+            "public": endpoint(self.public.mapped if self.public else None),
+            "nat": self.behavior.as_json() if self.behavior else None,
+            "candidates": [c.as_json() for c in self.candidates],
+            "connections": connections,
+        }
+
+
+NATTraversalManager = NATTraversalService
+"""The name the first design gave the service; the same class."""
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+async def _both(first: Any, second: Any) -> None:
+    if first is not None:
+        await first
+    await second
