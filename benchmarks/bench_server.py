@@ -49,6 +49,7 @@ def our_server() -> Iterator[tuple[int, tuple[str, int]]]:
             "--logfile=/dev/null",
             "nat",
             "server",
+            "--no-rendezvous",
             "--single",
             "--port",
             str(port),

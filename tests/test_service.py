@@ -139,3 +139,20 @@ def test_connect_without_rendezvous_is_a_configuration_error():
     service.startService()
     with pytest.raises(ConfigurationError):
         internet.run_until(service.connect("bob"))
+
+
+def test_status_page_serves_json():
+    import json
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from twisted_nat.status import StatusResource
+
+    w = world({"alice": ("full-cone", PRESERVE), "bob": ("restricted-cone", PRESERVE)})
+    w.internet.run_until(w.services["alice"].connect("bob"))
+    request = DummyRequest([b""])
+    body = StatusResource(w.services["alice"]).render_GET(request)  # type: ignore[arg-type]
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
+    status = json.loads(body)
+    assert status["connections"][0]["peer"] == "bob"
+    assert status["nat"]["nat_type"] == "full cone"

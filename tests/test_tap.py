@@ -15,6 +15,8 @@ from twisted.internet.task import Clock
 
 from tests.netutil import free_udp_ports
 from twisted_nat.cli import discovery_json
+from twisted_nat.rendezvous import RendezvousService
+from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.client import DiscoveryResult
 from twisted_nat.tap import Options, STUNServerService, makeService
 
@@ -49,13 +51,70 @@ def test_defaults_are_rfc5780_on_two_loopback_addresses():
     assert not sub["single"]
 
 
-def test_no_subcommand_means_server():
+def test_no_subcommand_means_the_loopback_demo():
     options = Options()
     options.parseOptions([])
     service: Any = makeService(options, reactor=Clock())
-    [child] = list(service)
-    assert isinstance(child, STUNServerService)
-    assert child.alternate == ("127.0.0.2", 3479)
+    [demo] = list(service)
+    children = list(demo)
+    assert isinstance(children[0], STUNServerService)
+    assert children[0].alternate == ("127.0.0.2", 3479)
+    assert isinstance(children[1], RendezvousService)
+    peers = [c for c in children if isinstance(c, NATTraversalService)]
+    assert [p.peer_name for p in peers] == ["bob", "alice"]
+    assert peers[1].connect_to == ["bob"]
+
+
+def test_server_runs_stun_and_rendezvous():
+    options = Options()
+    options.parseOptions(["server"])
+    service: Any = makeService(options, reactor=Clock())
+    stun, rendezvous = list(service)
+    assert isinstance(stun, STUNServerService)
+    assert isinstance(rendezvous, RendezvousService)
+    assert rendezvous.endpoint == "tcp:8765:interface=127.0.0.1"
+    options = Options()
+    options.parseOptions(["server", "--no-rendezvous"])
+    assert len(list(makeService(options, reactor=Clock()))) == 1  # type: ignore[call-overload]
+
+
+def test_peer_options():
+    options = Options()
+    options.parseOptions(
+        ["peer", "--name", "alice", "--rendezvous", "tcp:host=127.0.0.1:port=8765",
+         "--stun", "127.0.0.1", "--stun", "127.0.0.2:3479", "--connect", "bob",
+         "--keepalive-interval", "4", "--status", "tcp:0:interface=127.0.0.1"]
+    )  # fmt: skip
+    service: Any = makeService(options, reactor=Clock())
+    peer, status = list(service)
+    assert isinstance(peer, NATTraversalService)
+    assert peer.peer_name == "alice"
+    assert peer.stun_servers == [("127.0.0.1", 3478), ("127.0.0.2", 3479)]
+    assert peer.connect_to == ["bob"]
+    assert peer.keepalive_interval == 4.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["peer", "--rendezvous", "tcp:host=127.0.0.1:port=1"], "a peer needs --name"),
+        (["peer", "--name", "a"], "a peer needs --rendezvous"),
+        (["peer", "--name", "a", "--rendezvous", "x", "--stun", "h:0x"], "not a port number"),
+        (["peer", "--name", "a", "--rendezvous", "x", "--keepalive-interval", "0"], "positive"),
+    ],
+)
+def test_bad_peer_options_end_in_one_line(args, message):
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(args)
+    assert message in str(raised.value.code)
+
+
+def test_bad_endpoint_is_one_line():
+    options = Options()
+    options.parseOptions(["server", "--rendezvous", "nonsense:1:2:3"])
+    with pytest.raises(SystemExit) as raised:
+        makeService(options, reactor=Clock())
+    assert str(raised.value.code).startswith("twistd nat: bad rendezvous server endpoint")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +139,9 @@ def test_bad_options_end_in_one_line(args, message):
 
 def test_single_mode_allows_one_address():
     options = Options()
-    options.parseOptions(["server", "--single", "--alternate-address", "127.0.0.1"])
+    options.parseOptions(
+        ["server", "--single", "--alternate-address", "127.0.0.1", "--no-rendezvous"]
+    )
     service: Any = makeService(options, reactor=Clock())
     [child] = list(service)
     assert child.alternate is None
@@ -90,10 +151,12 @@ def test_twistd_reports_a_port_in_use_in_one_line():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        result = twistd("-n", "--pidfile=", "nat", "server", "--single", "--port", str(port))
+        result = twistd(
+            "-n", "--pidfile=", "nat", "server", "--single", "--no-rendezvous", "--port", str(port)
+        )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
-    assert f"twisted-nat: cannot listen on UDP 127.0.0.1:{port}: Address already in use" in (
+    assert f"twisted-nat: cannot listen on 127.0.0.1:{port}: Address already in use" in (
         result.stderr
     )
 
@@ -118,6 +181,7 @@ def test_twistd_runs_the_server_and_answers(tmp_path):
             "--pidfile=",
             "nat",
             "server",
+            "--no-rendezvous",
             "--port",
             str(primary),
             "--alternate-port",

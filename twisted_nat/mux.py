@@ -95,6 +95,7 @@ class UDPMultiplexer(AbstractDatagramProtocol):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(self) -> None:
         self.stats = MultiplexerStats()

@@ -76,6 +76,8 @@ class NATTraversalService(MultiService):
         it returns gets the connection's datagrams.
     @param host_addresses: our interface addresses for host candidates
         (found with C{ifaddr} when not given).
+    @param connect_to: peers to connect to as soon as we are ready and
+        registered at the rendezvous.
     """
 
     log = Logger()
@@ -99,6 +101,7 @@ class NATTraversalService(MultiService):
         punch_timeout: float = 10.0,
         punch_interval: float = 0.2,
         max_retries: int = 30,
+        connect_to: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -121,6 +124,7 @@ class NATTraversalService(MultiService):
         self.punch_interval = punch_interval
         self.max_retries = max_retries
         self._host_addresses = list(host_addresses) if host_addresses is not None else None
+        self.connect_to = list(connect_to)
 
         self.mux = UDPMultiplexer()
         self.stun = STUNClient(self.stun_servers, reactor=reactor)
@@ -181,6 +185,12 @@ class NATTraversalService(MultiService):
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
+        if self.connect_to:
+            registered = getattr(self.signaling, "when_registered", None)
+            if registered is not None:
+                await registered()
+            for peer in self.connect_to:
+                self.connect(peer).addErrback(self._punch_failed, peer)
 
     async def _discover_public(self) -> None:
         """
@@ -405,7 +415,9 @@ class NATTraversalService(MultiService):
                         "remote_address": endpoint(connection.remote_address),
                     },
                     "setup_ms": round(connection.setup_time * 1000, 3),
-                    "rtt_ms": _ms(quality.rtt if quality else connection.rtt),
+                    "rtt_ms": _ms(
+                        quality.rtt if quality and quality.rtt is not None else connection.rtt
+                    ),
                     "loss": quality.loss if quality else None,
                     "jitter_ms": _ms(quality.jitter if quality else None),
                 }

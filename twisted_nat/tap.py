@@ -1,12 +1,15 @@
 """
 C{twistd nat}: options and service construction for the twistd plugin.
 
-    twistd -n nat server [--address A] [--port P]
-                         [--alternate-address A2] [--alternate-port P2] [--single]
+    twistd -n nat                       a whole demonstration on loopback: an
+                                        RFC 5780 STUN server, a rendezvous
+                                        server, and two peers that connect
+    twistd -n nat server [options]      STUN server (+ rendezvous server)
+    twistd -n nat peer --name NAME --rendezvous ENDPOINT [--stun HOST:PORT ...]
+                       [--connect PEER ...] [--status ENDPOINT]
 
-A bad setting ends with one line on stderr and exit status 1, and so does a socket
-that cannot be bound ends the process with one line on stderr and exit
-status 1, never a traceback.
+A bad setting, or a socket that cannot be bound, ends the process with one
+line on stderr and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,17 +20,25 @@ from typing import Any
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorUDP
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_nat.address import format_address, parse_ip, parse_port
+from twisted_nat.address import format_address, parse_hostport, parse_ip, parse_port
+from twisted_nat.connection import PeerConnection
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.rendezvous import make_rendezvous_service
+from twisted_nat.service import NATTraversalService
+from twisted_nat.status import status_service
+from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.server import BindingServer, STUNServerGroup
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_ALTERNATE_ADDRESS = "127.0.0.2"
 DEFAULT_PORT = 3478
 DEFAULT_ALTERNATE_PORT = 3479
+DEFAULT_RENDEZVOUS = "tcp:8765:interface=127.0.0.1"
 
 
 class ServerOptions(usage.Options):
@@ -35,12 +46,13 @@ class ServerOptions(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Run a STUN server (RFC 8489). By default it serves RFC 5780 NAT behaviour "
-        "discovery on four sockets: two addresses times two ports. With --single it "
-        "answers on one socket only."
+        "Run a STUN server (RFC 8489) and a rendezvous server for peers. By default the "
+        "STUN server serves RFC 5780 NAT behaviour discovery on four sockets: two "
+        "addresses times two ports. With --single it answers on one socket only."
     )
     optFlags = [
         ["single", "s", "Serve plain STUN on one socket (no RFC 5780 discovery)."],
+        ["no-rendezvous", None, "Do not run the rendezvous server."],
     ]
     optParameters = [
         ["address", "a", DEFAULT_ADDRESS, "Primary IP address to listen on."],
@@ -53,6 +65,12 @@ class ServerOptions(usage.Options):
         ],
         ["alternate-port", "P", str(DEFAULT_ALTERNATE_PORT), "Second UDP port (RFC 5780 mode)."],
         ["software", None, "twisted-nat", "SOFTWARE attribute value; empty for none."],
+        [
+            "rendezvous",
+            "r",
+            DEFAULT_RENDEZVOUS,
+            "Server endpoint of the rendezvous server (e.g. tcp:8765, tls:...).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -70,15 +88,90 @@ class ServerOptions(usage.Options):
                 raise usage.UsageError("RFC 5780 mode needs two different ports (or --single)")
 
 
+class PeerOptions(usage.Options):
+    """Options of C{twistd nat peer}."""
+
+    synopsis = "--name NAME --rendezvous ENDPOINT [options]"
+    longdesc = (
+        "Run a peer: bind one UDP socket, learn its public address and NAT type from the "
+        "STUN servers, register NAME at the rendezvous server, and connect to the peers "
+        "named with --connect (or wait to be connected to). Every connection is "
+        "authenticated, kept alive, and re-punched if its path is lost."
+    )
+    optFlags = [
+        ["no-keepalive", None, "Do not send keep-alives."],
+        ["echo", "e", "Send every datagram a peer sends back to it."],
+    ]
+    optParameters = [
+        ["name", "n", None, "Our name at the rendezvous server."],
+        [
+            "rendezvous",
+            "r",
+            None,
+            "Client endpoint of the rendezvous server, e.g. tcp:host=HOST:port=8765.",
+        ],
+        ["port", "p", "0", "Local UDP port (0: any)."],
+        ["interface", "i", "0.0.0.0", "Local address to bind."],
+        ["keepalive-interval", None, "25", "Seconds between keep-alives.", float],
+        ["status", None, None, "Serve our state as JSON on this endpoint, e.g. tcp:8080."],
+        ["greet-every", None, "0", "Send each connected peer a datagram this often (s).", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["stun"] = []
+        self["connect"] = []
+
+    def opt_stun(self, server: str) -> None:
+        """A STUN server, HOST[:PORT] (repeatable)."""
+        try:
+            self["stun"].append(parse_hostport(server, DEFAULT_STUN_PORT))
+        except ConfigurationError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def opt_connect(self, peer: str) -> None:
+        """Connect to this peer once ready (repeatable)."""
+        self["connect"].append(peer)
+
+    def postOptions(self) -> None:
+        if not self["name"]:
+            raise usage.UsageError("a peer needs --name")
+        if not self["rendezvous"]:
+            raise usage.UsageError("a peer needs --rendezvous ENDPOINT")
+        try:
+            self["port"] = parse_port(self["port"])
+            self["interface"] = parse_ip(self["interface"])
+        except ConfigurationError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["keepalive-interval"] <= 0:
+            raise usage.UsageError("--keepalive-interval must be positive")
+
+
+class DemoOptions(usage.Options):
+    """Options of C{twistd nat demo} (what C{twistd nat} runs)."""
+
+    longdesc = (
+        "Everything on loopback, nothing else needed: an RFC 5780 STUN server on "
+        "127.0.0.1 and 127.0.0.2, a rendezvous server, and peers alice and bob; alice "
+        "connects to bob and they greet each other every few seconds."
+    )
+    optParameters = [
+        ["status", None, None, "Serve alice's state as JSON on this endpoint, e.g. tcp:8080."],
+        ["rendezvous", "r", DEFAULT_RENDEZVOUS, "Server endpoint of the rendezvous server."],
+    ]
+
+
 class Options(usage.Options):
     """Options of C{twistd nat}."""
 
     synopsis = "<command> [options]"
-    longdesc = "NAT traversal for Twisted. Commands: server (a STUN server)."
+    longdesc = "NAT traversal for Twisted. Without a command, runs the loopback demonstration."
     subCommands = [
-        ["server", None, ServerOptions, "Run a STUN server (RFC 5780 by default)."],
+        ["server", None, ServerOptions, "Run a STUN server and a rendezvous server."],
+        ["peer", None, PeerOptions, "Run a peer that connects to others through NATs."],
+        ["demo", None, DemoOptions, "Servers and two peers on loopback (the default)."],
     ]
-    defaultSubCommand = "server"
+    defaultSubCommand = "demo"
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -127,6 +220,8 @@ class STUNServerService(Service):
         super().privilegedStartService()
 
     def startService(self) -> None:
+        if not self.ports:
+            self.privilegedStartService()
         super().startService()
         for port in self.ports:
             host = port.getHost()
@@ -154,9 +249,77 @@ class _ExitOnListenFailure(MultiService):
             # twistd has replaced sys.stderr with a log redirection by now;
             # the operator should see this on the real stderr.
             stream = sys.__stderr__ or sys.stderr
-            stream.write(f"twisted-nat: cannot listen on UDP {address}: {reason}\n")
+            stream.write(f"twisted-nat: cannot listen on {address}: {reason}\n")
             stream.flush()
             raise SystemExit(1) from None
+
+
+class Greeter(DatagramProtocol):
+    """
+    What a C{twistd nat} peer does with a connection: log what arrives (and
+    echo it, with C{--echo}), and greet the peer every few seconds.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, connection: PeerConnection, reactor: Any, echo: bool, every: float) -> None:
+        self.connection = connection
+        self.echo = echo
+        self._greeting = LoopingCall(self._greet)
+        self._greeting.clock = reactor
+        self._every = every
+        self._count = 0
+
+    def startProtocol(self) -> None:
+        if self._every > 0:
+            self._greeting.start(self._every, now=True)
+
+    def stopProtocol(self) -> None:
+        if self._greeting.running:
+            self._greeting.stop()
+
+    def _greet(self) -> None:
+        self._count += 1
+        self.connection.write(b"hello #%d" % self._count)
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        self.log.info(
+            "{peer} says {text!r} (path {path})",
+            peer=self.connection.peer,
+            text=datagram[:60].decode("utf-8", "replace"),
+            path=self.connection.describe_path(),
+        )
+        if self.echo and not datagram.startswith(b"echo: "):
+            self.connection.write(b"echo: " + datagram)
+
+
+def _peer(
+    reactor: Any,
+    name: str,
+    rendezvous: str,
+    stun: list[tuple[str, int]],
+    connect: list[str],
+    port: int = 0,
+    interface: str = "0.0.0.0",
+    keepalive: bool = True,
+    interval: float = 25.0,
+    echo: bool = False,
+    greet_every: float = 0.0,
+) -> NATTraversalService:
+    service = NATTraversalService(
+        port,
+        stun,
+        enable_keepalive=keepalive,
+        keepalive_interval=interval,
+        reactor=reactor,
+        interface=interface,
+        name=name,
+        rendezvous=rendezvous,
+        protocol_factory=lambda connection: Greeter(connection, reactor, echo, greet_every),
+        connect_to=connect,
+    )
+    return service
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -165,12 +328,74 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    sub = config.subOptions if config.subCommand else ServerOptions()
+    command = config.subCommand or "demo"
+    sub = config.subOptions if config.subCommand else DemoOptions()
     if config.subCommand is None:
         sub.parseOptions([])
     top = _ExitOnListenFailure()
-    alternate = None if sub["single"] else (sub["alternate-address"], sub["alternate-port"])
-    STUNServerService(
-        reactor, (sub["address"], sub["port"]), alternate, sub["software"] or None
-    ).setServiceParent(top)
+    try:
+        if command == "server":
+            alternate = None if sub["single"] else (sub["alternate-address"], sub["alternate-port"])
+            STUNServerService(
+                reactor, (sub["address"], sub["port"]), alternate, sub["software"] or None
+            ).setServiceParent(top)
+            if not sub["no-rendezvous"]:
+                make_rendezvous_service(reactor, sub["rendezvous"]).setServiceParent(top)
+        elif command == "peer":
+            peer = _peer(
+                reactor,
+                sub["name"],
+                sub["rendezvous"],
+                sub["stun"],
+                sub["connect"],
+                sub["port"],
+                sub["interface"],
+                not sub["no-keepalive"],
+                sub["keepalive-interval"],
+                sub["echo"],
+                sub["greet-every"],
+            )
+            peer.setServiceParent(top)
+            if sub["status"]:
+                status_service(sub["status"], peer, reactor).setServiceParent(top)
+        else:
+            _demo(reactor, sub).setServiceParent(top)
+    except (ConfigurationError, ValueError) as e:
+        raise SystemExit(f"twistd nat: {e}") from None
     return top
+
+
+def _demo(reactor: Any, options: DemoOptions) -> MultiService:
+    """The servers and two peers, on loopback only."""
+    demo = MultiService()
+    primary = (DEFAULT_ADDRESS, DEFAULT_PORT)
+    alternate = (DEFAULT_ALTERNATE_ADDRESS, DEFAULT_ALTERNATE_PORT)
+    STUNServerService(reactor, primary, alternate, "twisted-nat").setServiceParent(demo)
+    rendezvous = make_rendezvous_service(reactor, options["rendezvous"])
+    rendezvous.setServiceParent(demo)
+    port = _port_of(options["rendezvous"])
+    client_endpoint = f"tcp:host={DEFAULT_ADDRESS}:port={port}"
+    bob = _peer(reactor, "bob", client_endpoint, [primary], [], interface="127.0.0.1", echo=True)
+    alice = _peer(
+        reactor,
+        "alice",
+        client_endpoint,
+        [primary],
+        ["bob"],
+        interface="127.0.0.1",
+        greet_every=5.0,
+    )
+    bob.setServiceParent(demo)
+    alice.setServiceParent(demo)
+    if options["status"]:
+        status_service(options["status"], alice, reactor).setServiceParent(demo)
+    return demo
+
+
+def _port_of(endpoint: str) -> int:
+    """The port of a C{tcp:PORT...} server endpoint string, for the demo's clients."""
+    parts = endpoint.split(":")
+    if len(parts) < 2 or parts[0] != "tcp":
+        raise ConfigurationError(f"the demo's rendezvous must be a tcp: endpoint, not {endpoint!r}")
+    port_text = parts[1].split("=")[-1]
+    return parse_port(port_text)

@@ -45,7 +45,7 @@ def start_servers(lab: Lab, coturn: str | None, workdir: str) -> None:
     primary, alternate = lab.internet.addresses[:2]
     inet = lab.internet.namespace
     twistd = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
-    server = ["nat", "server", "--address", primary, "--port", str(OURS)]
+    server = ["nat", "server", "--no-rendezvous", "--address", primary, "--port", str(OURS)]
     server += ["--alternate-address", alternate, "--alternate-port", str(OURS_ALTERNATE)]
     lab.spawn(
         inet,

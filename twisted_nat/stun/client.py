@@ -223,6 +223,7 @@ class STUNClient(DatagramProtocol):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(
         self,
