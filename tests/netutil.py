@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from twisted_nat.stun.server import STUNServerGroup
 
 
 def free_udp_port(*hosts: str) -> int:
@@ -32,3 +37,18 @@ def free_udp_ports(count: int, *hosts: str) -> list[int]:
     while len(ports) < count:
         ports.add(free_udp_port(*hosts))
     return sorted(ports)
+
+
+@contextmanager
+def rfc5780_group(
+    reactor: Any, kind: type[STUNServerGroup] = STUNServerGroup
+) -> Iterator[STUNServerGroup]:
+    """An RFC 5780 server group listening on 127.0.0.1 and 127.0.0.2, free ports."""
+    primary, alternate = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
+    group = kind(("127.0.0.1", primary), ("127.0.0.2", alternate))
+    ports = group.listen(reactor)
+    try:
+        yield group
+    finally:
+        for port in ports:
+            port.stopListening()

@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.netutil import free_udp_ports
+from tests.netutil import free_udp_ports, rfc5780_group
 from tests.support.coturn import CoturnMode, require_tool, running_coturn
 from twisted_nat.behavior import (
     FilteringBehavior,
@@ -87,12 +87,8 @@ def test_behavior_value_derives_presence_and_name():
 
 @pytest.fixture
 def rfc5780_server():
-    primary, alternate = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
-    group = STUNServerGroup(("127.0.0.1", primary), ("127.0.0.2", alternate))
-    ports = group.listen(reactor)
-    yield group
-    for port in ports:
-        port.stopListening()
+    with rfc5780_group(reactor) as group:
+        yield group
 
 
 @pytest_twisted.ensureDeferred
@@ -168,14 +164,8 @@ class SameOtherAddress(STUNServerGroup):
 @pytest_twisted.ensureDeferred
 async def test_server_ignoring_change_request_is_reported_not_believed():
     """pystun3 called every NATed host "full cone" behind such a server; we must not."""
-    primary, alternate = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
-    group = IgnoresChangeRequest(("127.0.0.1", primary), ("127.0.0.2", alternate))
-    ports = group.listen(reactor)
-    try:
+    with rfc5780_group(reactor, IgnoresChangeRequest) as group:
         behavior = await detect_nat(reactor, [group.primary])
-    finally:
-        for port in ports:
-            port.stopListening()
     assert behavior.filtering is F_UNKNOWN
     assert behavior.nat_type is NATType.NO_NAT
     assert any("ignored CHANGE-REQUEST" in p for p in behavior.problems), behavior.problems
@@ -183,14 +173,8 @@ async def test_server_ignoring_change_request_is_reported_not_believed():
 
 @pytest_twisted.ensureDeferred
 async def test_other_address_not_differing_is_reported():
-    primary, alternate = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
-    group = SameOtherAddress(("127.0.0.1", primary), ("127.0.0.2", alternate))
-    ports = group.listen(reactor)
-    try:
+    with rfc5780_group(reactor, SameOtherAddress) as group:
         behavior = await detect_nat(reactor, [group.primary])
-    finally:
-        for port in ports:
-            port.stopListening()
     assert behavior.filtering is F_UNKNOWN
     assert any("does not differ" in p for p in behavior.problems), behavior.problems
 

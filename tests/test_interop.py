@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.netutil import free_udp_port, free_udp_ports
+from tests.netutil import free_udp_port, rfc5780_group
 from tests.support.coturn import CoturnMode, require_tool, running_coturn
 from twisted_nat.stun.attributes import ChangeRequest, OtherAddress, ResponseOrigin
 from twisted_nat.stun.client import RetransmissionSchedule, STUNClient
@@ -34,12 +34,8 @@ reactor: Any = global_reactor
 
 @pytest.fixture
 def our_rfc5780_server() -> Iterator[STUNServerGroup]:
-    primary_port, alternate_port = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
-    group = STUNServerGroup(("127.0.0.1", primary_port), ("127.0.0.2", alternate_port))
-    ports = group.listen(reactor)
-    yield group
-    for port in ports:
-        port.stopListening()
+    with rfc5780_group(reactor) as group:
+        yield group
 
 
 async def run_process(args: list[str], timeout: float) -> tuple[int, str, str]:

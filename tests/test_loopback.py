@@ -8,13 +8,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 
-from tests.netutil import free_udp_ports
+from tests.netutil import rfc5780_group as listening_group
 from twisted_nat.errors import DiscoveryError
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.stun.attributes import ChangeRequest, OtherAddress, ResponseOrigin
 from twisted_nat.stun.client import RetransmissionSchedule, STUNClient
 from twisted_nat.stun.message import MessageClass, Method, request
-from twisted_nat.stun.server import BindingServer, STUNServerGroup
+from twisted_nat.stun.server import BindingServer
 
 reactor: Any = global_reactor
 
@@ -29,12 +29,8 @@ def plain_server():
 
 @pytest.fixture
 def rfc5780_group():
-    primary_port, alternate_port = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
-    group = STUNServerGroup(("127.0.0.1", primary_port), ("127.0.0.2", alternate_port))
-    ports = group.listen(reactor)
-    yield group
-    for port in ports:
-        port.stopListening()
+    with listening_group(reactor) as group:
+        yield group
 
 
 @pytest.fixture
