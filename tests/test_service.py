@@ -31,6 +31,8 @@ def world(
     interval: float = 25.0,
     timeout: float = 5.0,
     seed: int = 0,
+    binding_timeout: float = 30.0,
+    **options: Any,
 ) -> World:
     internet = sim.SimulatedInternet(seed=seed, latency=0.005)
     server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
@@ -38,7 +40,10 @@ def world(
     hub = InMemorySignalingHub(reactor=internet.clock)
     w = World(internet, hub, {}, {}, {})
     for index, (name, (kind, allocation)) in enumerate(kinds.items(), start=1):
-        nat = internet.add_nat_of_type(f"198.51.100.{index}", kind, allocation=allocation)  # type: ignore[arg-type]
+        classic: Any = kind
+        nat = internet.add_nat_of_type(
+            f"198.51.100.{index}", classic, allocation=allocation, binding_timeout=binding_timeout
+        )
         host = internet.add_host(f"192.0.2.{index + 10}", behind=nat)
         apps: list[Collector] = []
 
@@ -57,6 +62,7 @@ def world(
             signaling=hub.peer(name),
             protocol_factory=factory,
             host_addresses=[host.addresses[0]],
+            **options,
         )
         service.startService()
         w.services[name], w.apps[name], w.nats[name] = service, apps, nat
@@ -156,3 +162,21 @@ def test_status_page_serves_json():
     status = json.loads(body)
     assert status["connections"][0]["peer"] == "bob"
     assert status["nat"]["nat_type"] == "full cone"
+
+
+def test_keepalive_interval_follows_the_measured_binding_lifetime():
+    w = world(
+        {"alice": ("port-restricted-cone", PRESERVE), "bob": ("full-cone", PRESERVE)},
+        binding_timeout=12.0,
+        follow_lifetime=True,
+    )
+    alice = w.services["alice"]
+    connection = w.internet.run_until(alice.connect("bob"))
+    assert connection.keepalive is not None
+    assert connection.keepalive.interval == 25.0
+    w.internet.advance(120.0)  # the measurement takes about twice the lifetime, summed
+    assert alice.binding_lifetime is not None and 10.0 <= alice.binding_lifetime <= 12.0
+    assert connection.keepalive.interval == pytest.approx(alice.binding_lifetime / 2)
+    connection.write(b"still connected")
+    w.internet.advance(0.1)
+    assert [d for d, _ in w.apps["bob"][0].received] == [b"still connected"]

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
-from twisted_nat.behavior import NATBehavior, detect_nat
+from twisted_nat.behavior import NATBehavior, detect_nat, measure_binding_lifetime
 from twisted_nat.candidates import (
     Candidate,
     CandidateType,
@@ -46,6 +46,7 @@ from twisted_nat.candidates import (
 from twisted_nat.connection import AppDataRouter, PeerConnection
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.keepalive import interval_for_lifetime
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.punch import BindingLost, HolePuncher, PunchResult
 from twisted_nat.rendezvous import ISignaling, Offer, RendezvousClient, answer_to, new_offer
@@ -78,6 +79,9 @@ class NATTraversalService(MultiService):
         (found with C{ifaddr} when not given).
     @param connect_to: peers to connect to as soon as we are ready and
         registered at the rendezvous.
+    @param follow_lifetime: measure how long the NAT keeps an idle binding
+        (in the background; it takes about twice that lifetime) and then
+        send keep-alives at half of it instead of C{keepalive_interval}.
     """
 
     log = Logger()
@@ -102,6 +106,7 @@ class NATTraversalService(MultiService):
         punch_interval: float = 0.2,
         max_retries: int = 30,
         connect_to: Sequence[str] = (),
+        follow_lifetime: bool = False,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -125,6 +130,8 @@ class NATTraversalService(MultiService):
         self.max_retries = max_retries
         self._host_addresses = list(host_addresses) if host_addresses is not None else None
         self.connect_to = list(connect_to)
+        self.follow_lifetime = follow_lifetime
+        self.binding_lifetime: float | None = None
 
         self.mux = UDPMultiplexer()
         self.stun = STUNClient(self.stun_servers, reactor=reactor)
@@ -252,6 +259,25 @@ class NATTraversalService(MultiService):
             mapping=behavior.mapping.value,
             filtering=behavior.filtering.value,
         )
+        if self.follow_lifetime and behavior.nat_present:
+            measuring = Deferred.fromCoroutine(
+                measure_binding_lifetime(self._reactor, behavior.server, self.interface)
+            )
+            measuring.addCallbacks(self._lifetime_found, self._behavior_failed)
+
+    def _lifetime_found(self, bounds: tuple[float, float]) -> None:
+        """Keep-alive at half the measured lifetime, for every connection from now on."""
+        alive, _ = bounds
+        self.binding_lifetime = alive
+        self.keepalive_interval = interval_for_lifetime(alive)
+        self.log.info(
+            "idle NAT bindings live {lifetime:.1f} s: keep-alive every {interval:.1f} s",
+            lifetime=alive,
+            interval=self.keepalive_interval,
+        )
+        for connection in self.connections.values():
+            if connection.keepalive is not None:
+                connection.keepalive.set_interval(self.keepalive_interval)
 
     def _behavior_failed(self, failure: Failure) -> None:
         self.log.warn("NAT behaviour discovery failed: {error}", error=failure.value)
