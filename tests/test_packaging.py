@@ -69,6 +69,10 @@ def test_twistd_lists_nat_and_documents_every_option(installed: Path, tmp_path: 
     top = run([twistd, "nat", "--help"], tmp_path)
     assert top.returncode == 0
     assert "server" in top.stdout
+    peer = run([twistd, "nat", "peer", "--help"], tmp_path)
+    assert peer.returncode == 0
+    for option in ("--name", "--rendezvous", "--stun", "--connect", "--status", "--no-keepalive"):
+        assert option in peer.stdout, option
     server = run([twistd, "nat", "server", "--help"], tmp_path)
     assert server.returncode == 0
     for option in (
@@ -78,6 +82,7 @@ def test_twistd_lists_nat_and_documents_every_option(installed: Path, tmp_path: 
         "--alternate-port",
         "--single",
         "--software",
+        "--rendezvous",
     ):
         assert option in server.stdout, option
 

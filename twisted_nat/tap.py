@@ -101,6 +101,11 @@ class PeerOptions(usage.Options):
     optFlags = [
         ["no-keepalive", None, "Do not send keep-alives."],
         ["echo", "e", "Send every datagram a peer sends back to it."],
+        [
+            "follow-lifetime",
+            None,
+            "Measure how long the NAT keeps idle bindings and keep alive at half that.",
+        ],
     ]
     optParameters = [
         ["name", "n", None, "Our name at the rendezvous server."],
@@ -306,6 +311,7 @@ def _peer(
     interval: float = 25.0,
     echo: bool = False,
     greet_every: float = 0.0,
+    follow_lifetime: bool = False,
 ) -> NATTraversalService:
     service = NATTraversalService(
         port,
@@ -318,6 +324,7 @@ def _peer(
         rendezvous=rendezvous,
         protocol_factory=lambda connection: Greeter(connection, reactor, echo, greet_every),
         connect_to=connect,
+        follow_lifetime=follow_lifetime,
     )
     return service
 
@@ -354,6 +361,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                 sub["keepalive-interval"],
                 sub["echo"],
                 sub["greet-every"],
+                sub["follow-lifetime"],
             )
             peer.setServiceParent(top)
             if sub["status"]:
