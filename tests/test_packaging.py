@@ -57,7 +57,8 @@ def test_plugin_file_lands_without_package_markers(installed: Path) -> None:
     assert "twisted/plugins/__init__.py" not in files
     assert "twisted_nat/py.typed" in files
     # every subpackage is listed in setup.cfg (automatic discovery is off)
-    for package in ("twisted_nat/stun", "twisted_nat/testing", "twisted_nat/rendezvous"):
+    packages = ("stun", "testing", "rendezvous", "turn")
+    for package in (f"twisted_nat/{name}" for name in packages):
         assert f"{package}/__init__.py" in files, package
 
 

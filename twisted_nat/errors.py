@@ -105,3 +105,83 @@ class RendezvousUnavailable(RendezvousError):
 
 class MalformedSignal(RendezvousError, ValueError):
     """A signalling message (name, offer, answer) is not well-formed."""
+
+
+class TURNError(TwistedNATError):
+    """
+    A TURN request failed.
+
+    @ivar code: the server's ERROR-CODE (e.g. 403, 437, 508), or C{None}
+        when the failure is local (no answer, connection lost, closed).
+    @ivar reason: the server's reason phrase, or what went wrong here.
+    @ivar server: the TURN server's address, when known.
+    @ivar response: the error response message, when there was one.
+    """
+
+    def __init__(
+        self,
+        code: int | None,
+        reason: str,
+        server: tuple[str, int] | None = None,
+        response: object = None,
+    ) -> None:
+        if code is not None:
+            where = f" from {server[0]}:{server[1]}" if server else ""
+            message = f"TURN error {code} ({reason}){where}"
+        else:
+            message = f"{reason} (TURN server {server[0]}:{server[1]})" if server else reason
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.server = server
+        self.response = response
+
+
+class TURNAuthenticationError(TURNError):
+    """
+    The server refused our credentials: 401 to a request signed with them
+    (a wrong user name or password), or 441 Wrong Credentials.
+    """
+
+
+class TURNQuotaError(TURNError):
+    """486 Allocation Quota Reached: this user holds as many allocations as allowed."""
+
+
+class TURNUnavailable(TURNError):
+    """
+    The TURN server could not be reached: a request got no answer (the
+    underlying L{STUNTimeout} is the C{__cause__}), or the stream to it could
+    not be opened or was lost.
+    """
+
+    def __init__(self, reason: str, server: tuple[str, int] | None = None) -> None:
+        super().__init__(None, reason, server)
+
+
+class TURNAllocationClosed(TURNError):
+    """
+    The allocation was closed (deallocated) on purpose; it is what an
+    allocation's C{lost} Deferred fires with after C{close()}, and what using
+    a closed allocation raises.
+    """
+
+    def __init__(
+        self, reason: str = "the allocation was closed", server: tuple[str, int] | None = None
+    ) -> None:
+        super().__init__(None, reason, server)
+
+
+class TURNNoPermission(TURNError):
+    """
+    Data for a peer the allocation has no permission for: the server would
+    drop it silently, so it is refused here, where the caller can see why.
+    """
+
+    def __init__(self, peer: tuple[str, int], server: tuple[str, int] | None = None) -> None:
+        super().__init__(None, f"no permission for peer {peer[0]}", server)
+        self.peer = peer
+
+
+class ChannelDataDecodeError(TwistedNATError, ValueError):
+    """Bytes are not a well-formed TURN ChannelData message (RFC 8656 12.4)."""

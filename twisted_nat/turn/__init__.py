@@ -1,0 +1,67 @@
+"""
+TURN (RFC 8656): relayed addresses for when hole punching cannot work.
+
+A L{TURNClient} sits on the shared socket's multiplexer (or on a TCP or TLS
+stream, L{connect_stream}) and makes L{Allocation}s: a relayed address on a
+TURN server, permissions for peers, channels, and the timers that keep them
+alive.  Importing this package registers TURN's attributes with the STUN
+codec.
+"""
+
+from __future__ import annotations
+
+from twisted_nat.turn.attributes import (
+    ChannelNumber,
+    Data,
+    DontFragment,
+    EvenPort,
+    Lifetime,
+    RequestedAddressFamily,
+    RequestedTransport,
+    ReservationToken,
+    XorPeerAddress,
+    XorRelayedAddress,
+)
+from twisted_nat.turn.channel import (
+    CHANNEL_NUMBERS,
+    ChannelData,
+    StreamFramer,
+    decode_channel_data,
+    encode_channel_data,
+)
+from twisted_nat.turn.client import (
+    TURN_METHODS,
+    Allocation,
+    Credentials,
+    RelayedTransport,
+    TURNClient,
+    TURNStats,
+    TURNStreamProtocol,
+    connect_stream,
+)
+
+__all__ = [
+    "CHANNEL_NUMBERS",
+    "TURN_METHODS",
+    "Allocation",
+    "ChannelData",
+    "ChannelNumber",
+    "Credentials",
+    "Data",
+    "DontFragment",
+    "EvenPort",
+    "Lifetime",
+    "RelayedTransport",
+    "RequestedAddressFamily",
+    "RequestedTransport",
+    "ReservationToken",
+    "StreamFramer",
+    "TURNClient",
+    "TURNStats",
+    "TURNStreamProtocol",
+    "XorPeerAddress",
+    "XorRelayedAddress",
+    "connect_stream",
+    "decode_channel_data",
+    "encode_channel_data",
+]

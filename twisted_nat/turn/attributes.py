@@ -1,0 +1,221 @@
+"""
+The attributes TURN (RFC 8656) adds to STUN, registered in the STUN codec's
+one registry (L{twisted_nat.stun.attributes.ATTRIBUTE_TYPES}).
+
+They live here rather than in L{twisted_nat.stun.attributes} because plain
+STUN never needs them: a Binding client decodes any of them as an
+L{UnknownAttribute} and loses nothing.  Registration is an import side
+effect, and every module that speaks TURN (L{twisted_nat.turn} and what it
+imports) imports this one, so the codec knows them whenever TURN is used.
+
+As in the STUN module, value decoders raise C{ValueError} (or
+C{struct.error}) for malformed values, which the message decoder turns into
+L{twisted_nat.errors.STUNDecodeError}.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+from twisted_nat.stun.attributes import (
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    Attribute,
+    XorAddressAttribute,
+    register,
+)
+
+TRANSPORT_UDP = 17
+"""REQUESTED-TRANSPORT's protocol number for a UDP relay, the only one RFC 8656 defines."""
+
+_I = struct.Struct("!I")
+_H2 = struct.Struct("!H2x")
+_B3 = struct.Struct("!B3x")
+
+
+@register
+@attrs.frozen
+class ChannelNumber(Attribute):
+    """
+    CHANNEL-NUMBER: the channel a ChannelBind request binds (0x4000-0x4FFF),
+    followed by two reserved bytes.
+    """
+
+    TYPE = 0x000C
+    number: int
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return _H2.pack(self.number)
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if len(value) != 4:
+            raise ValueError("CHANNEL-NUMBER must be 4 bytes")
+        return cls(_H2.unpack(value)[0])
+
+
+@register
+@attrs.frozen
+class Lifetime(Attribute):
+    """LIFETIME: seconds until the allocation expires; 0 in a Refresh deallocates."""
+
+    TYPE = 0x000D
+    seconds: int
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return _I.pack(self.seconds)
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if len(value) != 4:
+            raise ValueError("LIFETIME must be 4 bytes")
+        return cls(_I.unpack(value)[0])
+
+
+@register
+@attrs.frozen
+class XorPeerAddress(XorAddressAttribute):
+    """XOR-PEER-ADDRESS: a peer's address as the relay sees it."""
+
+    TYPE = 0x0012
+
+
+@register
+@attrs.frozen
+class Data(Attribute):
+    """DATA: the application datagram a Send or Data indication carries."""
+
+    TYPE = 0x0013
+    value: bytes
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return self.value
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        return cls(bytes(value))
+
+
+@register
+@attrs.frozen
+class XorRelayedAddress(XorAddressAttribute):
+    """XOR-RELAYED-ADDRESS: the address the server allocated for us."""
+
+    TYPE = 0x0016
+
+
+@register
+@attrs.frozen
+class RequestedAddressFamily(Attribute):
+    """
+    REQUESTED-ADDRESS-FAMILY: which family the relayed address should have
+    (L{FAMILY_IPV4} or L{FAMILY_IPV6}), followed by three reserved bytes.
+    """
+
+    TYPE = 0x0017
+    family: int = FAMILY_IPV4
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return _B3.pack(self.family)
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if len(value) != 4:
+            raise ValueError("REQUESTED-ADDRESS-FAMILY must be 4 bytes")
+        family = _B3.unpack(value)[0]
+        if family not in (FAMILY_IPV4, FAMILY_IPV6):
+            raise ValueError(f"unknown address family {family}")
+        return cls(family)
+
+
+@register
+@attrs.frozen
+class EvenPort(Attribute):
+    """
+    EVEN-PORT: ask for an even relayed port and, with C{reserve}, for the
+    next port to be held back under a RESERVATION-TOKEN (RTP and RTCP).
+    """
+
+    TYPE = 0x0018
+    reserve: bool = False
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return b"\x80" if self.reserve else b"\x00"
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if len(value) != 1:
+            raise ValueError("EVEN-PORT must be 1 byte")
+        return cls(bool(value[0] & 0x80))
+
+
+@register
+@attrs.frozen
+class RequestedTransport(Attribute):
+    """REQUESTED-TRANSPORT: the relay's protocol; 17 (UDP) is what RFC 8656 defines."""
+
+    TYPE = 0x0019
+    protocol: int = TRANSPORT_UDP
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return _B3.pack(self.protocol)
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if len(value) != 4:
+            raise ValueError("REQUESTED-TRANSPORT must be 4 bytes")
+        return cls(_B3.unpack(value)[0])
+
+
+@register
+@attrs.frozen
+class DontFragment(Attribute):
+    """DONT-FRAGMENT: ask the relay to set the DF bit towards the peer; no value."""
+
+    TYPE = 0x001A
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return b""
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if value:
+            raise ValueError("DONT-FRAGMENT carries no value")
+        return cls()
+
+
+@register
+@attrs.frozen
+class ReservationToken(Attribute):
+    """RESERVATION-TOKEN: 8 opaque bytes naming a relayed port held back by EVEN-PORT."""
+
+    TYPE = 0x0022
+    token: bytes
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return self.token
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if len(value) != 8:
+            raise ValueError("RESERVATION-TOKEN must be 8 bytes")
+        return cls(bytes(value))
+
+
+__all__ = [
+    "FAMILY_IPV4",
+    "FAMILY_IPV6",
+    "TRANSPORT_UDP",
+    "ChannelNumber",
+    "Data",
+    "DontFragment",
+    "EvenPort",
+    "Lifetime",
+    "RequestedAddressFamily",
+    "RequestedTransport",
+    "ReservationToken",
+    "XorPeerAddress",
+    "XorRelayedAddress",
+]
