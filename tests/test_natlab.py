@@ -27,6 +27,7 @@ import pytest
 
 from tests.support.coturn import require_tool
 from tests.support.natlab import (
+    SEQUENTIAL_PORTS,
     Lab,
     Nat,
     NatSpec,
@@ -284,6 +285,7 @@ SPECS: Final = (
     NatSpec("rest", NatType.RESTRICTED_CONE),
     NatSpec("prc", NatType.PORT_RESTRICTED_CONE),
     NatSpec("sym", NatType.SYMMETRIC),
+    NatSpec("seq", NatType.SYMMETRIC_SEQUENTIAL),
     NatSpec("lossy", NatType.PORT_RESTRICTED_CONE),
     NatSpec("tfull", NatType.FULL_CONE),
     NatSpec("trest", NatType.RESTRICTED_CONE, udp_timeout=3),
@@ -410,6 +412,27 @@ def test_symmetric(world: World) -> None:
     assert (forbidden, allowed) == ([], [world.server_a])
 
 
+def test_symmetric_sequential(world: World) -> None:
+    """A new public port per destination, each the next one: predictable, and still strict."""
+    nat = world.lab.nat("seq")
+    peer = world.peer("seq")
+    mappings = [
+        world.mapping(peer, 40000, server)
+        for server in (world.server_a, world.server_a2, world.server_b)
+    ]
+    assert {host for host, _ in mappings} == {nat.public_address}
+    ports = [port for _, port in mappings]
+    assert ports[1] == ports[0] + 1 and ports[2] == ports[1] + 1, ports
+    assert all(port in SEQUENTIAL_PORTS for port in ports)
+    forbidden, allowed = world.inbound(
+        peer,
+        mappings[0],
+        forbidden=[world.server_a2, world.server_b2, world.other],
+        allowed=[world.server_a],
+    )
+    assert (forbidden, allowed) == ([], [world.server_a])
+
+
 def test_hairpinning(world: World) -> None:
     """
     With hairpinning on, peers behind one NAT reach each other through their public
@@ -512,6 +535,7 @@ STUN_VERDICTS: Final = {
     NatType.RESTRICTED_CONE: "Independent Mapping, Address Dependent Filter",
     NatType.PORT_RESTRICTED_CONE: "Independent Mapping, Port Dependent Filter",
     NatType.SYMMETRIC: "Dependent Mapping",
+    NatType.SYMMETRIC_SEQUENTIAL: "Dependent Mapping",
 }
 """The start of Debian C{stun}'s "Primary:" verdict for each type."""
 

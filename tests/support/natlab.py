@@ -93,6 +93,9 @@ _PRIVATE_LANS: Final = tuple(ipaddress.IPv4Network("198.51.100.0/24").subnets(ne
 _MAX_PEERS: Final = 13
 """A /28 has 14 host addresses; the router takes the first."""
 
+SEQUENTIAL_PORTS: Final = range(40000, 40256)
+"""The public ports a L{NatType.SYMMETRIC_SEQUENTIAL} NAT hands out, in order, wrapping."""
+
 DEFAULT_UDP_TIMEOUT: Final = 30
 """
 The kernel's C{nf_conntrack_udp_timeout} in a fresh namespace, in seconds.
@@ -134,6 +137,14 @@ class NatType(enum.Enum):
     SYMMETRIC = "symmetric"
     """
     Address-and-port-dependent mapping with random ports: C{masquerade random,fully-random}.
+    """
+
+    SYMMETRIC_SEQUENTIAL = "symmetric-sequential"
+    """
+    Address-and-port-dependent mapping with sequential ports: every new UDP flow is
+    SNATed to the next port of a counter (nftables C{numgen inc}, evaluated once per flow
+    in a NAT chain), as many carrier and enterprise NATs allocate, which makes the next
+    mapping predictable from the last one.
     """
 
 
@@ -415,6 +426,15 @@ class Nat:
             post.append('oifname "wan" meta l4proto udp udp sport @in_map masquerade random')
         if self.type is NatType.SYMMETRIC:
             post.append('oifname "wan" masquerade random,fully-random')
+        elif self.type is NatType.SYMMETRIC_SEQUENTIAL:
+            # numgen yields host byte order where a port wants network order, so
+            # the counter goes through a typed map to become a port number.
+            ports = ", ".join(f"{i} : {port}" for i, port in enumerate(SEQUENTIAL_PORTS))
+            post.append(
+                f'oifname "wan" meta l4proto udp snat ip to {public} : '
+                f"numgen inc mod {len(SEQUENTIAL_PORTS)} map {{ {ports} }}"
+            )
+            post.append('oifname "wan" masquerade')
         elif self.type is not NatType.NONE:
             post.append('oifname "wan" masquerade')
         filtering = ""
