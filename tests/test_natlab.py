@@ -285,7 +285,6 @@ SPECS: Final = (
     NatSpec("rest", NatType.RESTRICTED_CONE),
     NatSpec("prc", NatType.PORT_RESTRICTED_CONE),
     NatSpec("sym", NatType.SYMMETRIC),
-    NatSpec("seq", NatType.SYMMETRIC_SEQUENTIAL),
     NatSpec("lossy", NatType.PORT_RESTRICTED_CONE),
     NatSpec("tfull", NatType.FULL_CONE),
     NatSpec("trest", NatType.RESTRICTED_CONE, udp_timeout=3),
@@ -293,6 +292,7 @@ SPECS: Final = (
     NatSpec("hair", NatType.PORT_RESTRICTED_CONE, peers=2, hairpin=True),
     NatSpec("nohair", NatType.PORT_RESTRICTED_CONE, peers=2),
     NatSpec("flush", NatType.FULL_CONE),
+    NatSpec("seq", NatType.SYMMETRIC_SEQUENTIAL),
 )
 
 
