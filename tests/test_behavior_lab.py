@@ -31,6 +31,7 @@ NAMES = {
     NatType.RESTRICTED_CONE: "restricted",
     NatType.PORT_RESTRICTED_CONE: "portrestr",
     NatType.SYMMETRIC: "symmetric",
+    NatType.SYMMETRIC_SEQUENTIAL: "symmetricseq",
 }
 
 EXPECTED = {
@@ -39,6 +40,7 @@ EXPECTED = {
     NatType.RESTRICTED_CONE: "restricted cone",
     NatType.PORT_RESTRICTED_CONE: "port-restricted cone",
     NatType.SYMMETRIC: "symmetric",
+    NatType.SYMMETRIC_SEQUENTIAL: "symmetric",
 }
 
 
