@@ -155,3 +155,26 @@ def test_filtering_unknown_when_only_plain_servers():
     assert behavior.filtering is FilteringBehavior.UNKNOWN
     assert behavior.nat_type is NATType.SYMMETRIC
     assert any("filtering is unknown" in p for p in behavior.problems)
+
+
+@pytest.mark.parametrize(
+    ("case", "predictable"),
+    [("symmetric, sequential ports", True), ("symmetric, random ports", False)],
+)
+def test_sequential_allocation_is_recognised(case, predictable):
+    internet, peer = build(case)
+    behavior = internet.run_until(detect_nat(peer, [PRIMARY]))
+    assert (behavior.port_delta is not None) is predictable
+    if predictable:
+        assert behavior.port_delta == 1
+
+
+def test_port_delta_rule():
+    from twisted_nat.behavior import port_delta
+
+    assert port_delta([40000, 40002, 40003]) == 1
+    assert port_delta([40000, 40004, 40008]) == 4
+    assert port_delta([40000, 40000, 40001]) is None
+    assert port_delta([40000, 39999, 40001]) is None
+    assert port_delta([40000, 51234, 1234]) is None
+    assert port_delta([40000]) is None

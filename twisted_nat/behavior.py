@@ -24,6 +24,7 @@ not measure is C{UNKNOWN}, never a guess.
 from __future__ import annotations
 
 import enum
+import itertools
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -149,6 +150,10 @@ class NATBehavior:
     @ivar elapsed: how long discovery took, in seconds.
     @ivar binding_lifetime: how long an idle binding survived, when
         measured (L{measure_binding_lifetime}).
+    @ivar port_delta: for a NAT whose mapping depends on the destination,
+        the step between the public ports it gave successive new flows,
+        when they were close together (sequential allocation: the next
+        port can be predicted); None when they looked random.
     @ivar problems: what went wrong with the server or the path, in words.
     """
 
@@ -162,6 +167,7 @@ class NATBehavior:
     rtt: float | None = None
     elapsed: float = 0.0
     binding_lifetime: float | None = None
+    port_delta: int | None = None
     problems: tuple[str, ...] = ()
 
     @property
@@ -193,6 +199,7 @@ class NATBehavior:
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
             "elapsed_ms": round(self.elapsed * 1000, 3),
             "binding_lifetime_s": self.binding_lifetime,
+            "port_delta": self.port_delta,
             "problems": list(self.problems),
         }
 
@@ -219,6 +226,25 @@ class NATBehavior:
         lines.append(f"took:         {self.elapsed * 1000:.0f} ms")
         lines.extend(f"problem:      {problem}" for problem in self.problems)
         return "\n".join(lines)
+
+
+PREDICTABLE_SPREAD = 32
+"""Public ports of successive new flows within this many of each other look sequential."""
+
+
+def port_delta(ports: Sequence[int]) -> int | None:
+    """
+    The allocation step of a NAT that gave these public ports to successive
+    new flows, if they look sequential: distinct, increasing, and close
+    together (other hosts' flows may take ports in between, so the smallest
+    gap is the step).  None when they look random.
+    """
+    if len(ports) < 2 or len(set(ports)) != len(ports):
+        return None
+    gaps = [b - a for a, b in itertools.pairwise(ports)]
+    if any(gap <= 0 or gap > PREDICTABLE_SPREAD for gap in gaps):
+        return None
+    return min(gaps)
 
 
 def route_source(destination: str) -> str | None:
@@ -347,6 +373,7 @@ class BehaviorDiscovery:
         self._first_contact = first_contact or RetransmissionSchedule(rto=0.2)
         self._resolver = resolver
         self._problems: list[str] = []
+        self._port_delta: int | None = None
 
     def run(self) -> Deferred[NATBehavior]:
         return Deferred.fromCoroutine(self._run())
@@ -382,6 +409,7 @@ class BehaviorDiscovery:
     async def _run(self) -> NATBehavior:
         started = self._reactor.seconds()
         self._problems = []
+        self._port_delta = None
         resolver = STUNClient(reactor=self._reactor, resolver=self._resolver)
         servers: list[Address] = []
         failures: dict[Address, BaseException] = {}
@@ -520,10 +548,12 @@ class BehaviorDiscovery:
         to_alternate_port, to_alternate = await mapping_tests
         filtering_results = await filtering_tests
         hairpinning = await hairpin
+        behavior_mapping = self._mapping(server, other, public, to_alternate_port, to_alternate)
         return NATBehavior(
             local=self._local_endpoint(mapping, server),
             public=public,
-            mapping=self._mapping(server, other, public, to_alternate_port, to_alternate),
+            mapping=behavior_mapping,
+            port_delta=self._port_delta,
             filtering=(
                 self._filtering(server, other, *filtering_results)
                 if filtering_results
@@ -557,6 +587,7 @@ class BehaviorDiscovery:
         third = self._mapped(to_alternate, other)
         if third is None:
             return MappingBehavior.DESTINATION_DEPENDENT
+        self._port_delta = port_delta([public[1], second[1], third[1]])
         if third == second:
             return MappingBehavior.ADDRESS_DEPENDENT
         return MappingBehavior.ADDRESS_AND_PORT_DEPENDENT
