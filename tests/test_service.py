@@ -180,3 +180,36 @@ def test_keepalive_interval_follows_the_measured_binding_lifetime():
     connection.write(b"still connected")
     w.internet.advance(0.1)
     assert [d for d, _ in w.apps["bob"][0].received] == [b"still connected"]
+
+
+SEQUENTIAL = sim.PortAllocation.SEQUENTIAL
+
+
+@pytest.mark.parametrize("offerer", ["alice", "bob"])
+def test_sequential_symmetric_reaches_port_restricted_by_port_prediction(offerer):
+    """The pair no plain punch can open, when the symmetric NAT allocates in sequence."""
+    w = world({"alice": ("symmetric", SEQUENTIAL), "bob": ("port-restricted-cone", PRESERVE)})
+    alice = w.services["alice"]
+    assert alice.behavior is not None and alice.behavior.port_delta == 1
+    other = "bob" if offerer == "alice" else "alice"
+    connection = w.internet.run_until(w.services[offerer].connect(other))
+    w.internet.advance(0.5)
+    assert other in w.services[offerer].connections
+    assert offerer in w.services[other].connections
+    connection.write(b"through a symmetric NAT")
+    w.internet.advance(0.1)
+    assert [d for d, _ in w.apps[other][0].received] == [b"through a symmetric NAT"]
+
+
+def test_random_symmetric_and_port_restricted_do_not_connect_directly():
+    from twisted_nat.punch import PunchFailed
+
+    w = world(
+        {
+            "alice": ("symmetric", sim.PortAllocation.RANDOM),
+            "bob": ("port-restricted-cone", PRESERVE),
+        }
+    )
+    assert w.services["alice"].behavior.port_delta is None
+    with pytest.raises(PunchFailed):
+        w.internet.run_until(w.services["alice"].connect("bob"), timeout=60)

@@ -35,10 +35,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
-from twisted_nat.behavior import NATBehavior, detect_nat, measure_binding_lifetime
+from twisted_nat.behavior import (
+    MappingBehavior,
+    NATBehavior,
+    detect_nat,
+    measure_binding_lifetime,
+)
 from twisted_nat.candidates import (
     Candidate,
     CandidateType,
+    candidate_priority,
     host_candidates,
     interface_addresses,
     rank,
@@ -49,12 +55,22 @@ from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.keepalive import interval_for_lifetime
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.punch import BindingLost, HolePuncher, PunchResult
-from twisted_nat.rendezvous import ISignaling, Offer, RendezvousClient, answer_to, new_offer
+from twisted_nat.rendezvous import (
+    Answer,
+    ISignaling,
+    Offer,
+    RendezvousClient,
+    answer_to,
+    new_offer,
+)
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
-from twisted_nat.stun.message import MessageClass, Method
+from twisted_nat.stun.message import MessageClass, Method, request
 
 Address = tuple[str, int]
 ProtocolFactory = Callable[[PeerConnection], AbstractDatagramProtocol | None]
+
+PREDICTED_PORTS = 16
+"""How many predicted ports a peer behind a sequential symmetric NAT offers."""
 
 
 class NATTraversalService(MultiService):
@@ -154,6 +170,7 @@ class NATTraversalService(MultiService):
         self._ready: Deferred[None] | None = None
         self._gathered = False
         self._refreshing: Deferred[None] | None = None
+        self._fresh_destinations: list[Address] = []
         self._refresh_waiters: list[Deferred[None]] = []
         self._waiting: list[Deferred[None]] = []
 
@@ -253,6 +270,18 @@ class NATTraversalService(MultiService):
 
     def _behavior_found(self, behavior: NATBehavior) -> None:
         self.behavior = behavior
+        if behavior.other_address is not None:
+            # Destinations the shared socket has never sent to, one per port
+            # prediction: a NAT maps a new flow anew, an old one as before.
+            (primary_host, primary_port), (other_host, other_port) = (
+                behavior.server,
+                behavior.other_address,
+            )
+            self._fresh_destinations = [
+                behavior.other_address,
+                (other_host, primary_port),
+                (primary_host, other_port),
+            ]
         self.log.info(
             "NAT type: {nat_type} ({mapping} mapping, {filtering} filtering)",
             nat_type=behavior.nat_type.value,
@@ -311,28 +340,75 @@ class NATTraversalService(MultiService):
         if self.signaling is None or self.peer_name is None:
             raise ConfigurationError("connecting by name needs a name and a rendezvous")
         await self.ready()
-        offer = new_offer(self.peer_name, self.candidates)
+        offer = new_offer(self.peer_name, await self._candidates_for_punch())
         self.log.info("offering a connection to {peer}", peer=name)
         answer = await self.signaling.connect(name, offer)
         self._offered.add(name)
         result = await self._punch(offer, answer.candidates, controlling=True)
         return self._connected(name, offer, result, controlling=True)
 
-    def _on_offer(self, offer: Offer) -> Any:
+    def _on_offer(self, offer: Offer) -> Deferred[Answer]:
         """Answer an offer with our candidates, and punch at once."""
         self.log.info("{peer} offers a connection", peer=offer.from_name)
+        return Deferred.fromCoroutine(self._answer(offer))
+
+    async def _answer(self, offer: Offer) -> Answer:
         if self._refreshing is not None:
             # Our public address is being relearnt: answer with the new one.
-            return self._refresh().addCallback(lambda _: self._answer(offer))
-        return self._answer(offer)
-
-    def _answer(self, offer: Offer) -> Any:
+            await self._refresh()
+        candidates = await self._candidates_for_punch()
         punching = self._punch(offer, offer.candidates, controlling=False)
         punching.addCallback(
             lambda result: self._connected(offer.from_name, offer, result, controlling=False)
         )
         punching.addErrback(self._punch_failed, offer.from_name)
-        return answer_to(offer, self.candidates)
+        return answer_to(offer, candidates)
+
+    async def _candidates_for_punch(self) -> list[Candidate]:
+        """
+        Our candidates for one punch.  Behind a NAT whose mapping depends on
+        the destination, the server-reflexive address is of no use to the
+        peer: the punch will leave from a port the NAT has not chosen yet.
+        When discovery found the NAT allocates ports in sequence, a Binding
+        request to a destination this socket never used shows the port it
+        hands out now, and the next ones are offered as predicted
+        candidates, ranked just below the server-reflexive one; the peer's
+        PUNCHes to them open its own NAT for the port our punch gets.
+        """
+        behavior = self.behavior
+        if (
+            behavior is None
+            or behavior.port_delta is None
+            or behavior.mapping is MappingBehavior.ENDPOINT_INDEPENDENT
+            or not self._fresh_destinations
+        ):
+            return self.candidates
+        destination = self._fresh_destinations.pop(0)
+        try:
+            response = await self.stun.request(request(), destination, deadline=1.0)
+        except TwistedNATError as e:
+            self.log.debug("no port prediction: {error}", error=e)
+            return self.candidates
+        mapped = response.mapped_address
+        if mapped is None:
+            return self.candidates
+        host, latest = mapped
+        predicted = [
+            Candidate(
+                CandidateType.SERVER_REFLEXIVE,
+                host,
+                port,
+                candidate_priority(CandidateType.SERVER_REFLEXIVE, 32768 - step),
+            )
+            for step in range(1, PREDICTED_PORTS + 1)
+            if 0 < (port := latest + step * behavior.port_delta) < 65536
+        ]
+        self.log.info(
+            "our NAT allocates ports in sequence: offering ports {first}-{last} too",
+            first=predicted[0].port if predicted else latest,
+            last=predicted[-1].port if predicted else latest,
+        )
+        return rank([*self.candidates, *predicted])
 
     def _punch(
         self, offer: Offer, remote: Sequence[Candidate], controlling: bool
