@@ -353,6 +353,10 @@ class NATTraversalService(MultiService):
         return Deferred.fromCoroutine(self._answer(offer))
 
     async def _answer(self, offer: Offer) -> Answer:
+        # The rendezvous client registers our name while candidates are
+        # still being gathered: an offer arriving then must wait for them,
+        # or the answer lacks our public address and the punch cannot work.
+        await self.ready()
         if self._refreshing is not None:
             # Our public address is being relearnt: answer with the new one.
             await self._refresh()

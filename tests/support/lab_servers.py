@@ -1,6 +1,7 @@
 """
-STUN servers in the NAT lab's internet namespace, and detection runs in a
-peer's namespace: shared by the lab tests and the detection benchmark.
+STUN and rendezvous servers in the NAT lab's internet namespace, and
+detection runs in a peer's namespace: shared by the lab tests and the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ OURS = 3478
 OURS_ALTERNATE = 3479
 COTURN = 3480
 COTURN_ALTERNATE = 3481
+RENDEZVOUS = 8765
 
 _READY = r"""
 import os, socket, sys, time
@@ -33,6 +35,49 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             time.sleep(0.05)
 sys.exit(f"nothing answers on {host}:{port}")
 """
+
+
+_RENDEZVOUS_SERVER = r"""
+import sys
+from twisted.internet import reactor
+from twisted_nat.rendezvous import make_rendezvous_service
+make_rendezvous_service(reactor, sys.argv[1]).startService()
+reactor.run()
+"""
+
+_TCP_READY = r"""
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+for _ in range(200):
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit(f"nothing listens on {host}:{port}")
+"""
+
+
+def start_rendezvous(lab: Lab, port: int = RENDEZVOUS) -> str:
+    """
+    Our rendezvous server on the internet's first address, TCP port
+    C{port}; returns the client endpoint string peers connect with, once
+    the server accepts connections.
+
+    It is started from Python rather than through C{twistd}, so that it
+    needs nothing but L{make_rendezvous_service}.  Plain TCP: TLS would
+    keep the offers' session keys from anyone on the path, but the lab's
+    attacker is given the session id and never the key, so certificates
+    would only add set-up.
+    """
+    host = lab.internet.addresses[0]
+    inet = lab.internet.namespace
+    server = f"tcp:{port}:interface={host}"
+    lab.spawn(inet, [sys.executable, "-c", _RENDEZVOUS_SERVER, server], stdout=subprocess.DEVNULL)
+    ready = lab.run(inet, [sys.executable, "-c", _TCP_READY, host, str(port)])
+    if ready.returncode != 0:
+        raise RuntimeError(f"the rendezvous server did not start: {ready.stderr}")
+    return f"tcp:host={host}:port={port}"
 
 
 def start_servers(lab: Lab, coturn: str | None, workdir: str) -> None:
