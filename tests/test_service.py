@@ -213,3 +213,42 @@ def test_random_symmetric_and_port_restricted_do_not_connect_directly():
     assert w.services["alice"].behavior.port_delta is None
     with pytest.raises(PunchFailed):
         w.internet.run_until(w.services["alice"].connect("bob"), timeout=60)
+
+
+def test_punching_again_retries_until_the_rendezvous_is_back():
+    from twisted.internet import defer
+
+    from twisted_nat.errors import RendezvousUnavailable
+
+    w = world(
+        {
+            "alice": ("port-restricted-cone", sim.PortAllocation.RANDOM),
+            "bob": ("port-restricted-cone", PRESERVE),
+        },
+        interval=4.0,
+        timeout=1.0,
+    )
+    alice: Any = w.services["alice"]
+    connection = w.internet.run_until(alice.connect("bob"))
+    first_session = connection.session_id
+    attempts: list[str] = []
+    working = alice.signaling.connect
+
+    def flaky(name: str, offer: Any) -> Any:
+        attempts.append(name)
+        if len(attempts) <= 2:  # the router's reboot took the rendezvous with it
+            return defer.fail(RendezvousUnavailable("no connection to the rendezvous server"))
+        return working(name, offer)
+
+    alice.signaling.connect = flaky
+    w.nats["alice"].flush()
+    w.internet.advance(12.0)
+    assert connection.reconnecting
+    assert alice.status()["connections"][0]["reconnecting"] is True
+    w.internet.advance(10.0)  # retries after 1 s, then 2 s
+    assert attempts == ["bob", "bob", "bob"]
+    assert not connection.reconnecting
+    assert connection.session_id != first_session
+    connection.write(b"back")
+    w.internet.advance(0.1)
+    assert [d for d, _ in w.apps["bob"][0].received] == [b"back"]

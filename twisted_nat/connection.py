@@ -107,6 +107,8 @@ class PeerConnection:
         self.peer = peer
         self.protocol: AbstractDatagramProtocol | None = None
         self.keepalive: KeepAliveMachine | None = None
+        self.reconnecting = False
+        """True from a lost path until a new punch rebinds the connection."""
         self.closed = False
         self._sequence = 0
         self._replay = ReplayWindow()
@@ -167,6 +169,7 @@ class PeerConnection:
         self.setup_time = setup_time
         self._sequence = 0
         self._replay = ReplayWindow()
+        self.reconnecting = False
         self.router.add(self)
 
     def frame_received(self, frame: bytes) -> None:

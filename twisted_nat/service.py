@@ -69,6 +69,10 @@ from twisted_nat.stun.message import MessageClass, Method, request
 Address = tuple[str, int]
 ProtocolFactory = Callable[[PeerConnection], AbstractDatagramProtocol | None]
 
+RETRY_FIRST = 1.0
+RETRY_CEILING = 30.0
+"""Pauses between attempts to punch a lost path again: 1 s, doubling, at most 30 s."""
+
 PREDICTED_PORTS = 16
 """How many predicted ports a peer behind a sequential symmetric NAT offers."""
 
@@ -171,6 +175,7 @@ class NATTraversalService(MultiService):
         self._gathered = False
         self._refreshing: Deferred[None] | None = None
         self._fresh_destinations: list[Address] = []
+        self._retries: dict[str, Any] = {}
         self._refresh_waiters: list[Deferred[None]] = []
         self._waiting: list[Deferred[None]] = []
 
@@ -320,6 +325,10 @@ class NATTraversalService(MultiService):
         return d
 
     def stopService(self) -> Deferred[None]:
+        for retry in self._retries.values():
+            if retry.active():
+                retry.cancel()
+        self._retries.clear()
         for connection in list(self.connections.values()):
             self._close(connection)
         stopping = super().stopService()
@@ -481,13 +490,41 @@ class NATTraversalService(MultiService):
         peer = connection.peer or "?"
         if connection.closed:
             return
-        refreshed = self._refresh()
+        connection.reconnecting = True
         if peer in self._offered:
-            self.log.info("punching again to {peer}", peer=peer)
-            again = refreshed.addCallback(lambda _: self.connect(peer))
-            again.addErrback(self._punch_failed, peer)
+            self._punch_again(connection, 0)
         else:
+            self._refresh()
             self.log.info("waiting for {peer} to punch again", peer=peer)
+
+    def _punch_again(self, connection: PeerConnection, attempt: int) -> None:
+        """
+        Punch again through the rendezvous, and keep trying with growing
+        pauses (1 s doubling to 30 s) until it works or the connection is
+        closed: whatever broke the path (a rebooted router) may well have
+        broken the rendezvous connection too, which needs time to return.
+        """
+        peer = connection.peer or "?"
+        self._retries.pop(peer, None)
+        if connection.closed or not self.running:
+            return
+        self.log.info("punching again to {peer} (attempt {n})", peer=peer, n=attempt + 1)
+        again = self._refresh().addCallback(lambda _: self.connect(peer))
+
+        def failed(failure: Failure) -> None:
+            delay = min(RETRY_CEILING, RETRY_FIRST * 2**attempt)
+            self.log.warn(
+                "punching again to {peer} failed ({error}); next try in {delay:.0f} s",
+                peer=peer,
+                error=failure.value,
+                delay=delay,
+            )
+            if not connection.closed and self.running:
+                self._retries[peer] = self._reactor.callLater(
+                    delay, self._punch_again, connection, attempt + 1
+                )
+
+        again.addErrback(failed)
 
     def close(self, peer: str) -> None:
         """Close the connection to C{peer}."""
@@ -521,6 +558,7 @@ class NATTraversalService(MultiService):
                         "remote_address": endpoint(connection.remote_address),
                     },
                     "setup_ms": round(connection.setup_time * 1000, 3),
+                    "reconnecting": connection.reconnecting,
                     "rtt_ms": _ms(
                         quality.rtt if quality and quality.rtt is not None else connection.rtt
                     ),
