@@ -112,7 +112,8 @@ class PeerConnection:
         self.closed = False
         self._sequence = 0
         self._replay = ReplayWindow()
-        self._closing: list[Deferred[None]] = []
+        # Made when someone first waits: most connections are never waited on.
+        self._closing: list[Deferred[None]] | None = None
         router.add(self)
 
     @property
@@ -197,14 +198,16 @@ class PeerConnection:
         self.router.remove(self)
         if self.protocol is not None:
             self.protocol.doStop()
-        closing, self._closing = self._closing, []
-        for d in closing:
+        closing, self._closing = self._closing, None
+        for d in closing or ():
             d.callback(None)
 
     def when_closed(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         if self.closed:
             d.callback(None)
+        elif self._closing is None:
+            self._closing = [d]
         else:
             self._closing.append(d)
         return d
