@@ -252,3 +252,25 @@ def test_punching_again_retries_until_the_rendezvous_is_back():
     connection.write(b"back")
     w.internet.advance(0.1)
     assert [d for d, _ in w.apps["bob"][0].received] == [b"back"]
+
+
+def test_a_symmetric_nat_that_forgets_its_bindings_is_noticed_by_both_sides():
+    """
+    Its peer's keep-alives come from a new port afterwards; answering them there would
+    hide the loss from both sides, since data still goes to the old port.
+    """
+    w = world(
+        {"alice": ("symmetric", sim.PortAllocation.RANDOM), "bob": ("full-cone", PRESERVE)},
+        interval=4.0,
+        timeout=1.0,
+    )
+    connection = w.internet.run_until(w.services["alice"].connect("bob"))
+    first_session = connection.session_id
+    w.internet.advance(5.0)
+    w.nats["alice"].flush()
+    w.internet.advance(15.0)
+    assert w.services["bob"].puncher.stats.dropped_wrong_path > 0
+    assert connection.session_id != first_session
+    w.services["bob"].connections["alice"].write(b"to the new port")
+    w.internet.advance(0.1)
+    assert [d for d, _ in w.apps["alice"][0].received] == [b"to the new port"]

@@ -59,6 +59,10 @@ class PunchSettings:
     grace: float = 0.03
 
 
+FIRST_ROUND = 0.02
+"""Delay before the second round of PUNCHes; it doubles up to the interval."""
+
+
 @functools.lru_cache(maxsize=32)
 def _settings(interval: float, timeout: float, max_retries: int) -> PunchSettings:
     """
@@ -266,7 +270,7 @@ class PunchSession:
         """A round of PUNCHes, every C{interval}; also where time runs out."""
         if self.state != "punching":
             return []
-        if now - self.started >= self.settings.timeout:
+        if now - self.started >= self.settings.timeout - 1e-9:  # float sums of delays
             return self._fail(now)
         actions: list[Action] = []
         pairs = self._choices().pairs
@@ -421,10 +425,11 @@ class _Running:
     connection lasts, and nobody waits on it any more.
     """
 
-    __slots__ = ("deferred", "grace", "session", "ticker")
+    __slots__ = ("deferred", "grace", "rounds", "session", "ticker")
 
     def __init__(self, session: PunchSession) -> None:
         self.session = session
+        self.rounds = 0
         self.deferred: Deferred[PunchResult] | None = Deferred()
         self.ticker: IDelayedCall | None = None
         self.grace: IDelayedCall | None = None
@@ -485,6 +490,7 @@ class PuncherStats:
     dropped_malformed: int = 0
     dropped_unknown_session: int = 0
     dropped_bad_mac: int = 0
+    dropped_wrong_path: int = 0
 
 
 class HolePuncher(DatagramProtocol):
@@ -716,8 +722,20 @@ class HolePuncher(DatagramProtocol):
         transaction_id: bytes,
         addr: Address,
     ) -> None:
-        """Answer the peer's KEEP_ALIVE; give our machine the peer's ACK."""
+        """
+        Answer the peer's KEEP_ALIVE; give our machine the peer's ACK.
+
+        Only traffic from the connection's own path counts, and only it is
+        answered: a peer whose NAT lost its binding sends from a new public
+        port, and answering there would convince it that a path still works
+        which, towards its old port, no longer does; both sides must see
+        the loss, so that one of them punches again.
+        """
         entry = self._keepalives.get(session_id)
+        if entry is not None and addr != entry.remote:
+            self.stats.dropped_wrong_path += 1
+            self.log.debug("ignored a keep-alive from {addr}, off the path", addr=addr)
+            return
         if message_class == MessageClass.REQUEST:
             assert self.transport is not None
             self.transport.write(control.keepalive_ack(keys, transaction_id), addr)
@@ -741,9 +759,17 @@ class HolePuncher(DatagramProtocol):
         running.ticker = None
         self._carry_out(punch_id, running.session.tick(self._reactor.seconds()))
         if running.session.state == "punching":
-            running.ticker = self._reactor.callLater(
-                running.session.settings.interval, self._tick, punch_id
-            )
+            # The first rounds come quicker (20, 40, 80, 160 ms): the peer
+            # starts punching half a rendezvous round trip before we do, and
+            # its first PUNCHes, sent before our session existed or before
+            # our NAT was open, need not cost a whole interval.
+            session = running.session
+            delay = min(session.settings.interval, FIRST_ROUND * 2 ** min(running.rounds, 8))
+            # ...and the last one comes when time is up, not an interval after.
+            remaining = session.started + session.settings.timeout - self._reactor.seconds()
+            delay = max(0.0, min(delay, remaining))
+            running.rounds += 1
+            running.ticker = self._reactor.callLater(delay, self._tick, punch_id)
 
     def _grace_over(self, punch_id: bytes) -> None:
         running = self._running.get(punch_id)
