@@ -8,9 +8,11 @@ C{DatagramProtocol}; the protocol's transport writes to the peer, and its
 C{datagramReceived} sees only verified payloads from the peer.
 
 L{AppDataRouter} is the one protocol on the multiplexer for application
-frames: it finds the connection by the sender's address, checks the tag
-and the replay window, and hands the payload on.  Several connections to
-several peers share the socket this way.
+frames: it finds the connection by the sender's address (and the base it
+arrived on: the shared socket, or a TURN relay added with
+L{AppDataRouter.add_base}), checks the tag and the replay window, and
+hands the payload on.  Several connections to several peers share the
+socket this way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from twisted_nat.errors import TwistedNATError
 from twisted_nat.keepalive import KeepAliveMachine, LinkQuality
 
 Address = tuple[str, int]
+Base = str | None
+PathKey = tuple[Base, Address]
 
 
 class ConnectionClosed(TwistedNATError):
@@ -84,6 +88,9 @@ class PeerConnection:
         server-reflexive, peer-reflexive or relayed).
     @ivar local_kind: which of our candidates the peer reached, if known.
     @ivar setup_time: seconds from the start of punching to the connection.
+    @ivar base: which base of ours the path leaves from (None for the
+        shared socket, else the name of a relay).
+    @ivar relayed: whether the path goes through a TURN relay.
     """
 
     log = Logger()
@@ -97,8 +104,12 @@ class PeerConnection:
         rtt: float | None = None,
         setup_time: float = 0.0,
         peer: str | None = None,
+        base: Base = None,
+        relayed: bool = False,
     ) -> None:
         self.router = router
+        self.base = base
+        self.relayed = relayed
         self.keys = keys
         self.remote = remote
         self.local_kind = local_kind
@@ -121,6 +132,10 @@ class PeerConnection:
         return self.remote.address
 
     @property
+    def path(self) -> PathKey:
+        return (self.base, self.remote.address)
+
+    @property
     def session_id(self) -> bytes:
         return self.keys.session_id
 
@@ -130,6 +145,8 @@ class PeerConnection:
 
     def describe_path(self) -> str:
         local = self.local_kind.value if self.local_kind is not None else "?"
+        if self.base is not None:
+            local = f"{local} via {self.base}"
         return f"{local} -> {self.remote.kind.value} {format_address(self.remote.address)}"
 
     def set_protocol(self, protocol: AbstractDatagramProtocol) -> None:
@@ -142,7 +159,9 @@ class PeerConnection:
         if self.closed:
             raise ConnectionClosed("the peer connection is closed")
         self._sequence += 1
-        self.router.send(control.seal(self.keys.send, self._sequence, data), self.remote.address)
+        self.router.send(
+            control.seal(self.keys.send, self._sequence, data), self.remote.address, self.base
+        )
         if self.keepalive is not None:
             self.keepalive.traffic_sent()
 
@@ -153,24 +172,44 @@ class PeerConnection:
         local_kind: CandidateType | None,
         rtt: float | None,
         setup_time: float,
+        base: Base = None,
+        relayed: bool = False,
     ) -> None:
         """
         A new punch replaced this connection's path and session: send and
         accept there, under the new keys.  The application's protocol stays
         attached; keep-alive starts afresh for the new session.
         """
-        self.router.remove(self)
-        if self.keepalive is not None:
-            self.keepalive.stop()
-            self.keepalive = None
+        self.move(remote, local_kind, rtt, base, relayed)
         self.keys = keys
-        self.remote = remote
-        self.local_kind = local_kind
-        self.rtt = rtt
         self.setup_time = setup_time
         self._sequence = 0
         self._replay = ReplayWindow()
         self.reconnecting = False
+
+    def move(
+        self,
+        remote: Candidate,
+        local_kind: CandidateType | None,
+        rtt: float | None,
+        base: Base = None,
+        relayed: bool = False,
+    ) -> None:
+        """
+        The same session found a better path (a direct one, after a relay):
+        send and accept there from now on.  Sequence numbers and the replay
+        window go on, since the peer's do too; keep-alive is its owner's to
+        restart on the new path.
+        """
+        self.router.remove(self)
+        if self.keepalive is not None:
+            self.keepalive.stop()
+            self.keepalive = None
+        self.remote = remote
+        self.local_kind = local_kind
+        self.rtt = rtt
+        self.base = base
+        self.relayed = relayed
         self.router.add(self)
 
     def frame_received(self, frame: bytes) -> None:
@@ -221,33 +260,55 @@ class AppDataRouter(DatagramProtocol):
 
     def __init__(self) -> None:
         self.stats = RouterStats()
-        self._connections: dict[Address, PeerConnection] = {}
+        self._connections: dict[PathKey, PeerConnection] = {}
+        self._bases: dict[str, Any] = {}
 
     def attach(self, mux: Any) -> None:
         mux.add_range(self, [control.APP_DATA])
 
+    def add_base(self, name: str, mux: Any) -> None:
+        """Carry application frames on another base (a relay's multiplexer) too."""
+        self._bases[name] = mux.add_range(_BaseReceiver(self, name), [control.APP_DATA])
+
+    def remove_base(self, name: str) -> None:
+        self._bases.pop(name, None)
+
     def add(self, connection: PeerConnection) -> None:
-        self._connections[connection.remote.address] = connection
+        self._connections[connection.path] = connection
 
     def remove(self, connection: PeerConnection) -> None:
-        if self._connections.get(connection.remote.address) is connection:
-            del self._connections[connection.remote.address]
+        if self._connections.get(connection.path) is connection:
+            del self._connections[connection.path]
 
     def connections(self) -> list[PeerConnection]:
         return list(self._connections.values())
 
-    def send(self, frame: bytes, address: Address) -> None:
-        if self.transport is None:
-            raise ConnectionClosed("the shared socket is closed")
-        self.transport.write(frame, address)
+    def send(self, frame: bytes, address: Address, base: Base = None) -> None:
+        """
+        Send a frame on a base.  A relay that refuses (its allocation is
+        gone) loses the datagram, as the network may: keep-alive notices.
+        """
+        transport = self.transport if base is None else self._bases.get(base)
+        if transport is None:
+            raise ConnectionClosed(f"no socket to send on ({base or 'the shared socket'} closed)")
+        try:
+            transport.write(frame, address)
+        except TwistedNATError as e:
+            self.log.debug(
+                "could not send to {addr} via {base}: {error}", addr=address, base=base, error=e
+            )
 
     def getHost(self) -> Any:
         assert self.transport is not None
         return self.transport.getHost()
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.received(datagram, addr, None)
+
+    def received(self, datagram: bytes, addr: Address, base: Base) -> None:
+        """An application frame that arrived on C{base}."""
         self.stats.received += 1
-        connection = self._connections.get(addr)
+        connection = self._connections.get((base, addr))
         if connection is None:
             self.stats.dropped_unknown_peer += 1
             self.log.debug("dropped data from {addr}, no connection", addr=addr)
@@ -258,3 +319,16 @@ class AppDataRouter(DatagramProtocol):
         for connection in list(self._connections.values()):
             connection.close()
         super().doStop()
+
+
+class _BaseReceiver(DatagramProtocol):
+    """The router's protocol on another base's multiplexer."""
+
+    noisy = False
+
+    def __init__(self, router: AppDataRouter, base: str) -> None:
+        self.router = router
+        self.base = base
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.router.received(datagram, addr, self.base)

@@ -16,13 +16,24 @@ out, time passed in.  L{HolePuncher} is the thin protocol that sits on the
 shared socket's multiplexer, turns datagrams into events and actions into
 writes and timers, and keeps answering late PUNCHes after success, since
 the peer may still be waiting for its CONFIRM.
+
+A pair is a I{base} of ours and a candidate of the peer's.  The base is
+the shared socket (C{None}) or another local transport: a TURN
+allocation's relayed address (L{HolePuncher.add_base}).  A PUNCH is
+answered on the base it arrived on, as ICE answers on the candidate's
+base, so a peer that punched our relayed address is answered through the
+relay.  Relayed pairs (through our relay, or to the peer's) rank below
+every direct pair: the controlling peer takes a relay only when no direct
+pair has worked for L{PunchSettings.relay_grace}, and keeps punching the
+direct pairs until the timeout; a direct pair that works later replaces
+the relay (L{Connected} again, with the better path).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -42,6 +53,20 @@ from twisted_nat.stun.message import Message, MessageClass
 
 Address = tuple[str, int]
 
+Base = str | None
+"""Where a pair's datagrams leave from: None for the shared socket, else a name."""
+
+PairKey = tuple[Base, Address]
+
+RELAY_PAIRED_KINDS = frozenset(
+    {CandidateType.SERVER_REFLEXIVE, CandidateType.PEER_REFLEXIVE, CandidateType.RELAYED}
+)
+"""
+The peer's candidates a relay base punches: a TURN server relays to any
+permitted address, and a peer's private host address, meaningless from
+the server, could be someone else's machine on the server's own network.
+"""
+
 
 @attrs.frozen
 class PunchSettings:
@@ -51,12 +76,17 @@ class PunchSettings:
     @ivar max_retries: PUNCHes sent to one candidate at most.
     @ivar grace: how long the controlling peer waits, after its first
         working path, for a better-ranked one to work too.
+    @ivar relay_grace: how long it waits when the first working path is
+        relayed: a direct path often needs a few rounds more (each NAT
+        opens only once its own peer punched), and connecting on the relay
+        only to leave it a moment later costs the application a path change.
     """
 
     interval: float = 0.2
     timeout: float = 10.0
     max_retries: int = 30
     grace: float = 0.03
+    relay_grace: float = 0.5
 
 
 FIRST_ROUND = 0.02
@@ -81,10 +111,12 @@ class PairReport:
     punches_sent: int
     punches_received: int
     acks_received: int
+    base: Base = None
 
     def describe(self) -> str:
+        via = f" via {self.base}" if self.base is not None else ""
         return (
-            f"{self.remote.kind.value} {format_address(self.remote.address)}: sent "
+            f"{self.remote.kind.value} {format_address(self.remote.address)}{via}: sent "
             f"{self.punches_sent}, got {self.punches_received} punches and "
             f"{self.acks_received} acks"
         )
@@ -92,13 +124,22 @@ class PairReport:
 
 @attrs.frozen
 class PunchResult:
-    """The path a punch found."""
+    """
+    The path a punch found.
+
+    @ivar base: which base of ours the path leaves from (None: the shared
+        socket; else a name given to L{HolePuncher.add_base}).
+    @ivar relayed: whether the path goes through a TURN relay, ours or the
+        peer's.
+    """
 
     remote: Candidate
     local_kind: CandidateType | None
     rtt: float | None
     elapsed: float
     pairs: tuple[PairReport, ...]
+    base: Base = None
+    relayed: bool = False
 
 
 KEEPALIVE_TIMER_RESOLUTION = 0.25
@@ -144,6 +185,7 @@ class PunchFailed(TwistedNATError):
 class Send:
     data: bytes
     to: Address
+    base: Base = None
 
 
 @attrs.frozen
@@ -167,35 +209,51 @@ Action = Send | StartGrace | Connected | Failed
 @attrs.define
 class _Pair:
     remote: Candidate
+    base: Base = None
+    relayed: bool = False
     sent: int = 0
     punches_received: int = 0
     acks_received: int = 0
     rtt: float | None = None
 
+    @property
+    def key(self) -> PairKey:
+        return (self.base, self.remote.address)
+
+    def rank(self) -> tuple[bool, int]:
+        """Direct pairs before relayed ones, then by the peer's priority."""
+        return (not self.relayed, self.remote.priority)
+
     def report(self) -> PairReport:
-        return PairReport(self.remote, self.sent, self.punches_received, self.acks_received)
+        return PairReport(
+            self.remote, self.sent, self.punches_received, self.acks_received, self.base
+        )
 
 
 class _Choosing:
     """
     What a session needs only while it chooses a path: dropped when it
-    connects (see L{PunchSession}).
+    settles on a direct one (see L{PunchSession}).
 
     @ivar local: our candidates, a tuple scanned (a peer has a handful, and
         a PUNCH naming one arrives a few times per session).
-    @ivar pairs: one per remote candidate, by address.
+    @ivar relays: the names of our bases that are TURN relays.
+    @ivar pairs: one per base and remote candidate.
     @ivar sent: when each PUNCH left, by transaction id, for the RTT of its ACK.
-    @ivar valid: the paths that have worked both ways, in order.
+    @ivar valid: the pairs that have worked both ways, in order.
     @ivar local_kind: which of our candidates the peer reached, once known.
     """
 
-    __slots__ = ("local", "local_kind", "pairs", "sent", "valid")
+    __slots__ = ("local", "local_kind", "pairs", "relays", "sent", "valid")
 
-    def __init__(self, local: tuple[Candidate, ...], pairs: dict[Address, _Pair]) -> None:
+    def __init__(
+        self, local: tuple[Candidate, ...], relays: frozenset[str], pairs: dict[PairKey, _Pair]
+    ) -> None:
         self.local = local
+        self.relays = relays
         self.pairs = pairs
         self.sent: dict[bytes, float] = {}
-        self.valid: tuple[Address, ...] = ()
+        self.valid: tuple[PairKey, ...] = ()
         self.local_kind: CandidateType | None = None
 
     def kind_of_local(self, address: Address) -> CandidateType | None:
@@ -205,6 +263,17 @@ class _Choosing:
             if candidate.address == address:
                 kind = candidate.kind
         return kind
+
+    def pair(self, base: Base, remote: Candidate) -> _Pair:
+        relayed = base in self.relays or remote.kind is CandidateType.RELAYED
+        return _Pair(remote, base, relayed)
+
+    def best_valid(self, direct_only: bool = False) -> PairKey | None:
+        pairs = self.pairs
+        candidates = [k for k in self.valid if not (direct_only and pairs[k].relayed)]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda k: pairs[k].rank())
 
 
 class PunchSession:
@@ -216,11 +285,18 @@ class PunchSession:
     answer late PUNCHes and ACKs (the peer may still be waiting for its
     CONFIRM), and a node may hold thousands.  So what only choosing a path
     needs (L{_Choosing}: the candidates, the pairs and their counters, the
-    working paths, when each PUNCH left) is dropped on connecting, and what
-    is kept is the keys, the chosen path, and the transaction ids of the
-    PUNCHes sent, which a late ACK is checked against.  L{reports} of a
-    connected session are those of the moment it connected, as in its
-    L{result}.
+    working paths, when each PUNCH left) is dropped once the path is
+    settled, and what is kept is the keys, the chosen path, and the
+    transaction ids of the PUNCHes sent, which a late ACK is checked
+    against.  L{reports} of a settled session are those of the moment it
+    connected, as in its L{result}.
+
+    A session connected over a relay is not settled: it keeps punching the
+    direct pairs until the timeout, and moves to one that works (a second
+    L{Connected}).
+
+    @param relays: the names of our bases that are TURN relays; they pair
+        with the peer's public candidates (L{RELAY_PAIRED_KINDS}).
     """
 
     __slots__ = (
@@ -243,6 +319,7 @@ class PunchSession:
         remote_candidates: Sequence[Candidate],
         settings: PunchSettings,
         now: float,
+        relays: Sequence[str] = (),
     ) -> None:
         self.keys = keys
         self.controlling = controlling
@@ -250,109 +327,151 @@ class PunchSession:
         self.started = now
         self.state = "punching"
         self.result: PunchResult | None = None
-        self._choosing: _Choosing | None = _Choosing(
-            tuple(local_candidates),
-            {c.address: _Pair(c) for c in rank(list(remote_candidates))},
-        )
-        # Once connected: the ids of the PUNCHes sent, all 12 bytes, end to
+        choosing = _Choosing(tuple(local_candidates), frozenset(relays), {})
+        self._choosing: _Choosing | None = choosing
+        for remote in rank(list(remote_candidates)):
+            bases: list[Base] = [None]
+            if remote.kind in RELAY_PAIRED_KINDS:
+                bases += sorted(choosing.relays)
+            for base in bases:
+                pair = choosing.pair(base, remote)
+                choosing.pairs[pair.key] = pair
+        # Once settled: the ids of the PUNCHes sent, all 12 bytes, end to
         # end (12 bytes each, rather than 56 for an object in a tuple).
         self._sent_ids = b""
-        self._chosen: Address | None = None
+        self._chosen: PairKey | None = None
 
     def _choices(self) -> _Choosing:
         choosing = self._choosing
-        assert choosing is not None, "a connected session has chosen"
+        assert choosing is not None, "a settled session has chosen"
         return choosing
+
+    @property
+    def chosen(self) -> PairKey | None:
+        """The base and remote address of the path in use, once connected."""
+        return self._chosen
 
     # --- events ---
 
     def tick(self, now: float) -> list[Action]:
-        """A round of PUNCHes, every C{interval}; also where time runs out."""
-        if self.state != "punching":
+        """
+        A round of PUNCHes, every C{interval}; also where time runs out.
+        Connected over a relay, only the direct pairs are punched.
+        """
+        choosing = self._choosing
+        if choosing is None or self.state == "failed":
             return []
         if now - self.started >= self.settings.timeout - 1e-9:  # float sums of delays
+            if self.state == "connected":
+                self._settle()
+                return []
             return self._fail(now)
+        direct_only = self.state == "connected"
         actions: list[Action] = []
-        pairs = self._choices().pairs
-        for pair in sorted(pairs.values(), key=lambda p: -p.remote.priority):
-            if pair.sent < self.settings.max_retries:
+        for pair in sorted(choosing.pairs.values(), key=_Pair.rank, reverse=True):
+            if pair.sent < self.settings.max_retries and not (direct_only and pair.relayed):
                 actions.append(self._punch(pair, now))
         return actions
 
-    def punch_received(self, now: float, message: Message, source: Address) -> list[Action]:
+    @property
+    def searching(self) -> bool:
+        """Still punching: not yet connected, or connected over a relay only."""
+        return self._choosing is not None and self.state != "failed"
+
+    def punch_received(
+        self, now: float, message: Message, source: Address, base: Base = None
+    ) -> list[Action]:
         """A valid PUNCH: answer it, and punch back at an address we did not know."""
         actions: list[Action] = [
-            Send(control.punch_ack(self.keys, message.transaction_id, source), source)
+            Send(control.punch_ack(self.keys, message.transaction_id, source), source, base)
         ]
-        if self._choosing is not None:
-            choosing = self._choosing
+        key = (base, source)
+        choosing = self._choosing
+        if choosing is not None:
             destination = message.get(Destination)
             if destination is not None and choosing.local_kind is None:
                 choosing.local_kind = choosing.kind_of_local(destination.address)
-            pair = choosing.pairs.get(source)
+            pair = choosing.pairs.get(key)
             if pair is None:
-                pair = choosing.pairs[source] = _Pair(self._reflexive(source))
-                if self.state == "punching":
+                pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
+                if self.state == "punching" or not pair.relayed:
                     actions.append(self._punch(pair, now))
             pair.punches_received += 1
         # Connected: the peer has not heard our CONFIRM, or not its ACK yet.
-        if self._chosen == source and self.controlling:
-            actions.append(Send(control.punch_confirm(self.keys), source))
+        if self._chosen == key and self.controlling:
+            actions.append(Send(control.punch_confirm(self.keys), source, base))
         return actions
 
-    def ack_received(self, now: float, message: Message, source: Address) -> list[Action]:
+    def ack_received(
+        self, now: float, message: Message, source: Address, base: Base = None
+    ) -> list[Action]:
         """A PUNCH_ACK for one of ours: that path works both ways."""
+        key = (base, source)
         choosing = self._choosing
-        if choosing is None:  # connected: only a CONFIRM again, if this is the path
+        if choosing is None:  # settled: only a CONFIRM again, if this is the path
             if not self._sent_before(message.transaction_id):
                 return []
-            if self.controlling and self._chosen == source:
-                return [Send(control.punch_confirm(self.keys), source)]
+            if self.controlling and self._chosen == key:
+                return [Send(control.punch_confirm(self.keys), source, base)]
             return []
         when = choosing.sent.get(message.transaction_id)
         if when is None:
             return []
-        pair = choosing.pairs.get(source)
+        pair = choosing.pairs.get(key)
         if pair is None:  # answered from elsewhere than we sent to: use where it came from
-            pair = choosing.pairs[source] = _Pair(self._reflexive(source))
+            pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
         pair.acks_received += 1
         if pair.rtt is None:
             pair.rtt = now - when
         reflexive = message.get(XorMappedAddress)
         if reflexive is not None and choosing.local_kind is None:
             choosing.local_kind = choosing.kind_of_local(reflexive.address)
-        if source not in choosing.valid:
-            choosing.valid += (source,)
+        if key not in choosing.valid:
+            choosing.valid += (key,)
         if not self.controlling:
             return []
-        if self.state != "punching":
-            if self._chosen == source:
-                return [Send(control.punch_confirm(self.keys), source)]
+        if self.state == "connected":
+            if self._chosen == key:
+                return [Send(control.punch_confirm(self.keys), source, base)]
+            if not pair.relayed:
+                # Connected over a relay, and a direct pair works now: move.
+                return self._nominate(key, now)
             return []
-        if len(choosing.valid) == 1:
+        if len(choosing.valid) == 1 or (
+            not pair.relayed and all(choosing.pairs[k].relayed for k in choosing.valid[:-1])
+        ):
             # Long enough for a better-ranked path, which is usually also the
-            # shorter one, to answer too; never longer than the setting.
-            return [StartGrace(min(self.settings.grace, max(0.005, 2 * pair.rtt)))]
+            # shorter one, to answer too; never longer than the setting.  A
+            # relay waits longer, for a direct pair to come.
+            delay = min(self.settings.grace, max(0.005, 2 * pair.rtt))
+            if pair.relayed:
+                delay = self.settings.relay_grace
+            return [StartGrace(delay)]
         return []
 
     def grace_over(self, now: float) -> list[Action]:
         """The controlling peer names the best path that works."""
         if self.state != "punching":
             return []
-        choosing = self._choices()
-        if not choosing.valid:
+        best = self._choices().best_valid()
+        if best is None:
             return []
-        best = max(choosing.valid, key=lambda a: choosing.pairs[a].remote.priority)
-        return [Send(control.punch_confirm(self.keys), best), *self._connect(best, now)]
+        return self._nominate(best, now)
 
-    def confirm_received(self, now: float, source: Address) -> list[Action]:
+    def confirm_received(self, now: float, source: Address, base: Base = None) -> list[Action]:
         """The controlling peer named this path: use it."""
-        if self.controlling or self.state != "punching":
+        key = (base, source)
+        choosing = self._choosing
+        if self.controlling or choosing is None or key == self._chosen:
             return []
-        pairs = self._choices().pairs
-        if source not in pairs:
-            pairs[source] = _Pair(self._reflexive(source))
-        return self._connect(source, now)
+        pair = choosing.pairs.get(key)
+        if pair is None:
+            pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
+        if self.state == "connected" and pair.relayed:
+            return []  # on a relay already; only a direct path is worth a move
+        if self.state == "failed":
+            return []
+        return self._connect(key, now)
 
     # --- helpers ---
 
@@ -367,7 +486,7 @@ class PunchSession:
         )
 
     def _sent_before(self, transaction_id: bytes) -> bool:
-        """Whether a connected session sent a PUNCH with this id."""
+        """Whether a settled session sent a PUNCH with this id."""
         ids, size = self._sent_ids, len(transaction_id)
         if not size:
             return False
@@ -382,25 +501,37 @@ class PunchSession:
         tid, data = control.punch(self.keys, pair.remote.address)
         self._choices().sent[tid] = now
         pair.sent += 1
-        return Send(data, pair.remote.address)
+        return Send(data, pair.remote.address, pair.base)
 
-    def _connect(self, address: Address, now: float) -> list[Action]:
+    def _nominate(self, key: PairKey, now: float) -> list[Action]:
+        base, address = key
+        return [Send(control.punch_confirm(self.keys), address, base), *self._connect(key, now)]
+
+    def _connect(self, key: PairKey, now: float) -> list[Action]:
         choosing = self._choices()
         self.state = "connected"
-        pair = choosing.pairs[address]
-        # Equal to address, but made of the candidate's strings, which the
+        pair = choosing.pairs[key]
+        # Equal to the key, but made of the candidate's strings, which the
         # connection keeps anyway, rather than of one datagram's.
-        self._chosen = pair.remote.address
+        self._chosen = (pair.base, pair.remote.address)
         self.result = PunchResult(
             remote=pair.remote,
             local_kind=choosing.local_kind,
             rtt=pair.rtt,
             elapsed=now - self.started,
             pairs=self.reports(),
+            base=pair.base,
+            relayed=pair.relayed,
         )
+        if not pair.relayed:
+            self._settle()
+        return [Connected(self.result)]
+
+    def _settle(self) -> None:
+        """Nothing better will come: keep only what answering late messages needs."""
+        choosing = self._choices()
         self._sent_ids = b"".join(choosing.sent)
         self._choosing = None
-        return [Connected(self.result)]
 
     def _fail(self, now: float) -> list[Action]:
         self.state = "failed"
@@ -425,14 +556,19 @@ class _Running:
     connection lasts, and nobody waits on it any more.
     """
 
-    __slots__ = ("deferred", "grace", "rounds", "session", "ticker")
+    __slots__ = ("deferred", "grace", "on_better_path", "rounds", "session", "ticker")
 
-    def __init__(self, session: PunchSession) -> None:
+    def __init__(
+        self,
+        session: PunchSession,
+        on_better_path: Callable[[PunchResult], object] | None = None,
+    ) -> None:
         self.session = session
         self.rounds = 0
         self.deferred: Deferred[PunchResult] | None = Deferred()
         self.ticker: IDelayedCall | None = None
         self.grace: IDelayedCall | None = None
+        self.on_better_path = on_better_path
 
 
 class _KeepAlive:
@@ -443,7 +579,7 @@ class _KeepAlive:
     cells cost three times as much, once per connection.
     """
 
-    __slots__ = ("deferred", "keys", "machine", "puncher", "remote", "session_id")
+    __slots__ = ("base", "deferred", "keys", "machine", "puncher", "remote", "session_id")
 
     def __init__(
         self,
@@ -451,12 +587,14 @@ class _KeepAlive:
         session_id: bytes,
         keys: SessionKeys,
         remote: Address,
+        base: Base,
         **machine_options: Any,
     ) -> None:
         self.puncher = puncher
         self.session_id = session_id
         self.keys = keys
         self.remote = remote
+        self.base = base
         self.deferred: Deferred[None] = Deferred()
         self.machine = KeepAliveMachine(
             send_probe=self.send_probe, on_warning=self.warn, on_lost=self.lost, **machine_options
@@ -464,9 +602,7 @@ class _KeepAlive:
 
     def send_probe(self) -> bytes:
         tid, data = control.keepalive(self.keys)
-        transport = self.puncher.transport
-        assert transport is not None
-        transport.write(data, self.remote)
+        self.puncher.write(data, self.remote, self.base)
         return tid
 
     def warn(self, failures: int) -> None:
@@ -491,6 +627,24 @@ class PuncherStats:
     dropped_unknown_session: int = 0
     dropped_bad_mac: int = 0
     dropped_wrong_path: int = 0
+    unsendable: int = 0
+
+
+class _BaseReceiver(DatagramProtocol):
+    """
+    The puncher's protocol on another base's multiplexer: it hands what
+    arrives there to the puncher, named by its base, so that the answer
+    leaves the way the question came.
+    """
+
+    noisy = False
+
+    def __init__(self, puncher: HolePuncher, base: str) -> None:
+        self.puncher = puncher
+        self.base = base
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.puncher.received(datagram, addr, self.base)
 
 
 class HolePuncher(DatagramProtocol):
@@ -516,6 +670,8 @@ class HolePuncher(DatagramProtocol):
         self._reactor: IReactorTime = reactor
         self._running: dict[bytes, _Running] = {}
         self._keepalives: dict[bytes, _KeepAlive] = {}
+        self._bases: dict[str, Any] = {}
+        self._relays: set[str] = set()
         # Every keep-alive machine's one timer lives in a queue shared on the
         # reactor (see TimerQueue): thousands of connections cost a few turns
         # of the reactor a second, not a turn per timer.  Machines share
@@ -529,12 +685,52 @@ class HolePuncher(DatagramProtocol):
         """Route PUNCH and KEEPALIVE messages of every class from C{mux} to this protocol."""
         mux.add_stun(self, [control.PUNCH, control.KEEPALIVE])
 
+    def add_base(self, name: str, mux: Any, relayed: bool) -> None:
+        """
+        Punch and keep alive from another local transport too: C{mux} is
+        the multiplexer of a TURN allocation (C{relayed}) or of another
+        socket.  Sessions started from now on pair it with the peer's
+        public candidates, and every PUNCH that arrives on it is answered
+        on it.
+        """
+        if name in self._bases:
+            raise ConfigurationError(f"the puncher has a base called {name!r} already")
+        self._bases[name] = mux.add_stun(
+            _BaseReceiver(self, name), [control.PUNCH, control.KEEPALIVE]
+        )
+        if relayed:
+            self._relays.add(name)
+
+    def remove_base(self, name: str) -> None:
+        """Stop using a base (its allocation ended); its pairs fall silent."""
+        self._bases.pop(name, None)
+        self._relays.discard(name)
+
+    def write(self, data: bytes, to: Address, base: Base = None) -> None:
+        """
+        Send on a base.  A base that is gone, or a relay that cannot send
+        there (no permission yet), loses the datagram as a network would:
+        counted, logged, and retried by whoever retries.
+        """
+        transport = self.transport if base is None else self._bases.get(base)
+        if transport is None:
+            self.stats.unsendable += 1
+            self.log.debug("no base {base} to send to {to} from", base=base, to=to)
+            return
+        try:
+            transport.write(data, to)
+        except TwistedNATError as e:
+            self.stats.unsendable += 1
+            self.log.debug("could not send to {to} via {base}: {error}", to=to, base=base, error=e)
+
     def maintain_binding(
         self,
         connection: Any,
         remote_addr: Address,
         interval: float = 25.0,
         timeout: float = 5.0,
+        *,
+        base: Base = None,
         **options: Any,
     ) -> Deferred[None]:
         """
@@ -549,6 +745,8 @@ class HolePuncher(DatagramProtocol):
         @return: a Deferred that fires with None when keep-alive is stopped
             (L{stop_binding}, L{forget}), or fails with L{BindingLost} when
             the peer stopped answering.
+
+        @param base: the base the path leaves from (L{PunchResult.base}).
         """
         session_id = connection.session_id
         if session_id not in self._running:
@@ -567,6 +765,7 @@ class HolePuncher(DatagramProtocol):
             session_id,
             keys,
             remote_addr,
+            base,
             interval=interval,
             timeout=timeout,
             schedule=self._timers(
@@ -606,6 +805,7 @@ class HolePuncher(DatagramProtocol):
         controlling: bool,
         local_candidates: Sequence[Candidate] = (),
         interval: float = 0.2,
+        on_better_path: Callable[[PunchResult], object] | None = None,
     ) -> Deferred[PunchResult]:
         """
         Punch towards C{remote_candidates} for session C{punch_id}.
@@ -614,6 +814,8 @@ class HolePuncher(DatagramProtocol):
             from any other socket would open the wrong binding.
         @param secret: the session's 32-byte secret from the offer.
         @param controlling: True for the offering peer, which picks the path.
+        @param on_better_path: called with a new L{PunchResult} when a
+            session connected over a relay moves to a direct pair.
         @return: a Deferred firing with a L{PunchResult}, or failing with
             L{PunchFailed} saying what each pair saw.
         """
@@ -634,8 +836,9 @@ class HolePuncher(DatagramProtocol):
             remote_candidates,
             _settings(interval, timeout, max_retries),
             self._reactor.seconds(),
+            sorted(self._relays),
         )
-        running = self._running[punch_id] = _Running(session)
+        running = self._running[punch_id] = _Running(session, on_better_path)
         deferred = running.deferred
         assert deferred is not None
         self._tick(punch_id)
@@ -658,6 +861,10 @@ class HolePuncher(DatagramProtocol):
     # --- the protocol ---
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.received(datagram, addr, None)
+
+    def received(self, datagram: bytes, addr: Address, base: Base) -> None:
+        """A control datagram that arrived on C{base}."""
         self.stats.received += 1
         # Keep-alives in our own layout, nearly all the traffic of a node
         # with many connections, skip the general decoder; anything else
@@ -672,7 +879,7 @@ class HolePuncher(DatagramProtocol):
             if not control.verify_keepalive(datagram, keys):
                 self._bad_mac(addr)
                 return
-            self._keepalive_received(session_id, keys, message_class, transaction_id, addr)
+            self._keepalive_received(session_id, keys, message_class, transaction_id, addr, base)
             return
         claimed = control.session_of(datagram)
         if claimed is None:
@@ -689,16 +896,16 @@ class HolePuncher(DatagramProtocol):
             return
         if message.method == control.KEEPALIVE:
             self._keepalive_received(
-                session_id, session.keys, message.message_class, message.transaction_id, addr
+                session_id, session.keys, message.message_class, message.transaction_id, addr, base
             )
             return
         now = self._reactor.seconds()
         if message.message_class == MessageClass.REQUEST:
-            actions = session.punch_received(now, message, addr)
+            actions = session.punch_received(now, message, addr, base)
         elif message.message_class == MessageClass.SUCCESS:
-            actions = session.ack_received(now, message, addr)
+            actions = session.ack_received(now, message, addr, base)
         elif message.message_class == MessageClass.INDICATION:
-            actions = session.confirm_received(now, addr)
+            actions = session.confirm_received(now, addr, base)
         else:
             actions = []
         self._carry_out(session_id, actions)
@@ -721,6 +928,7 @@ class HolePuncher(DatagramProtocol):
         message_class: MessageClass,
         transaction_id: bytes,
         addr: Address,
+        base: Base,
     ) -> None:
         """
         Answer the peer's KEEP_ALIVE; give our machine the peer's ACK.
@@ -732,13 +940,12 @@ class HolePuncher(DatagramProtocol):
         the loss, so that one of them punches again.
         """
         entry = self._keepalives.get(session_id)
-        if entry is not None and addr != entry.remote:
+        if entry is not None and (addr != entry.remote or base != entry.base):
             self.stats.dropped_wrong_path += 1
             self.log.debug("ignored a keep-alive from {addr}, off the path", addr=addr)
             return
         if message_class == MessageClass.REQUEST:
-            assert self.transport is not None
-            self.transport.write(control.keepalive_ack(keys, transaction_id), addr)
+            self.write(control.keepalive_ack(keys, transaction_id), addr, base)
             if entry is not None:
                 entry.machine.probe_received()
         elif message_class == MessageClass.SUCCESS and entry is not None:
@@ -758,7 +965,7 @@ class HolePuncher(DatagramProtocol):
             return
         running.ticker = None
         self._carry_out(punch_id, running.session.tick(self._reactor.seconds()))
-        if running.session.state == "punching":
+        if running.session.searching and punch_id in self._running:
             # The first rounds come quicker (20, 40, 80, 160 ms): the peer
             # starts punching half a rendezvous round trip before we do, and
             # its first PUNCHes, sent before our session existed or before
@@ -781,31 +988,43 @@ class HolePuncher(DatagramProtocol):
         running = self._running[punch_id]
         for action in actions:
             if isinstance(action, Send):
-                assert self.transport is not None
-                self.transport.write(action.data, action.to)
+                self.write(action.data, action.to, action.base)
             elif isinstance(action, StartGrace):
-                if running.grace is None:
-                    running.grace = self._reactor.callLater(
-                        action.delay, self._grace_over, punch_id
-                    )
+                self._start_grace(punch_id, running, action.delay)
             elif isinstance(action, Connected):
-                self._cancel_timers(running)
+                if not running.session.searching:
+                    self._cancel_timers(running)
+                elif running.grace is not None:
+                    running.grace.cancel()
+                    running.grace = None
                 result = action.result
                 self.log.info(
-                    "punched through to {remote} ({kind}) in {elapsed:.0f} ms",
+                    "punched through to {remote} ({kind}{relayed}) in {elapsed:.0f} ms",
                     remote=format_address(result.remote.address),
                     kind=result.remote.kind.value,
+                    relayed=", relayed" if result.relayed else "",
                     elapsed=result.elapsed * 1000,
                 )
                 deferred, running.deferred = running.deferred, None
                 if deferred is not None:
                     deferred.callback(result)
+                elif running.on_better_path is not None:
+                    running.on_better_path(result)
             else:
                 self._cancel_timers(running)
                 del self._running[punch_id]
                 deferred, running.deferred = running.deferred, None
                 if deferred is not None:
                     deferred.errback(action.error)
+
+    def _start_grace(self, punch_id: bytes, running: _Running, delay: float) -> None:
+        """A grace period, or a shorter one instead of a relay's longer one."""
+        grace = running.grace
+        if grace is not None and grace.active():
+            if grace.getTime() <= self._reactor.seconds() + delay:
+                return
+            grace.cancel()
+        running.grace = self._reactor.callLater(delay, self._grace_over, punch_id)
 
     def _cancel_timers(self, running: _Running) -> None:
         for timer in (running.ticker, running.grace):

@@ -20,15 +20,25 @@ ones with L{connect}.  Every connection is kept alive and, when keep-alive
 declares its path lost, punched again through the rendezvous by the peer
 that made the first offer; the application's protocol stays attached to
 the same L{PeerConnection} throughout.
+
+With C{turn_servers}, each server lends us a relayed address (an
+allocation on the shared socket for C{turn:...?transport=udp}, on a TCP or
+TLS stream otherwise).  Each allocation is one more base of the punch:
+its relayed candidate is offered, the peer's public addresses are
+permitted on it before punching, and the puncher answers there what
+arrives there.  A relayed path is taken only when no direct one works,
+and left for a direct one that starts working later; when a direct path
+dies, punching again falls back to the relay.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
@@ -51,10 +61,15 @@ from twisted_nat.candidates import (
 )
 from twisted_nat.connection import AppDataRouter, PeerConnection
 from twisted_nat.control import SessionKeys
-from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.errors import (
+    ConfigurationError,
+    TURNAllocationClosed,
+    TURNError,
+    TwistedNATError,
+)
 from twisted_nat.keepalive import interval_for_lifetime
 from twisted_nat.mux import UDPMultiplexer
-from twisted_nat.punch import BindingLost, HolePuncher, PunchResult
+from twisted_nat.punch import RELAY_PAIRED_KINDS, BindingLost, HolePuncher, PunchResult
 from twisted_nat.rendezvous import (
     Answer,
     ISignaling,
@@ -65,6 +80,7 @@ from twisted_nat.rendezvous import (
 )
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 from twisted_nat.stun.message import MessageClass, Method, request
+from twisted_nat.turn import Allocation, TURNClient, TURNServer, connect_stream
 
 Address = tuple[str, int]
 ProtocolFactory = Callable[[PeerConnection], AbstractDatagramProtocol | None]
@@ -75,6 +91,10 @@ RETRY_CEILING = 30.0
 
 PREDICTED_PORTS = 16
 """How many predicted ports a peer behind a sequential symmetric NAT offers."""
+
+RELAY_RETRY_FIRST = 5.0
+RELAY_RETRY_CEILING = 300.0
+"""Pauses between attempts to get a relay again after an allocation ended."""
 
 
 class NATTraversalService(MultiService):
@@ -102,6 +122,9 @@ class NATTraversalService(MultiService):
     @param follow_lifetime: measure how long the NAT keeps an idle binding
         (in the background; it takes about twice that lifetime) and then
         send keep-alives at half of it instead of C{keepalive_interval}.
+    @param turn_servers: TURN servers to allocate a relayed candidate on
+        (see L{twisted_nat.turn.parse_turn_uri}); a relay is used only for
+        the peers no direct path reaches.
     """
 
     log = Logger()
@@ -127,6 +150,7 @@ class NATTraversalService(MultiService):
         max_retries: int = 30,
         connect_to: Sequence[str] = (),
         follow_lifetime: bool = False,
+        turn_servers: Sequence[TURNServer] = (),
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -152,6 +176,12 @@ class NATTraversalService(MultiService):
         self.connect_to = list(connect_to)
         self.follow_lifetime = follow_lifetime
         self.binding_lifetime: float | None = None
+        self.turn_servers = list(turn_servers)
+        self.relays: dict[str, Allocation] = {}
+        """The live allocations, by the name of their base."""
+        self._turn_udp: TURNClient | None = None
+        self._turn_streams: list[TURNClient] = []
+        self._relay_retries: dict[TURNServer, Any] = {}
 
         self.mux = UDPMultiplexer()
         self.stun = STUNClient(self.stun_servers, reactor=reactor)
@@ -184,6 +214,8 @@ class NATTraversalService(MultiService):
     def privilegedStartService(self) -> None:
         self.port = self._reactor.listenUDP(self.local_port, self.mux, interface=self.interface)
         self.mux.add_stun(self.stun, [Method.BINDING], [MessageClass.SUCCESS, MessageClass.ERROR])
+        if any(server.transport == "udp" for server in self.turn_servers):
+            self._turn_udp = TURNClient.on_multiplexer(self.mux, self._reactor, stun=self.stun)
         self.puncher.attach(self.mux)
         self.router.attach(self.mux)
         super().privilegedStartService()
@@ -207,6 +239,10 @@ class NATTraversalService(MultiService):
             addresses = [self.interface]
         self.candidates = rank(host_candidates(port, addresses))
         await self._discover_public()
+        if self.turn_servers:
+            await DeferredList(
+                [Deferred.fromCoroutine(self._allocate(server, 0)) for server in self.turn_servers]
+            )
         if self.stun_servers and self.detect_behavior:
             detecting = detect_nat(self._reactor, self.stun_servers, self.interface)
             detecting.addCallbacks(self._behavior_found, self._behavior_failed)
@@ -249,6 +285,89 @@ class NATTraversalService(MultiService):
                 f"{c.kind.value} {format_address(c.address)}" for c in self.candidates
             ),
         )
+
+    # --- relays ---
+
+    async def _allocate(self, server: TURNServer, attempt: int) -> None:
+        """
+        A relayed candidate on C{server}, as one more base of every punch
+        from now on.  A server that cannot be reached, or refuses, costs a
+        warning, not the service: direct paths need no relay.
+        """
+        self._relay_retries.pop(server, None)
+        try:
+            if server.transport == "udp":
+                assert self._turn_udp is not None
+                client = self._turn_udp
+                address = await self._resolve(server.host, server.port)
+                allocation = await client.allocate(address, server.username, server.password)
+            else:
+                client = await connect_stream(self._reactor, server.endpoint())
+                self._turn_streams.append(client)
+                allocation = await client.allocate(None, server.username, server.password)
+        except TwistedNATError as e:
+            self.log.warn("no relay on {server}: {error}", server=server.uri(), error=e)
+            self._retry_relay(server, attempt)
+            return
+        if not self.running:
+            allocation.close()
+            return
+        name = f"relay {format_address(allocation.relayed_address)}"
+        relay_mux = UDPMultiplexer()
+        allocation.attach(relay_mux)
+        self.puncher.add_base(name, relay_mux, relayed=True)
+        self.router.add_base(name, relay_mux)
+        self.relays[name] = allocation
+        host, port = allocation.relayed_address
+        self.candidates = rank([*self.candidates, Candidate(CandidateType.RELAYED, host, port)])
+        self.log.info(
+            "relayed candidate {relayed} on {server}",
+            relayed=format_address(allocation.relayed_address),
+            server=server.uri(),
+        )
+        allocation.lost.addCallback(self._relay_lost, server, name)
+
+    async def _resolve(self, host: str, port: int) -> Address:
+        try:
+            ipaddress.ip_address(host)
+            return (host, port)
+        except ValueError:
+            return (await self._reactor.resolve(host), port)
+
+    def _relay_lost(self, reason: TURNError, server: TURNServer, name: str) -> None:
+        allocation = self.relays.pop(name, None)
+        self.puncher.remove_base(name)
+        self.router.remove_base(name)
+        if allocation is not None:
+            relayed = allocation.relayed_address
+            self.candidates = [c for c in self.candidates if c.address != relayed]
+        if isinstance(reason, TURNAllocationClosed) or not self.running:
+            return
+        self.log.warn("relay {name} lost: {reason}", name=name, reason=reason)
+        self._retry_relay(server, 0)
+
+    def _retry_relay(self, server: TURNServer, attempt: int) -> None:
+        if not self.running:
+            return
+        delay = min(RELAY_RETRY_CEILING, RELAY_RETRY_FIRST * 2**attempt)
+        self._relay_retries[server] = self._reactor.callLater(
+            delay,
+            lambda: Deferred.fromCoroutine(self._allocate(server, attempt + 1)),
+        )
+
+    def _permit(self, remote: Sequence[Candidate]) -> None:
+        """
+        Let the peer's public addresses reach our relays before punching:
+        a TURN server drops what comes from an address without permission.
+        """
+        hosts = sorted({c.host for c in remote if c.kind in RELAY_PAIRED_KINDS})
+        if not hosts:
+            return
+        for name, allocation in self.relays.items():
+            allocation.create_permission(*hosts).addErrback(self._not_permitted, name)
+
+    def _not_permitted(self, failure: Failure, relay: str) -> None:
+        self.log.warn("no permission on {relay}: {error}", relay=relay, error=failure.value)
 
     def _refresh(self) -> Deferred[None]:
         """One public-address refresh at a time; later callers wait for it."""
@@ -325,10 +444,18 @@ class NATTraversalService(MultiService):
         return d
 
     def stopService(self) -> Deferred[None]:
-        for retry in self._retries.values():
+        for retry in [*self._retries.values(), *self._relay_retries.values()]:
             if retry.active():
                 retry.cancel()
         self._retries.clear()
+        self._relay_retries.clear()
+        for allocation in list(self.relays.values()):
+            # Deallocation is sent at once; nobody waits for its answer,
+            # since the server frees an allocation that expires anyway.
+            allocation.close()
+        for stream in self._turn_streams:
+            stream.close()
+        self._turn_streams.clear()
         for connection in list(self.connections.values()):
             self._close(connection)
         stopping = super().stopService()
@@ -427,6 +554,11 @@ class NATTraversalService(MultiService):
         self, offer: Offer, remote: Sequence[Candidate], controlling: bool
     ) -> Deferred[PunchResult]:
         assert self.port is not None
+        self._permit(remote)
+
+        def better(result: PunchResult) -> None:
+            self._moved(offer.session_id, result)
+
         return self.puncher.punch_hole(
             self.port.getHost().port,  # type: ignore[attr-defined]
             remote,
@@ -437,7 +569,24 @@ class NATTraversalService(MultiService):
             controlling=controlling,
             local_candidates=self.candidates,
             interval=self.punch_interval,
+            on_better_path=better,
         )
+
+    def _moved(self, session_id: bytes, result: PunchResult) -> None:
+        """A session connected over a relay found a direct path: move there."""
+        for connection in self.connections.values():
+            if connection.session_id == session_id and not connection.closed:
+                break
+        else:
+            return
+        connection.move(result.remote, result.local_kind, result.rtt, result.base, result.relayed)
+        self.log.info(
+            "moved {peer} to a better path: {path} after {elapsed:.0f} ms",
+            peer=connection.peer,
+            path=connection.describe_path(),
+            elapsed=result.elapsed * 1000,
+        )
+        self._keep_alive(connection)
 
     def _punch_failed(self, failure: Failure, peer: str) -> None:
         self.log.warn("could not connect to {peer}: {error}", peer=peer, error=failure.value)
@@ -449,7 +598,15 @@ class NATTraversalService(MultiService):
         existing = self.connections.get(peer)
         if existing is not None and not existing.closed:
             self.puncher.forget(existing.session_id)
-            existing.rebind(keys, result.remote, result.local_kind, result.rtt, result.elapsed)
+            existing.rebind(
+                keys,
+                result.remote,
+                result.local_kind,
+                result.rtt,
+                result.elapsed,
+                result.base,
+                result.relayed,
+            )
             connection = existing
         else:
             connection = PeerConnection(
@@ -460,6 +617,8 @@ class NATTraversalService(MultiService):
                 result.rtt,
                 result.elapsed,
                 peer=peer,
+                base=result.base,
+                relayed=result.relayed,
             )
             self.connections[peer] = connection
             if self.protocol_factory is not None:
@@ -474,16 +633,33 @@ class NATTraversalService(MultiService):
             setup=result.elapsed * 1000,
             rtt=rtt,
         )
-        if self.enable_keepalive:
-            interval = self.keepalive_interval
-            keeping = self.puncher.maintain_binding(
-                connection,
-                connection.remote_address,
-                interval=interval,
-                timeout=min(self.keepalive_timeout, interval),
-            )
-            keeping.addErrback(self._path_lost, connection)
+        self._keep_alive(connection)
         return connection
+
+    def _keep_alive(self, connection: PeerConnection) -> None:
+        """Keep-alive on the connection's path (again, after a move)."""
+        if connection.base is not None:
+            # Through our relay: a channel costs 4 bytes a datagram, where a
+            # Send indication costs 36.
+            allocation = self.relays.get(connection.base)
+            if allocation is not None and allocation.active:
+                allocation.bind_channel(connection.remote_address).addErrback(
+                    lambda failure: self.log.info(
+                        "no channel to {peer}: {error}", peer=connection.peer, error=failure.value
+                    )
+                )
+        if not self.enable_keepalive:
+            return
+        self.puncher.stop_binding(connection.session_id)
+        interval = self.keepalive_interval
+        keeping = self.puncher.maintain_binding(
+            connection,
+            connection.remote_address,
+            interval=interval,
+            timeout=min(self.keepalive_timeout, interval),
+            base=connection.base,
+        )
+        keeping.addErrback(self._path_lost, connection)
 
     def _path_lost(self, failure: Failure, connection: PeerConnection) -> None:
         failure.trap(BindingLost)
@@ -557,6 +733,7 @@ class NATTraversalService(MultiService):
                         "remote": connection.remote.kind.value,
                         "remote_address": endpoint(connection.remote_address),
                     },
+                    "relayed": connection.relayed,
                     "setup_ms": round(connection.setup_time * 1000, 3),
                     "reconnecting": connection.reconnecting,
                     "rtt_ms": _ms(
@@ -572,6 +749,9 @@ class NATTraversalService(MultiService):
             "public": endpoint(self.public.mapped if self.public else None),
             "nat": self.behavior.as_json() if self.behavior else None,
             "candidates": [c.as_json() for c in self.candidates],
+            "relays": sorted(
+                format_address(a.relayed_address) for a in self.relays.values() if a.active
+            ),
             "connections": connections,
         }
 

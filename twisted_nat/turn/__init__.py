@@ -4,8 +4,8 @@ TURN (RFC 8656): relayed addresses for when hole punching cannot work.
 A L{TURNClient} sits on the shared socket's multiplexer (or on a TCP or TLS
 stream, L{connect_stream}) and makes L{Allocation}s: a relayed address on a
 TURN server, permissions for peers, channels, and the timers that keep them
-alive.  Importing this package registers TURN's attributes with the STUN
-codec.
+alive.  L{parse_turn_uri} reads a server's RFC 7065 URI into a L{TURNServer}.
+Importing this package registers TURN's attributes with the STUN codec.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from twisted_nat.turn.client import (
     TURNStreamProtocol,
     connect_stream,
 )
+from twisted_nat.turn.uri import TURNServer, parse_turn_uri
 
 __all__ = [
     "CHANNEL_NUMBERS",
@@ -57,6 +58,7 @@ __all__ = [
     "ReservationToken",
     "StreamFramer",
     "TURNClient",
+    "TURNServer",
     "TURNStats",
     "TURNStreamProtocol",
     "XorPeerAddress",
@@ -64,4 +66,5 @@ __all__ = [
     "connect_stream",
     "decode_channel_data",
     "encode_channel_data",
+    "parse_turn_uri",
 ]

@@ -49,7 +49,13 @@ from twisted.internet.interfaces import (
     ITransport,
     IUDPTransport,
 )
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
+from twisted.internet.protocol import (
+    AbstractDatagramProtocol,
+    DatagramProtocol,
+    Factory,
+    Protocol,
+    connectionDone,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -666,7 +672,7 @@ class Allocation:
         self._client.stats.received_channel_data += 1
         self._deliver(data, peer)
 
-    def attach(self, protocol: DatagramProtocol) -> RelayedTransport:
+    def attach(self, protocol: AbstractDatagramProtocol) -> RelayedTransport:
         """
         Give C{protocol} the relay as its transport: what it writes goes to
         peers through the relay, and what peers send arrives in its
@@ -721,7 +727,7 @@ class RelayedTransport:
     the relayed address, closing it closes the allocation.
     """
 
-    def __init__(self, allocation: Allocation, protocol: DatagramProtocol) -> None:
+    def __init__(self, allocation: Allocation, protocol: AbstractDatagramProtocol) -> None:
         self.allocation = allocation
         self._protocol = protocol
         self._stopped: Deferred[None] | None = None

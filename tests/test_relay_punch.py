@@ -1,0 +1,242 @@
+"""
+Relayed candidates in the punch: on the simulated internet, with a relay
+base standing in for a TURN allocation, and the session's decisions alone.
+
+A relay base is any transport of ours that sits elsewhere on the network:
+what a TURN server's relayed address is, seen from the punch.  Here it is
+a socket on a public host of the simulated internet, so that every pair of
+NAT kinds can be tried in milliseconds; the real TURN server (coturn) and
+real NATs are the lab's business (tests/test_relay_lab.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.test_punch import PORT, Peer, make_internet, make_peer, punch_both
+from twisted_nat import control
+from twisted_nat import testing as sim
+from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
+from twisted_nat.control import SessionKeys
+from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.punch import (
+    Connected,
+    PunchResult,
+    PunchSession,
+    PunchSettings,
+    Send,
+    StartGrace,
+)
+from twisted_nat.stun.message import Message
+
+RELAY_HOST = "203.0.113.200"
+OTHER_RELAY_HOST = "203.0.113.201"
+
+
+def with_relay(internet: sim.SimulatedInternet, peer: Peer, port: int) -> str:
+    """
+    Give C{peer} a relay base on a relay host of its own (ports 40001 and
+    40002 stand for two TURN servers), and its relayed candidate.
+    """
+    host = RELAY_HOST if port == 40001 else OTHER_RELAY_HOST
+    relay_mux = UDPMultiplexer()
+    internet.add_host(host).listenUDP(port, relay_mux)
+    name = f"relay {host}:{port}"
+    peer.puncher.add_base(name, relay_mux, relayed=True)
+    peer.candidates.append(Candidate(CandidateType.RELAYED, host, port))
+    return name
+
+
+def results(outcome: list[tuple[bool, Any]]) -> tuple[PunchResult, PunchResult]:
+    (ok_a, a), (ok_b, b) = outcome
+    assert ok_a and ok_b, (a, b)
+    assert isinstance(a, PunchResult) and isinstance(b, PunchResult)
+    return a, b
+
+
+@pytest.mark.parametrize("relays", ["both", "alice", "bob"])
+def test_two_symmetric_nats_connect_through_a_relay(relays: str) -> None:
+    internet = make_internet()
+    alice, bob = make_peer(internet, "symmetric", 1), make_peer(internet, "symmetric", 2)
+    if relays in ("both", "alice"):
+        with_relay(internet, alice, 40001)
+    if relays in ("both", "bob"):
+        with_relay(internet, bob, 40002)
+    a, b = results(punch_both(internet, alice, bob))
+    assert a.relayed and b.relayed
+    # One side sends through its relay, the other straight to that relay.
+    assert (a.base is None) != (b.base is None) or a.remote.kind is CandidateType.RELAYED
+    assert {a.remote.kind, b.remote.kind} & {CandidateType.RELAYED, CandidateType.PEER_REFLEXIVE}
+    # The relay was taken only after the relay grace, in case a direct pair came.
+    assert a.elapsed >= PunchSettings().relay_grace
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(
+    ("kind_a", "kind_b"),
+    [("port-restricted", "port-restricted"), ("symmetric", "full"), ("none", "symmetric")],
+)
+def test_a_relay_is_never_kept_when_a_direct_pair_works(
+    kind_a: str, kind_b: str, seed: int
+) -> None:
+    internet = make_internet(seed=seed, loss=0.1 if seed else 0.0)
+    alice, bob = make_peer(internet, kind_a, 1), make_peer(internet, kind_b, 2)
+    with_relay(internet, alice, 40001)
+    with_relay(internet, bob, 40002)
+    a, b = results(punch_both(internet, alice, bob))
+    # Whatever the punch settled on first, both ends end up direct: a move
+    # from the relay would show as a second result, so check the sessions.
+    session_a = alice.puncher._running[next(iter(alice.puncher._running))].session
+    assert session_a.chosen is not None
+    if a.relayed:
+        internet.advance(10.0)
+    chosen_a = alice.puncher._running[next(iter(alice.puncher._running))].session.chosen
+    chosen_b = bob.puncher._running[next(iter(bob.puncher._running))].session.chosen
+    assert chosen_a is not None and chosen_a[0] is None
+    assert chosen_b is not None and chosen_b[0] is None
+    assert not b.relayed or a.relayed
+    if seed == 0:
+        assert not a.relayed and not b.relayed, "without loss the direct pair comes first"
+
+
+def test_symmetric_and_port_restricted_fall_back_to_the_relay() -> None:
+    internet = make_internet()
+    alice, bob = make_peer(internet, "symmetric", 1), make_peer(internet, "port-restricted", 2)
+    with_relay(internet, bob, 40002)
+    a, b = results(punch_both(internet, alice, bob))
+    assert a.relayed and b.relayed
+    assert a.remote.address == (OTHER_RELAY_HOST, 40002)
+    assert b.base == f"relay {OTHER_RELAY_HOST}:40002"
+
+
+def test_relay_pairs_skip_the_peers_host_candidates() -> None:
+    """A TURN server would relay to a private address on its own network."""
+    internet = make_internet()
+    alice = make_peer(internet, "port-restricted", 1)
+    with_relay(internet, alice, 40001)
+    remote = [
+        Candidate(CandidateType.HOST, "10.0.0.7", PORT),
+        Candidate(CandidateType.SERVER_REFLEXIVE, "198.51.100.9", PORT),
+    ]
+    alice.puncher.punch_hole(
+        PORT, remote, os.urandom(16), secret=os.urandom(32), controlling=True, timeout=0.1
+    ).addErrback(lambda _: None)
+    [running] = alice.puncher._running.values()
+    pairs = running.session.reports()
+    via_relay = [p.remote.address for p in pairs if p.base is not None]
+    assert via_relay == [("198.51.100.9", PORT)]
+    assert len(pairs) == 3
+    internet.advance(1.0)
+
+
+# --- the session's decisions, event by event ---------------------------------
+
+SECRET = bytes(range(32))
+SESSION = bytes(16)
+RELAY = "relay 203.0.113.200:40001"
+DIRECT = Candidate(CandidateType.SERVER_REFLEXIVE, "198.51.100.2", 5000)
+THEIR_RELAY = Candidate(CandidateType.RELAYED, "203.0.113.201", 40002)
+
+
+def session(controlling: bool) -> PunchSession:
+    keys = SessionKeys.derive(SESSION, SECRET, offerer=controlling)
+    return PunchSession(keys, controlling, [], [DIRECT, THEIR_RELAY], PunchSettings(), 0.0, [RELAY])
+
+
+def peer_keys(controlling: bool) -> SessionKeys:
+    return SessionKeys.derive(SESSION, SECRET, offerer=not controlling)
+
+
+def ack_for(send: Send, controlling: bool) -> Message:
+    claimed = control.session_of(send.data)
+    assert claimed is not None
+    punch, _ = claimed
+    answer = control.session_of(
+        control.punch_ack(peer_keys(controlling), punch.transaction_id, send.to)
+    )
+    assert answer is not None
+    return answer[0]
+
+
+def sends(actions: list[Any]) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send)]
+
+
+def test_session_waits_for_a_direct_pair_then_takes_the_relay_then_moves() -> None:
+    s = session(controlling=True)
+    first = sends(s.tick(0.0))
+    # Direct pairs first; the relay base punches the peer's public candidates.
+    assert [(x.base, x.to) for x in first] == [
+        (None, DIRECT.address),
+        (RELAY, DIRECT.address),
+        (None, THEIR_RELAY.address),
+        (RELAY, THEIR_RELAY.address),
+    ]
+    relayed_punch = first[1]
+    actions = s.ack_received(0.01, ack_for(relayed_punch, True), DIRECT.address, RELAY)
+    assert actions == [StartGrace(PunchSettings().relay_grace)]
+    actions = s.grace_over(0.51)
+    [confirm, connected] = actions
+    assert isinstance(confirm, Send) and confirm.base == RELAY
+    assert isinstance(connected, Connected) and connected.result.relayed
+    assert s.searching, "connected over a relay, still looking for a direct pair"
+    later = sends(s.tick(0.7))
+    assert later and all(x.base is None and x.to == DIRECT.address for x in later)
+    actions = s.ack_received(0.75, ack_for(later[0], True), DIRECT.address)
+    [confirm, moved] = actions
+    assert isinstance(confirm, Send) and confirm.base is None and confirm.to == DIRECT.address
+    assert isinstance(moved, Connected) and not moved.result.relayed
+    assert s.chosen == (None, DIRECT.address)
+    assert not s.searching
+    assert s.tick(1.0) == []
+
+
+def test_a_direct_ack_during_the_relay_grace_is_taken_sooner() -> None:
+    s = session(controlling=True)
+    first = sends(s.tick(0.0))
+    assert s.ack_received(0.01, ack_for(first[1], True), DIRECT.address, RELAY) == [StartGrace(0.5)]
+    [grace] = s.ack_received(0.02, ack_for(first[0], True), DIRECT.address)
+    assert isinstance(grace, StartGrace) and grace.delay < 0.1
+    [confirm, connected] = s.grace_over(0.05)
+    assert isinstance(connected, Connected) and not connected.result.relayed
+    assert connected.result.base is None
+
+
+def test_session_settles_on_the_relay_when_time_runs_out() -> None:
+    s = session(controlling=True)
+    first = sends(s.tick(0.0))
+    s.ack_received(0.01, ack_for(first[3], True), THEIR_RELAY.address, RELAY)
+    s.grace_over(0.51)
+    assert s.searching
+    assert s.tick(10.0) == []
+    assert not s.searching and s.state == "connected"
+    assert s.chosen == (RELAY, THEIR_RELAY.address)
+
+
+def test_controlled_session_moves_from_a_relay_only_to_a_direct_path() -> None:
+    s = session(controlling=False)
+    s.tick(0.0)
+    [connected] = s.confirm_received(0.1, THEIR_RELAY.address)
+    assert isinstance(connected, Connected) and connected.result.relayed
+    assert s.confirm_received(0.2, DIRECT.address, RELAY) == [], "relay to relay: no gain"
+    [moved] = s.confirm_received(0.3, DIRECT.address)
+    assert isinstance(moved, Connected) and not moved.result.relayed
+    assert s.chosen == (None, DIRECT.address)
+    assert s.confirm_received(0.4, THEIR_RELAY.address) == []
+
+
+def test_answers_leave_on_the_base_the_punch_came_in_on() -> None:
+    s = session(controlling=False)
+    theirs = SessionKeys.derive(SESSION, SECRET, offerer=True)
+    _, data = control.punch(theirs, ("203.0.113.200", 40001))
+    claimed = control.session_of(data)
+    assert claimed is not None
+    source = ("198.51.100.77", 61000)
+    actions = sends(s.punch_received(0.0, claimed[0], source, RELAY))
+    assert actions[0].base == RELAY and actions[0].to == source
+    # and the unknown source is punched back, on the same base
+    assert (actions[1].base, actions[1].to) == (RELAY, source)
+    assert candidate_priority(CandidateType.PEER_REFLEXIVE) > DIRECT.priority

@@ -1,0 +1,213 @@
+"""
+The service with TURN servers, against coturn on loopback: the relayed
+candidate, a connection that can only be relayed, and one that could be
+relayed but goes direct.
+
+On loopback every direct pair works, so "only a relay can work" is made
+by the signaling: a wrapper that takes every candidate but the relayed
+ones out of offers and answers, as if the peers' public addresses were
+unreachable.  The relay then carries punching, keep-alive and the
+application's data, through coturn, over UDP and over TCP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+
+from tests.fakes import Collector
+from tests.support.coturn import (
+    PRIMARY_HOST,
+    CoturnInstance,
+    CoturnMode,
+    require_tool,
+    running_coturn,
+)
+from twisted_nat.candidates import CandidateType
+from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
+from twisted_nat.service import NATTraversalService
+from twisted_nat.turn import TURNServer
+
+pytestmark = pytest.mark.interop
+
+reactor: Any = global_reactor
+
+USER, PASSWORD, REALM = "relay-user", "relay-password", "relay.test"
+
+
+@pytest.fixture(scope="module")
+def coturn() -> Iterator[CoturnInstance]:
+    require_tool("turnserver")
+    with running_coturn(
+        CoturnMode.TURN, username=USER, password=PASSWORD, realm=REALM, tcp=True
+    ) as server:
+        yield server
+
+
+def relayed_only(candidates: Any) -> tuple[Any, ...]:
+    return tuple(c for c in candidates if c.kind is CandidateType.RELAYED)
+
+
+@attrs.define
+class RelayOnlySignaling:
+    """An L{ISignaling} that passes on only relayed candidates, both ways."""
+
+    inner: Any
+
+    def register(self, name: str) -> Deferred[None]:
+        return self.inner.register(name)  # type: ignore[no-any-return]
+
+    def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
+        stripped = attrs.evolve(offer, candidates=relayed_only(offer.candidates))
+        answering: Deferred[Answer] = self.inner.connect(name, stripped)
+        return answering.addCallback(
+            lambda answer: attrs.evolve(answer, candidates=relayed_only(answer.candidates))
+        )
+
+    def set_offer_handler(self, handler: Any) -> None:
+        if handler is None:
+            self.inner.set_offer_handler(None)
+            return
+
+        def strip(offer: Offer) -> Deferred[Answer]:
+            stripped = attrs.evolve(offer, candidates=relayed_only(offer.candidates))
+            answering: Deferred[Answer] = handler(stripped)
+            return answering.addCallback(
+                lambda answer: attrs.evolve(answer, candidates=relayed_only(answer.candidates))
+            )
+
+        self.inner.set_offer_handler(strip)
+
+    def close(self) -> Deferred[None]:
+        return self.inner.close()  # type: ignore[no-any-return]
+
+
+def turn_server(coturn: CoturnInstance, transport: str) -> TURNServer:
+    return TURNServer(coturn.host, coturn.port, transport, False, USER, PASSWORD)
+
+
+async def start_pair(
+    coturn: CoturnInstance, transport: str, relay_only: bool
+) -> tuple[dict[str, NATTraversalService], dict[str, list[Collector]]]:
+    hub = InMemorySignalingHub(reactor=reactor)
+    services: dict[str, NATTraversalService] = {}
+    apps: dict[str, list[Collector]] = {"alice": [], "bob": []}
+    for name in ("alice", "bob"):
+        signaling: Any = hub.peer(name)
+        if relay_only:
+            signaling = RelayOnlySignaling(signaling)
+
+        def factory(connection: Any, name: str = name) -> Collector:
+            app = Collector()
+            apps[name].append(app)
+            return app
+
+        service = NATTraversalService(
+            0,
+            [coturn.address],
+            keepalive_interval=0.5,
+            keepalive_timeout=0.4,
+            reactor=reactor,
+            interface=PRIMARY_HOST,
+            name=name,
+            signaling=signaling,
+            protocol_factory=factory,
+            detect_behavior=False,
+            turn_servers=[turn_server(coturn, transport)],
+            punch_timeout=3.0,
+        )
+        service.startService()
+        services[name] = service
+    for service in services.values():
+        await service.ready()
+    return services, apps
+
+
+async def stop(services: dict[str, NATTraversalService]) -> None:
+    for service in services.values():
+        await service.stopService()
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, "condition not met in time"
+        await task.deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest_twisted.ensureDeferred
+async def test_a_peer_reachable_only_through_the_relay_is_reached(
+    coturn: CoturnInstance, transport: str
+) -> None:
+    services, apps = await start_pair(coturn, transport, relay_only=True)
+    try:
+        alice, bob = services["alice"], services["bob"]
+        for service in services.values():
+            [relayed] = [c for c in service.candidates if c.kind is CandidateType.RELAYED]
+            assert relayed.host == PRIMARY_HOST and relayed.port != coturn.port
+            assert service.status()["relays"] == [f"{relayed.host}:{relayed.port}"]
+        connection = await alice.connect("bob")
+        assert connection.relayed
+        assert connection.remote.kind in (CandidateType.RELAYED, CandidateType.PEER_REFLEXIVE)
+        await until(lambda: "alice" in bob.connections)
+        assert bob.connections["alice"].relayed
+        connection.write(b"through the relay")
+        await until(lambda: bool(apps["bob"]) and bool(apps["bob"][0].received))
+        assert apps["bob"][0].received[0][0] == b"through the relay"
+        bob.connections["alice"].write(b"and back")
+        await until(lambda: bool(apps["alice"][0].received))
+        assert apps["alice"][0].received[0][0] == b"and back"
+        # Keep-alive runs over the relay too, and measures it.
+        await until(lambda: getattr(connection.quality(), "rtt", None) is not None)
+        status = alice.status()["connections"][0]
+        assert status["relayed"] is True and status["peer"] == "bob"
+    finally:
+        await stop(services)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_is_offered_but_the_direct_path_is_taken(coturn: CoturnInstance) -> None:
+    services, apps = await start_pair(coturn, "udp", relay_only=False)
+    try:
+        alice, bob = services["alice"], services["bob"]
+        assert any(c.kind is CandidateType.RELAYED for c in alice.candidates)
+        connection = await alice.connect("bob")
+        await until(lambda: "alice" in bob.connections)
+        assert not connection.relayed and connection.base is None
+        assert not bob.connections["alice"].relayed
+        connection.write(b"direct")
+        await until(lambda: bool(apps["bob"]) and bool(apps["bob"][0].received))
+    finally:
+        await stop(services)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_turn_password_costs_a_warning_not_the_service(
+    coturn: CoturnInstance,
+) -> None:
+    wrong = TURNServer(coturn.host, coturn.port, "udp", False, USER, "not-the-password")
+    service = NATTraversalService(
+        0,
+        [coturn.address],
+        reactor=reactor,
+        interface=PRIMARY_HOST,
+        detect_behavior=False,
+        turn_servers=[wrong],
+    )
+    service.startService()
+    try:
+        await service.ready()
+        assert service.relays == {}
+        assert not any(c.kind is CandidateType.RELAYED for c in service.candidates)
+        assert service.public is not None, "STUN on the same socket still worked"
+    finally:
+        await service.stopService()
