@@ -178,3 +178,33 @@ def test_a_vanished_peer_is_declared_lost():
     c.internet.advance(30.0)
     assert len(lost) == 1
     assert "no answer" in str(lost[0].value)
+
+
+def test_path_listeners_hear_moves_and_new_punches_once_each() -> None:
+    c = connected()
+    heard: list[tuple[Any, bool, Any]] = []
+    c.conn_a.on_path_change(lambda conn: heard.append((conn.base, conn.relayed, conn.keys)))
+
+    def broken(conn: PeerConnection) -> None:
+        raise RuntimeError("an application's bug")
+
+    c.conn_a.on_path_change(broken)
+    old_keys, remote = c.conn_a.keys, c.conn_a.remote
+    c.conn_a.move(remote, None, 0.01, "relay 203.0.113.200:40001", relayed=True)
+    assert heard == [("relay 203.0.113.200:40001", True, old_keys)]
+    new_keys = SessionKeys.derive(os.urandom(16), os.urandom(32), True)
+    c.conn_a.rebind(new_keys, remote, None, 0.01, 0.5)
+    assert heard[1:] == [(None, False, new_keys)], "once, with the new keys in place"
+    assert len(heard) == 2
+
+
+def test_a_moved_connection_keeps_its_sequence_so_the_peer_takes_what_follows() -> None:
+    c = connected()
+    c.conn_a.write(b"one")
+    c.conn_a.write(b"two")
+    c.internet.advance(0.1)
+    c.conn_a.move(c.conn_a.remote, None, 0.01)  # numbering restarting would replay 1
+    c.conn_a.write(b"three")
+    c.internet.advance(0.1)
+    assert [data for data, _ in c.app_b.received] == [b"one", b"two", b"three"]
+    assert c.routers[1].stats.dropped_replay == 0

@@ -19,12 +19,15 @@ from twisted_nat.rendezvous import RendezvousService
 from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.client import DiscoveryResult
 from twisted_nat.tap import Options, STUNServerService, makeService
+from twisted_nat.turn import TURNServer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_python(code_or_args: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def run_python(
+    code_or_args: list[str], timeout: float = 20.0, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ if environ is None else environ, PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, *code_or_args],
         capture_output=True,
@@ -35,10 +38,13 @@ def run_python(code_or_args: list[str], timeout: float = 20.0) -> subprocess.Com
     )
 
 
-def twistd(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+def twistd(
+    *args: str, timeout: float = 20.0, environ: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return run_python(
         ["-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())", *args],
         timeout,
+        environ,
     )
 
 
@@ -92,6 +98,101 @@ def test_peer_options():
     assert peer.stun_servers == [("127.0.0.1", 3478), ("127.0.0.2", 3479)]
     assert peer.connect_to == ["bob"]
     assert peer.keepalive_interval == 4.0
+
+
+PEER = ["peer", "--name", "alice", "--rendezvous", "tcp:host=127.0.0.1:port=8765"]
+TURN_PASSWORD = "hunter2-Zq"
+
+
+@pytest.fixture
+def no_turn_password_in_environment(monkeypatch):
+    monkeypatch.delenv("TWISTED_NAT_TURN_PASSWORD", raising=False)
+
+
+@pytest.mark.usefixtures("no_turn_password_in_environment")
+def test_peer_turn_servers_reach_the_service():
+    options = Options()
+    options.parseOptions(
+        [*PEER, "--turn", "turn:turn.example.net", "--turn-user", "alice",
+         "--turn", "turns:[2001:db8::1]:443", "--turn-password", TURN_PASSWORD]
+    )  # fmt: skip
+    expected = [
+        TURNServer("turn.example.net", 3478, "udp", False, "alice", TURN_PASSWORD),
+        TURNServer("2001:db8::1", 443, "tcp", True, "alice", TURN_PASSWORD),
+    ]
+    assert options.subOptions["turn"] == expected
+    service: Any = makeService(options, reactor=Clock())
+    [peer] = list(service)
+    assert isinstance(peer, NATTraversalService)
+    assert peer.turn_servers == expected
+
+
+def test_peer_defaults():
+    """Numbers left at their defaults are numbers too, and there is no TURN server."""
+    options = Options()
+    options.parseOptions(PEER)
+    assert options.subOptions["keepalive-interval"] == 25.0
+    assert options.subOptions["greet-every"] == 0.0
+    [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert peer.keepalive_interval == 25.0
+    assert list(peer.turn_servers) == []
+
+
+def test_turn_password_from_the_environment(monkeypatch):
+    """So that the password need not appear in the process list."""
+    monkeypatch.setenv("TWISTED_NAT_TURN_PASSWORD", "from-environment")
+    options = Options()
+    options.parseOptions([*PEER, "--turn", "turn:turn.example.net", "--turn-user", "alice"])
+    [server] = options.subOptions["turn"]
+    assert server.password == "from-environment"
+    options = Options()
+    options.parseOptions(
+        [*PEER, "--turn", "turn:turn.example.net", "--turn-user", "alice",
+         "--turn-password", TURN_PASSWORD]
+    )  # fmt: skip
+    [server] = options.subOptions["turn"]
+    assert server.password == TURN_PASSWORD
+
+
+@pytest.mark.usefixtures("no_turn_password_in_environment")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--turn", "turn:t.example.net"], "--turn needs --turn-user"),
+        (["--turn", "turn:t.example.net", "--turn-password", "x"], "--turn needs --turn-user"),
+        (
+            ["--turn", "turn:t.example.net", "--turn-user", "alice"],
+            "--turn needs --turn-password or TWISTED_NAT_TURN_PASSWORD in the environment",
+        ),
+        (
+            ["--turn", "turn:t.example.net", "--turn-user", "alice", "--turn-password", ""],
+            "--turn needs --turn-password",
+        ),
+        (["--turn-user", "alice"], "--turn-user and --turn-password need a --turn URI"),
+        (
+            ["--turn", "turns:t.example.net?transport=udp", "--turn-user", "a",
+             "--turn-password", TURN_PASSWORD],
+            "bad TURN URI 'turns:t.example.net?transport=udp': turns: over UDP is DTLS",
+        ),
+        (
+            ["--turn", "stun:t.example.net", "--turn-user", "a", "--turn-password", TURN_PASSWORD],
+            "bad TURN URI 'stun:t.example.net': the scheme must be turn: or turns:",
+        ),
+        (
+            ["--turn", "turn:t.example.net", "--turn", "TURN:T.example.net:3478",
+             "--turn-user", "a", "--turn-password", TURN_PASSWORD],
+            "TURN server turn:t.example.net:3478?transport=udp is given twice",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_turn_options_end_in_one_line(args, message):
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions([*PEER, *args])
+    text = str(raised.value.code)
+    assert text.startswith("twistd nat: ")
+    assert message in text
+    assert "\n" not in text
+    assert TURN_PASSWORD not in text
 
 
 @pytest.mark.parametrize(
@@ -165,6 +266,32 @@ def test_twistd_bad_address_is_one_line():
     result = twistd("-n", "--pidfile=", "nat", "server", "--address", "300.1.1.1")
     assert result.returncode == 1
     assert result.stderr.strip() == "twistd nat: not an IP address: '300.1.1.1'"
+    assert "Traceback" not in result.stdout
+
+
+def test_twistd_bad_turn_uri_is_one_line():
+    result = twistd(
+        "-n", "--pidfile=", "nat", *PEER, "--turn", "turn:[2001:db8::1", "--turn-user", "alice",
+        "--turn-password", TURN_PASSWORD,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "twistd nat: bad TURN URI 'turn:[2001:db8::1': an IPv6 address needs its closing ']'"
+    )
+    assert "Traceback" not in result.stdout
+    assert TURN_PASSWORD not in result.stdout + result.stderr
+
+
+def test_twistd_turn_without_password_is_one_line():
+    environ = {k: v for k, v in os.environ.items() if k != "TWISTED_NAT_TURN_PASSWORD"}
+    result = twistd(
+        "-n", "--pidfile=", "nat", *PEER, "--turn", "turn:127.0.0.1", "--turn-user", "alice",
+        environ=environ,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "twistd nat: --turn needs --turn-password or TWISTED_NAT_TURN_PASSWORD in the environment"
+    )
     assert "Traceback" not in result.stdout
 
 

@@ -17,6 +17,7 @@ socket this way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -125,6 +126,7 @@ class PeerConnection:
         self._replay = ReplayWindow()
         # Made when someone first waits: most connections are never waited on.
         self._closing: list[Deferred[None]] | None = None
+        self._path_listeners: list[Callable[[PeerConnection], object]] | None = None
         router.add(self)
 
     @property
@@ -148,6 +150,24 @@ class PeerConnection:
         if self.base is not None:
             local = f"{local} via {self.base}"
         return f"{local} -> {self.remote.kind.value} {format_address(self.remote.address)}"
+
+    def on_path_change(self, listener: Callable[[PeerConnection], object]) -> None:
+        """
+        Call C{listener} with this connection whenever its path changes: a
+        move from a relay to a direct path, or a new punch after a loss.
+        An application that cares whether its data is relayed (a relay
+        costs the operator bandwidth, and adds latency) learns it here.
+        """
+        if self._path_listeners is None:
+            self._path_listeners = []
+        self._path_listeners.append(listener)
+
+    def _path_changed(self) -> None:
+        for listener in self._path_listeners or ():
+            try:
+                listener(self)
+            except Exception:
+                self.log.failure("a path listener of {peer} failed", peer=self.peer)
 
     def set_protocol(self, protocol: AbstractDatagramProtocol) -> None:
         """Give the application's protocol the peer: its transport writes there."""
@@ -180,12 +200,13 @@ class PeerConnection:
         accept there, under the new keys.  The application's protocol stays
         attached; keep-alive starts afresh for the new session.
         """
-        self.move(remote, local_kind, rtt, base, relayed)
+        self._set_path(remote, local_kind, rtt, base, relayed)
         self.keys = keys
         self.setup_time = setup_time
         self._sequence = 0
         self._replay = ReplayWindow()
         self.reconnecting = False
+        self._path_changed()
 
     def move(
         self,
@@ -201,6 +222,17 @@ class PeerConnection:
         window go on, since the peer's do too; keep-alive is its owner's to
         restart on the new path.
         """
+        self._set_path(remote, local_kind, rtt, base, relayed)
+        self._path_changed()
+
+    def _set_path(
+        self,
+        remote: Candidate,
+        local_kind: CandidateType | None,
+        rtt: float | None,
+        base: Base,
+        relayed: bool,
+    ) -> None:
         self.router.remove(self)
         if self.keepalive is not None:
             self.keepalive.stop()

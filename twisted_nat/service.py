@@ -29,11 +29,21 @@ permitted on it before punching, and the puncher answers there what
 arrives there.  A relayed path is taken only when no direct one works,
 and left for a direct one that starts working later; when a direct path
 dies, punching again falls back to the relay.
+
+Offers and answers carry a hint of what our NAT does (L{NATHint}).  When
+one side's NAT is symmetric with random ports and the other's maps
+endpoint-independently but filters by port (a port-restricted cone), the
+birthday method (L{twisted_nat.birthday}) finds a direct path: the
+symmetric side opens C{birthday_sockets} extra sockets for the punch, the
+cone side probes up to C{birthday_probes} random ports of the symmetric
+side's address; the sockets the punch did not choose close as it ends,
+the chosen one with its connection.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +60,16 @@ from twisted_nat.behavior import (
     NATBehavior,
     detect_nat,
     measure_binding_lifetime,
+)
+from twisted_nat.birthday import (
+    ANSWER_DELAY,
+    DEFAULT_PROBES,
+    DEFAULT_RATE,
+    DEFAULT_SOCKETS,
+    ExtraSockets,
+    Prober,
+    Role,
+    role,
 )
 from twisted_nat.candidates import (
     Candidate,
@@ -69,7 +89,14 @@ from twisted_nat.errors import (
 )
 from twisted_nat.keepalive import interval_for_lifetime
 from twisted_nat.mux import UDPMultiplexer
-from twisted_nat.punch import RELAY_PAIRED_KINDS, BindingLost, HolePuncher, PunchResult
+from twisted_nat.punch import (
+    RELAY_PAIRED_KINDS,
+    SPRAY_PAIRED_KINDS,
+    Base,
+    BindingLost,
+    HolePuncher,
+    PunchResult,
+)
 from twisted_nat.rendezvous import (
     Answer,
     ISignaling,
@@ -78,6 +105,7 @@ from twisted_nat.rendezvous import (
     answer_to,
     new_offer,
 )
+from twisted_nat.rendezvous.values import NATHint
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 from twisted_nat.stun.message import MessageClass, Method, request
 from twisted_nat.turn import Allocation, TURNClient, TURNServer, connect_stream
@@ -91,6 +119,9 @@ RETRY_CEILING = 30.0
 
 PREDICTED_PORTS = 16
 """How many predicted ports a peer behind a sequential symmetric NAT offers."""
+
+BEHAVIOR_WAIT = 2.0
+"""How long an offer waits for behaviour discovery still under way (it takes ~0.2 s)."""
 
 RELAY_RETRY_FIRST = 5.0
 RELAY_RETRY_CEILING = 300.0
@@ -125,6 +156,14 @@ class NATTraversalService(MultiService):
     @param turn_servers: TURN servers to allocate a relayed candidate on
         (see L{twisted_nat.turn.parse_turn_uri}); a relay is used only for
         the peers no direct path reaches.
+    @param birthday_sockets: behind a symmetric NAT with random ports, how
+        many extra sockets to open for a punch with a port-restricted cone
+        (0: never); see L{twisted_nat.birthday} for what they buy.
+    @param birthday_probes: behind a cone, how many random ports of such a
+        peer's address to probe at most (0: never).
+    @param birthday_rate: probes a second.
+    @param rng: where the probed ports come from (a seeded generator makes
+        a test repeat itself).
     """
 
     log = Logger()
@@ -151,8 +190,17 @@ class NATTraversalService(MultiService):
         connect_to: Sequence[str] = (),
         follow_lifetime: bool = False,
         turn_servers: Sequence[TURNServer] = (),
+        birthday_sockets: int = DEFAULT_SOCKETS,
+        birthday_probes: int = DEFAULT_PROBES,
+        birthday_rate: float = DEFAULT_RATE,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__()
+        if birthday_sockets < 0 or birthday_probes < 0 or not birthday_rate > 0:
+            raise ConfigurationError(
+                "birthday sockets and probes cannot be negative, and the probe rate must be"
+                f" positive (not {birthday_sockets}, {birthday_probes}, {birthday_rate})"
+            )
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -182,11 +230,17 @@ class NATTraversalService(MultiService):
         self._turn_udp: TURNClient | None = None
         self._turn_streams: list[TURNClient] = []
         self._relay_retries: dict[TURNServer, Any] = {}
+        self.birthday_sockets = birthday_sockets
+        self.birthday_probes = birthday_probes
+        self.birthday_rate = birthday_rate
+        self._rng = rng if rng is not None else random.Random()
 
         self.mux = UDPMultiplexer()
         self.stun = STUNClient(self.stun_servers, reactor=reactor)
         self.puncher = HolePuncher(reactor=reactor)
         self.router = AppDataRouter()
+        self.extra_sockets = ExtraSockets(reactor, self.puncher, self.router, interface)
+        """The birthday method's sockets open now."""
         self.signaling: ISignaling | None = signaling
         if rendezvous is not None:
             if name is None:
@@ -207,6 +261,8 @@ class NATTraversalService(MultiService):
         self._fresh_destinations: list[Address] = []
         self._retries: dict[str, Any] = {}
         self._refresh_waiters: list[Deferred[None]] = []
+        self._detecting: Deferred[None] | None = None
+        self._behavior_waiters: list[Deferred[None]] = []
         self._waiting: list[Deferred[None]] = []
 
     # --- life cycle ---
@@ -245,7 +301,8 @@ class NATTraversalService(MultiService):
             )
         if self.stun_servers and self.detect_behavior:
             detecting = detect_nat(self._reactor, self.stun_servers, self.interface)
-            detecting.addCallbacks(self._behavior_found, self._behavior_failed)
+            self._detecting = detecting.addCallbacks(self._behavior_found, self._behavior_failed)
+            self._detecting.addBoth(self._detected)
         self._gathered = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -435,6 +492,28 @@ class NATTraversalService(MultiService):
     def _behavior_failed(self, failure: Failure) -> None:
         self.log.warn("NAT behaviour discovery failed: {error}", error=failure.value)
 
+    def _detected(self, result: object) -> None:
+        self._detecting = None
+        waiters, self._behavior_waiters = self._behavior_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+
+    def _behavior_known(self) -> Deferred[None]:
+        """
+        Fires once behaviour discovery is over, or after
+        L{BEHAVIOR_WAIT}: what we offer depends on it (predicted ports
+        behind a NAT that allocates in sequence), and an offer made or
+        answered in the first moments after start would go without.
+        """
+        if self._detecting is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._behavior_waiters.append(waiter)
+        timer = self._reactor.callLater(BEHAVIOR_WAIT, waiter.callback, None)
+        waiter.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        return waiter
+
     def ready(self) -> Deferred[None]:
         """Fires once the socket is bound and candidates are gathered."""
         if self._gathered:
@@ -458,6 +537,7 @@ class NATTraversalService(MultiService):
         self._turn_streams.clear()
         for connection in list(self.connections.values()):
             self._close(connection)
+        self.extra_sockets.close_all()
         stopping = super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
@@ -476,11 +556,14 @@ class NATTraversalService(MultiService):
         if self.signaling is None or self.peer_name is None:
             raise ConfigurationError("connecting by name needs a name and a rendezvous")
         await self.ready()
-        offer = new_offer(self.peer_name, await self._candidates_for_punch())
+        await self._behavior_known()
+        offer = new_offer(self.peer_name, await self._candidates_for_punch(), self._nat_hint())
         self.log.info("offering a connection to {peer}", peer=name)
         answer = await self.signaling.connect(name, offer)
         self._offered.add(name)
-        result = await self._punch(offer, answer.candidates, controlling=True)
+        result = await self._punch(
+            offer, answer.candidates, controlling=True, ours=offer.nat, theirs=answer.nat
+        )
         return self._connected(name, offer, result, controlling=True)
 
     def _on_offer(self, offer: Offer) -> Deferred[Answer]:
@@ -493,16 +576,24 @@ class NATTraversalService(MultiService):
         # still being gathered: an offer arriving then must wait for them,
         # or the answer lacks our public address and the punch cannot work.
         await self.ready()
+        await self._behavior_known()
         if self._refreshing is not None:
             # Our public address is being relearnt: answer with the new one.
             await self._refresh()
         candidates = await self._candidates_for_punch()
-        punching = self._punch(offer, offer.candidates, controlling=False)
+        hint = self._nat_hint()
+        punching = self._punch(
+            offer, offer.candidates, controlling=False, ours=hint, theirs=offer.nat
+        )
         punching.addCallback(
             lambda result: self._connected(offer.from_name, offer, result, controlling=False)
         )
         punching.addErrback(self._punch_failed, offer.from_name)
-        return answer_to(offer, candidates)
+        return answer_to(offer, candidates, hint)
+
+    def _nat_hint(self) -> NATHint | None:
+        """What we tell the peer about our NAT: nothing, until discovery found out."""
+        return NATHint.of(self.behavior) if self.behavior is not None else None
 
     async def _candidates_for_punch(self) -> list[Candidate]:
         """
@@ -551,26 +642,68 @@ class NATTraversalService(MultiService):
         return rank([*self.candidates, *predicted])
 
     def _punch(
-        self, offer: Offer, remote: Sequence[Candidate], controlling: bool
+        self,
+        offer: Offer,
+        remote: Sequence[Candidate],
+        controlling: bool,
+        ours: NATHint | None = None,
+        theirs: NATHint | None = None,
     ) -> Deferred[PunchResult]:
+        """
+        Punch towards C{remote}; with the birthday method when the hints
+        both sides sent (C{ours} as sent, not as known now, so that both
+        decide alike) call for it.
+        """
         assert self.port is not None
         self._permit(remote)
+        session_id = offer.session_id
 
         def better(result: PunchResult) -> None:
-            self._moved(offer.session_id, result)
+            self._moved(session_id, result)
 
-        return self.puncher.punch_hole(
-            self.port.getHost().port,  # type: ignore[attr-defined]
-            remote,
-            offer.session_id,
-            timeout=self.punch_timeout,
-            max_retries=self.max_retries,
-            secret=offer.key,
-            controlling=controlling,
-            local_candidates=self.candidates,
-            interval=self.punch_interval,
-            on_better_path=better,
-        )
+        part = role(ours, theirs)
+        public = [c for c in remote if c.kind in SPRAY_PAIRED_KINDS]
+        bases: list[str] = []
+        prober: Prober | None = None
+        settled: Callable[[Base], object] | None = None
+        if part is Role.HARD and self.birthday_sockets and public:
+            bases = self.extra_sockets.open(session_id, self.birthday_sockets)
+
+            def settled(base: Base) -> None:
+                self.extra_sockets.settle(session_id, base)
+
+            self.log.info(
+                "our NAT is symmetric and the peer's a cone: punching from {count} more sockets",
+                count=len(bases),
+            )
+        elif part is Role.EASY and self.birthday_probes and public:
+            delay = 0.0 if controlling else ANSWER_DELAY
+            prober = Prober(
+                public[0].host,
+                self.birthday_probes,
+                self.birthday_rate,
+                self._reactor.seconds() + delay,
+                self._rng,
+            )
+        try:
+            return self.puncher.punch_hole(
+                self.port.getHost().port,  # type: ignore[attr-defined]
+                remote,
+                session_id,
+                timeout=self.punch_timeout,
+                max_retries=self.max_retries,
+                secret=offer.key,
+                controlling=controlling,
+                local_candidates=self.candidates,
+                interval=self.punch_interval,
+                on_better_path=better,
+                bases=bases,
+                prober=prober,
+                on_settled=settled,
+            )
+        except BaseException:
+            self.extra_sockets.settle(session_id, None)
+            raise
 
     def _moved(self, session_id: bytes, result: PunchResult) -> None:
         """A session connected over a relay found a direct path: move there."""
@@ -580,6 +713,7 @@ class NATTraversalService(MultiService):
         else:
             return
         connection.move(result.remote, result.local_kind, result.rtt, result.base, result.relayed)
+        self._prune_sockets()
         self.log.info(
             "moved {peer} to a better path: {path} after {elapsed:.0f} ms",
             peer=connection.peer,
@@ -633,8 +767,13 @@ class NATTraversalService(MultiService):
             setup=result.elapsed * 1000,
             rtt=rtt,
         )
+        self._prune_sockets()
         self._keep_alive(connection)
         return connection
+
+    def _prune_sockets(self) -> None:
+        """Close the birthday sockets whose connection closed, or moved away."""
+        self.extra_sockets.prune({c.base for c in self.connections.values() if not c.closed})
 
     def _keep_alive(self, connection: PeerConnection) -> None:
         """Keep-alive on the connection's path (again, after a move)."""
@@ -713,6 +852,7 @@ class NATTraversalService(MultiService):
         connection.close()
         if connection.peer is not None and self.connections.get(connection.peer) is connection:
             del self.connections[connection.peer]
+        self._prune_sockets()
 
     # --- what operators read ---
 

@@ -7,6 +7,7 @@ C{twistd nat}: options and service construction for the twistd plugin.
     twistd -n nat server [options]      STUN server (+ rendezvous server)
     twistd -n nat peer --name NAME --rendezvous ENDPOINT [--stun HOST:PORT ...]
                        [--connect PEER ...] [--status ENDPOINT]
+                       [--turn URI ... --turn-user NAME [--turn-password PASSWORD]]
 
 A bad setting, or a socket that cannot be bound, ends the process with one
 line on stderr and exit status 1, never a traceback.
@@ -14,7 +15,9 @@ line on stderr and exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -33,12 +36,14 @@ from twisted_nat.service import NATTraversalService
 from twisted_nat.status import status_service
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.server import BindingServer, STUNServerGroup
+from twisted_nat.turn.uri import TURNServer, parse_turn_uri
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_ALTERNATE_ADDRESS = "127.0.0.2"
 DEFAULT_PORT = 3478
 DEFAULT_ALTERNATE_PORT = 3479
 DEFAULT_RENDEZVOUS = "tcp:8765:interface=127.0.0.1"
+TURN_PASSWORD_ENVIRONMENT = "TWISTED_NAT_TURN_PASSWORD"
 
 
 class ServerOptions(usage.Options):
@@ -96,7 +101,9 @@ class PeerOptions(usage.Options):
         "Run a peer: bind one UDP socket, learn its public address and NAT type from the "
         "STUN servers, register NAME at the rendezvous server, and connect to the peers "
         "named with --connect (or wait to be connected to). Every connection is "
-        "authenticated, kept alive, and re-punched if its path is lost."
+        "authenticated, kept alive, and re-punched if its path is lost. With --turn "
+        "(repeatable, RFC 7065 URIs, all sharing --turn-user and the password), "
+        "connections can be relayed through TURN servers when no direct path works."
     )
     optFlags = [
         ["no-keepalive", None, "Do not send keep-alives."],
@@ -117,15 +124,26 @@ class PeerOptions(usage.Options):
         ],
         ["port", "p", "0", "Local UDP port (0: any)."],
         ["interface", "i", "0.0.0.0", "Local address to bind."],
-        ["keepalive-interval", None, "25", "Seconds between keep-alives.", float],
+        # Numeric defaults: usage.Options coerces given values only, not defaults.
+        ["keepalive-interval", None, 25.0, "Seconds between keep-alives.", float],
         ["status", None, None, "Serve our state as JSON on this endpoint, e.g. tcp:8080."],
-        ["greet-every", None, "0", "Send each connected peer a datagram this often (s).", float],
+        ["greet-every", None, 0.0, "Send each connected peer a datagram this often (s).", float],
+        ["turn-user", None, None, "User name on the --turn servers (one for all of them)."],
+        [
+            "turn-password",
+            None,
+            None,
+            "Password on the --turn servers. Anyone who can list processes can read it "
+            f"here: prefer the environment variable {TURN_PASSWORD_ENVIRONMENT}, which is "
+            "read when this option is not given.",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["stun"] = []
         self["connect"] = []
+        self["turn"] = []
 
     def opt_stun(self, server: str) -> None:
         """A STUN server, HOST[:PORT] (repeatable)."""
@@ -137,6 +155,11 @@ class PeerOptions(usage.Options):
     def opt_connect(self, peer: str) -> None:
         """Connect to this peer once ready (repeatable)."""
         self["connect"].append(peer)
+
+    def opt_turn(self, uri: str) -> None:
+        """A TURN server, turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]."""
+        # Parsed in postOptions, once the credentials (which may come after) are known.
+        self["turn"].append(uri)
 
     def postOptions(self) -> None:
         if not self["name"]:
@@ -150,6 +173,39 @@ class PeerOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["keepalive-interval"] <= 0:
             raise usage.UsageError("--keepalive-interval must be positive")
+        self["turn"] = self._turn_servers()
+
+    def _turn_servers(self) -> list[TURNServer]:
+        """
+        The --turn URIs with their credentials.  A user name or password
+        without any --turn is refused too: it is most likely a --turn that
+        was lost on the way, and running without a relay would go unnoticed.
+        """
+        uris: list[str] = self["turn"]
+        user: str | None = self["turn-user"]
+        password: str | None = self["turn-password"]
+        if not uris:
+            if user is not None or password is not None:
+                raise usage.UsageError("--turn-user and --turn-password need a --turn URI")
+            return []
+        if password is None:
+            password = os.environ.get(TURN_PASSWORD_ENVIRONMENT)
+        if not user:
+            raise usage.UsageError("--turn needs --turn-user")
+        if not password:
+            raise usage.UsageError(
+                f"--turn needs --turn-password or {TURN_PASSWORD_ENVIRONMENT} in the environment"
+            )
+        servers: list[TURNServer] = []
+        for uri in uris:
+            try:
+                server = parse_turn_uri(uri, user, password)
+            except ConfigurationError as e:
+                raise usage.UsageError(str(e)) from None
+            if server in servers:
+                raise usage.UsageError(f"TURN server {server.uri()} is given twice")
+            servers.append(server)
+        return servers
 
 
 class DemoOptions(usage.Options):
@@ -312,6 +368,7 @@ def _peer(
     echo: bool = False,
     greet_every: float = 0.0,
     follow_lifetime: bool = False,
+    turn_servers: Sequence[TURNServer] = (),
 ) -> NATTraversalService:
     service = NATTraversalService(
         port,
@@ -325,6 +382,7 @@ def _peer(
         protocol_factory=lambda connection: Greeter(connection, reactor, echo, greet_every),
         connect_to=connect,
         follow_lifetime=follow_lifetime,
+        turn_servers=turn_servers,
     )
     return service
 
@@ -362,6 +420,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                 sub["echo"],
                 sub["greet-every"],
                 sub["follow-lifetime"],
+                sub["turn"],
             )
             peer.setServiceParent(top)
             if sub["status"]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.support.coturn import CoturnMode, command_line
+from tests.support.coturn import CoturnMode, TurnCredentials, command_line, require_tool
 from tests.support.natlab import Lab, Nat
 
 OURS = 3478
@@ -19,6 +19,8 @@ OURS_ALTERNATE = 3479
 COTURN = 3480
 COTURN_ALTERNATE = 3481
 RENDEZVOUS = 8765
+TURN = 3482
+TURN_CREDENTIALS = TurnCredentials("lab-user", "lab-password", "lab.test")
 
 _READY = r"""
 import os, socket, sys, time
@@ -117,6 +119,31 @@ def start_servers(lab: Lab, coturn: str | None, workdir: str) -> None:
         ready = lab.run(inet, [sys.executable, "-c", _READY, primary, str(port)])
         if ready.returncode != 0:
             raise RuntimeError(f"STUN server on {primary}:{port} did not start: {ready.stderr}")
+
+
+def start_turn(lab: Lab, workdir: str, port: int = TURN) -> str:
+    """
+    coturn as a TURN server (long-term credentials, L{TURN_CREDENTIALS})
+    on the internet's third address, UDP and TCP port C{port}, relaying
+    from that address too; returns its C{turn:} URI once it answers.
+    """
+    host = lab.internet.addresses[2]
+    argv = command_line(
+        require_tool("turnserver"),
+        CoturnMode.TURN,
+        workdir,
+        port,
+        None,
+        None,
+        True,
+        TURN_CREDENTIALS,
+        primary_host=host,
+    )
+    lab.spawn(lab.internet.namespace, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ready = lab.run(lab.internet.namespace, [sys.executable, "-c", _READY, host, str(port)])
+    if ready.returncode != 0:
+        raise RuntimeError(f"the TURN server on {host}:{port} did not start: {ready.stderr}")
+    return f"turn:{host}:{port}?transport=udp"
 
 
 def detect_from(lab: Lab, nat: Nat, port: int, runs: int, tool: str = "ours") -> list[Any]:

@@ -10,7 +10,7 @@ as JSON lines on stdout, which the test reads with L{PeerProcess}.
         [--keepalive-interval S] [--keepalive-timeout S] [--no-keepalive] \\
         [--punch-timeout S] [--echo] [--send-every S --duration D [--burst K]] \\
         [--payload-size BYTES] [--no-detect] [--exit-when-done [--linger S]] \\
-        [--exit-after S] [--verbose]
+        [--turn URI --turn-user U --turn-password P] [--exit-after S] [--verbose]
 
 (C{--help} says what each does.)
 
@@ -22,9 +22,9 @@ own and registered as C{NAME-1} ... C{NAME-N} (just C{NAME} when N is 1).
 A trial of a connection set-up needs fresh NAT bindings, hence a fresh
 socket, and starting a new interpreter for each would make a twenty-trial
 benchmark spend most of its time importing Twisted; this way a process
-serves every trial of one side of a pair.  Only the first instance
-discovers the NAT behaviour (unless C{--no-detect}), since the others would
-only repeat it.
+serves every trial of one side of a pair.  Every instance discovers the
+NAT behaviour (unless C{--no-detect}): behind a NAT that allocates ports in
+sequence, each needs it for port prediction.
 
 Events
 ======
@@ -38,12 +38,16 @@ and, for events of one instance, C{name} and C{instance}:
                 (null until discovery finishes)
     nat         behaviour discovery finished: C{nat_type}, C{mapping}, ...
     connected   C{peer}, C{role} (offerer or answerer), C{repunch}, C{session_id},
-                C{path} (C{local} and C{remote} candidate kinds, C{remote_address}),
+                C{path} (C{local} and C{remote} candidate kinds, C{remote_address},
+                C{relayed}, C{base}),
                 C{setup_ms} (offerer: from the C{connect()} call to the
                 L{PeerConnection}; answerer: from the offer's arrival), C{punch_ms},
                 C{rtt_ms}
     failed      C{peer}, C{role}, C{error_type}, C{error} (for a punch: the
                 failure's report, naming every candidate pair), C{pairs}
+    moved       the connection to C{peer} has a new path: a direct one after a
+                relay (same C{session_id}), or a re-punch's (new C{session_id});
+                C{path}, C{since_setup_ms} (from the first set-up's start)
     lost        keep-alive declared the path to C{peer} lost (a re-punch follows)
     sent        C{peer}, C{count} (datagrams sent to it so far)
     data        C{peer}, C{count} (datagrams received from it so far), C{seq},
@@ -111,6 +115,7 @@ from twisted_nat.errors import RendezvousUnavailable, UnknownPeer
 from twisted_nat.punch import BindingLost, PunchFailed, PunchResult
 from twisted_nat.rendezvous import Offer, RendezvousClient
 from twisted_nat.service import NATTraversalService
+from twisted_nat.turn import parse_turn_uri
 
 Address = tuple[str, int]
 
@@ -136,6 +141,16 @@ def emit(event: str, **fields: Any) -> None:
 
 def _stats(value: Any) -> dict[str, Any]:
     return attrs.asdict(value) if attrs.has(type(value)) else dict(vars(value))
+
+
+def _path(connection: PeerConnection) -> dict[str, Any]:
+    return {
+        "local": connection.local_kind.value if connection.local_kind else None,
+        "remote": connection.remote.kind.value,
+        "remote_address": format_address(connection.remote_address),
+        "relayed": connection.relayed,
+        "base": connection.base,
+    }
 
 
 class _ObservedService(NATTraversalService):
@@ -240,6 +255,7 @@ class Instance:
             protocol_factory=lambda connection: _Counter(self, connection),
             detect_behavior=detect,
             punch_timeout=options.punch_timeout,
+            turn_servers=options.turn,
         )
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -270,17 +286,16 @@ class Instance:
         repunch: bool,
         setup: float,
     ) -> None:
+        started = time.perf_counter() - setup
+        if not repunch:
+            connection.on_path_change(lambda moved: self.moved(moved, started))
         self.emit(
             "connected",
             peer=connection.peer,
             role="offerer" if controlling else "answerer",
             repunch=repunch,
             session_id=connection.session_id.hex(),
-            path={
-                "local": connection.local_kind.value if connection.local_kind else None,
-                "remote": connection.remote.kind.value,
-                "remote_address": format_address(connection.remote_address),
-            },
+            path=_path(connection),
             setup_ms=round(setup * 1000, 3),
             punch_ms=round(result.elapsed * 1000, 3),
             rtt_ms=None if result.rtt is None else round(result.rtt * 1000, 3),
@@ -289,6 +304,15 @@ class Instance:
             self.stream(
                 connection.peer, self.options.send_every, self.options.duration, self.options.burst
             )
+
+    def moved(self, connection: PeerConnection, started: float) -> None:
+        self.emit(
+            "moved",
+            peer=connection.peer,
+            session_id=connection.session_id.hex(),
+            path=_path(connection),
+            since_setup_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
 
     def failed(self, peer: str, role: str, failure: Failure) -> None:
         error = failure.value
@@ -414,7 +438,7 @@ class Runner:
                 self,
                 index,
                 options.name if count == 1 else f"{options.name}-{index}",
-                detect=index == 1 and not options.no_detect,
+                detect=not options.no_detect,
             )
             for index in range(1, count + 1)
         ]
@@ -554,8 +578,16 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--exit-after", type=float, metavar="S", help="exit after S seconds")
     parser.add_argument("--verbose", action="store_true", help="log at info level to stderr")
+    parser.add_argument(
+        "--turn", action="append", default=[], metavar="URI", help="a TURN server (repeatable)"
+    )
+    parser.add_argument("--turn-user", default="", help="the TURN servers' user name")
+    parser.add_argument("--turn-password", default="", help="the TURN servers' password")
     options = parser.parse_args(argv)
     options.stun = [parse_hostport(server, 3478) for server in options.stun]
+    options.turn = [
+        parse_turn_uri(uri, options.turn_user, options.turn_password) for uri in options.turn
+    ]
     if options.instances < 1:
         parser.error("--instances must be at least 1")
     return options

@@ -1,0 +1,221 @@
+"""
+Every pair connects: the whole matrix of the lab's NAT types, both orders,
+with a TURN server (coturn) beside the STUN and rendezvous servers.
+
+Each NAT type is in the lab twice, one peer behind each, so that a pair of
+one type still crosses two NATs.  For every ordered pair (offerer's NAT,
+answerer's NAT) the offerer connects C{RELAY_LAB_TRIALS} times (fresh
+sockets, fresh NAT bindings, fresh allocations each time), and the test
+checks the path each trial ends on against what physics allows:
+
+  - direct in every trial for every pair without a symmetric side, and for
+    a symmetric NAT (either allocation) with no NAT, a full cone or a
+    restricted cone;
+  - direct for the sequential symmetric NAT with a port-restricted cone
+    (port prediction);
+  - for the random symmetric NAT with a port-restricted cone, direct in at
+    least 90 % of trials within 5 s, relayed in the rest;
+  - relayed where both sides are symmetric: neither side's next port can
+    be known, nor probed for, from a side that is itself symmetric;
+  - never a failure.
+
+The matrix (pair, paths, median set-up time) is printed at the end; the
+same matrix at 20 trials a pair is C{python -m benchmarks.bench_connect
+--turn}.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+
+import attrs
+import pytest
+
+from tests.support.lab_servers import (
+    OURS,
+    TURN_CREDENTIALS,
+    start_rendezvous,
+    start_servers,
+    start_turn,
+)
+from tests.support.natlab import Lab, NatSpec, NatType, nat_lab, require_lab
+from tests.support.peer_runner import PeerProcess
+
+pytestmark = pytest.mark.lab
+
+TRIALS = int(os.environ.get("RELAY_LAB_TRIALS", "2"))
+
+TYPES = {
+    "none": NatType.NONE,
+    "full": NatType.FULL_CONE,
+    "restricted": NatType.RESTRICTED_CONE,
+    "portrestr": NatType.PORT_RESTRICTED_CONE,
+    "symmetric": NatType.SYMMETRIC,
+    "sequential": NatType.SYMMETRIC_SEQUENTIAL,
+}
+SYMMETRIC = {"symmetric", "sequential"}
+NATS = [NatSpec(f"{name}{i}", kind) for name, kind in TYPES.items() for i in (1, 2)]
+PAIRS = [(a, b) for a in TYPES for b in TYPES]
+
+DIRECT_WITHIN = 5.0
+"""Seconds from the start of a set-up within which a path must be direct to count as such."""
+
+
+def expected(offerer: str, answerer: str) -> str:
+    """
+    C{direct}, C{mostly-direct} (90 % within 5 s), C{relayed}, or just
+    C{connects} (a random symmetric NAT with a port-restricted cone, until
+    the birthday method lands).
+    """
+    hard = {offerer, answerer} & SYMMETRIC
+    if not hard:
+        return "direct"
+    if len(hard) == 2 or offerer == answerer:
+        return "relayed"
+    other = answerer if offerer in SYMMETRIC else offerer
+    if other != "portrestr":
+        return "direct"
+    return "direct" if hard == {"sequential"} else "connects"
+
+
+@attrs.frozen
+class World:
+    lab: Lab
+    rendezvous: str
+    stun: str
+    turn: str
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    require_lab()
+    with nat_lab(NATS) as lab, tempfile.TemporaryDirectory() as workdir:
+        start_servers(lab, None, workdir)
+        rendezvous = start_rendezvous(lab)
+        turn = start_turn(lab, workdir)
+        yield World(lab, rendezvous, f"{lab.internet.addresses[0]}:{OURS}", turn)
+
+
+@pytest.fixture(scope="module")
+def matrix() -> Iterator[list[str]]:
+    rows: list[str] = []
+    yield rows
+    if rows:
+        print(
+            "\n\npair (offerer -> answerer, loss)      paths                   set-up ms (median)"
+        )
+        print("\n".join(rows))
+
+
+@pytest.fixture
+def peers() -> Iterator[list[PeerProcess]]:
+    started: list[PeerProcess] = []
+    yield started
+    for peer in started:
+        peer.stop()
+
+
+def spawn(
+    world: World, peers: list[PeerProcess], nat: str, name: str, *options: str
+) -> PeerProcess:
+    arguments = ["--name", name, "--rendezvous", world.rendezvous, "--stun", world.stun]
+    arguments += ["--turn", world.turn, "--turn-user", TURN_CREDENTIALS.username]
+    arguments += ["--turn-password", TURN_CREDENTIALS.password]
+    arguments += ["--instances", str(TRIALS), "--exit-after", "300", *options]
+    peer = PeerProcess.spawn(world.lab, world.lab.nat(nat).peer.namespace, arguments, label=name)
+    peers.append(peer)
+    return peer
+
+
+@attrs.frozen
+class Trial:
+    """One set-up as the offerer saw it: the path it ended on, and when."""
+
+    first_relayed: bool
+    final_relayed: bool
+    setup_ms: float
+    direct_after_ms: float | None
+
+    @property
+    def path(self) -> str:
+        if not self.final_relayed:
+            return "direct" if not self.first_relayed else "relay->direct"
+        return "relayed"
+
+
+def trials_of(peer: PeerProcess) -> list[Trial]:
+    found = []
+    for connected in sorted(peer.of("connected"), key=lambda e: e["instance"]):
+        moves = peer.of("moved", instance=connected["instance"])
+        moves = [m for m in moves if m["session_id"] == connected["session_id"]]
+        final = moves[-1]["path"] if moves else connected["path"]
+        first = connected["path"]
+        direct_after = None
+        if not first["relayed"]:
+            direct_after = connected["setup_ms"]
+        else:
+            direct = [m for m in moves if not m["path"]["relayed"]]
+            if direct:
+                direct_after = direct[0]["since_setup_ms"]
+        found.append(Trial(first["relayed"], final["relayed"], connected["setup_ms"], direct_after))
+    return found
+
+
+@pytest.mark.parametrize("loss", [0, 10], ids=lambda p: f"{p}%loss")
+@pytest.mark.parametrize("offerer,answerer", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_every_pair_connects(
+    world: World,
+    peers: list[PeerProcess],
+    matrix: list[str],
+    offerer: str,
+    answerer: str,
+    loss: int,
+) -> None:
+    lab = world.lab
+    a_nat, b_nat = lab.nat(f"{offerer}1"), lab.nat(f"{answerer}2")
+    name = f"{offerer[:4]}{answerer[:4]}{loss}"
+    for nat in (a_nat, b_nat):
+        nat.set_loss(loss)
+    try:
+        bob = spawn(world, peers, b_nat.name, f"b{name}")
+        alice = spawn(world, peers, a_nat.name, f"a{name}", "--connect", f"b{name}")
+        done = alice.wait_for("done", timeout=60 + TRIALS * 15)[0]
+        bob.wait_for("connected", TRIALS, timeout=15)
+        want = expected(offerer, answerer)
+        if want == "mostly-direct" and any(t.final_relayed for t in trials_of(alice)):
+            # A relayed trial may still find a direct path: give the last
+            # one the time the target allows.
+            time.sleep(DIRECT_WITHIN)
+    finally:
+        for nat in (a_nat, b_nat):
+            nat.set_loss(0)
+    assert done["failed"] == 0 and alice.of("failed") == [], alice.of("failed")
+    trials = trials_of(alice)
+    answered = trials_of(bob)
+    assert len(trials) == TRIALS == len(answered)
+    for ours, theirs in zip(trials, answered, strict=True):
+        assert ours.final_relayed == theirs.final_relayed, (ours, theirs)
+    direct = [
+        t
+        for t in trials
+        if not t.final_relayed
+        and t.direct_after_ms is not None
+        and t.direct_after_ms <= DIRECT_WITHIN * 1000
+    ]
+    if want == "direct":
+        assert len(direct) == TRIALS, trials
+    elif want == "mostly-direct":
+        assert len(direct) >= 0.9 * TRIALS, trials
+    elif want == "relayed":
+        assert all(t.final_relayed for t in trials), trials
+    paths = ", ".join(
+        f"{n} {path}"
+        for path in ("direct", "relay->direct", "relayed")
+        if (n := sum(t.path == path for t in trials))
+    )
+    median = statistics.median(t.setup_ms for t in trials)
+    matrix.append(f"{offerer:>10} -> {answerer:<10} {loss:>2}%   {paths:<24}{median:9.1f}")
