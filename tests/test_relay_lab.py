@@ -19,9 +19,12 @@ checks the path each trial ends on against what physics allows:
     be known, nor probed for, from a side that is itself symmetric;
   - never a failure.
 
-The matrix (pair, paths, median set-up time) is printed at the end; the
-same matrix at 20 trials a pair is C{python -m benchmarks.bench_connect
---turn}.
+The matrix (pair, paths, median set-up time) is printed at the end, with
+the set-up time of each path type; C{RELAY_LAB_MATRIX=FILE} also writes it
+as markdown.  The README's matrix command runs 20 trials a pair:
+
+    RELAY_LAB_TRIALS=20 RELAY_LAB_MATRIX=benchmarks/relay-matrix.md \\
+        python -m pytest -s tests/test_relay_lab.py
 """
 
 from __future__ import annotations
@@ -101,14 +104,65 @@ def world() -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def matrix() -> Iterator[list[str]]:
-    rows: list[str] = []
+def matrix() -> Iterator[list[Row]]:
+    rows: list[Row] = []
     yield rows
     if rows:
-        print(
-            "\n\npair (offerer -> answerer, loss)      paths                   set-up ms (median)"
+        text = render(rows)
+        print("\n\n" + text)
+        target = os.environ.get("RELAY_LAB_MATRIX")
+        if target:
+            with open(target, "w") as out:
+                out.write(text)
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p95 = ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
+    return f"{statistics.median(ordered):.1f} / {p95:.1f}"
+
+
+def render(rows: list[Row]) -> str:
+    """The matrix as a markdown table, then set-up time by path type."""
+    lines = [
+        f"# Every pair connects: {TRIALS} trials per pair",
+        "",
+        "Offerer's NAT -> answerer's NAT, at the loss given on both NATs' outside links.",
+        "Set-up: from `connect()` to the connection, on the offerer (median / p95, ms).",
+        "Direct after: when the path became direct, for trials that started on the relay.",
+        "",
+        "| offerer | answerer | loss | paths | set-up ms | direct after ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_path: dict[str, list[float]] = {}
+    for row in rows:
+        paths = ", ".join(
+            f"{n} {path}"
+            for path in ("direct", "relay->direct", "relayed")
+            if (n := sum(t.path == path for t in row.trials))
         )
-        print("\n".join(rows))
+        moved = [
+            t.direct_after_ms
+            for t in row.trials
+            if t.path == "relay->direct" and t.direct_after_ms is not None
+        ]
+        lines.append(
+            f"| {row.offerer} | {row.answerer} | {row.loss} % | {paths} "
+            f"| {_ms([t.setup_ms for t in row.trials])} | {_ms(moved)} |"
+        )
+        for trial in row.trials:
+            key = f"{trial.path}, {row.loss} % loss"
+            by_path.setdefault(key, []).append(
+                trial.direct_after_ms
+                if trial.path == "relay->direct" and trial.direct_after_ms is not None
+                else trial.setup_ms
+            )
+    lines += ["", "| path | trials | set-up ms (median / p95) |", "|---|---|---|"]
+    for key, values in sorted(by_path.items()):
+        lines.append(f"| {key} | {len(values)} | {_ms(values)} |")
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -147,6 +201,14 @@ class Trial:
         return "relayed"
 
 
+@attrs.frozen
+class Row:
+    offerer: str
+    answerer: str
+    loss: int
+    trials: tuple[Trial, ...]
+
+
 def trials_of(peer: PeerProcess) -> list[Trial]:
     found = []
     for connected in sorted(peer.of("connected"), key=lambda e: e["instance"]):
@@ -170,7 +232,7 @@ def trials_of(peer: PeerProcess) -> list[Trial]:
 def test_every_pair_connects(
     world: World,
     peers: list[PeerProcess],
-    matrix: list[str],
+    matrix: list[Row],
     offerer: str,
     answerer: str,
     loss: int,
@@ -186,9 +248,10 @@ def test_every_pair_connects(
         done = alice.wait_for("done", timeout=60 + TRIALS * 15)[0]
         bob.wait_for("connected", TRIALS, timeout=15)
         want = expected(offerer, answerer)
-        if want == "mostly-direct" and any(t.final_relayed for t in trials_of(alice)):
-            # A relayed trial may still find a direct path: give the last
-            # one the time the target allows.
+        if want != "relayed" and any(t.final_relayed for t in trials_of(alice)):
+            # A trial that took the relay (when loss held the direct pairs
+            # back past the relay's grace) still looks for a direct path:
+            # give the last one the time the target allows.
             time.sleep(DIRECT_WITHIN)
     finally:
         for nat in (a_nat, b_nat):
@@ -199,23 +262,17 @@ def test_every_pair_connects(
     assert len(trials) == TRIALS == len(answered)
     for ours, theirs in zip(trials, answered, strict=True):
         assert ours.final_relayed == theirs.final_relayed, (ours, theirs)
-    direct = [
-        t
-        for t in trials
-        if not t.final_relayed
-        and t.direct_after_ms is not None
-        and t.direct_after_ms <= DIRECT_WITHIN * 1000
-    ]
     if want == "direct":
-        assert len(direct) == TRIALS, trials
+        assert not any(t.final_relayed for t in trials), trials
     elif want == "mostly-direct":
+        direct = [
+            t
+            for t in trials
+            if not t.final_relayed
+            and t.direct_after_ms is not None
+            and t.direct_after_ms <= DIRECT_WITHIN * 1000
+        ]
         assert len(direct) >= 0.9 * TRIALS, trials
     elif want == "relayed":
         assert all(t.final_relayed for t in trials), trials
-    paths = ", ".join(
-        f"{n} {path}"
-        for path in ("direct", "relay->direct", "relayed")
-        if (n := sum(t.path == path for t in trials))
-    )
-    median = statistics.median(t.setup_ms for t in trials)
-    matrix.append(f"{offerer:>10} -> {answerer:<10} {loss:>2}%   {paths:<24}{median:9.1f}")
+    matrix.append(Row(offerer, answerer, loss, tuple(trials)))
