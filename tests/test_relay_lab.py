@@ -174,12 +174,17 @@ def peers() -> Iterator[list[PeerProcess]]:
 
 
 def spawn(
-    world: World, peers: list[PeerProcess], nat: str, name: str, *options: str
+    world: World,
+    peers: list[PeerProcess],
+    nat: str,
+    name: str,
+    *options: str,
+    trials: int = TRIALS,
 ) -> PeerProcess:
     arguments = ["--name", name, "--rendezvous", world.rendezvous, "--stun", world.stun]
     arguments += ["--turn", world.turn, "--turn-user", TURN_CREDENTIALS.username]
     arguments += ["--turn-password", TURN_CREDENTIALS.password]
-    arguments += ["--instances", str(TRIALS), "--exit-after", "300", *options]
+    arguments += ["--instances", str(trials), "--exit-after", "300", *options]
     peer = PeerProcess.spawn(world.lab, world.lab.nat(nat).peer.namespace, arguments, label=name)
     peers.append(peer)
     return peer
@@ -276,3 +281,48 @@ def test_every_pair_connects(
     elif want == "relayed":
         assert all(t.final_relayed for t in trials), trials
     matrix.append(Row(offerer, answerer, loss, tuple(trials)))
+
+
+def test_a_dead_direct_path_falls_back_to_the_relay_and_returns(
+    world: World, peers: list[PeerProcess]
+) -> None:
+    """
+    A direct connection between a port-restricted cone and a full cone;
+    then the two sites lose each other (an nftables drop on one NAT's
+    outside link, for the other NAT's address only: the servers stay
+    reachable).  Keep-alive declares the path lost, the offerer punches
+    again, and with no direct pair answering the new session takes the
+    relay, which carries the application's data.  When the sites see each
+    other again, the relayed session, still punching its direct pairs,
+    moves back to a direct path.
+    """
+    lab = world.lab
+    a_nat, b_nat = lab.nat("portrestr1"), lab.nat("full2")
+    keepalive = ["--keepalive-interval", "1", "--keepalive-timeout", "0.5"]
+    bob = spawn(world, peers, b_nat.name, "bfallback", "--echo", *keepalive, trials=1)
+    alice = spawn(
+        world, peers, a_nat.name, "afallback", "--connect", "bfallback", *keepalive, trials=1
+    )
+    first = alice.wait_for("connected", timeout=30)[0]
+    assert not first["path"]["relayed"], first
+    try:
+        a_nat.block(b_nat.public_address)
+        alice.wait_for("lost", timeout=20)
+        again = alice.wait_for("connected", 2, timeout=30)[-1]
+        assert again["repunch"] and again["path"]["relayed"], again
+        answered = bob.wait_for("connected", 2, timeout=10)[-1]
+        assert answered["session_id"] == again["session_id"] and answered["path"]["relayed"]
+        alice.command("send bfallback 3")
+        alice.wait_for("data", 3, timeout=10, kind="echo")
+    finally:
+        a_nat.block()
+    moved = alice.wait_for(
+        "moved",
+        timeout=15,
+        where=lambda e: e["session_id"] == again["session_id"] and not e["path"]["relayed"],
+    )[0]
+    assert moved["path"]["remote_address"].rsplit(":", 1)[0] == b_nat.public_address
+    before = len(alice.of("data", kind="echo"))
+    alice.command("send bfallback 3")
+    alice.wait_for("data", before + 3, timeout=10, kind="echo")
+    print(f"\nfallback: direct, lost, relayed, direct again after {moved['since_setup_ms']:.0f} ms")

@@ -113,6 +113,9 @@ _TABLE: Final = "natlab"
 _LOSS_TABLE: Final = "natlab_loss"
 """The nftables table (family C{netdev}) with the loss rules on the wan device."""
 
+_BLOCK_TABLE: Final = "natlab_block"
+"""The nftables table (family C{netdev}) of L{Nat.block}'s rules on the wan device."""
+
 
 class NatType(enum.Enum):
     """
@@ -314,6 +317,26 @@ class Nat:
         """
         _check_loss_percent(percent)
         _run_checked(_netns_exec(self.router, ["nft", "-f", "-"]), _loss_script(percent))
+
+    def block(self, *addresses: str) -> None:
+        """
+        Cut this NAT off from C{addresses} (both ways, on the wire of its wan
+        link), as a path failure between two sites would, while the rest of
+        the internet (the servers) stays reachable.  No addresses: unblock.
+        """
+        for address in addresses:
+            ipaddress.IPv4Address(address)
+        lines = [
+            f"table netdev {_BLOCK_TABLE} {{",
+            '  chain block_in { type filter hook ingress device "wan" priority filter; }',
+            '  chain block_out { type filter hook egress device "wan" priority filter; }',
+            "}",
+            f"flush table netdev {_BLOCK_TABLE}",
+        ]
+        for address in addresses:
+            lines.append(f"add rule netdev {_BLOCK_TABLE} block_in ip saddr {address} drop")
+            lines.append(f"add rule netdev {_BLOCK_TABLE} block_out ip daddr {address} drop")
+        _run_checked(_netns_exec(self.router, ["nft", "-f", "-"]), "\n".join(lines) + "\n")
 
     def flush_conntrack(self) -> None:
         """
