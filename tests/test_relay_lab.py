@@ -69,11 +69,7 @@ DIRECT_WITHIN = 5.0
 
 
 def expected(offerer: str, answerer: str) -> str:
-    """
-    C{direct}, C{mostly-direct} (90 % within 5 s), C{relayed}, or just
-    C{connects} (a random symmetric NAT with a port-restricted cone, until
-    the birthday method lands).
-    """
+    """C{direct}, C{mostly-direct} (90 % within 5 s, by the birthday method) or C{relayed}."""
     hard = {offerer, answerer} & SYMMETRIC
     if not hard:
         return "direct"
@@ -82,7 +78,7 @@ def expected(offerer: str, answerer: str) -> str:
     other = answerer if offerer in SYMMETRIC else offerer
     if other != "portrestr":
         return "direct"
-    return "direct" if hard == {"sequential"} else "connects"
+    return "direct" if hard == {"sequential"} else "mostly-direct"
 
 
 @attrs.frozen

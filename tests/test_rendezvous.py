@@ -9,6 +9,7 @@ import contextlib
 import json
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer, verify
 
+from twisted_nat.behavior import FilteringBehavior, MappingBehavior
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.errors import (
     ConfigurationError,
@@ -48,7 +50,7 @@ from twisted_nat.rendezvous import (
     new_offer,
 )
 from twisted_nat.rendezvous.protocol import AnswerArgument, OfferArgument
-from twisted_nat.rendezvous.values import MAX_CANDIDATES, check_name
+from twisted_nat.rendezvous.values import MAX_CANDIDATES, NATHint, check_name
 
 reactor: Any = global_reactor
 
@@ -658,3 +660,111 @@ def test_decoding_arbitrary_bytes_raises_only_malformed_signal(data):
 def test_decoding_nearly_valid_offers_raises_only_malformed_signal(value):
     with contextlib.suppress(MalformedSignal):
         OfferArgument().fromString(json.dumps(value).encode())
+
+
+# --- NAT hints: beside the offer and the answer, for readers old and new ---
+
+HINT = NATHint(
+    MappingBehavior.ADDRESS_AND_PORT_DEPENDENT,
+    FilteringBehavior.ADDRESS_AND_PORT_DEPENDENT,
+    predictable=False,
+    birthday=True,
+)
+OLD_OFFER_KEYS = {"from", "session", "key", "candidates"}
+
+
+def test_hints_round_trip_and_are_absent_from_values_without_one():
+    offer = new_offer("alice", ALICE_CANDIDATES, HINT)
+    answer = answer_to(offer, BOB_CANDIDATES, HINT)
+    assert Offer.from_json(json.loads(json.dumps(offer.as_json()))) == offer
+    assert Answer.from_json(json.loads(json.dumps(answer.as_json()))) == answer
+    assert OfferArgument().fromString(OfferArgument().toString(offer)) == offer
+    assert set(new_offer("alice", ()).as_json()) == OLD_OFFER_KEYS
+    assert set(answer_to(offer, ()).as_json()) == {"session", "candidates"}
+    assert Offer.from_json(new_offer("alice", ()).as_json()).nat is None
+    with pytest.raises(ValueError):
+        Offer.from_json({**offer.as_json(), "nat": "symmetric"})
+
+
+def test_a_hint_rides_in_an_amp_key_of_its_own():
+    """
+    AMP readers skip keys they do not know, where an offer's own JSON may
+    have no key it does not know: so a peer or server from before hints
+    reads the offer and passes over the hint.
+    """
+    offer = new_offer("alice", ALICE_CANDIDATES, HINT)
+    box: dict[bytes, bytes] = {}
+    OfferArgument().toBox(b"offer", box, {"offer": offer}, None)
+    assert set(box) == {b"offer", b"offer-nat"}
+    assert set(json.loads(box[b"offer"])) == OLD_OFFER_KEYS
+    assert Offer.from_json(json.loads(box[b"offer"])) == attrs.evolve(offer, nat=None)
+    objects: dict[str, Any] = {}
+    OfferArgument().fromBox(b"offer", dict(box), objects, None)
+    assert objects == {"offer": offer}
+    # From an old peer: no hint.
+    objects = {}
+    OfferArgument().fromBox(b"offer", {b"offer": box[b"offer"]}, objects, None)
+    assert objects["offer"].nat is None
+    # Without a hint, nothing beside it.
+    plain: dict[bytes, bytes] = {}
+    AnswerArgument().toBox(b"answer", plain, {"answer": answer_to(offer, ())}, None)
+    assert set(plain) == {b"answer"}
+    for bad in (b"not json", b"[]", b'{"predictable": "no"}'):
+        with pytest.raises(MalformedSignal):
+            OfferArgument().fromBox(b"offer", {**box, b"offer-nat": bad}, {}, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hints_travel_through_the_server(pair):
+    server, alice, bob = pair
+    received: list[Offer] = []
+
+    def handler(offer: Offer) -> Answer:
+        received.append(offer)
+        return answer_to(offer, BOB_CANDIDATES, attrs.evolve(HINT, predictable=True))
+
+    bob.set_offer_handler(handler)
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+    offer = new_offer("alice", ALICE_CANDIDATES, HINT)
+    answer = await alice.connect("bob", offer)
+    assert received == [offer]
+    assert answer.nat == attrs.evolve(HINT, predictable=True)
+
+
+class OldPeer(amp.AMP):
+    """A peer from before hints: its offers carry none, and it reads only the offer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.boxes: list[amp.AmpBox] = []
+
+    def amp_DELIVEROFFER(self, box: amp.AmpBox) -> amp.AmpBox:
+        self.boxes.append(box)
+        fields = json.loads(box[b"offer"])
+        assert set(fields) == OLD_OFFER_KEYS, "what an old peer's strict reader accepts"
+        answer = {"session": fields["session"], "candidates": []}
+        return amp.AmpBox(answer=json.dumps(answer).encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_old_peers_and_new_ones_understand_each_other(pair):
+    server, alice, bob = pair
+    received: list[Offer] = []
+    bob.set_offer_handler(answering(received=received))
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+    old = OldPeer()
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(server))
+    await endpoints.connectProtocol(endpoint, old)
+    await old.callRemoteString(b"Register", name=b"old")
+    # new -> old: the old peer reads the offer and answers without a hint
+    answer = await alice.connect("old", new_offer("alice", ALICE_CANDIDATES, HINT))
+    assert answer.candidates == () and answer.nat is None
+    assert old.boxes[0][b"offer-nat"] == json.dumps(HINT.as_json(), separators=(",", ":")).encode()
+    # old -> new: the offer arrives without a hint
+    raw = new_offer("old", ALICE_CANDIDATES)
+    response = await old.callRemoteString(
+        b"Connect", to=b"bob", offer=json.dumps(raw.as_json()).encode()
+    )
+    assert received == [raw] and received[0].nat is None
+    assert b"answer-nat" not in response
+    old.transport.loseConnection()

@@ -201,14 +201,17 @@ def test_sequential_symmetric_reaches_port_restricted_by_port_prediction(offerer
     assert [d for d, _ in w.apps[other][0].received] == [b"through a symmetric NAT"]
 
 
-def test_random_symmetric_and_port_restricted_do_not_connect_directly():
+def test_random_symmetric_and_port_restricted_need_the_birthday_method():
+    """Without it (and without a relay) the punch fails: what the method is for."""
     from twisted_nat.punch import PunchFailed
 
     w = world(
         {
             "alice": ("symmetric", sim.PortAllocation.RANDOM),
             "bob": ("port-restricted-cone", PRESERVE),
-        }
+        },
+        birthday_sockets=0,
+        birthday_probes=0,
     )
     assert w.services["alice"].behavior.port_delta is None
     with pytest.raises(PunchFailed):

@@ -27,6 +27,16 @@ every direct pair: the controlling peer takes a relay only when no direct
 pair has worked for L{PunchSettings.relay_grace}, and keeps punching the
 direct pairs until the timeout; a direct pair that works later replaces
 the relay (L{Connected} again, with the better path).
+
+Behind a symmetric NAT with random ports, facing a port-restricted cone,
+the birthday method (L{twisted_nat.birthday}) adds two things to a
+session.  On the symmetric side, I{spray} bases: extra sockets of this
+session alone, paired with the peer's server-reflexive candidates, each
+sending a few PUNCHes until it hears from the peer, and punching back at
+once when it does.  On the cone side, a L{Prober}: PUNCHes to random
+ports of the peer's public address, paced, until a direct pair answers.
+Neither keeps anything once the session settles: their transaction ids
+live apart from the ordinary ones and go with the choosing state.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from twisted.logger import Logger
 
 from twisted_nat import control
 from twisted_nat.address import format_address
+from twisted_nat.birthday import SPRAY_PUNCHES, Prober
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority, rank
 from twisted_nat.control import Destination, SessionKeys
 from twisted_nat.errors import ConfigurationError, TwistedNATError
@@ -206,6 +217,14 @@ class Failed:
 Action = Send | StartGrace | Connected | Failed
 
 
+SPRAY_PAIRED_KINDS = frozenset({CandidateType.SERVER_REFLEXIVE})
+"""
+The peer's candidates a spray base punches: the address the peer's easy
+NAT shows everyone.  A host candidate would be reached from the shared
+socket anyway, and a relay needs no guessing.
+"""
+
+
 @attrs.define
 class _Pair:
     remote: Candidate
@@ -230,6 +249,25 @@ class _Pair:
         )
 
 
+class _Birthday:
+    """
+    A session's part in a birthday punch, while it chooses.
+
+    @ivar bases: our spray bases (the hard side's extra sockets).
+    @ivar prober: the easy side's probes, until a direct pair answers.
+    @ivar sent: when each spray PUNCH or probe left, and where to, by
+        transaction id: kept apart from L{_Choosing.sent}, so that a
+        settled session keeps the ids of its ordinary PUNCHes only.
+    """
+
+    __slots__ = ("bases", "prober", "sent")
+
+    def __init__(self, bases: frozenset[str], prober: Prober | None) -> None:
+        self.bases = bases
+        self.prober = prober
+        self.sent: dict[bytes, tuple[float, PairKey]] = {}
+
+
 class _Choosing:
     """
     What a session needs only while it chooses a path: dropped when it
@@ -242,12 +280,17 @@ class _Choosing:
     @ivar sent: when each PUNCH left, by transaction id, for the RTT of its ACK.
     @ivar valid: the pairs that have worked both ways, in order.
     @ivar local_kind: which of our candidates the peer reached, once known.
+    @ivar birthday: the birthday method's state, in a session that uses it.
     """
 
-    __slots__ = ("local", "local_kind", "pairs", "relays", "sent", "valid")
+    __slots__ = ("birthday", "local", "local_kind", "pairs", "relays", "sent", "valid")
 
     def __init__(
-        self, local: tuple[Candidate, ...], relays: frozenset[str], pairs: dict[PairKey, _Pair]
+        self,
+        local: tuple[Candidate, ...],
+        relays: frozenset[str],
+        pairs: dict[PairKey, _Pair],
+        birthday: _Birthday | None = None,
     ) -> None:
         self.local = local
         self.relays = relays
@@ -255,6 +298,20 @@ class _Choosing:
         self.sent: dict[bytes, float] = {}
         self.valid: tuple[PairKey, ...] = ()
         self.local_kind: CandidateType | None = None
+        self.birthday = birthday
+
+    def sprays(self, pair: _Pair) -> bool:
+        """Whether C{pair} leaves from a spray base."""
+        return self.birthday is not None and pair.base in self.birthday.bases
+
+    def unheard_spray(self, pair: _Pair) -> bool:
+        """A spray pair the peer has not reached yet: a guess, punched sparingly."""
+        return self.sprays(pair) and not (pair.punches_received or pair.acks_received)
+
+    def stop_probing(self) -> None:
+        """A direct path works (or is about to): the guessing is over."""
+        if self.birthday is not None:
+            self.birthday.prober = None
 
     def kind_of_local(self, address: Address) -> CandidateType | None:
         """The kind of our candidate at C{address} (the last given, as a dict would keep)."""
@@ -297,6 +354,11 @@ class PunchSession:
 
     @param relays: the names of our bases that are TURN relays; they pair
         with the peer's public candidates (L{RELAY_PAIRED_KINDS}).
+    @param spray: the names of our spray bases, this session's alone: they
+        pair with the peer's server-reflexive candidates
+        (L{SPRAY_PAIRED_KINDS}) and send L{SPRAY_PUNCHES} each until the
+        peer reaches one.
+    @param prober: probes to send (L{probe}) until a direct pair answers.
     """
 
     __slots__ = (
@@ -320,6 +382,8 @@ class PunchSession:
         settings: PunchSettings,
         now: float,
         relays: Sequence[str] = (),
+        spray: Sequence[str] = (),
+        prober: Prober | None = None,
     ) -> None:
         self.keys = keys
         self.controlling = controlling
@@ -327,12 +391,15 @@ class PunchSession:
         self.started = now
         self.state = "punching"
         self.result: PunchResult | None = None
-        choosing = _Choosing(tuple(local_candidates), frozenset(relays), {})
+        birthday = _Birthday(frozenset(spray), prober) if spray or prober is not None else None
+        choosing = _Choosing(tuple(local_candidates), frozenset(relays), {}, birthday)
         self._choosing: _Choosing | None = choosing
         for remote in rank(list(remote_candidates)):
             bases: list[Base] = [None]
             if remote.kind in RELAY_PAIRED_KINDS:
                 bases += sorted(choosing.relays)
+            if remote.kind in SPRAY_PAIRED_KINDS:
+                bases += spray
             for base in bases:
                 pair = choosing.pair(base, remote)
                 choosing.pairs[pair.key] = pair
@@ -367,11 +434,41 @@ class PunchSession:
                 return []
             return self._fail(now)
         direct_only = self.state == "connected"
+        # Once a direct pair works, the guesses of the spray bases are moot.
+        guessing = choosing.birthday is not None and not any(
+            not choosing.pairs[k].relayed for k in choosing.valid
+        )
         actions: list[Action] = []
         for pair in sorted(choosing.pairs.values(), key=_Pair.rank, reverse=True):
-            if pair.sent < self.settings.max_retries and not (direct_only and pair.relayed):
+            limit = self.settings.max_retries
+            if choosing.birthday is not None and choosing.unheard_spray(pair):
+                limit = SPRAY_PUNCHES if guessing else 0
+            if pair.sent < limit and not (direct_only and pair.relayed):
                 actions.append(self._punch(pair, now))
         return actions
+
+    def probe(self, now: float) -> list[Action]:
+        """The probes due at C{now}, if this session probes and still needs to."""
+        choosing = self._choosing
+        birthday = choosing.birthday if choosing is not None else None
+        prober = birthday.prober if birthday is not None else None
+        if birthday is None or prober is None or self.state == "failed":
+            return []
+        actions: list[Action] = []
+        for address in prober.due(now):
+            tid, data = control.punch(self.keys, address)
+            birthday.sent[tid] = (now, (None, address))
+            actions.append(Send(data, address))
+        return actions
+
+    @property
+    def next_probe(self) -> float | None:
+        """When L{probe} has more to send; None once probing is over."""
+        choosing = self._choosing
+        if choosing is None or choosing.birthday is None or self.state == "failed":
+            return None
+        prober = choosing.birthday.prober
+        return prober.next_at if prober is not None else None
 
     @property
     def searching(self) -> bool:
@@ -396,6 +493,14 @@ class PunchSession:
                 pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
                 if self.state == "punching" or not pair.relayed:
                     actions.append(self._punch(pair, now))
+                if not pair.relayed:
+                    # The peer reached us from an address we did not know:
+                    # a direct path in, and our PUNCH back completes it.
+                    choosing.stop_probing()
+            elif choosing.birthday is not None and choosing.unheard_spray(pair):
+                # A probe found this socket's mapping: punch back at once
+                # (ICE's triggered check), as its spray PUNCHes are spent.
+                actions.append(self._punch(pair, now))
             pair.punches_received += 1
         # Connected: the peer has not heard our CONFIRM, or not its ACK yet.
         if self._chosen == key and self.controlling:
@@ -415,6 +520,9 @@ class PunchSession:
                 return [Send(control.punch_confirm(self.keys), source, base)]
             return []
         when = choosing.sent.get(message.transaction_id)
+        if when is None and choosing.birthday is not None:
+            guess = choosing.birthday.sent.get(message.transaction_id)
+            when = guess[0] if guess is not None else None
         if when is None:
             return []
         pair = choosing.pairs.get(key)
@@ -428,6 +536,8 @@ class PunchSession:
             choosing.local_kind = choosing.kind_of_local(reflexive.address)
         if key not in choosing.valid:
             choosing.valid += (key,)
+        if not pair.relayed:
+            choosing.stop_probing()
         if not self.controlling:
             return []
         if self.state == "connected":
@@ -499,7 +609,11 @@ class PunchSession:
 
     def _punch(self, pair: _Pair, now: float) -> Send:
         tid, data = control.punch(self.keys, pair.remote.address)
-        self._choices().sent[tid] = now
+        choosing = self._choices()
+        if choosing.birthday is not None and choosing.sprays(pair):
+            choosing.birthday.sent[tid] = (now, pair.key)
+        else:
+            choosing.sent[tid] = now
         pair.sent += 1
         return Send(data, pair.remote.address, pair.base)
 
@@ -530,7 +644,12 @@ class PunchSession:
     def _settle(self) -> None:
         """Nothing better will come: keep only what answering late messages needs."""
         choosing = self._choices()
-        self._sent_ids = b"".join(choosing.sent)
+        ids = b"".join(choosing.sent)
+        if choosing.birthday is not None:
+            # Of the guesses, only those on the chosen path can be answered late.
+            chosen = self._chosen
+            ids += b"".join(t for t, (_, k) in choosing.birthday.sent.items() if k == chosen)
+        self._sent_ids = ids
         self._choosing = None
 
     def _fail(self, now: float) -> list[Action]:
@@ -538,14 +657,34 @@ class PunchSession:
         return [Failed(PunchFailed(now - self.started, self.reports()))]
 
     def reports(self) -> tuple[PairReport, ...]:
-        if self._choosing is None:
+        """
+        What each pair saw.  The spray pairs the peer never reached are
+        summed into one report: hundreds of reports alike would say no
+        more, and a connected session keeps its reports in its result.
+        """
+        choosing = self._choosing
+        if choosing is None:
             assert self.result is not None
             return self.result.pairs
-        return tuple(p.report() for p in self._choosing.pairs.values())
+        reports: list[PairReport] = []
+        unheard: dict[Address, tuple[Candidate, int, int]] = {}
+        for pair in choosing.pairs.values():
+            if choosing.birthday is not None and choosing.unheard_spray(pair):
+                remote, sockets, sent = unheard.get(pair.remote.address, (pair.remote, 0, 0))
+                unheard[pair.remote.address] = (remote, sockets + 1, sent + pair.sent)
+            else:
+                reports.append(pair.report())
+        for remote, sockets, sent in unheard.values():
+            reports.append(PairReport(remote, sent, 0, 0, f"{sockets} birthday sockets"))
+        return tuple(reports)
 
     def owns(self, transaction_id: bytes) -> bool:
-        if self._choosing is not None:
-            return transaction_id in self._choosing.sent
+        choosing = self._choosing
+        if choosing is not None:
+            birthday = choosing.birthday
+            return transaction_id in choosing.sent or (
+                birthday is not None and transaction_id in birthday.sent
+            )
         return self._sent_before(transaction_id)
 
 
@@ -628,6 +767,7 @@ class PuncherStats:
     dropped_bad_mac: int = 0
     dropped_wrong_path: int = 0
     unsendable: int = 0
+    probes_sent: int = 0
 
 
 class _BaseReceiver(DatagramProtocol):
@@ -680,6 +820,10 @@ class HolePuncher(DatagramProtocol):
         self._schedules: dict[float, Schedule] = {}
         self._now = reactor.seconds
         self.stats = PuncherStats()
+        # Only the few sessions using the birthday method are in these, and
+        # only until they stop probing, or settle.
+        self._probing: dict[bytes, tuple[IDelayedCall | None, Prober]] = {}
+        self._settling: dict[bytes, Callable[[Base], object]] = {}
 
     def attach(self, mux: Any) -> None:
         """Route PUNCH and KEEPALIVE messages of every class from C{mux} to this protocol."""
@@ -806,6 +950,9 @@ class HolePuncher(DatagramProtocol):
         local_candidates: Sequence[Candidate] = (),
         interval: float = 0.2,
         on_better_path: Callable[[PunchResult], object] | None = None,
+        bases: Sequence[str] = (),
+        prober: Prober | None = None,
+        on_settled: Callable[[Base], object] | None = None,
     ) -> Deferred[PunchResult]:
         """
         Punch towards C{remote_candidates} for session C{punch_id}.
@@ -816,6 +963,17 @@ class HolePuncher(DatagramProtocol):
         @param controlling: True for the offering peer, which picks the path.
         @param on_better_path: called with a new L{PunchResult} when a
             session connected over a relay moves to a direct pair.
+        @param bases: spray bases of this session alone (the birthday
+            method's hard side): names given to L{add_base}, not relays;
+            they pair with the peer's server-reflexive candidates only,
+            and send a few PUNCHes each until the peer reaches one.
+        @param prober: the birthday method's easy side: probes sent as it
+            paces them, until a direct pair answers.
+        @param on_settled: called once, with the base of the path in use,
+            when the session has stopped looking for a better one
+            (connected directly, or the timeout ended a relayed
+            connection's search), and with None when it failed or was
+            forgotten first: when the spray bases can go.
         @return: a Deferred firing with a L{PunchResult}, or failing with
             L{PunchFailed} saying what each pair saw.
         """
@@ -828,6 +986,9 @@ class HolePuncher(DatagramProtocol):
             )
         if punch_id in self._running:
             raise ConfigurationError(f"session {punch_id.hex()} is already punching")
+        for name in bases:
+            if name not in self._bases or name in self._relays:
+                raise ConfigurationError(f"no direct base called {name!r} to punch from")
         keys = SessionKeys.derive(punch_id, secret, offerer=controlling)
         session = PunchSession(
             keys,
@@ -837,10 +998,23 @@ class HolePuncher(DatagramProtocol):
             _settings(interval, timeout, max_retries),
             self._reactor.seconds(),
             sorted(self._relays),
+            bases,
+            prober,
         )
         running = self._running[punch_id] = _Running(session, on_better_path)
         deferred = running.deferred
         assert deferred is not None
+        if on_settled is not None:
+            self._settling[punch_id] = on_settled
+        if prober is not None:
+            self._probing[punch_id] = (None, prober)
+            self.log.info(
+                "probing up to {budget} ports of {host} for {session}",
+                budget=prober.budget,
+                host=prober.host,
+                session=punch_id.hex(),
+            )
+            self._schedule_probe(punch_id, session)
         self._tick(punch_id)
         return deferred
 
@@ -853,6 +1027,7 @@ class HolePuncher(DatagramProtocol):
             deferred, running.deferred = running.deferred, None
             if deferred is not None and not deferred.called:
                 deferred.errback(PunchFailed(self._reactor.seconds() - running.session.started, ()))
+        self._follow_up(punch_id)
 
     def keys(self, punch_id: bytes) -> SessionKeys | None:
         running = self._running.get(punch_id)
@@ -1016,6 +1191,53 @@ class HolePuncher(DatagramProtocol):
                 deferred, running.deferred = running.deferred, None
                 if deferred is not None:
                     deferred.errback(action.error)
+        self._follow_up(punch_id)
+
+    # --- the birthday method ---
+
+    def _schedule_probe(self, punch_id: bytes, session: PunchSession) -> None:
+        entry = self._probing.get(punch_id)
+        due = session.next_probe
+        if entry is None or due is None or punch_id not in self._running:
+            self._follow_up(punch_id)
+            return
+        delay = max(0.0, due - self._reactor.seconds())
+        self._probing[punch_id] = (self._reactor.callLater(delay, self._probe, punch_id), entry[1])
+
+    def _probe(self, punch_id: bytes) -> None:
+        running = self._running.get(punch_id)
+        if running is None:
+            return
+        actions = running.session.probe(self._reactor.seconds())
+        self.stats.probes_sent += len(actions)
+        self._carry_out(punch_id, actions)
+        self._schedule_probe(punch_id, running.session)
+
+    def _follow_up(self, punch_id: bytes) -> None:
+        """
+        After each event of a session using the birthday method: stop the
+        probe timer once probing is over, and say when the session settled.
+        """
+        if punch_id not in self._probing and punch_id not in self._settling:
+            return
+        running = self._running.get(punch_id)
+        session = running.session if running is not None else None
+        probing = self._probing.get(punch_id)
+        if probing is not None and (session is None or session.next_probe is None):
+            del self._probing[punch_id]
+            timer, prober = probing
+            if timer is not None and timer.active():
+                timer.cancel()
+            self.log.info(
+                "stopped probing {host} after {sent} of {budget} PUNCHes",
+                host=prober.host,
+                sent=prober.sent,
+                budget=prober.budget,
+            )
+        if punch_id in self._settling and (session is None or not session.searching):
+            settled = self._settling.pop(punch_id)
+            chosen = session.chosen if session is not None else None
+            settled(chosen[0] if chosen is not None else None)
 
     def _start_grace(self, punch_id: bytes, running: _Running, delay: float) -> None:
         """A grace period, or a shorter one instead of a relay's longer one."""

@@ -47,6 +47,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IListeningPort
@@ -122,6 +123,14 @@ PREDICTED_PORTS = 16
 
 BEHAVIOR_WAIT = 2.0
 """How long an offer waits for behaviour discovery still under way (it takes ~0.2 s)."""
+
+RELAY_WAIT = 2.0
+"""
+How long start-up waits for the relays before registering: an allocation
+takes a round trip or two, but a TURN server that does not answer would
+otherwise hold every connection back for the 40 s of STUN's retransmissions.
+A relay that comes later is offered from then on.
+"""
 
 RELAY_RETRY_FIRST = 5.0
 RELAY_RETRY_CEILING = 300.0
@@ -262,7 +271,6 @@ class NATTraversalService(MultiService):
         self._retries: dict[str, Any] = {}
         self._refresh_waiters: list[Deferred[None]] = []
         self._detecting: Deferred[None] | None = None
-        self._behavior_waiters: list[Deferred[None]] = []
         self._waiting: list[Deferred[None]] = []
 
     # --- life cycle ---
@@ -296,9 +304,10 @@ class NATTraversalService(MultiService):
         self.candidates = rank(host_candidates(port, addresses))
         await self._discover_public()
         if self.turn_servers:
-            await DeferredList(
+            allocating = DeferredList(
                 [Deferred.fromCoroutine(self._allocate(server, 0)) for server in self.turn_servers]
             )
+            await _within(self._reactor, allocating, RELAY_WAIT)
         if self.stun_servers and self.detect_behavior:
             detecting = detect_nat(self._reactor, self.stun_servers, self.interface)
             self._detecting = detecting.addCallbacks(self._behavior_found, self._behavior_failed)
@@ -424,7 +433,8 @@ class NATTraversalService(MultiService):
             allocation.create_permission(*hosts).addErrback(self._not_permitted, name)
 
     def _not_permitted(self, failure: Failure, relay: str) -> None:
-        self.log.warn("no permission on {relay}: {error}", relay=relay, error=failure.value)
+        if self.running:  # stopping cancels what is still asked, and nobody needs to know
+            self.log.warn("no permission on {relay}: {error}", relay=relay, error=failure.value)
 
     def _refresh(self) -> Deferred[None]:
         """One public-address refresh at a time; later callers wait for it."""
@@ -494,10 +504,6 @@ class NATTraversalService(MultiService):
 
     def _detected(self, result: object) -> None:
         self._detecting = None
-        waiters, self._behavior_waiters = self._behavior_waiters, []
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(None)
 
     def _behavior_known(self) -> Deferred[None]:
         """
@@ -508,11 +514,7 @@ class NATTraversalService(MultiService):
         """
         if self._detecting is None:
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._behavior_waiters.append(waiter)
-        timer = self._reactor.callLater(BEHAVIOR_WAIT, waiter.callback, None)
-        waiter.addBoth(lambda result: timer.cancel() if timer.active() else None)
-        return waiter
+        return _within(self._reactor, self._detecting, BEHAVIOR_WAIT)
 
     def ready(self) -> Deferred[None]:
         """Fires once the socket is bound and candidates are gathered."""
@@ -593,7 +595,15 @@ class NATTraversalService(MultiService):
 
     def _nat_hint(self) -> NATHint | None:
         """What we tell the peer about our NAT: nothing, until discovery found out."""
-        return NATHint.of(self.behavior) if self.behavior is not None else None
+        if self.behavior is None:
+            return None
+        hint = NATHint.of(self.behavior)
+        # Whichever part our NAT gives us, say whether we play it.
+        if hint.unpredictable:
+            return attrs.evolve(hint, birthday=self.birthday_sockets > 0)
+        if hint.endpoint_independent:
+            return attrs.evolve(hint, birthday=self.birthday_probes > 0)
+        return hint
 
     async def _candidates_for_punch(self) -> list[Candidate]:
         """
@@ -773,7 +783,10 @@ class NATTraversalService(MultiService):
 
     def _prune_sockets(self) -> None:
         """Close the birthday sockets whose connection closed, or moved away."""
-        self.extra_sockets.prune({c.base for c in self.connections.values() if not c.closed})
+        kept = self.extra_sockets.kept
+        if kept:  # nearly always empty: no need to look at every connection
+            in_use = {c.base for c in self.connections.values() if c.base in kept and not c.closed}
+            self.extra_sockets.prune(in_use)
 
     def _keep_alive(self, connection: PeerConnection) -> None:
         """Keep-alive on the connection's path (again, after a move)."""
@@ -908,3 +921,18 @@ async def _both(first: Any, second: Any) -> None:
     if first is not None:
         await first
     await second
+
+
+def _within(reactor: Any, waited: Deferred[Any], seconds: float) -> Deferred[None]:
+    """Fires when C{waited} does or after C{seconds}, whichever comes first; never fails."""
+    done: Deferred[None] = Deferred()
+
+    def fire(_: object = None) -> None:
+        if not done.called:
+            done.callback(None)
+        if timer.active():
+            timer.cancel()
+
+    timer = reactor.callLater(seconds, fire)
+    waited.addBoth(fire)
+    return done

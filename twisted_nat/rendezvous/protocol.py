@@ -12,9 +12,13 @@ AMP already pairs every answer with its question and fails whatever is
 outstanding when a connection drops, which is all the bookkeeping a relay
 needs.
 
-Offers and answers travel as JSON in one AMP value each, and are checked
-while the box is parsed: anything malformed from the network is refused
-with a C{MALFORMED} error and never reaches a responder, and the
+Offers and answers travel as JSON in one AMP value each, and their NAT
+hint, if any, as JSON in a key of its own beside it (C{offer-nat},
+C{answer-nat}): AMP skips keys it does not know, where an offer's JSON
+may have none, so peers and servers from before hints read the offer and
+pass over the hint (such a server relays offers without it).  Everything
+is checked while the box is parsed: anything malformed from the network is
+refused with a C{MALFORMED} error and never reaches a responder, and the
 connection stays up.  Every refusal is one of the exceptions of
 L{twisted_nat.errors}, mapped to an AMP error code, so the caller's
 Deferred fails with the same type the server raised.
@@ -73,30 +77,65 @@ class NameArgument(amp.Unicode):
             raise MalformedSignal(str(e)) from None
 
 
-class OfferArgument(amp.Argument):
+_HINT = b"-nat"
+"""What the name of a hint's key adds to the name of its offer's or answer's."""
+
+
+class _SignalArgument(amp.Argument):
+    """An L{Offer} or L{Answer} as JSON, and its NAT hint under a key of its own."""
+
+    what = "signal"
+
+    def parse(self, value: object) -> Offer | Answer:
+        raise NotImplementedError
+
+    def fromString(self, inString: bytes) -> Offer | Answer:
+        return self._parse(_loads(inString))
+
+    def toString(self, inObject: Offer | Answer) -> bytes:
+        return _dumps(inObject)
+
+    def _parse(self, value: object) -> Offer | Answer:
+        try:
+            return self.parse(value)
+        except ValueError as e:
+            raise MalformedSignal(f"malformed {self.what}: {e}") from None
+
+    def toBox(
+        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any
+    ) -> None:
+        fields = objects.pop(name.decode("ascii")).as_json()
+        hint = fields.pop("nat", None)
+        strings[name] = json.dumps(fields, separators=(",", ":")).encode("ascii")
+        if hint is not None:
+            strings[name + _HINT] = json.dumps(hint, separators=(",", ":")).encode("ascii")
+
+    def fromBox(
+        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any
+    ) -> None:
+        fields = _loads(strings.pop(name))  # a KeyError: refused as a missing argument
+        hint = strings.pop(name + _HINT, None)
+        if hint is not None and isinstance(fields, dict):
+            fields["nat"] = _loads(hint)
+        objects[name.decode("ascii")] = self._parse(fields)
+
+
+class OfferArgument(_SignalArgument):
     """An L{Offer} as JSON."""
 
-    def fromString(self, inString: bytes) -> Offer:
-        try:
-            return Offer.from_json(_loads(inString))
-        except ValueError as e:
-            raise MalformedSignal(f"malformed offer: {e}") from None
+    what = "offer"
 
-    def toString(self, inObject: Offer) -> bytes:
-        return _dumps(inObject)
+    def parse(self, value: object) -> Offer:
+        return Offer.from_json(value)
 
 
-class AnswerArgument(amp.Argument):
+class AnswerArgument(_SignalArgument):
     """An L{Answer} as JSON."""
 
-    def fromString(self, inString: bytes) -> Answer:
-        try:
-            return Answer.from_json(_loads(inString))
-        except ValueError as e:
-            raise MalformedSignal(f"malformed answer: {e}") from None
+    what = "answer"
 
-    def toString(self, inObject: Answer) -> bytes:
-        return _dumps(inObject)
+    def parse(self, value: object) -> Answer:
+        return Answer.from_json(value)
 
 
 class Register(amp.Command):

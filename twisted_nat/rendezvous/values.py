@@ -8,6 +8,11 @@ network become values, and they raise C{ValueError} for anything that
 could not have been built locally.  The limits (name length, candidate
 count) keep a hostile peer or server from making us hold or forward
 arbitrary amounts of data.
+
+Both may carry a L{NATHint}: what the sender's NAT does, so that the two
+peers agree, without another round trip, on whether the birthday method
+(L{twisted_nat.birthday}) is worth its packets.  It is optional: a value
+from a peer that sends none has C{nat=None}, meaning "unknown".
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from twisted_nat.behavior import FilteringBehavior, MappingBehavior, NATBehavior
 from twisted_nat.candidates import Candidate
 
 SESSION_ID_SIZE = 16
@@ -94,10 +100,112 @@ def _candidates_from_json(value: object) -> tuple[Candidate, ...]:
     return tuple(candidates)
 
 
-def _object(value: object, keys: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) != keys:
-        raise ValueError(f"expected an object with exactly the keys {sorted(keys)}")
+def _object(
+    value: object, keys: set[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    if not isinstance(value, dict) or not keys <= set(value) <= keys | optional:
+        extra = f" (and optionally {sorted(optional)})" if optional else ""
+        raise ValueError(f"expected an object with exactly the keys {sorted(keys)}{extra}")
     return value
+
+
+_DEPENDENT = frozenset(
+    {
+        MappingBehavior.ADDRESS_DEPENDENT,
+        MappingBehavior.ADDRESS_AND_PORT_DEPENDENT,
+        MappingBehavior.DESTINATION_DEPENDENT,
+    }
+)
+
+
+def _enum_from_json(kind: type[MappingBehavior] | type[FilteringBehavior], value: object) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"a NAT hint's behaviour must be a string, not {value!r}")
+    # A later version may name behaviour this one does not know: that is
+    # advice lost, not a malformed offer.
+    try:
+        return kind(value)
+    except ValueError:
+        return kind.UNKNOWN
+
+
+@attrs.frozen
+class NATHint:
+    """
+    What the sender's NAT does, as far as its behaviour discovery found out.
+
+    @ivar mapping: how its NAT maps (RFC 4787): endpoint-independent means
+        the peer can reach the server-reflexive candidate from anywhere.
+    @ivar filtering: which inbound datagrams its NAT admits.
+    @ivar predictable: whether a destination-dependent mapping hands out
+        ports in sequence (the sender then offers predicted candidates
+        itself); False when they looked random, or were not measured.
+    @ivar birthday: whether the sender takes its part in the birthday
+        method (its sockets or its probes may be switched off), so that a
+        peer does not spend its own part for nothing.
+    """
+
+    mapping: MappingBehavior = attrs.field(
+        default=MappingBehavior.UNKNOWN, validator=attrs.validators.instance_of(MappingBehavior)
+    )
+    filtering: FilteringBehavior = attrs.field(
+        default=FilteringBehavior.UNKNOWN,
+        validator=attrs.validators.instance_of(FilteringBehavior),
+    )
+    predictable: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    birthday: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+    @classmethod
+    def of(cls, behavior: NATBehavior, birthday: bool = False) -> NATHint:
+        """The hint for what discovery found."""
+        return cls(behavior.mapping, behavior.filtering, behavior.port_delta is not None, birthday)
+
+    @property
+    def endpoint_independent(self) -> bool:
+        """The mapping is the same whatever the destination: the easy side."""
+        return self.mapping is MappingBehavior.ENDPOINT_INDEPENDENT
+
+    @property
+    def unpredictable(self) -> bool:
+        """
+        The mapping depends on the destination and its ports cannot be
+        predicted: the hard side, which no candidate of its own describes.
+        """
+        return self.mapping in _DEPENDENT and not self.predictable
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "mapping": self.mapping.value,
+            "filtering": self.filtering.value,
+            "predictable": self.predictable,
+            "birthday": self.birthday,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> NATHint:
+        """
+        The inverse of L{as_json}; raises C{ValueError} for anything
+        malformed.  Keys this version does not know are ignored: a hint is
+        advice, and a later version may give more of it.
+        """
+        if not isinstance(value, dict):
+            raise ValueError("a NAT hint must be an object")
+        flags = [value.get(key, False) for key in ("predictable", "birthday")]
+        if not all(isinstance(flag, bool) for flag in flags):
+            raise ValueError("a NAT hint's predictable and birthday must be true or false")
+        return cls(
+            _enum_from_json(MappingBehavior, value.get("mapping", "unknown")),
+            _enum_from_json(FilteringBehavior, value.get("filtering", "unknown")),
+            *flags,
+        )
+
+
+def _nat_from_json(fields: dict[str, Any]) -> NATHint | None:
+    value = fields.get("nat")
+    return None if value is None else NATHint.from_json(value)
+
+
+_OPTIONAL = frozenset({"nat"})
 
 
 @attrs.frozen
@@ -114,6 +222,7 @@ class Offer:
         rendezvous server should be reached over TLS and trusted.  It is
         left out of C{repr} so that it does not end up in logs.
     @ivar candidates: the sender's addresses, best first.
+    @ivar nat: what the sender's NAT does, if it knows and says.
     """
 
     from_name: str = attrs.field(validator=_check_name)
@@ -122,24 +231,32 @@ class Offer:
     candidates: tuple[Candidate, ...] = attrs.field(
         converter=_as_candidates, validator=_check_candidates
     )
+    nat: NATHint | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(NATHint))
+    )
 
     def as_json(self) -> dict[str, object]:
-        return {
+        """The wire form; C{nat} only when there is a hint, as a peer without one sends."""
+        value: dict[str, object] = {
             "from": self.from_name,
             "session": self.session_id.hex(),
             "key": self.key.hex(),
             "candidates": [c.as_json() for c in self.candidates],
         }
+        if self.nat is not None:
+            value["nat"] = self.nat.as_json()
+        return value
 
     @classmethod
     def from_json(cls, value: object) -> Offer:
         """The inverse of L{as_json}; raises C{ValueError} for anything malformed."""
-        fields = _object(value, {"from", "session", "key", "candidates"})
+        fields = _object(value, {"from", "session", "key", "candidates"}, _OPTIONAL)
         return cls(
             check_name(fields["from"]),
             _bytes_from_hex(fields["session"], SESSION_ID_SIZE, "session"),
             _bytes_from_hex(fields["key"], KEY_SIZE, "key"),
             _candidates_from_json(fields["candidates"]),
+            _nat_from_json(fields),
         )
 
 
@@ -148,34 +265,44 @@ class Answer:
     """
     The reply of the peer an L{Offer} reached: its own candidates for the
     same session.  The offer's key is shared already, so none is sent back.
+
+    @ivar nat: what the answering peer's NAT does, if it knows and says.
     """
 
     session_id: bytes = attrs.field(validator=_sized(SESSION_ID_SIZE))
     candidates: tuple[Candidate, ...] = attrs.field(
         converter=_as_candidates, validator=_check_candidates
     )
+    nat: NATHint | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(NATHint))
+    )
 
     def as_json(self) -> dict[str, object]:
-        return {
+        """The wire form; C{nat} only when there is a hint, as a peer without one sends."""
+        value: dict[str, object] = {
             "session": self.session_id.hex(),
             "candidates": [c.as_json() for c in self.candidates],
         }
+        if self.nat is not None:
+            value["nat"] = self.nat.as_json()
+        return value
 
     @classmethod
     def from_json(cls, value: object) -> Answer:
         """The inverse of L{as_json}; raises C{ValueError} for anything malformed."""
-        fields = _object(value, {"session", "candidates"})
+        fields = _object(value, {"session", "candidates"}, _OPTIONAL)
         return cls(
             _bytes_from_hex(fields["session"], SESSION_ID_SIZE, "session"),
             _candidates_from_json(fields["candidates"]),
+            _nat_from_json(fields),
         )
 
 
-def new_offer(from_name: str, candidates: Iterable[Candidate]) -> Offer:
+def new_offer(from_name: str, candidates: Iterable[Candidate], nat: NATHint | None = None) -> Offer:
     """An offer with a fresh random session id and key."""
-    return Offer(from_name, os.urandom(SESSION_ID_SIZE), os.urandom(KEY_SIZE), candidates)
+    return Offer(from_name, os.urandom(SESSION_ID_SIZE), os.urandom(KEY_SIZE), candidates, nat)
 
 
-def answer_to(offer: Offer, candidates: Iterable[Candidate]) -> Answer:
+def answer_to(offer: Offer, candidates: Iterable[Candidate], nat: NATHint | None = None) -> Answer:
     """The answer to C{offer} carrying C{candidates}, for offer handlers."""
-    return Answer(offer.session_id, candidates)
+    return Answer(offer.session_id, candidates, nat)
