@@ -71,7 +71,8 @@ def report(label: str, runs: list[Any]) -> None:
 def check(kind: NatType, runs: list[Any], lab: Lab) -> None:
     nat = lab.nat(NAMES[kind])
     names = [r["nat_type"] for r in runs]
-    assert names == [EXPECTED[kind]] * RUNS, [r.get("problems") for r in runs]
+    wrong = [r for r in runs if r["nat_type"] != EXPECTED[kind]]
+    assert names == [EXPECTED[kind]] * RUNS, wrong
     for run in runs:
         assert run["problems"] == []
         public_host = run["public"].rsplit(":", 1)[0]

@@ -77,7 +77,8 @@ class Sockets:
 
     def turn_client(self, **options: Any) -> TURNClient:
         mux = UDPMultiplexer()
-        self.ports.append(reactor.listenUDP(0, mux, interface=PRIMARY_HOST))
+        port = options.pop("port", 0)
+        self.ports.append(reactor.listenUDP(port, mux, interface=PRIMARY_HOST))
         stun = STUNClient(reactor=reactor, schedule=options.pop("schedule", QUICK))
         client = TURNClient.on_multiplexer(mux, reactor, stun, **options)
         self.clients.append(client)
@@ -131,6 +132,32 @@ async def test_allocate_with_the_right_credentials(coturn, sockets):
     assert allocation.mapped_address == (local.host, local.port)
     assert allocation.lifetime >= 600
     assert allocation.server == coturn.address
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_allocation_of_an_earlier_run_is_released(coturn, sockets):
+    """
+    A process that died without deallocating leaves coturn an allocation
+    for its socket's address; the next run on the same port gets 437 to
+    its Allocate, releases the old allocation and allocates anew.
+    """
+    mux = UDPMultiplexer()
+    port = reactor.listenUDP(0, mux, interface=PRIMARY_HOST)
+    number = port.getHost().port
+    first = TURNClient.on_multiplexer(mux, reactor, STUNClient(reactor=reactor, schedule=QUICK))
+    old = await first.allocate(coturn.address, USER, PASSWORD)
+    old._cancel_all()  # the process "dies": no refresh, no deallocation
+    await defer.maybeDeferred(port.stopListening)
+
+    client = sockets.turn_client(port=number)
+    assert client.transport.getHost().port == number
+    allocation = await client.allocate(coturn.address, USER, PASSWORD)
+    assert client.stats.stale_allocations == 1
+    peer, address = sockets.peer()
+    await allocation.create_permission(address[0])
+    allocation.send(b"after a restart", address)
+    await until(lambda: peer.received)
+    assert peer.received[0] == (b"after a restart", allocation.relayed_address)
 
 
 @pytest_twisted.ensureDeferred

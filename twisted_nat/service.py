@@ -372,8 +372,9 @@ class NATTraversalService(MultiService):
                 self._turn_streams.append(client)
                 allocation = await client.allocate(None, server.username, server.password)
         except TwistedNATError as e:
-            self.log.warn("no relay on {server}: {error}", server=server.uri(), error=e)
-            self._retry_relay(server, attempt)
+            if self.running:  # stopping cancels an allocation under way: nothing to say
+                self.log.warn("no relay on {server}: {error}", server=server.uri(), error=e)
+                self._retry_relay(server, attempt)
             return
         if not self.running:
             allocation.close()
