@@ -4,19 +4,21 @@ with a TURN server (coturn) beside the STUN and rendezvous servers.
 
 Each NAT type is in the lab twice, one peer behind each, so that a pair of
 one type still crosses two NATs.  For every ordered pair (offerer's NAT,
-answerer's NAT) the offerer connects C{RELAY_LAB_TRIALS} times (fresh
-sockets, fresh NAT bindings, fresh allocations each time), and the test
+answerer's NAT) the offerer connects C{RELAY_LAB_TRIALS} times (2 unless
+set; at least 10 where a share must be direct; fresh sockets, fresh NAT
+bindings, fresh allocations each time), and the test
 checks the path each trial ends on against what physics allows:
 
   - direct in every trial for every pair without a symmetric side, and for
     a symmetric NAT (either allocation) with no NAT, a full cone or a
     restricted cone;
-  - direct for the sequential symmetric NAT with a port-restricted cone
-    (port prediction);
-  - for the random symmetric NAT with a port-restricted cone, direct in at
-    least 90 % of trials within 5 s, relayed in the rest;
-  - relayed where both sides are symmetric: neither side's next port can
-    be known, nor probed for, from a side that is itself symmetric;
+  - for a symmetric NAT with a port-restricted cone, direct in at least
+    90 % of trials within 5 s (port prediction for the sequential NAT, the
+    birthday method for the random one), relayed in the rest;
+  - relayed where both sides are symmetric with random ports: neither
+    side's next port can be known, nor probed for, from a side that is
+    itself symmetric; where one of two symmetric sides allocates in
+    sequence, relayed or (when the predicted ports happen to meet) direct;
   - never a failure.
 
 The matrix (pair, paths, median set-up time) is printed at the end, with
@@ -64,21 +66,29 @@ SYMMETRIC = {"symmetric", "sequential"}
 NATS = [NatSpec(f"{name}{i}", kind) for name, kind in TYPES.items() for i in (1, 2)]
 PAIRS = [(a, b) for a in TYPES for b in TYPES]
 
+MOSTLY_TRIALS = 10
+"""Trials at least, where 90 % must be direct."""
+
 DIRECT_WITHIN = 5.0
 """Seconds from the start of a set-up within which a path must be direct to count as such."""
 
 
 def expected(offerer: str, answerer: str) -> str:
-    """C{direct}, C{mostly-direct} (90 % within 5 s, by the birthday method) or C{relayed}."""
+    """
+    C{direct}, C{mostly-direct} (90 % within 5 s, by port prediction or the
+    birthday method), C{relayed}, or C{connects} (either).
+    """
     hard = {offerer, answerer} & SYMMETRIC
     if not hard:
         return "direct"
-    if len(hard) == 2 or offerer == answerer:
+    if offerer == answerer == "symmetric":
         return "relayed"
+    if len(hard) == 2 or offerer == answerer:
+        # A sequential NAT's predicted ports can meet the other symmetric
+        # NAT's next port by luck: either path is right.
+        return "connects"
     other = answerer if offerer in SYMMETRIC else offerer
-    if other != "portrestr":
-        return "direct"
-    return "direct" if hard == {"sequential"} else "mostly-direct"
+    return "direct" if other != "portrestr" else "mostly-direct"
 
 
 @attrs.frozen
@@ -123,7 +133,8 @@ def _ms(values: list[float]) -> str:
 def render(rows: list[Row]) -> str:
     """The matrix as a markdown table, then set-up time by path type."""
     lines = [
-        f"# Every pair connects: {TRIALS} trials per pair",
+        f"# Every pair connects: {TRIALS} trials per pair "
+        f"(at least {MOSTLY_TRIALS} where 90 % must be direct)",
         "",
         "Offerer's NAT -> answerer's NAT, at the loss given on both NATs' outside links.",
         "Set-up: from `connect()` to the connection, on the offerer (median / p95, ms).",
@@ -241,14 +252,16 @@ def test_every_pair_connects(
     lab = world.lab
     a_nat, b_nat = lab.nat(f"{offerer}1"), lab.nat(f"{answerer}2")
     name = f"{offerer[:4]}{answerer[:4]}{loss}"
+    want = expected(offerer, answerer)
+    # "At least 90 %" needs ten trials to allow for one miss.
+    count = max(TRIALS, MOSTLY_TRIALS) if want == "mostly-direct" else TRIALS
     for nat in (a_nat, b_nat):
         nat.set_loss(loss)
     try:
-        bob = spawn(world, peers, b_nat.name, f"b{name}")
-        alice = spawn(world, peers, a_nat.name, f"a{name}", "--connect", f"b{name}")
-        done = alice.wait_for("done", timeout=60 + TRIALS * 15)[0]
-        bob.wait_for("connected", TRIALS, timeout=15)
-        want = expected(offerer, answerer)
+        bob = spawn(world, peers, b_nat.name, f"b{name}", trials=count)
+        alice = spawn(world, peers, a_nat.name, f"a{name}", "--connect", f"b{name}", trials=count)
+        done = alice.wait_for("done", timeout=60 + count * 15)[0]
+        bob.wait_for("connected", count, timeout=15)
         if want != "relayed" and any(t.final_relayed for t in trials_of(alice)):
             # A trial that took the relay (when loss held the direct pairs
             # back past the relay's grace) still looks for a direct path:
@@ -260,7 +273,7 @@ def test_every_pair_connects(
     assert done["failed"] == 0 and alice.of("failed") == [], alice.of("failed")
     trials = trials_of(alice)
     answered = trials_of(bob)
-    assert len(trials) == TRIALS == len(answered)
+    assert len(trials) == count == len(answered)
     for ours, theirs in zip(trials, answered, strict=True):
         assert ours.final_relayed == theirs.final_relayed, (ours, theirs)
     if want == "direct":
@@ -273,7 +286,7 @@ def test_every_pair_connects(
             and t.direct_after_ms is not None
             and t.direct_after_ms <= DIRECT_WITHIN * 1000
         ]
-        assert len(direct) >= 0.9 * TRIALS, trials
+        assert len(direct) >= 0.9 * count, trials
     elif want == "relayed":
         assert all(t.final_relayed for t in trials), trials
     matrix.append(Row(offerer, answerer, loss, tuple(trials)))

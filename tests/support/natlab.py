@@ -93,8 +93,14 @@ _PRIVATE_LANS: Final = tuple(ipaddress.IPv4Network("198.51.100.0/24").subnets(ne
 _MAX_PEERS: Final = 13
 """A /28 has 14 host addresses; the router takes the first."""
 
-SEQUENTIAL_PORTS: Final = range(40000, 40256)
-"""The public ports a L{NatType.SYMMETRIC_SEQUENTIAL} NAT hands out, in order, wrapping."""
+SEQUENTIAL_PORTS: Final = range(40000, 44096)
+"""
+The public ports a L{NatType.SYMMETRIC_SEQUENTIAL} NAT hands out, in order,
+wrapping.  Enough that twenty peers' discovery, relays and punches (a dozen
+new flows each) do not wrap the counter onto ports conntrack still holds,
+where the kernel would pick another port and break the sequence, as a real
+NAT's pool of thousands of ports would not.
+"""
 
 DEFAULT_UDP_TIMEOUT: Final = 30
 """
