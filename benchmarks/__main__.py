@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import bench_codec, bench_detect, bench_scale, bench_server
+from benchmarks import bench_codec, bench_detect, bench_scale, bench_server, bench_turn
 from tests.support.natlab import lab_unavailable_reason
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -23,6 +23,8 @@ def main() -> int:
     status = bench_codec.main(["--json", str(RESULTS / "codec.json")])
     print("\n== STUN server: ours against coturn ==", flush=True)
     status |= bench_server.main(["--json", str(RESULTS / "server.json")])
+    print("\n== TURN relay through coturn: ours against aioice ==", flush=True)
+    status |= bench_turn.main(["--json", str(RESULTS / "turn.json")])
     print("\n== 10,000 peer connections with keep-alive in one process ==", flush=True)
     status |= bench_scale.main(["--json", str(RESULTS / "scale.json")])
     print("\n== NAT detection on real NATs: ours against pystun3 ==", flush=True)
