@@ -124,12 +124,16 @@ PREDICTED_PORTS = 16
 BEHAVIOR_WAIT = 2.0
 """How long an offer waits for behaviour discovery still under way (it takes ~0.2 s)."""
 
-RELAY_WAIT = 2.0
+RELAY_WAIT = 5.0
 """
-How long start-up waits for the relays before registering: an allocation
-takes a round trip or two, but a TURN server that does not answer would
-otherwise hold every connection back for the 40 s of STUN's retransmissions.
-A relay that comes later is offered from then on.
+How long start-up waits for the relays before registering.  An allocation
+takes two transactions (the 401 challenge, then the signed Allocate), a few
+milliseconds, but each lost datagram costs a retransmission (0.5 s, then
+1 s more): at 10 % loss one start in a dozen needs more than 2 s, and an
+offer made without the relayed candidate cannot use the relay at all.  A
+TURN server that does not answer would hold the start for the 40 s of
+STUN's retransmissions; this bounds it.  A relay that comes later is
+offered from then on.
 """
 
 RELAY_RETRY_FIRST = 5.0
@@ -303,15 +307,15 @@ class NATTraversalService(MultiService):
             addresses = [self.interface]
         self.candidates = rank(host_candidates(port, addresses))
         await self._discover_public()
+        if self.stun_servers and self.detect_behavior:
+            detecting = detect_nat(self._reactor, self.stun_servers, self.interface)
+            self._detecting = detecting.addCallbacks(self._behavior_found, self._behavior_failed)
+            self._detecting.addBoth(self._detected)
         if self.turn_servers:
             allocating = DeferredList(
                 [Deferred.fromCoroutine(self._allocate(server, 0)) for server in self.turn_servers]
             )
             await _within(self._reactor, allocating, RELAY_WAIT)
-        if self.stun_servers and self.detect_behavior:
-            detecting = detect_nat(self._reactor, self.stun_servers, self.interface)
-            self._detecting = detecting.addCallbacks(self._behavior_found, self._behavior_failed)
-            self._detecting.addBoth(self._detected)
         self._gathered = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
