@@ -190,11 +190,12 @@ async def test_a_relay_is_offered_but_the_direct_path_is_taken(coturn: CoturnIns
         await stop(services)
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_turn_password_costs_a_warning_not_the_service(
-    coturn: CoturnInstance,
+    coturn: CoturnInstance, transport: str
 ) -> None:
-    wrong = TURNServer(coturn.host, coturn.port, "udp", False, USER, "not-the-password")
+    wrong = TURNServer(coturn.host, coturn.port, transport, False, USER, "not-the-password")
     service = NATTraversalService(
         0,
         [coturn.address],
@@ -209,5 +210,7 @@ async def test_a_wrong_turn_password_costs_a_warning_not_the_service(
         assert service.relays == {}
         assert not any(c.kind is CandidateType.RELAYED for c in service.candidates)
         assert service.public is not None, "STUN on the same socket still worked"
+        assert service._turn_streams == [], "a refused stream is closed, not kept"
+        assert service._relay_retries, "and the relay is asked for again later"
     finally:
         await service.stopService()

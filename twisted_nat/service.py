@@ -42,7 +42,6 @@ the chosen one with its connection.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,6 +49,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
@@ -365,17 +365,21 @@ class NATTraversalService(MultiService):
         warning, not the service: direct paths need no relay.
         """
         self._relay_retries.pop(server, None)
+        stream: TURNClient | None = None
         try:
             if server.transport == "udp":
                 assert self._turn_udp is not None
-                client = self._turn_udp
-                address = await self._resolve(server.host, server.port)
-                allocation = await client.allocate(address, server.username, server.password)
+                allocation = await self._turn_udp.allocate(
+                    (server.host, server.port), server.username, server.password
+                )
             else:
-                client = await connect_stream(self._reactor, server.endpoint())
-                self._turn_streams.append(client)
-                allocation = await client.allocate(None, server.username, server.password)
-        except TwistedNATError as e:
+                stream = await connect_stream(self._reactor, server.endpoint())
+                self._turn_streams.append(stream)
+                allocation = await stream.allocate(None, server.username, server.password)
+        except (TwistedNATError, DNSLookupError) as e:
+            if stream is not None:
+                self._turn_streams.remove(stream)
+                stream.close()
             if self.running:  # stopping cancels an allocation under way: nothing to say
                 self.log.warn("no relay on {server}: {error}", server=server.uri(), error=e)
                 self._retry_relay(server, attempt)
@@ -397,13 +401,6 @@ class NATTraversalService(MultiService):
             server=server.uri(),
         )
         allocation.lost.addCallback(self._relay_lost, server, name)
-
-    async def _resolve(self, host: str, port: int) -> Address:
-        try:
-            ipaddress.ip_address(host)
-            return (host, port)
-        except ValueError:
-            return (await self._reactor.resolve(host), port)
 
     def _relay_lost(self, reason: TURNError, server: TURNServer, name: str) -> None:
         allocation = self.relays.pop(name, None)
