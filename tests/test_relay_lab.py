@@ -17,8 +17,9 @@ checks the path each trial ends on against what physics allows:
     birthday method for the random one), relayed in the rest;
   - relayed where both sides are symmetric with random ports: neither
     side's next port can be known, nor probed for, from a side that is
-    itself symmetric; where one of two symmetric sides allocates in
-    sequence, relayed or (when the predicted ports happen to meet) direct;
+    itself symmetric; a sequential with a random one likewise; two
+    sequential NATs meet directly when both predictions hold (aligned
+    predicted ports, see the service) and fall back to the relay when not;
   - never a failure.
 
 The matrix (pair, paths, median set-up time) is printed at the end, with
@@ -84,8 +85,8 @@ def expected(offerer: str, answerer: str) -> str:
     if offerer == answerer == "symmetric":
         return "relayed"
     if len(hard) == 2 or offerer == answerer:
-        # A sequential NAT's predicted ports can meet the other symmetric
-        # NAT's next port by luck: either path is right.
+        # Two sequential NATs meet when both predictions hold; with a
+        # random one, only by luck: either path is right.
         return "connects"
     other = answerer if offerer in SYMMETRIC else offerer
     return "direct" if other != "portrestr" else "mostly-direct"

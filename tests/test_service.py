@@ -9,6 +9,7 @@ import pytest
 
 from tests.fakes import Collector
 from twisted_nat import testing as sim
+from twisted_nat.candidates import CandidateType
 from twisted_nat.rendezvous import InMemorySignalingHub
 from twisted_nat.service import NATTraversalManager, NATTraversalService
 from twisted_nat.stun.server import STUNServerGroup
@@ -199,6 +200,22 @@ def test_sequential_symmetric_reaches_port_restricted_by_port_prediction(offerer
     connection.write(b"through a symmetric NAT")
     w.internet.advance(0.1)
     assert [d for d, _ in w.apps[other][0].received] == [b"through a symmetric NAT"]
+
+
+@pytest.mark.parametrize("offerer", ["alice", "bob"])
+def test_two_sequential_symmetric_nats_meet_on_aligned_predictions(offerer):
+    """
+    Each side's k-th punch to the other's predicted ports leaves from its
+    own k-th new port, which it offered k-th: the two NATs' mappings meet.
+    """
+    w = world({"alice": ("symmetric", SEQUENTIAL), "bob": ("symmetric", SEQUENTIAL)})
+    other = "bob" if offerer == "alice" else "alice"
+    connection = w.internet.run_until(w.services[offerer].connect(other))
+    assert connection.remote.kind is not CandidateType.RELAYED
+    w.internet.advance(0.5)
+    connection.write(b"between two symmetric NATs")
+    w.internet.advance(0.1)
+    assert [d for d, _ in w.apps[other][0].received] == [b"between two symmetric NATs"]
 
 
 def test_random_symmetric_and_port_restricted_need_the_birthday_method():

@@ -119,7 +119,10 @@ RETRY_CEILING = 30.0
 """Pauses between attempts to punch a lost path again: 1 s, doubling, at most 30 s."""
 
 PREDICTED_PORTS = 16
-"""How many predicted ports a peer behind a sequential symmetric NAT offers."""
+"""How many predicted ports a peer behind a sequential symmetric NAT offers (and a few more)."""
+
+PREDICTED_PREFERENCE = 32767
+"""The local preference of the first predicted candidate; the others count down from it."""
 
 BEHAVIOR_WAIT = 2.0
 """How long an offer waits for behaviour discovery still under way (it takes ~0.2 s)."""
@@ -584,7 +587,7 @@ class NATTraversalService(MultiService):
         if self._refreshing is not None:
             # Our public address is being relearnt: answer with the new one.
             await self._refresh()
-        candidates = await self._candidates_for_punch()
+        candidates = await self._candidates_for_punch(offer.candidates)
         hint = self._nat_hint()
         punching = self._punch(
             offer, offer.candidates, controlling=False, ours=hint, theirs=offer.nat
@@ -607,7 +610,9 @@ class NATTraversalService(MultiService):
             return attrs.evolve(hint, birthday=self.birthday_probes > 0)
         return hint
 
-    async def _candidates_for_punch(self) -> list[Candidate]:
+    async def _candidates_for_punch(
+        self, remote: Sequence[Candidate] | None = None
+    ) -> list[Candidate]:
         """
         Our candidates for one punch.  Behind a NAT whose mapping depends on
         the destination, the server-reflexive address is of no use to the
@@ -617,6 +622,20 @@ class NATTraversalService(MultiService):
         hands out now, and the next ones are offered as predicted
         candidates, ranked just below the server-reflexive one; the peer's
         PUNCHes to them open its own NAT for the port our punch gets.
+
+        Their order matters when the peer's NAT allocates in sequence too.
+        Our punch opens a new port for each of the peer's candidates in
+        rank order: first for those ranked above its predicted ones (its
+        host and server-reflexive candidates, C{ahead} of them), then one
+        for each predicted one.  So the port our k-th punch to its k-th
+        predicted port leaves from is C{latest + ahead + k}, and offering
+        that port k-th makes the peer's k-th punch (from its own
+        C{ahead + k}-th port, by the same rule) go exactly there: the two
+        mappings meet.  C{ahead} is counted on the offer when answering, and
+        taken from our own candidates when offering (the peer runs this
+        code too).  The first C{ahead} ports follow, ranked last: a peer
+        whose NAT maps endpoint-independently reaches the port our punch to
+        its server-reflexive candidate gets.
         """
         behavior = self.behavior
         if (
@@ -636,20 +655,26 @@ class NATTraversalService(MultiService):
         if mapped is None:
             return self.candidates
         host, latest = mapped
+        first_predicted = candidate_priority(CandidateType.SERVER_REFLEXIVE, PREDICTED_PREFERENCE)
+        shape = self.candidates if remote is None else remote
+        ahead = sum(
+            1 for c in shape if c.priority > first_predicted and c.kind is not CandidateType.RELAYED
+        )
+        steps = [*range(ahead + 1, ahead + PREDICTED_PORTS + 1), *range(1, ahead + 1)]
         predicted = [
             Candidate(
                 CandidateType.SERVER_REFLEXIVE,
                 host,
                 port,
-                candidate_priority(CandidateType.SERVER_REFLEXIVE, 32768 - step),
+                candidate_priority(CandidateType.SERVER_REFLEXIVE, PREDICTED_PREFERENCE - rank),
             )
-            for step in range(1, PREDICTED_PORTS + 1)
+            for rank, step in enumerate(steps)
             if 0 < (port := latest + step * behavior.port_delta) < 65536
         ]
         self.log.info(
             "our NAT allocates ports in sequence: offering ports {first}-{last} too",
-            first=predicted[0].port if predicted else latest,
-            last=predicted[-1].port if predicted else latest,
+            first=min((c.port for c in predicted), default=latest),
+            last=max((c.port for c in predicted), default=latest),
         )
         return rank([*self.candidates, *predicted])
 
