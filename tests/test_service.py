@@ -294,3 +294,31 @@ def test_a_symmetric_nat_that_forgets_its_bindings_is_noticed_by_both_sides():
     w.services["bob"].connections["alice"].write(b"to the new port")
     w.internet.advance(0.1)
     assert [d for d, _ in w.apps["alice"][0].received] == [b"to the new port"]
+
+
+def test_without_an_answer_from_stun_the_public_address_is_asked_again_in_the_background():
+    """
+    Nothing answers at the STUN server's address at first: start-up tries
+    twice (5 s each), goes on without a public address, and keeps asking;
+    once the server answers, the server-reflexive candidate appears.
+    """
+    from twisted_nat.candidates import CandidateType as Kind
+
+    internet = sim.SimulatedInternet(seed=0, latency=0.005)
+    nat = internet.add_nat_of_type("198.51.100.1", "port-restricted-cone")
+    host = internet.add_host("192.0.2.11", behind=nat)
+    service = NATTraversalService(
+        0, [PRIMARY], reactor=host, host_addresses=[host.addresses[0]], detect_behavior=False
+    )
+    service.startService()
+    internet.run_until(service.ready(), timeout=30)
+    assert 10.0 <= internet.clock.seconds() < 11.0, "two attempts of 5 s each"
+    assert service.public is None
+    assert [c.kind for c in service.candidates] == [Kind.HOST]
+    server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
+    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
+    internet.advance(20.0)
+    assert service.public is not None and service.public.mapped[0] == "198.51.100.1"
+    assert [c.kind for c in service.candidates] == [Kind.HOST, Kind.SERVER_REFLEXIVE]
+    internet.run_until(service.stopService())
+    assert internet.clock.getDelayedCalls() == []

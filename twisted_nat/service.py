@@ -124,6 +124,19 @@ PREDICTED_PORTS = 16
 PREDICTED_PREFERENCE = 32767
 """The local preference of the first predicted candidate; the others count down from it."""
 
+DISCOVERY_ATTEMPTS = 2
+"""
+Discoveries of the public address at start (each within the STUN client's
+timeout, 5 s by default) before going on without one: at 10 % loss, one
+start in a thousand gets no answer to four transmissions within 5 s, and a
+peer without its server-reflexive candidate cannot be reached through a
+NAT.
+"""
+
+REDISCOVER_FIRST = 1.0
+REDISCOVER_CEILING = 60.0
+"""Pauses between discoveries in the background, while there is no public address."""
+
 BEHAVIOR_WAIT = 2.0
 """How long an offer waits for behaviour discovery still under way (it takes ~0.2 s)."""
 
@@ -278,6 +291,8 @@ class NATTraversalService(MultiService):
         self._retries: dict[str, Any] = {}
         self._refresh_waiters: list[Deferred[None]] = []
         self._detecting: Deferred[None] | None = None
+        self._rediscovery: Any = None
+        self._rediscoveries = 0
         self._waiting: list[Deferred[None]] = []
 
     # --- life cycle ---
@@ -338,11 +353,17 @@ class NATTraversalService(MultiService):
         """
         if not self.stun_servers:
             return
-        try:
-            self.public = await self.stun.discover()
-        except TwistedNATError as e:
-            self.log.warn("no public address: {error}", error=e)
+        for _ in range(DISCOVERY_ATTEMPTS):
+            try:
+                self.public = await self.stun.discover()
+                break
+            except TwistedNATError as e:
+                error = e
+        else:
+            self.log.warn("no public address: {error}; asking again in the background", error=error)
+            self._rediscover_later()
             return
+        self._rediscoveries = 0
         self.log.info(
             "public address {public} (seen by {server})",
             public=format_address(self.public.mapped),
@@ -358,6 +379,18 @@ class NATTraversalService(MultiService):
                 f"{c.kind.value} {format_address(c.address)}" for c in self.candidates
             ),
         )
+
+    def _rediscover_later(self) -> None:
+        """
+        Without a public address the peers behind NATs cannot reach us
+        directly: keep asking (1 s, doubling to a minute) until STUN answers.
+        """
+        pending = self._rediscovery
+        if not self.running or (pending is not None and pending.active()):
+            return
+        delay = min(REDISCOVER_CEILING, REDISCOVER_FIRST * 2**self._rediscoveries)
+        self._rediscoveries += 1
+        self._rediscovery = self._reactor.callLater(delay, self._refresh)
 
     # --- relays ---
 
@@ -530,7 +563,9 @@ class NATTraversalService(MultiService):
         return d
 
     def stopService(self) -> Deferred[None]:
-        for retry in [*self._retries.values(), *self._relay_retries.values()]:
+        for retry in [*self._retries.values(), *self._relay_retries.values(), self._rediscovery]:
+            if retry is None:
+                continue
             if retry.active():
                 retry.cancel()
         self._retries.clear()
