@@ -121,6 +121,13 @@ RETRY_CEILING = 30.0
 PREDICTED_PORTS = 16
 """How many predicted ports a peer behind a sequential symmetric NAT offers (and a few more)."""
 
+PREDICTION_WAIT = 2.0
+"""
+How long the Binding request that shows the NAT's latest port may take: it
+holds the offer back, but at 10 % loss three transmissions (0, 0.5, 1.5 s)
+fail far less often (0.7 %) than the two a second allows (3.6 %).
+"""
+
 PREDICTED_PREFERENCE = 32767
 """The local preference of the first predicted candidate; the others count down from it."""
 
@@ -682,7 +689,7 @@ class NATTraversalService(MultiService):
             return self.candidates
         destination = self._fresh_destinations.pop(0)
         try:
-            response = await self.stun.request(request(), destination, deadline=1.0)
+            response = await self.stun.request(request(), destination, deadline=PREDICTION_WAIT)
         except TwistedNATError as e:
             self.log.debug("no port prediction: {error}", error=e)
             return self.candidates
