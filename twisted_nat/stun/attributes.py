@@ -32,6 +32,7 @@ FAMILY_IPV6 = 0x02
 
 _HH = struct.Struct("!HH")
 _I = struct.Struct("!I")
+_H2 = struct.Struct("!H2x")
 _Q = struct.Struct("!Q")
 _ADDR_HEAD = struct.Struct("!xBH")
 
@@ -63,6 +64,29 @@ class Attribute(abc.ABC):
     @property
     def attr_type(self) -> int:
         return self.TYPE
+
+
+@attrs.frozen
+class FixedIntegerAttribute(Attribute):
+    """
+    An attribute whose value is one unsigned integer in a fixed layout,
+    reserved bytes zero (RESPONSE-PORT; TURN's LIFETIME, CHANNEL-NUMBER,
+    REQUESTED-TRANSPORT ...).  A subclass has exactly one field and states
+    its C{LAYOUT}, the field's C{FIELD} name, and its C{NAME} for errors.
+    """
+
+    LAYOUT: ClassVar[struct.Struct]
+    FIELD: ClassVar[str]
+    NAME: ClassVar[str]
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return self.LAYOUT.pack(getattr(self, self.FIELD))
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if len(value) != cls.LAYOUT.size:
+            raise ValueError(f"{cls.NAME} must be {cls.LAYOUT.size} bytes")
+        return cls(cls.LAYOUT.unpack(value)[0])  # type: ignore[call-arg]
 
 
 Decoder = Callable[[bytes, bytes], Attribute]
@@ -607,20 +631,14 @@ class ChangeRequest(Attribute):
 
 @register
 @attrs.frozen
-class ResponsePort(Attribute):
+class ResponsePort(FixedIntegerAttribute):
     """RFC 5780: send the response to this port instead of the source port."""
 
     TYPE = 0x0027
+    LAYOUT = _H2
+    FIELD = "port"
+    NAME = "RESPONSE-PORT"
     port: int
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return _HH.pack(self.port, 0)
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        if len(value) != 4:
-            raise ValueError("RESPONSE-PORT must be 4 bytes")
-        return cls(_HH.unpack(value)[0])
 
 
 # --- ICE (RFC 8445) ------------------------------------------------------------

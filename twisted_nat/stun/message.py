@@ -229,8 +229,9 @@ def with_integrity(
     message: Message, sha1: bool = True, sha256: bool = False, fingerprint: bool = True
 ) -> Message:
     """
-    C{message} with integrity placeholders (and FINGERPRINT) at the end, in
-    the order RFC 8489 requires; L{encode} fills them in from its key.
+    C{message} with empty MESSAGE-INTEGRITY attributes (and FINGERPRINT) at
+    the end, in the order RFC 8489 requires; L{encode} computes their values
+    from its key.
     """
     kept = tuple(
         a for a in message.attributes if a.attr_type not in (_MI_TYPE, _MI256_TYPE, _FP_TYPE)

@@ -23,6 +23,7 @@ from twisted_nat.stun.attributes import (
     FAMILY_IPV4,
     FAMILY_IPV6,
     Attribute,
+    FixedIntegerAttribute,
     XorAddressAttribute,
     register,
 )
@@ -37,41 +38,29 @@ _B3 = struct.Struct("!B3x")
 
 @register
 @attrs.frozen
-class ChannelNumber(Attribute):
+class ChannelNumber(FixedIntegerAttribute):
     """
     CHANNEL-NUMBER: the channel a ChannelBind request binds (0x4000-0x4FFF),
     followed by two reserved bytes.
     """
 
     TYPE = 0x000C
+    LAYOUT = _H2
+    FIELD = "number"
+    NAME = "CHANNEL-NUMBER"
     number: int
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return _H2.pack(self.number)
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        if len(value) != 4:
-            raise ValueError("CHANNEL-NUMBER must be 4 bytes")
-        return cls(_H2.unpack(value)[0])
 
 
 @register
 @attrs.frozen
-class Lifetime(Attribute):
+class Lifetime(FixedIntegerAttribute):
     """LIFETIME: seconds until the allocation expires; 0 in a Refresh deallocates."""
 
     TYPE = 0x000D
+    LAYOUT = _I
+    FIELD = "seconds"
+    NAME = "LIFETIME"
     seconds: int
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return _I.pack(self.seconds)
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        if len(value) != 4:
-            raise ValueError("LIFETIME must be 4 bytes")
-        return cls(_I.unpack(value)[0])
 
 
 @register
@@ -108,26 +97,25 @@ class XorRelayedAddress(XorAddressAttribute):
 
 @register
 @attrs.frozen
-class RequestedAddressFamily(Attribute):
+class RequestedAddressFamily(FixedIntegerAttribute):
     """
     REQUESTED-ADDRESS-FAMILY: which family the relayed address should have
     (L{FAMILY_IPV4} or L{FAMILY_IPV6}), followed by three reserved bytes.
     """
 
     TYPE = 0x0017
+    LAYOUT = _B3
+    FIELD = "family"
+    NAME = "REQUESTED-ADDRESS-FAMILY"
     family: int = FAMILY_IPV4
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return _B3.pack(self.family)
 
     @classmethod
     def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        if len(value) != 4:
-            raise ValueError("REQUESTED-ADDRESS-FAMILY must be 4 bytes")
-        family = _B3.unpack(value)[0]
-        if family not in (FAMILY_IPV4, FAMILY_IPV6):
-            raise ValueError(f"unknown address family {family}")
-        return cls(family)
+        decoded = super().decode_value(value, transaction_id)
+        assert isinstance(decoded, RequestedAddressFamily)
+        if decoded.family not in (FAMILY_IPV4, FAMILY_IPV6):
+            raise ValueError(f"unknown address family {decoded.family}")
+        return decoded
 
 
 @register
@@ -153,20 +141,14 @@ class EvenPort(Attribute):
 
 @register
 @attrs.frozen
-class RequestedTransport(Attribute):
+class RequestedTransport(FixedIntegerAttribute):
     """REQUESTED-TRANSPORT: the relay's protocol; 17 (UDP) is what RFC 8656 defines."""
 
     TYPE = 0x0019
+    LAYOUT = _B3
+    FIELD = "protocol"
+    NAME = "REQUESTED-TRANSPORT"
     protocol: int = TRANSPORT_UDP
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return _B3.pack(self.protocol)
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        if len(value) != 4:
-            raise ValueError("REQUESTED-TRANSPORT must be 4 bytes")
-        return cls(_B3.unpack(value)[0])
 
 
 @register

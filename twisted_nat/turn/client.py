@@ -203,7 +203,11 @@ class Credentials:
         )
 
     def sign(self, message: Message) -> Message:
-        """C{message} with USERNAME, REALM, NONCE (and algorithms) and integrity placeholders."""
+        """
+        C{message} with USERNAME, REALM, NONCE (and the password algorithms)
+        and empty MESSAGE-INTEGRITY attributes, which L{encode} computes from
+        the key.
+        """
         extra: list[Attribute] = [Username(self.username), Realm(self.realm), Nonce(self.nonce)]
         if self.algorithms is not None and self.algorithm is not None:
             extra += [self.algorithms, self.algorithm]
