@@ -174,6 +174,11 @@ def test_port_delta_rule():
 
     assert port_delta([40000, 40002, 40003]) == 1
     assert port_delta([40000, 40004, 40008]) == 4
+    # Other flows in between: the step divides every gap.
+    assert port_delta([40000, 40005, 40014]) == 1
+    assert port_delta([40000, 40006, 40010]) == 2
+    assert port_delta([40000, 40200, 40201]) == 1
+    assert port_delta([40000, 40300, 40301]) is None
     assert port_delta([40000, 40000, 40001]) is None
     assert port_delta([40000, 39999, 40001]) is None
     assert port_delta([40000, 51234, 1234]) is None

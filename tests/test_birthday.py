@@ -381,7 +381,7 @@ def test_the_hard_sides_report_sums_its_sockets() -> None:
     w = birthday_world(seed=1, birthday_sockets=4, birthday_probes=50, punch_timeout=3.0)
     with pytest.raises(PunchFailed) as failed:
         w.connect("hard")
-    assert "via 4 birthday sockets: sent 8, got 0 punches and 0 acks" in str(failed.value)
+    assert "via 4 extra sockets: sent 8, got 0 punches and 0 acks" in str(failed.value)
     assert len(failed.value.pairs) <= 4
     w.stop()
 
@@ -510,7 +510,7 @@ def test_a_probe_that_finds_a_spray_socket_is_punched_back_at_once() -> None:
     assert connected.result.base == SPRAY[1] and not connected.result.relayed
     assert confirm.base == SPRAY[1]
     # What the unreached sockets saw is one report, kept with the result.
-    reports = [p for p in connected.result.pairs if p.base == "2 birthday sockets"]
+    reports = [p for p in connected.result.pairs if p.base == "2 extra sockets"]
     assert len(reports) == 1 and reports[0].punches_sent == 2 * SPRAY_PUNCHES
     assert len(connected.result.pairs) == 4
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -228,23 +229,31 @@ class NATBehavior:
         return "\n".join(lines)
 
 
-PREDICTABLE_SPREAD = 32
-"""Public ports of successive new flows within this many of each other look sequential."""
+PREDICTABLE_SPREAD = 256
+"""
+Public ports of successive new flows within this many of each other look
+sequential.  Generous, since a busy NAT gives other hosts' flows the ports
+in between (twenty peers discovering at once behind one lab NAT put up to
+~200 between ours); a NAT with random ports passes two such gaps by
+chance once in (64512 / 256)^2, about 64,000, discoveries.
+"""
 
 
 def port_delta(ports: Sequence[int]) -> int | None:
     """
     The allocation step of a NAT that gave these public ports to successive
     new flows, if they look sequential: distinct, increasing, and close
-    together (other hosts' flows may take ports in between, so the smallest
-    gap is the step).  None when they look random.
+    together.  Other hosts' flows may take ports in between, each a whole
+    step, so the step is the greatest common divisor of the gaps rather
+    than the smallest (gaps of 5 and 9 are steps of 1, not of 5).  None when
+    they look random.
     """
     if len(ports) < 2 or len(set(ports)) != len(ports):
         return None
     gaps = [b - a for a, b in itertools.pairwise(ports)]
     if any(gap <= 0 or gap > PREDICTABLE_SPREAD for gap in gaps):
         return None
-    return min(gaps)
+    return math.gcd(*gaps)
 
 
 def route_source(destination: str) -> str | None:

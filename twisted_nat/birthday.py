@@ -217,7 +217,8 @@ class Prober:
 
 class ExtraSockets:
     """
-    The hard side's extra sockets, each a non-relayed base of the puncher
+    The extra sockets of the birthday method's hard side, or of a meeting
+    run (L{twisted_nat.meeting}), each a non-relayed base of the puncher
     and the router.  They are opened for one punch (L{open}); when it ends
     (L{settle}) all but the one its path uses are closed; that one is kept
     until no connection uses it any more (L{prune}).
@@ -246,7 +247,7 @@ class ExtraSockets:
         """The bases kept for the connections whose path uses them."""
         return frozenset(self._kept)
 
-    def open(self, punch_id: bytes, count: int) -> list[str]:
+    def open(self, punch_id: bytes, count: int, method: str = "birthday") -> list[str]:
         """
         Up to C{count} sockets for the punch C{punch_id}, named by their
         port.  Running out of ports or file descriptors costs the method
@@ -255,17 +256,19 @@ class ExtraSockets:
         names: list[str] = []
         for _ in range(count):
             mux = UDPMultiplexer()
+            mux.noisy = False  # hundreds of "starting on" lines say nothing
             try:
                 port = self._reactor.listenUDP(0, mux, interface=self._interface)
             except (CannotListenError, OSError) as e:
                 self.log.warn(
-                    "opened only {opened} of {count} birthday sockets: {error}",
+                    "opened only {opened} of {count} {method} sockets: {error}",
                     opened=len(names),
                     count=count,
+                    method=method,
                     error=e,
                 )
                 break
-            name = f"birthday {port.getHost().port}"
+            name = f"{method} {port.getHost().port}"
             self._puncher.add_base(name, mux, relayed=False)
             self._router.add_base(name, mux)
             self._ports[name] = port

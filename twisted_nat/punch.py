@@ -356,8 +356,14 @@ class PunchSession:
         with the peer's public candidates (L{RELAY_PAIRED_KINDS}).
     @param spray: the names of our spray bases, this session's alone: they
         pair with the peer's server-reflexive candidates
-        (L{SPRAY_PAIRED_KINDS}) and send L{SPRAY_PUNCHES} each until the
-        peer reaches one.
+        (L{SPRAY_PAIRED_KINDS}), or with C{spray_to} only when given, and
+        send L{SPRAY_PUNCHES} each until the peer reaches one.  Their first
+        PUNCHes leave before any other, in the order of C{spray}: a NAT
+        that allocates in sequence gives them consecutive ports
+        (L{twisted_nat.meeting}).
+    @param spray_to: the peer's addresses the spray bases punch, when not
+        its server-reflexive candidates: the port its own run of sockets
+        will hold (L{twisted_nat.meeting}), which no candidate names.
     @param prober: probes to send (L{probe}) until a direct pair answers.
     """
 
@@ -384,6 +390,7 @@ class PunchSession:
         relays: Sequence[str] = (),
         spray: Sequence[str] = (),
         prober: Prober | None = None,
+        spray_to: Sequence[Candidate] | None = None,
     ) -> None:
         self.keys = keys
         self.controlling = controlling
@@ -398,11 +405,15 @@ class PunchSession:
             bases: list[Base] = [None]
             if remote.kind in RELAY_PAIRED_KINDS:
                 bases += sorted(choosing.relays)
-            if remote.kind in SPRAY_PAIRED_KINDS:
+            if remote.kind in SPRAY_PAIRED_KINDS and spray_to is None:
                 bases += spray
             for base in bases:
                 pair = choosing.pair(base, remote)
                 choosing.pairs[pair.key] = pair
+        for remote in spray_to or ():
+            for base in spray:
+                pair = choosing.pair(base, remote)
+                choosing.pairs.setdefault(pair.key, pair)
         # Once settled: the ids of the PUNCHes sent, all 12 bytes, end to
         # end (12 bytes each, rather than 56 for an object in a tuple).
         self._sent_ids = b""
@@ -439,7 +450,13 @@ class PunchSession:
             not choosing.pairs[k].relayed for k in choosing.valid
         )
         actions: list[Action] = []
-        for pair in sorted(choosing.pairs.values(), key=_Pair.rank, reverse=True):
+        # Spray pairs first, then by rank (a stable sort keeps the order of
+        # the spray bases): their PUNCHes open consecutive ports.
+        for pair in sorted(
+            choosing.pairs.values(),
+            key=lambda p: (choosing.sprays(p), p.rank()),
+            reverse=True,
+        ):
             limit = self.settings.max_retries
             if choosing.birthday is not None and choosing.unheard_spray(pair):
                 limit = SPRAY_PUNCHES if guessing else 0
@@ -675,7 +692,7 @@ class PunchSession:
             else:
                 reports.append(pair.report())
         for remote, sockets, sent in unheard.values():
-            reports.append(PairReport(remote, sent, 0, 0, f"{sockets} birthday sockets"))
+            reports.append(PairReport(remote, sent, 0, 0, f"{sockets} extra sockets"))
         return tuple(reports)
 
     def owns(self, transaction_id: bytes) -> bool:
@@ -953,6 +970,7 @@ class HolePuncher(DatagramProtocol):
         bases: Sequence[str] = (),
         prober: Prober | None = None,
         on_settled: Callable[[Base], object] | None = None,
+        spray_to: Sequence[Candidate] | None = None,
     ) -> Deferred[PunchResult]:
         """
         Punch towards C{remote_candidates} for session C{punch_id}.
@@ -967,6 +985,8 @@ class HolePuncher(DatagramProtocol):
             method's hard side): names given to L{add_base}, not relays;
             they pair with the peer's server-reflexive candidates only,
             and send a few PUNCHes each until the peer reaches one.
+        @param spray_to: what the spray bases punch instead of the peer's
+            server-reflexive candidates (the meeting method's one port).
         @param prober: the birthday method's easy side: probes sent as it
             paces them, until a direct pair answers.
         @param on_settled: called once, with the base of the path in use,
@@ -1000,6 +1020,7 @@ class HolePuncher(DatagramProtocol):
             sorted(self._relays),
             bases,
             prober,
+            spray_to,
         )
         running = self._running[punch_id] = _Running(session, on_better_path)
         deferred = running.deferred

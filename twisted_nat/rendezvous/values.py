@@ -129,6 +129,11 @@ def _enum_from_json(kind: type[MappingBehavior] | type[FilteringBehavior], value
         return kind.UNKNOWN
 
 
+def _optional_port(instance: object, attribute: attrs.Attribute[int | None], value: object) -> None:
+    if value is not None and (type(value) is not int or not 0 < value < 65536):
+        raise ValueError(f"{attribute.name} must be a port number or None, not {value!r}")
+
+
 @attrs.frozen
 class NATHint:
     """
@@ -143,6 +148,9 @@ class NATHint:
     @ivar birthday: whether the sender takes its part in the birthday
         method (its sockets or its probes may be switched off), so that a
         peer does not spend its own part for nothing.
+    @ivar meet: behind a NAT that allocates in sequence, the public port
+        the sender's run of extra sockets will hold towards the peer's own
+        C{meet} port (L{twisted_nat.meeting}); None when it runs none.
     """
 
     mapping: MappingBehavior = attrs.field(
@@ -154,6 +162,7 @@ class NATHint:
     )
     predictable: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     birthday: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    meet: int | None = attrs.field(default=None, validator=_optional_port)
 
     @classmethod
     def of(cls, behavior: NATBehavior, birthday: bool = False) -> NATHint:
@@ -179,6 +188,7 @@ class NATHint:
             "filtering": self.filtering.value,
             "predictable": self.predictable,
             "birthday": self.birthday,
+            **({} if self.meet is None else {"meet": self.meet}),
         }
 
     @classmethod
@@ -190,13 +200,15 @@ class NATHint:
         """
         if not isinstance(value, dict):
             raise ValueError("a NAT hint must be an object")
-        flags = [value.get(key, False) for key in ("predictable", "birthday")]
-        if not all(isinstance(flag, bool) for flag in flags):
+        predictable, birthday = (value.get(key, False) for key in ("predictable", "birthday"))
+        if not (isinstance(predictable, bool) and isinstance(birthday, bool)):
             raise ValueError("a NAT hint's predictable and birthday must be true or false")
         return cls(
             _enum_from_json(MappingBehavior, value.get("mapping", "unknown")),
             _enum_from_json(FilteringBehavior, value.get("filtering", "unknown")),
-            *flags,
+            predictable,
+            birthday,
+            value.get("meet"),  # checked as any hint's
         )
 
 
