@@ -22,10 +22,13 @@ What is timed:
     files, which every namespace sees, so no signalling is timed), with our
     STUN server for server-reflexive candidates and no TURN.
 
-Pairs that need a relay (two symmetric NATs) are run with
-C{--failing-trials} trials and a five-second timeout, to show that they
-fail, not how fast; so are aioice's trials of a symmetric NAT with a
-port-restricted cone, which ours joins with the birthday method.
+Pairs that need a relay (a symmetric NAT with random ports and another
+symmetric NAT) are run with C{--failing-trials} trials and a five-second
+timeout, to show that they fail, not how fast; so are aioice's trials of
+the pairs ours joins with a method aioice lacks: the birthday method
+(random symmetric with a port-restricted cone), port prediction
+(sequential symmetric with a port-restricted cone) and meeting runs (two
+sequential symmetric NATs).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ NATS = [
     NatSpec("portrestr", NatType.PORT_RESTRICTED_CONE, peers=2),
     NatSpec("symmetric", NatType.SYMMETRIC, peers=2),
     NatSpec("symmetric2", NatType.SYMMETRIC),
+    NatSpec("sequential", NatType.SYMMETRIC_SEQUENTIAL),
+    NatSpec("sequential2", NatType.SYMMETRIC_SEQUENTIAL),
 ]
 
 LABELS = {
@@ -68,13 +73,22 @@ LABELS = {
     "portrestr": "port-restricted cone",
     "symmetric": "symmetric",
     "symmetric2": "symmetric (2nd)",
+    "sequential": "symmetric, sequential ports",
+    "sequential2": "symmetric, sequential ports (2nd)",
 }
 
-NEEDS_RELAY = {frozenset({"symmetric", "symmetric2"})}
-"""Pairs no direct path can join: both sides symmetric with random ports."""
+NEEDS_RELAY = {
+    frozenset({"symmetric", "symmetric2"}),
+    frozenset({"symmetric", "sequential"}),
+}
+"""Pairs no direct path can join: a symmetric NAT with random ports and another symmetric NAT."""
 
-BIRTHDAY = {frozenset({"symmetric", "portrestr"})}
-"""Pairs ours joins with the birthday method, and aioice, without it, cannot."""
+METHODS = {
+    frozenset({"symmetric", "portrestr"}): "birthday method",
+    frozenset({"sequential", "portrestr"}): "port prediction",
+    frozenset({"sequential", "sequential2"}): "meeting runs",
+}
+"""Pairs ours joins with a method of its own, and aioice, without it, cannot."""
 
 FAIL_TIMEOUT = 5.0
 TARGET_MS = 100.0
@@ -88,6 +102,9 @@ def pairs() -> list[tuple[tuple[str, int], tuple[str, int]]]:
     crossing = ["none", "full", "restricted", "portrestr", "symmetric"]
     ordered = [(a, b) for a in crossing for b in crossing if a != b]
     ordered += [("symmetric", "symmetric2"), ("symmetric2", "symmetric")]
+    ordered += [("portrestr", "sequential"), ("sequential", "portrestr")]
+    ordered += [("sequential", "sequential2"), ("sequential2", "sequential")]
+    ordered += [("sequential", "symmetric"), ("symmetric", "sequential")]
     result = [((a, 0), (b, 0)) for a, b in ordered]
     result += [((spec.name, 0), (spec.name, 1)) for spec in NATS if spec.peers == 2]
     return result
@@ -98,7 +115,7 @@ def needs_relay(offerer: str, answerer: str) -> bool:
 
 
 def aioice_fails(offerer: str, answerer: str) -> bool:
-    return frozenset({offerer, answerer}) in NEEDS_RELAY | BIRTHDAY
+    return frozenset({offerer, answerer}) in NEEDS_RELAY | METHODS.keys()
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -305,7 +322,8 @@ def markdown(rows: list[dict[str, Any]], options: argparse.Namespace, versions: 
         "ours name the local candidate the peer reached (`None` where the side behind a "
         "symmetric NAT cannot name it), aioice's the local base of the nominated pair, which "
         "is always a host candidate. "
-        f"Pairs that need a relay (and, for aioice, the birthday method's pairs) ran "
+        f"Pairs that need a relay (and, for aioice, the pairs ours joins with a method "
+        f"aioice lacks) ran "
         f"{options.failing_trials} trials with a {FAIL_TIMEOUT:g} s timeout. "
         f"Target for ours: median under {TARGET_MS:g} ms for every "
         "pair that connects directly.",
@@ -319,8 +337,8 @@ def markdown(rows: list[dict[str, Any]], options: argparse.Namespace, versions: 
         name = f"{row['offerer_label']} -> {row['answerer_label']}"
         if row["needs_relay"]:
             name += " (needs a relay)"
-        elif _birthday(row):
-            name += " (birthday method)"
+        elif (method := _method(row)) is not None:
+            name += f" ({method})"
         cells = [
             name,
             f"{ours['successes']}/{ours['trials']}",
@@ -342,7 +360,7 @@ def markdown(rows: list[dict[str, Any]], options: argparse.Namespace, versions: 
         f"{row['offerer_label']} -> {row['answerer_label']}"
         for row in rows
         if not row["needs_relay"]
-        and not _birthday(row)
+        and _method(row) is None
         and (row["ours"]["median_ms"] is None or row["ours"]["median_ms"] >= TARGET_MS)
     ]
     lines += [
@@ -353,9 +371,12 @@ def markdown(rows: list[dict[str, Any]], options: argparse.Namespace, versions: 
     return "\n".join(lines)
 
 
-def _birthday(row: dict[str, Any]) -> bool:
-    """A pair of the birthday method, whose target is direct within 5 s, not 100 ms."""
-    return frozenset({row["offerer"].split()[0], row["answerer"].split()[0]}) in BIRTHDAY
+def _method(row: dict[str, Any]) -> str | None:
+    """
+    The method of ours that joins the pair, if it needs one: its target is
+    direct within 5 s, not 100 ms.
+    """
+    return METHODS.get(frozenset({row["offerer"].split()[0], row["answerer"].split()[0]}))
 
 
 def _versions() -> str:

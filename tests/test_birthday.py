@@ -231,8 +231,8 @@ def sockets_opened(service: NATTraversalService) -> list[int]:
     extra = service.extra_sockets
     open_sockets = extra.open
 
-    def spy(punch_id: bytes, count: int) -> list[str]:
-        names = open_sockets(punch_id, count)
+    def spy(punch_id: bytes, count: int, method: str = "birthday") -> list[str]:
+        names = open_sockets(punch_id, count, method)
         opened.append(len(names))
         return names
 
@@ -432,7 +432,14 @@ def test_cones_that_let_the_symmetric_side_in_need_no_birthday(cone: str) -> Non
 
 
 def test_bad_settings_are_refused() -> None:
-    for options in ({"birthday_sockets": -1}, {"birthday_probes": -1}, {"birthday_rate": 0.0}):
+    bad: list[dict[str, Any]] = [
+        {"birthday_sockets": -1},
+        {"birthday_probes": -1},
+        {"birthday_rate": 0.0},
+        {"birthday_rate": float("inf")},  # the prober's bursts would overflow
+        {"meeting_sockets": -1},
+    ]
+    for options in bad:
         with pytest.raises(ConfigurationError):
             NATTraversalService(0, [], reactor=sim.SimulatedInternet().clock, **options)
 

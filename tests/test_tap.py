@@ -14,6 +14,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from tests.netutil import free_udp_ports
+from twisted_nat import birthday, meeting
 from twisted_nat.cli import discovery_json
 from twisted_nat.rendezvous import RendezvousService
 from twisted_nat.service import NATTraversalService
@@ -136,6 +137,70 @@ def test_peer_defaults():
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
     assert peer.keepalive_interval == 25.0
     assert list(peer.turn_servers) == []
+
+
+def test_peer_symmetric_nat_methods_reach_the_service():
+    options = Options()
+    options.parseOptions(
+        [*PEER, "--birthday-sockets", "32", "--birthday-probes", "500", "--birthday-rate", "250.5",
+         "--meeting-sockets", "16"]
+    )  # fmt: skip
+    [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert isinstance(peer, NATTraversalService)
+    assert peer.birthday_sockets == 32
+    assert peer.birthday_probes == 500
+    assert peer.birthday_rate == 250.5
+    assert peer.meeting_sockets == 16
+
+
+def test_peer_symmetric_nat_methods_default_to_the_library_defaults():
+    options = Options()
+    options.parseOptions(PEER)
+    sub = options.subOptions
+    assert sub["birthday-sockets"] == birthday.DEFAULT_SOCKETS
+    assert sub["birthday-probes"] == birthday.DEFAULT_PROBES
+    assert sub["birthday-rate"] == birthday.DEFAULT_RATE
+    assert sub["meeting-sockets"] == meeting.DEFAULT_SOCKETS
+    [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert peer.birthday_sockets == birthday.DEFAULT_SOCKETS
+    assert peer.birthday_probes == birthday.DEFAULT_PROBES
+    assert peer.birthday_rate == birthday.DEFAULT_RATE
+    assert peer.meeting_sockets == meeting.DEFAULT_SOCKETS
+
+
+def test_peer_symmetric_nat_methods_can_be_switched_off():
+    options = Options()
+    options.parseOptions(
+        [*PEER, "--birthday-sockets", "0", "--birthday-probes", "0", "--meeting-sockets", "0"]
+    )
+    [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert (peer.birthday_sockets, peer.birthday_probes, peer.meeting_sockets) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--birthday-sockets", "-1"], "--birthday-sockets cannot be negative"),
+        (["--birthday-sockets", "x"], "--birthday-sockets must be a whole number, not 'x'"),
+        (["--birthday-sockets", "2.5"], "--birthday-sockets must be a whole number, not '2.5'"),
+        (["--birthday-probes", "-1"], "--birthday-probes cannot be negative"),
+        (["--birthday-probes", "x"], "--birthday-probes must be a whole number, not 'x'"),
+        (["--meeting-sockets", "-1"], "--meeting-sockets cannot be negative"),
+        (["--meeting-sockets", "x"], "--meeting-sockets must be a whole number, not 'x'"),
+        (["--birthday-rate", "0"], "--birthday-rate must be positive"),
+        (["--birthday-rate", "-5"], "--birthday-rate must be positive"),
+        (["--birthday-rate", "nan"], "--birthday-rate must be positive"),
+        (["--birthday-rate", "inf"], "--birthday-rate must be positive and finite"),
+        (["--birthday-rate", "x"], "--birthday-rate must be a number, not 'x'"),
+    ],
+)
+def test_bad_symmetric_nat_options_end_in_one_line(args, message):
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions([*PEER, *args])
+    text = str(raised.value.code)
+    assert text.startswith("twistd nat: ")
+    assert message in text
+    assert "\n" not in text
 
 
 def test_turn_password_from_the_environment(monkeypatch):
@@ -293,6 +358,27 @@ def test_twistd_turn_without_password_is_one_line():
         "twistd nat: --turn needs --turn-password or TWISTED_NAT_TURN_PASSWORD in the environment"
     )
     assert "Traceback" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--birthday-sockets", "-1"],
+            "twistd nat: --birthday-sockets cannot be negative (0 switches it off): -1",
+        ),
+        (
+            ["--meeting-sockets", "x"],
+            "twistd nat: --meeting-sockets must be a whole number, not 'x'",
+        ),
+        (["--birthday-rate", "0"], "twistd nat: --birthday-rate must be positive and finite: 0"),
+    ],
+)
+def test_twistd_bad_symmetric_nat_option_is_one_line(args, message):
+    result = twistd("-n", "--pidfile=", "nat", *PEER, *args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_twistd_runs_the_server_and_answers(tmp_path):

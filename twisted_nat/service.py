@@ -44,6 +44,7 @@ C{meeting_sockets} extra sockets at the other's (L{twisted_nat.meeting}).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -249,10 +250,11 @@ class NATTraversalService(MultiService):
         rng: random.Random | None = None,
     ) -> None:
         super().__init__()
-        if min(birthday_sockets, birthday_probes, meeting_sockets) < 0 or not birthday_rate > 0:
+        counts = (birthday_sockets, birthday_probes, meeting_sockets)
+        if min(counts) < 0 or not (birthday_rate > 0 and math.isfinite(birthday_rate)):
             raise ConfigurationError(
                 "birthday and meeting sockets and probes cannot be negative, and the probe"
-                f" rate must be positive (not {birthday_sockets}, {birthday_probes},"
+                f" rate must be positive and finite (not {birthday_sockets}, {birthday_probes},"
                 f" {meeting_sockets}, {birthday_rate})"
             )
         if reactor is None:

@@ -8,6 +8,8 @@ C{twistd nat}: options and service construction for the twistd plugin.
     twistd -n nat peer --name NAME --rendezvous ENDPOINT [--stun HOST:PORT ...]
                        [--connect PEER ...] [--status ENDPOINT]
                        [--turn URI ... --turn-user NAME [--turn-password PASSWORD]]
+                       [--birthday-sockets N] [--birthday-probes N]
+                       [--birthday-rate R] [--meeting-sockets N]
 
 A bad setting, or a socket that cannot be bound, ends the process with one
 line on stderr and exit status 1, never a traceback.
@@ -15,6 +17,7 @@ line on stderr and exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_nat import birthday, meeting
 from twisted_nat.address import format_address, parse_hostport, parse_ip, parse_port
 from twisted_nat.connection import PeerConnection
 from twisted_nat.errors import ConfigurationError
@@ -103,7 +107,9 @@ class PeerOptions(usage.Options):
         "named with --connect (or wait to be connected to). Every connection is "
         "authenticated, kept alive, and re-punched if its path is lost. With --turn "
         "(repeatable, RFC 7065 URIs, all sharing --turn-user and the password), "
-        "connections can be relayed through TURN servers when no direct path works."
+        "connections can be relayed through TURN servers when no direct path works. "
+        "Behind symmetric NATs, direct paths come from the birthday method (random "
+        "ports) and meeting runs (ports in sequence); 0 switches either off."
     )
     optFlags = [
         ["no-keepalive", None, "Do not send keep-alives."],
@@ -137,6 +143,34 @@ class PeerOptions(usage.Options):
             f"here: prefer the environment variable {TURN_PASSWORD_ENVIRONMENT}, which is "
             "read when this option is not given.",
         ],
+        # Parsed in postOptions, so that a bad value is refused naming its option.
+        [
+            "birthday-sockets",
+            None,
+            str(birthday.DEFAULT_SOCKETS),
+            "Behind a symmetric NAT with random ports: extra sockets opened for a punch "
+            "with a port-restricted cone (0: no birthday method).",
+        ],
+        [
+            "birthday-probes",
+            None,
+            str(birthday.DEFAULT_PROBES),
+            "Behind a cone: random ports of such a symmetric NAT probed at most "
+            "(0: no birthday method).",
+        ],
+        [
+            "birthday-rate",
+            None,
+            str(birthday.DEFAULT_RATE),
+            "Birthday probes a second (more than 0).",
+        ],
+        [
+            "meeting-sockets",
+            None,
+            str(meeting.DEFAULT_SOCKETS),
+            "Behind a symmetric NAT with ports in sequence: extra sockets run at a peer "
+            "behind another such NAT (0: no meeting).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -169,6 +203,9 @@ class PeerOptions(usage.Options):
         try:
             self["port"] = parse_port(self["port"])
             self["interface"] = parse_ip(self["interface"])
+            for option in ("birthday-sockets", "birthday-probes", "meeting-sockets"):
+                self[option] = _parse_count(option, self[option])
+            self["birthday-rate"] = _parse_rate("birthday-rate", self["birthday-rate"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
         if self["keepalive-interval"] <= 0:
@@ -206,6 +243,28 @@ class PeerOptions(usage.Options):
                 raise usage.UsageError(f"TURN server {server.uri()} is given twice")
             servers.append(server)
         return servers
+
+
+def _parse_count(option: str, text: str) -> int:
+    """A number of sockets or probes: a whole number, 0 or more."""
+    try:
+        count = int(text, 10)
+    except ValueError:
+        raise ConfigurationError(f"--{option} must be a whole number, not {text!r}") from None
+    if count < 0:
+        raise ConfigurationError(f"--{option} cannot be negative (0 switches it off): {count}")
+    return count
+
+
+def _parse_rate(option: str, text: str) -> float:
+    """A rate: a finite number above 0."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ConfigurationError(f"--{option} must be a number, not {text!r}") from None
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ConfigurationError(f"--{option} must be positive and finite: {text}")
+    return rate
 
 
 class DemoOptions(usage.Options):
@@ -369,6 +428,10 @@ def _peer(
     greet_every: float = 0.0,
     follow_lifetime: bool = False,
     turn_servers: Sequence[TURNServer] = (),
+    birthday_sockets: int = birthday.DEFAULT_SOCKETS,
+    birthday_probes: int = birthday.DEFAULT_PROBES,
+    birthday_rate: float = birthday.DEFAULT_RATE,
+    meeting_sockets: int = meeting.DEFAULT_SOCKETS,
 ) -> NATTraversalService:
     service = NATTraversalService(
         port,
@@ -383,6 +446,10 @@ def _peer(
         connect_to=connect,
         follow_lifetime=follow_lifetime,
         turn_servers=turn_servers,
+        birthday_sockets=birthday_sockets,
+        birthday_probes=birthday_probes,
+        birthday_rate=birthday_rate,
+        meeting_sockets=meeting_sockets,
     )
     return service
 
@@ -421,6 +488,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                 sub["greet-every"],
                 sub["follow-lifetime"],
                 sub["turn"],
+                birthday_sockets=sub["birthday-sockets"],
+                birthday_probes=sub["birthday-probes"],
+                birthday_rate=sub["birthday-rate"],
+                meeting_sockets=sub["meeting-sockets"],
             )
             peer.setServiceParent(top)
             if sub["status"]:
