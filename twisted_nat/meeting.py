@@ -69,7 +69,6 @@ def meets(ours: NATHint | None, theirs: NATHint | None) -> bool:
         and theirs is not None
         and ours.meet is not None
         and theirs.meet is not None
-        and ours.predictable
-        and theirs.predictable
-        and not (ours.endpoint_independent or theirs.endpoint_independent)
+        and ours.sequential
+        and theirs.sequential
     )

@@ -234,6 +234,7 @@ class _Pair:
     punches_received: int = 0
     acks_received: int = 0
     rtt: float | None = None
+    last_sent: float = -math.inf
 
     @property
     def key(self) -> PairKey:
@@ -452,6 +453,7 @@ class PunchSession:
         actions: list[Action] = []
         # Spray pairs first, then by rank (a stable sort keeps the order of
         # the spray bases): their PUNCHes open consecutive ports.
+        spaced = now - self.settings.interval + 1e-9
         for pair in sorted(
             choosing.pairs.values(),
             key=lambda p: (choosing.sprays(p), p.rank()),
@@ -459,7 +461,10 @@ class PunchSession:
         ):
             limit = self.settings.max_retries
             if choosing.birthday is not None and choosing.unheard_spray(pair):
-                limit = SPRAY_PUNCHES if guessing else 0
+                # A guess's few PUNCHes go a whole interval apart, not at the
+                # quicker pace of the first rounds: a peer whose own run
+                # starts a rendezvous trip later must still find one of them.
+                limit = SPRAY_PUNCHES if guessing and pair.last_sent <= spaced else 0
             if pair.sent < limit and not (direct_only and pair.relayed):
                 actions.append(self._punch(pair, now))
         return actions
@@ -632,6 +637,7 @@ class PunchSession:
         else:
             choosing.sent[tid] = now
         pair.sent += 1
+        pair.last_sent = now
         return Send(data, pair.remote.address, pair.base)
 
     def _nominate(self, key: PairKey, now: float) -> list[Action]:

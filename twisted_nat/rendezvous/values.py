@@ -182,6 +182,11 @@ class NATHint:
         """
         return self.mapping in _DEPENDENT and not self.predictable
 
+    @property
+    def sequential(self) -> bool:
+        """The mapping depends on the destination, with ports handed out in sequence."""
+        return self.mapping in _DEPENDENT and self.predictable
+
     def as_json(self) -> dict[str, object]:
         return {
             "mapping": self.mapping.value,
