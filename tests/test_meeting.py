@@ -36,6 +36,7 @@ from twisted_nat.punch import Connected, PunchFailed, PunchSession, PunchSetting
 from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
 from twisted_nat.rendezvous.values import NATHint
 from twisted_nat.service import MEETING_PREFERENCE, NATTraversalService
+from twisted_nat.stun.client import STUNClient
 from twisted_nat.stun.server import STUNServerGroup
 
 PRIMARY = ("203.0.113.10", 3478)
@@ -515,6 +516,39 @@ def test_extra_sockets_close_when_the_punch_ends_and_the_last_with_its_connectio
         assert connection.base not in service.router._bases
     w.stop()
     assert w.internet.clock.getDelayedCalls() == [], "every timer was cancelled"
+
+
+def test_a_prediction_on_a_recycled_local_port_still_meets() -> None:
+    """
+    A socket bound to the local port of an earlier, closed one sends on
+    that flow's 5-tuple, and the NAT, still holding it, answers with the
+    old port: a prediction from that socket alone names a meeting port the
+    NAT has long passed.  The prediction's second flow shows the newest.
+    """
+    w = meeting_world()
+    host = w.hosts["alice"]
+    listen = host.listenUDP
+    predictions: list[int] = []
+    recycled: list[int] = []
+
+    def recording(port: int, protocol: Any, interface: str = "", **kw: Any) -> Any:
+        if isinstance(protocol, STUNClient) and recycled:
+            port = recycled.pop(0)
+        listening = listen(port, protocol, interface, **kw)
+        if isinstance(protocol, STUNClient):
+            predictions.append(listening.getHost().port)
+        return listening
+
+    host.listenUDP = recording  # type: ignore[method-assign,assignment]
+    w.connect("alice")
+    assert_met(w, "alice")
+    first = w.latest["alice"][-1]
+    # The next prediction's first socket gets the first one's local port.
+    recycled.append(predictions[0])
+    w.connect("alice")
+    assert_met(w, "alice")
+    assert w.latest["alice"][-1] > first + DEFAULT_SOCKETS, "the newest flow, not the old one"
+    w.stop()
 
 
 def test_a_failed_run_closes_every_socket() -> None:

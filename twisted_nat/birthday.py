@@ -256,7 +256,6 @@ class ExtraSockets:
         names: list[str] = []
         for _ in range(count):
             mux = UDPMultiplexer()
-            mux.noisy = False  # hundreds of "starting on" lines say nothing
             try:
                 port = self._reactor.listenUDP(0, mux, interface=self._interface)
             except (CannotListenError, OSError) as e:

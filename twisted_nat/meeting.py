@@ -27,9 +27,10 @@ on it is an ordinary punch on that pair of sockets.
 So the answering side runs at once, before its answer leaves, and the
 offering side when the answer arrives, a round trip after its prediction:
 the offerer's shift is what C{L} must cover.  Each socket sends
-L{twisted_nat.birthday.SPRAY_PUNCHES} PUNCHes, 200 ms apart: the
-answerer's first arrive before the offerer's mapping exists and are
-dropped, the offerer's first pass, and so does the answerer's second.
+L{twisted_nat.birthday.SPRAY_PUNCHES} PUNCHes, a punch interval (200 ms)
+apart: the answerer's first arrive before the offerer's mapping exists
+and are dropped, the offerer's first pass, and so does the answerer's
+second.
 
 The budget, with the default C{L} = 64: 64 sockets (file descriptors)
 on each side for the punch's duration, 2 x 64 PUNCHes of 112 bytes

@@ -93,13 +93,15 @@ _PRIVATE_LANS: Final = tuple(ipaddress.IPv4Network("198.51.100.0/24").subnets(ne
 _MAX_PEERS: Final = 13
 """A /28 has 14 host addresses; the router takes the first."""
 
-SEQUENTIAL_PORTS: Final = range(40000, 44096)
+SEQUENTIAL_PORTS: Final = range(40000, 56384)
 """
 The public ports a L{NatType.SYMMETRIC_SEQUENTIAL} NAT hands out, in order,
-wrapping.  Enough that twenty peers' discovery, relays and punches (a dozen
-new flows each) do not wrap the counter onto ports conntrack still holds,
-where the kernel would pick another port and break the sequence, as a real
-NAT's pool of thousands of ports would not.
+wrapping.  Enough that a whole matrix of pairs does not wrap the counter
+onto ports conntrack still holds (for up to 120 s), where the kernel cannot
+use the port it is given and the sequence breaks, as a real NAT's pool of
+tens of thousands would not.  A pair of the matrix takes twenty peers a
+dozen flows each (discovery, relays, punches) and each meeting run 64
+more: the 4,096 ports this once had wrapped within a full matrix run.
 """
 
 DEFAULT_UDP_TIMEOUT: Final = 30
