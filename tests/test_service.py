@@ -322,3 +322,43 @@ def test_without_an_answer_from_stun_the_public_address_is_asked_again_in_the_ba
     assert [c.kind for c in service.candidates] == [Kind.HOST, Kind.SERVER_REFLEXIVE]
     internet.run_until(service.stopService())
     assert internet.clock.getDelayedCalls() == []
+
+
+def test_an_answer_waits_only_so_long_for_a_rediscovery_of_the_public_address():
+    """
+    An offer that arrives while the public address is being asked for
+    again gets its answer within REFRESH_WAIT, not when the rediscovery
+    gives up (5 s later): a rendezvous gives the answer only 10 s, and an
+    answer that comes after the offerer gave up leaves us punching alone.
+    """
+    from twisted_nat.candidates import Candidate
+    from twisted_nat.rendezvous import new_offer
+    from twisted_nat.service import REFRESH_WAIT
+
+    internet = sim.SimulatedInternet(seed=0, latency=0.005)
+    nat = internet.add_nat_of_type("198.51.100.1", "port-restricted-cone")
+    host = internet.add_host("192.0.2.11", behind=nat)
+    hub = InMemorySignalingHub(reactor=internet.clock)
+    service = NATTraversalService(
+        0,
+        [PRIMARY],  # nobody answers there: the address is asked for in the background
+        reactor=host,
+        name="bob",
+        signaling=hub.peer("bob"),
+        host_addresses=[host.addresses[0]],
+        detect_behavior=False,
+        punch_timeout=1.0,
+    )
+    service.startService()
+    internet.run_until(service.ready(), timeout=30)
+    internet.advance(1.5)  # the first background attempt is under way
+    assert service._refreshing is not None
+    offered_at = internet.clock.seconds()
+    offer = new_offer("alice", [Candidate(CandidateType.HOST, "203.0.113.50", 4000)])
+    answer = internet.run_until(hub.peer("alice").connect("bob", offer), timeout=10)
+    waited = internet.clock.seconds() - offered_at
+    assert waited <= REFRESH_WAIT + 0.1, waited
+    assert service._refreshing is not None, "the rediscovery goes on in the background"
+    assert [c.kind for c in answer.candidates] == [CandidateType.HOST]
+    internet.advance(5.0)
+    internet.run_until(service.stopService())

@@ -234,23 +234,24 @@ PREDICTABLE_SPREAD = 256
 Public ports of successive new flows within this many of each other look
 sequential.  Generous, since a busy NAT gives other hosts' flows the ports
 in between (twenty peers discovering at once behind one lab NAT put up to
-~200 between ours); a NAT with random ports passes two such gaps by
-chance once in (64512 / 256)^2, about 64,000, discoveries.
+~200 between ours); three random ports fall within two such gaps of each
+other, in some order, about once in 10,000 discoveries (6 (256 / 64512)^2).
 """
 
 
 def port_delta(ports: Sequence[int]) -> int | None:
     """
-    The allocation step of a NAT that gave these public ports to successive
-    new flows, if they look sequential: distinct, increasing, and close
-    together.  Other hosts' flows may take ports in between, each a whole
-    step, so the step is the greatest common divisor of the gaps rather
-    than the smallest (gaps of 5 and 9 are steps of 1, not of 5).  None when
-    they look random.
+    The allocation step of a NAT that gave these public ports to new flows
+    opened one after the other, if they look sequential: distinct and close
+    together, in any order (a flow whose first datagram was lost takes its
+    port when the retransmission passes, after a later flow's).  Other
+    hosts' flows may take ports in between, each a whole step, so the step
+    is the greatest common divisor of the gaps rather than the smallest
+    (gaps of 5 and 9 are steps of 1, not of 5).  None when they look random.
     """
     if len(ports) < 2 or len(set(ports)) != len(ports):
         return None
-    gaps = [b - a for a, b in itertools.pairwise(ports)]
+    gaps = [b - a for a, b in itertools.pairwise(sorted(ports))]
     if any(gap <= 0 or gap > PREDICTABLE_SPREAD for gap in gaps):
         return None
     return math.gcd(*gaps)

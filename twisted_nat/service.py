@@ -163,6 +163,16 @@ REDISCOVER_CEILING = 60.0
 BEHAVIOR_WAIT = 2.0
 """How long an offer waits for behaviour discovery still under way (it takes ~0.2 s)."""
 
+REFRESH_WAIT = 2.0
+"""
+How long an answer waits for a rediscovery of our public address under
+way.  Behaviour discovery (L{BEHAVIOR_WAIT}), this and the prediction
+(L{PREDICTION_WAIT}) hold an answer back 6 s at most, within the 10 s a
+rendezvous gives it (seen in the lab: an answer that waited for the whole
+rediscovery came after the offerer's rendezvous had given up, and the
+answering side punched alone).
+"""
+
 RELAY_WAIT = 5.0
 """
 How long start-up waits for the relays before registering.  An allocation
@@ -639,8 +649,10 @@ class NATTraversalService(MultiService):
         await self.ready()
         await self._behavior_known()
         if self._refreshing is not None:
-            # Our public address is being relearnt: answer with the new one.
-            await self._refresh()
+            # Our public address is being relearnt: answer with the new one
+            # if it comes in time.  A rediscovery at 10 % loss can take ten
+            # seconds, longer than the offerer's rendezvous waits for us.
+            await _within(self._reactor, self._refresh(), REFRESH_WAIT)
         candidates, latest = await self._candidates_for_punch(offer.candidates)
         hint = self._nat_hint(latest)
         punching = self._punch(
