@@ -184,3 +184,40 @@ def test_port_delta_rule():
     assert port_delta([40000, 39999, 40001]) == 1
     assert port_delta([40000, 51234, 1234]) is None
     assert port_delta([40000]) is None
+
+
+@pytest.mark.parametrize("second_look", [True, False])
+def test_a_busy_nat_is_still_seen_to_count_in_sequence(second_look, monkeypatch):
+    """
+    Another host behind the NAT opens 300 flows between the first mapping
+    test and the next two: their ports lie too far apart to call the NAT
+    sequential.  A second look, three flows opened at once, sees the step.
+    """
+    from twisted.internet.protocol import DatagramProtocol
+
+    from twisted_nat import behavior as module
+
+    if not second_look:
+        monkeypatch.setattr(module, "_NEW_PORT_PER_DESTINATION", frozenset())
+    internet = sim.SimulatedInternet(seed=0, latency=0.005)
+    server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
+    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
+    nat = internet.add_nat(
+        NAT_ADDRESS,
+        mapping=S.ADDRESS_AND_PORT_DEPENDENT,
+        filtering=F.ADDRESS_AND_PORT_DEPENDENT,
+        allocation=sim.PortAllocation.SEQUENTIAL,
+    )
+    peer = internet.add_host("192.0.2.20", behind=nat)
+    busy = DatagramProtocol()
+    internet.add_host("192.0.2.99", behind=nat).listenUDP(0, busy)
+
+    def open_flows() -> None:
+        for port in range(300):
+            busy.transport.write(b"x", ("203.0.113.99", 10000 + port))
+
+    # Test I has passed the NAT; its answer (and so tests II and III) not yet.
+    internet.clock.callLater(0.007, open_flows)
+    behavior = internet.run_until(detect_nat(peer, [PRIMARY]))
+    assert behavior.mapping is MappingBehavior.ADDRESS_AND_PORT_DEPENDENT
+    assert behavior.port_delta == (1 if second_look else None)
