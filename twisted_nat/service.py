@@ -787,6 +787,7 @@ class NATTraversalService(MultiService):
         return max(found, key=lambda address: address[1])
 
     async def _ask(self, client: STUNClient, server: Address, found: list[Address]) -> None:
+        """One flow of a prediction: its public address joins C{found}, if it answers."""
         try:
             response = await client.request(request(), server)
         except TwistedNATError as e:
