@@ -679,7 +679,7 @@ class NATTraversalService(MultiService):
             return attrs.evolve(hint, birthday=self.birthday_sockets > 0)
         if hint.endpoint_independent:
             return attrs.evolve(hint, birthday=self.birthday_probes > 0)
-        if hint.predictable and latest is not None and behavior.port_delta is not None:
+        if latest is not None and behavior.port_delta is not None:  # sequential, predicted
             meet = meeting_port(latest, behavior.port_delta, self.meeting_sockets)
             return attrs.evolve(hint, meet=meet)
         return hint

@@ -101,7 +101,7 @@ onto ports conntrack still holds (for up to 120 s), where the kernel cannot
 use the port it is given and the sequence breaks, as a real NAT's pool of
 tens of thousands would not.  A pair of the matrix takes twenty peers a
 dozen flows each (discovery, relays, punches) and each meeting run 64
-more: the 4,096 ports this once had would wrap within a full matrix run.
+more: the 4,096 ports it once had would wrap within a full matrix run.
 """
 
 DEFAULT_UDP_TIMEOUT: Final = 30
