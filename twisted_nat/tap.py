@@ -31,10 +31,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_nat import birthday, meeting
 from twisted_nat.address import format_address, parse_hostport, parse_ip, parse_port
 from twisted_nat.connection import PeerConnection
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous import make_rendezvous_service
 from twisted_nat.service import NATTraversalService
 from twisted_nat.status import status_service
