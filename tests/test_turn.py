@@ -83,7 +83,8 @@ from twisted_nat.turn import (
     encode_channel_data,
 )
 from twisted_nat.turn.channel import is_channel_data, pad_for_stream
-from twisted_nat.turn.client import CHANNEL_REFRESH, PERMISSION_REFRESH, turn_error
+from twisted_nat.turn.peers import CHANNEL_REFRESH, PERMISSION_REFRESH
+from twisted_nat.turn.transactions import turn_error
 
 SERVER = ("192.0.2.1", 3478)
 CLIENT = ("198.51.100.2", 40000)
@@ -581,7 +582,7 @@ def test_cancelled_allocate_leaves_nothing_behind():
     out = results(d)
     d.cancel()
     assert out[0].check(CancelledError)
-    assert client._stun.pending() == 0
+    assert client.stun.pending() == 0
     assert clock.getDelayedCalls() == []
     server.silent = False
     again = results(client.allocate(SERVER, USER, PASSWORD))
