@@ -65,6 +65,7 @@ from twisted_nat.stun.message import (
 )
 from twisted_nat.turn import (
     CHANNEL_NUMBERS,
+    AllocationState,
     ChannelData,
     ChannelNumber,
     Data,
@@ -919,6 +920,25 @@ def test_close_deallocates_and_cancels_every_timer():
     again = results(client.allocate(SERVER, USER, PASSWORD))
     settle(clock)
     assert again[0].relayed_address == RELAYED
+
+
+def test_an_allocation_is_active_then_closing_then_ended():
+    allocation, client, server, clock, mux = allocated()
+    states = [allocation.state]
+    out = results(allocation.close())
+    states.append(allocation.state)
+    assert out == [] and not allocation.active
+    settle(clock)
+    states.append(allocation.state)
+    assert out == [None]
+    assert states == [AllocationState.ACTIVE, AllocationState.CLOSING, AllocationState.ENDED]
+
+
+def test_a_lost_allocation_ends_at_once():
+    allocation, client, server, clock, mux = allocated()
+    client.lose_all(TURNUnavailable("gone", SERVER))
+    assert allocation.state is AllocationState.ENDED
+    assert lost_reason(allocation).reason == "gone"
 
 
 def test_close_of_an_unreachable_server_still_closes():
