@@ -26,12 +26,12 @@ from tests.fakes import Collector
 from tests.test_birthday import SECRET, SESSION, SlowSignaling, ack_for, from_peer, sends
 from twisted_nat import control
 from twisted_nat import testing as sim
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior, port_delta
 from twisted_nat.birthday import SPRAY_PUNCHES
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.connection import PeerConnection
 from twisted_nat.control import SessionKeys
 from twisted_nat.meeting import DEFAULT_SOCKETS, meeting_port, meets
+from twisted_nat.nat import FilteringBehavior, MappingBehavior, port_delta
 from twisted_nat.punch import Connected, PunchFailed, PunchSession, PunchSettings
 from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
 from twisted_nat.rendezvous.values import NATHint

@@ -59,12 +59,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
-from twisted_nat.behavior import (
-    MappingBehavior,
-    NATBehavior,
-    detect_nat,
-    measure_binding_lifetime,
-)
 from twisted_nat.birthday import (
     ANSWER_DELAY,
     DEFAULT_PROBES,
@@ -95,6 +89,12 @@ from twisted_nat.keepalive import interval_for_lifetime
 from twisted_nat.meeting import DEFAULT_SOCKETS as DEFAULT_MEETING_SOCKETS
 from twisted_nat.meeting import meeting_port, meets
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.nat import (
+    MappingBehavior,
+    NATBehavior,
+    detect_nat,
+    measure_binding_lifetime,
+)
 from twisted_nat.punch import (
     RELAY_PAIRED_KINDS,
     SPRAY_PAIRED_KINDS,
