@@ -101,10 +101,8 @@ class BehaviorDiscovery:
     @param first_contact: the schedule of the first request to each server;
         faster than RFC 8489's 500 ms start, since discovery is interactive.
     @param resolver: resolves server host names (the reactor's by default).
-    @param second_look: when the mapping tests' ports do not look
-        sequential, measure the step again on L{STEP_FLOWS} flows opened at
-        once (L{MappingFinding.wants_second_look
-        <twisted_nat.nat.rfc5780.MappingFinding.wants_second_look>}).
+    @param second_look: measure the port step again on L{STEP_FLOWS} flows
+        opened at once when the mapping tests' ports do not look sequential.
     """
 
     log = Logger()
@@ -146,13 +144,8 @@ class BehaviorDiscovery:
         listener = HairpinListener() if hairpin else None
         mux = UDPMultiplexer()
         try:
-            # The interface names DatagramProtocol; any AbstractDatagramProtocol will do.
-            port = self._reactor.listenUDP(
-                0,
-                mux,  # type: ignore[arg-type]
-                interface=self._interface,
-                maxPacketSize=8192,
-            )
+            # IReactorUDP names DatagramProtocol; any AbstractDatagramProtocol does.
+            port = self._reactor.listenUDP(0, mux, self._interface, 8192)  # type: ignore[arg-type]
         except CannotListenError as e:
             raise ConfigurationError(f"cannot bind {self._interface}: {e.socketError}") from None
         mux.add_stun(client, [Method.BINDING], [MessageClass.SUCCESS, MessageClass.ERROR])
