@@ -68,9 +68,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from twisted_nat.behavior import FilteringBehavior
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.nat import FilteringBehavior
 from twisted_nat.rendezvous.values import NATHint
 
 if TYPE_CHECKING:
