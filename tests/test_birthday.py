@@ -26,11 +26,11 @@ from tests.fakes import Collector
 from twisted_nat import control
 from twisted_nat import testing as sim
 from twisted_nat.bases import SHARED, Base, extra_base, relay_base
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.connection import PeerConnection
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.nat import FilteringBehavior, MappingBehavior
 from twisted_nat.punch import (
     Connected,
     PunchFailed,

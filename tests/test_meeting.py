@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -27,10 +27,10 @@ from tests.test_birthday import SECRET, SESSION, SlowSignaling, ack_for, from_pe
 from twisted_nat import control
 from twisted_nat import testing as sim
 from twisted_nat.bases import SHARED, Base, extra_base
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior, port_delta
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.connection import PeerConnection
 from twisted_nat.control import SessionKeys
+from twisted_nat.nat import FilteringBehavior, MappingBehavior, port_delta
 from twisted_nat.punch import Connected, PunchFailed, PunchSession, PunchSettings
 from twisted_nat.punch.birthday import SPRAY_PUNCHES
 from twisted_nat.punch.meeting import DEFAULT_SOCKETS, meeting_port
@@ -227,16 +227,17 @@ def meeting_world(
 def latest_ports(service: NATTraversalService) -> list[int]:
     """The port the NAT handed out last, as each of the service's predictions saw it."""
     seen: list[int] = []
-    predict: Callable[[tuple[str, int]], Awaitable[tuple[str, int] | None]]
-    predict = service._latest_port
+    candidates_for_punch = service._candidates_for_punch
 
-    async def spy(server: tuple[str, int]) -> tuple[str, int] | None:
-        mapped = await predict(server)
-        if mapped is not None:
-            seen.append(mapped[1])
-        return mapped
+    async def spy(
+        remote: Sequence[Candidate] | None = None,
+    ) -> tuple[list[Candidate], int | None]:
+        candidates, latest = await candidates_for_punch(remote)
+        if latest is not None:
+            seen.append(latest)
+        return candidates, latest
 
-    service._latest_port = spy  # type: ignore[method-assign]
+    service._candidates_for_punch = spy  # type: ignore[method-assign]
     return seen
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior, NATBehavior
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior
 from twisted_nat.punch import PunchPlan, SymmetricSettings, Technique, hint_for, plan
 from twisted_nat.punch.birthday import ANSWER_DELAY
 from twisted_nat.rendezvous.values import NATHint

@@ -50,7 +50,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import CannotListenError, DNSLookupError
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
@@ -58,16 +58,9 @@ from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
 from twisted_nat.bases import Base, BaseRegistry, relay_base
-from twisted_nat.behavior import (
-    MappingBehavior,
-    NATBehavior,
-    detect_nat,
-    measure_binding_lifetime,
-)
 from twisted_nat.candidates import (
     Candidate,
     CandidateType,
-    candidate_priority,
     host_candidates,
     interface_addresses,
     rank,
@@ -83,6 +76,14 @@ from twisted_nat.errors import (
 from twisted_nat.keepalive import interval_for_lifetime
 from twisted_nat.keeper import BindingLost
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.nat import (
+    NATBehavior,
+    detect_nat,
+    latest_port,
+    measure_binding_lifetime,
+    predicted_candidates,
+    prediction_step,
+)
 from twisted_nat.punch import (
     RELAY_PAIRED_KINDS,
     ExtraSockets,
@@ -105,8 +106,8 @@ from twisted_nat.rendezvous import (
     new_offer,
 )
 from twisted_nat.rendezvous.values import NATHint
-from twisted_nat.stun.client import DiscoveryResult, RetransmissionSchedule, STUNClient
-from twisted_nat.stun.message import MessageClass, Method, request
+from twisted_nat.stun.client import DiscoveryResult, STUNClient
+from twisted_nat.stun.message import MessageClass, Method
 from twisted_nat.turn import Allocation, TURNClient, TURNServer, connect_stream
 
 Address = tuple[str, int]
@@ -116,29 +117,6 @@ RETRY_FIRST = 1.0
 RETRY_CEILING = 30.0
 """Pauses between attempts to punch a lost path again: 1 s, doubling, at most 30 s."""
 
-PREDICTED_PORTS = 16
-"""How many predicted ports a peer behind a sequential symmetric NAT offers (and a few more)."""
-
-PREDICTION_WAIT = 2.0
-"""How long the Binding request showing the NAT's latest port may take: it holds the offer back."""
-
-PREDICTION_FLOWS = 2
-"""New flows the prediction opens at once (see L{NATTraversalService._latest_port})."""
-
-PREDICTION_SCHEDULE = RetransmissionSchedule.within(PREDICTION_WAIT, sends=8)
-"""
-Eight transmissions, 0.22 s apart, rather than the RFC's three in two
-seconds (0, 0.5, 1.5 s): at 10 % loss each way a round trip fails one
-time in five, three of them together one time in 150 (seen in the lab:
-one set-up in twenty lost its prediction, and with it the direct path
-between two sequential NATs), eight one time in 600,000.
-"""
-
-PREDICTED_PREFERENCE = 32767
-"""The local preference of the first predicted candidate; the others count down from it."""
-
-MEETING_PREFERENCE = PREDICTED_PREFERENCE - 256
-"""The local preference of a peer's meeting port: below every port it offered."""
 
 DISCOVERY_ATTEMPTS = 2
 """
@@ -656,113 +634,31 @@ class NATTraversalService(MultiService):
         self, remote: Sequence[Candidate] | None = None
     ) -> tuple[list[Candidate], int | None]:
         """
-        Our candidates for one punch.  Behind a NAT whose mapping depends on
-        the destination, the server-reflexive address is of no use to the
-        peer: the punch will leave from a port the NAT has not chosen yet.
-        When discovery found the NAT allocates ports in sequence, a Binding
-        request from a socket opened for it (L{_latest_port}) shows the
-        port it hands out now, and the next ones are offered as predicted
-        candidates, ranked just below the server-reflexive one; the peer's
-        PUNCHes to them open its own NAT for the port our punch gets.
-
-        Their order matters when the peer's NAT allocates in sequence too.
-        Our punch opens a new port for each of the peer's candidates in
-        rank order: first for those ranked above its predicted ones (its
-        host and server-reflexive candidates, C{ahead} of them), then one
-        for each predicted one.  So the port our k-th punch to its k-th
-        predicted port leaves from is C{latest + ahead + k}, and offering
-        that port k-th makes the peer's k-th punch (from its own
-        C{ahead + k}-th port, by the same rule) go exactly there: the two
-        mappings meet.  C{ahead} is counted on the offer when answering, and
-        taken from our own candidates when offering (the peer runs this
-        code too).  The first C{ahead} ports follow, ranked last: a peer
-        whose NAT maps endpoint-independently reaches the port our punch to
-        its server-reflexive candidate gets.
+        Our candidates for one punch: behind a NAT whose mapping depends on
+        the destination and which allocates ports in sequence, with the
+        ports it will hand out next (L{twisted_nat.nat.prediction}), shaped
+        after C{remote} when answering an offer, after our own candidates
+        when offering.
 
         @return: the candidates, and the port the NAT handed out last when
             the prediction saw it.
         """
         behavior = self.behavior
-        if (
-            behavior is None
-            or behavior.port_delta is None
-            or behavior.mapping is MappingBehavior.ENDPOINT_INDEPENDENT
-        ):
+        step = None if behavior is None else prediction_step(behavior)
+        if behavior is None or step is None:
             return self.candidates, None
-        mapped = await self._latest_port(behavior.server)
+        mapped = await latest_port(self._reactor, behavior.server, self.interface)
         if mapped is None:
             return self.candidates, None
-        host, latest = mapped
-        first_predicted = candidate_priority(CandidateType.SERVER_REFLEXIVE, PREDICTED_PREFERENCE)
+        latest = mapped[1]
         shape = self.candidates if remote is None else remote
-        ahead = sum(
-            1 for c in shape if c.priority > first_predicted and c.kind is not CandidateType.RELAYED
-        )
-        steps = [*range(ahead + 1, ahead + PREDICTED_PORTS + 1), *range(1, ahead + 1)]
-        predicted = [
-            Candidate(
-                CandidateType.SERVER_REFLEXIVE,
-                host,
-                port,
-                candidate_priority(CandidateType.SERVER_REFLEXIVE, PREDICTED_PREFERENCE - rank),
-            )
-            for rank, step in enumerate(steps)
-            if 0 < (port := latest + step * behavior.port_delta) < 65536
-        ]
+        predicted = predicted_candidates(mapped, step, shape)
         self.log.info(
             "our NAT allocates ports in sequence: offering ports {first}-{last} too",
             first=min((c.port for c in predicted), default=latest),
             last=max((c.port for c in predicted), default=latest),
         )
         return rank([*self.candidates, *predicted]), latest
-
-    async def _latest_port(self, server: Address) -> Address | None:
-        """
-        The public address of the newest flow: Binding requests to
-        C{server} from L{PREDICTION_FLOWS} sockets opened for them, at once,
-        and the highest port they show.  A socket the kernel binds to the
-        local port of an earlier, closed one (the prediction of an earlier
-        punch, a discovery socket) sends on that flow's 5-tuple, and a NAT
-        that still holds the flow answers with its old port (seen in the
-        lab: two peers of one process bound the same local port a second
-        apart, and the second's meeting port was one its NAT had passed).
-        Two fresh flows are both stale only as rarely squared, and the
-        newer port is the higher (but for a wrap of the NAT's pool).  Each
-        request goes out eight times in L{PREDICTION_WAIT}: a lost
-        prediction costs the direct path as surely.
-        """
-        found: list[Address] = []
-        asking: list[Deferred[None]] = []
-        ports: list[IListeningPort] = []
-        try:
-            for _ in range(PREDICTION_FLOWS):
-                client = STUNClient(
-                    reactor=self._reactor, schedule=PREDICTION_SCHEDULE, software=None
-                )
-                try:
-                    ports.append(self._reactor.listenUDP(0, client, interface=self.interface))
-                except (CannotListenError, OSError) as e:
-                    self.log.warn("port prediction: cannot open a socket: {error}", error=e)
-                    break
-                asking.append(Deferred.fromCoroutine(self._ask(client, server, found)))
-            for d in asking:
-                await d
-        finally:
-            for port in ports:
-                port.stopListening()
-        if not found:
-            return None
-        return max(found, key=lambda address: address[1])
-
-    async def _ask(self, client: STUNClient, server: Address, found: list[Address]) -> None:
-        """One flow of a prediction: its public address joins C{found}, if it answers."""
-        try:
-            response = await client.request(request(), server)
-        except TwistedNATError as e:
-            self.log.warn("no port prediction from one flow: {error}", error=e)
-            return
-        if response.mapped_address is not None:
-            found.append(response.mapped_address)
 
     def _punch(
         self,

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import attrs
 
-from twisted_nat.behavior import FilteringBehavior, NATBehavior
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.nat import PREDICTED_PREFERENCE, FilteringBehavior, NATBehavior
 from twisted_nat.punch.birthday import ANSWER_DELAY, DEFAULT_PROBES, DEFAULT_RATE
 from twisted_nat.punch.birthday import DEFAULT_SOCKETS as BIRTHDAY_SOCKETS
 from twisted_nat.punch.meeting import DEFAULT_SOCKETS as MEETING_SOCKETS
@@ -27,7 +27,7 @@ from twisted_nat.punch.meeting import meeting_port
 from twisted_nat.punch.values import SPRAY_PAIRED_KINDS
 from twisted_nat.rendezvous.values import NATHint
 
-MEETING_PREFERENCE = 32767 - 256
+MEETING_PREFERENCE = PREDICTED_PREFERENCE - 256
 """
 The local preference given to the peer's meeting port: below every port
 its prediction offered (L{twisted_nat.nat.prediction}).
