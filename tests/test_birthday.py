@@ -18,11 +18,10 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
-from zope.interface import implementer
 
-from tests.fakes import Collector
+from tests.support.world import Sent, build_world, new_service, record_writes
+from tests.support.world import World as BaseWorld
+from tests.support.world import sockets_opened as spy_on_sockets
 from twisted_nat import control
 from twisted_nat import testing as sim
 from twisted_nat.bases import SHARED, Base, extra_base, relay_base
@@ -50,15 +49,10 @@ from twisted_nat.punch.birthday import (
     Prober,
     success_probability,
 )
-from twisted_nat.rendezvous import Answer, InMemorySignalingHub, ISignaling, Offer
-from twisted_nat.rendezvous.interfaces import OfferHandler
 from twisted_nat.rendezvous.values import NATHint
 from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.message import Message
-from twisted_nat.stun.server import STUNServerGroup
 
-PRIMARY = ("203.0.113.10", 3478)
-ALTERNATE = ("203.0.113.11", 3479)
 HARD_IP = "198.51.100.1"
 EASY_IP = "198.51.100.2"
 POOL = range(1024, 65536)
@@ -73,58 +67,9 @@ TRIALS = 20
 # --- the world: two services, their NATs, a rendezvous with some latency ---
 
 
-@implementer(ISignaling)
-class SlowSignaling:
-    """
-    A hub peer whose offers and answers take C{delay} each way, as through
-    a server; with C{strip}, it also drops the NAT hints it carries, as a
-    peer from before hints would neither send nor read them.
-    """
-
-    def __init__(self, inner: Any, clock: Any, delay: float, strip: bool = False) -> None:
-        self.inner = inner
-        self.clock = clock
-        self.delay = delay
-        self.strip = strip
-
-    def register(self, name: str) -> Deferred[None]:
-        return self.inner.register(name)  # type: ignore[no-any-return]
-
-    def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
-        if self.strip:
-            offer = attrs.evolve(offer, nat=None)
-        answered: Deferred[Answer] = deferLater(
-            self.clock, self.delay, lambda: self.inner.connect(name, offer)
-        )
-
-        def back(answer: Answer) -> Deferred[Answer]:
-            if self.strip:
-                answer = attrs.evolve(answer, nat=None)
-            return deferLater(self.clock, self.delay, lambda: answer)
-
-        return answered.addCallback(back)
-
-    def set_offer_handler(self, handler: OfferHandler | None) -> None:
-        if handler is None or not self.strip:
-            self.inner.set_offer_handler(handler)
-            return
-
-        def stripped(offer: Offer) -> Any:
-            return handler(attrs.evolve(offer, nat=None))
-
-        self.inner.set_offer_handler(stripped)
-
-    def close(self) -> Deferred[None]:
-        return self.inner.close()  # type: ignore[no-any-return]
-
-
 @attrs.define
-class World:
-    internet: sim.SimulatedInternet
-    services: dict[str, NATTraversalService]
-    hosts: dict[str, sim.SimulatedHost]
-    apps: dict[str, list[Collector]]
-    sent: dict[str, list[tuple[float, bytes, tuple[str, int]]]]
+class World(BaseWorld):
+    sent: dict[str, Sent] = attrs.Factory(dict)
 
     def connect(self, offerer: str, timeout: float = 20.0) -> PeerConnection:
         other = "easy" if offerer == "hard" else "hard"
@@ -141,11 +86,6 @@ class World:
             if to[0] == HARD_IP and control.session_of(data) is not None
         }
 
-    def stop(self) -> None:
-        for service in self.services.values():
-            service.stopService()
-        self.internet.advance(1.0)  # datagrams in flight land
-
 
 def birthday_world(
     seed: int,
@@ -160,65 +100,21 @@ def birthday_world(
     198.51.100.2 (ports preserved), both with their behaviour discovered,
     and every datagram each one's shared socket sends recorded.
     """
-    internet = sim.SimulatedInternet(seed=seed, latency=0.005)
-    server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
-    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
-    hub = InMemorySignalingHub(reactor=internet.clock)
-    w = World(internet, {}, {}, {}, {})
-    kinds: list[tuple[str, str, sim.PortAllocation]] = [
-        ("hard", hard, RANDOM),
-        ("easy", easy, RANDOM if easy == "symmetric" else PRESERVING),
-    ]
-    for index, (name, kind, allocation) in enumerate(kinds, start=1):
-        classic: Any = kind
-        nat = internet.add_nat_of_type(
-            f"198.51.100.{index}", classic, allocation=allocation, ports=POOL
-        )
-        host = internet.add_host(f"192.0.2.{index + 10}", behind=nat)
-        apps: list[Collector] = []
-
-        def factory(connection: Any, apps: list[Collector] = apps) -> Collector:
-            app = Collector()
-            apps.append(app)
-            return app
-
-        service = NATTraversalService(
-            0,
-            [PRIMARY],
-            reactor=host,
-            name=name,
-            signaling=SlowSignaling(hub.peer(name), internet.clock, SIGNALING_DELAY, strip_hints),
-            protocol_factory=factory,
-            host_addresses=[host.addresses[0]],
-            # Not the internet's seed: the probes would pick the very
-            # ports the simulated NAT picked, and hit every time.
-            rng=random.Random(f"probes {seed}"),
-            **options,
-        )
-        service.startService()
-        w.services[name], w.hosts[name], w.apps[name] = service, host, apps
-    for service in w.services.values():
-        internet.run_until(service.ready())
-    internet.advance(1.0)  # behaviour discovery finishes in the background
+    kinds = {"hard": (hard, RANDOM), "easy": (easy, RANDOM if easy == "symmetric" else PRESERVING)}
+    w = build_world(
+        kinds,
+        World,
+        seed=seed,
+        loss=loss,
+        nat={"ports": POOL},
+        signaling_delay=SIGNALING_DELAY,
+        strip_hints=strip_hints,
+        seeded_probes=True,
+        **options,
+    )
     for name, service in w.services.items():
-        w.sent[name] = record_writes(service, internet)
+        w.sent[name] = record_writes(service, w.internet)
     return w
-
-
-def record_writes(
-    service: NATTraversalService, internet: sim.SimulatedInternet
-) -> list[tuple[float, bytes, tuple[str, int]]]:
-    """Every datagram the service's shared socket sends from now on, with its time."""
-    port: Any = service.port
-    written: list[tuple[float, bytes, tuple[str, int]]] = []
-    write = port.write
-
-    def recording(data: bytes, addr: tuple[str, int]) -> None:
-        written.append((internet.clock.seconds(), data, addr))
-        write(data, addr)
-
-    port.write = recording
-    return written
 
 
 def other(name: str) -> str:
@@ -227,17 +123,7 @@ def other(name: str) -> str:
 
 def sockets_opened(service: NATTraversalService) -> list[int]:
     """How many extra sockets the service opens for each punch from now on."""
-    opened: list[int] = []
-    extra = service.extra_sockets
-    open_sockets = extra.open
-
-    def spy(punch_id: bytes, count: int, method: str) -> list[Base]:
-        names = open_sockets(punch_id, count, method)
-        opened.append(len(names))
-        return names
-
-    extra.open = spy  # type: ignore[method-assign]
-    return opened
+    return spy_on_sockets(service, lambda method, names: len(names))
 
 
 # --- scenarios ---
@@ -440,7 +326,7 @@ def test_bad_settings_are_refused() -> None:
     ]
     for options in bad:
         with pytest.raises(ConfigurationError):
-            NATTraversalService(0, [], reactor=sim.SimulatedInternet().clock, **options)
+            new_service(sim.SimulatedInternet().clock, [], **options)
 
 
 # --- one session's decisions ---

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import DatagramProtocol
 
-from tests.fakes import Collector
-from tests.test_birthday import SECRET, SESSION, SlowSignaling, ack_for, from_peer, sends
+from tests.support.world import (
+    BUSY_HOST,
+    PRIMARY,
+    Kinds,
+    build_world,
+    latest_ports,
+    sockets_opened,
+)
+from tests.support.world import World as BaseWorld
+from tests.test_birthday import SECRET, SESSION, ack_for, from_peer, sends
 from twisted_nat import control
 from twisted_nat import testing as sim
 from twisted_nat.bases import SHARED, Base, extra_base
@@ -35,16 +40,10 @@ from twisted_nat.punch import Connected, PunchFailed, PunchSession, PunchSetting
 from twisted_nat.punch.birthday import SPRAY_PUNCHES
 from twisted_nat.punch.meeting import DEFAULT_SOCKETS, meeting_port
 from twisted_nat.punch.plan import MEETING_PREFERENCE
-from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
+from twisted_nat.rendezvous import Offer
 from twisted_nat.rendezvous.values import NATHint
 from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.client import STUNClient
-from twisted_nat.stun.server import STUNServerGroup
-
-PRIMARY = ("203.0.113.10", 3478)
-ALTERNATE = ("203.0.113.11", 3479)
-ELSEWHERE = "203.0.113.99"
-"""Where busy hosts send: a public address nobody owns (the NAT maps the flow all the same)."""
 
 SEQUENTIAL = sim.PortAllocation.SEQUENTIAL
 RANDOM = sim.PortAllocation.RANDOM
@@ -58,52 +57,16 @@ brings the offerer's run (220 ms).
 """
 FAILING_TIMEOUT = 3.0
 
-Kinds = dict[str, tuple[str, sim.PortAllocation]]
 BOTH_SEQUENTIAL: Kinds = {"alice": ("symmetric", SEQUENTIAL), "bob": ("symmetric", SEQUENTIAL)}
 
 
 # --- the world: two services behind NATs, each NAT with a busy neighbour ---
 
 
-class RecordingSignaling(SlowSignaling):
-    """A slow hub peer that keeps the offers it sends and the answers they get."""
-
-    def __init__(self, inner: Any, clock: Any, delay: float) -> None:
-        super().__init__(inner, clock, delay)
-        self.sent: list[tuple[Offer, Answer]] = []
-
-    def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
-        def keep(answer: Answer) -> Answer:
-            self.sent.append((offer, answer))
-            return answer
-
-        return super().connect(name, offer).addCallback(keep)
-
-
-class Busy(DatagramProtocol):
-    """Another host's application, opening a flow to a new destination with each datagram."""
-
-    def __init__(self) -> None:
-        self.flows = 0
-
-    def open_flows(self, count: int) -> None:
-        assert self.transport is not None
-        for _ in range(count):
-            self.flows += 1
-            self.transport.write(b"elsewhere", (ELSEWHERE, 10000 + self.flows))
-
-
 @attrs.define
-class World:
-    internet: sim.SimulatedInternet
-    services: dict[str, NATTraversalService]
-    hosts: dict[str, sim.SimulatedHost]
-    nats: dict[str, sim.NATBox]
-    busy: dict[str, Busy]
-    signaling: dict[str, RecordingSignaling]
-    latest: dict[str, list[int]]
-    opened: dict[str, list[tuple[str, list[Base]]]]
-    apps: dict[str, list[Collector]]
+class World(BaseWorld):
+    latest: dict[str, list[int]] = attrs.Factory(dict)
+    opened: dict[str, list[tuple[str, list[Base]]]] = attrs.Factory(dict)
 
     def connect(
         self, offerer: str, busy: dict[str, int] | None = None, timeout: float = 20.0
@@ -131,7 +94,7 @@ class World:
             for name, opened in self.opened.items()
         }
 
-    def public_port(self, name: str, base: object) -> int:
+    def public_port(self, name: str, base: Base) -> int:
         """
         The public port the extra socket C{base} of C{name} got for its
         flow to the other side (its mapping outlives the socket).
@@ -154,13 +117,8 @@ class World:
         """The public ports the NAT of C{name} gave its busy neighbour's flows."""
         port = self.busy[name].transport.getHost().port
         return sorted(
-            m.external[1] for m in self.nats[name].mappings() if m.internal == ("192.0.2.99", port)
+            m.external[1] for m in self.nats[name].mappings() if m.internal == (BUSY_HOST, port)
         )
-
-    def stop(self) -> None:
-        for service in self.services.values():
-            service.stopService()
-        self.internet.advance(1.0)  # datagrams in flight land
 
 
 def other(name: str) -> str:
@@ -180,80 +138,21 @@ def meeting_world(
     their behaviour discovered; C{options} are each service's own keywords,
     C{common} both's.
     """
-    internet = sim.SimulatedInternet(seed=seed, latency=0.005)
-    server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
-    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
-    hub = InMemorySignalingHub(reactor=internet.clock)
-    w = World(internet, {}, {}, {}, {}, {}, {}, {}, {})
-    for index, (name, (kind, allocation)) in enumerate(kinds.items(), start=1):
-        classic: Any = kind
-        nat = internet.add_nat_of_type(f"198.51.100.{index}", classic, allocation=allocation)
-        host = internet.add_host(f"192.0.2.{index + 10}", behind=nat)
-        busy = Busy()
-        internet.add_host("192.0.2.99", behind=nat).listenUDP(0, busy)
-        apps: list[Collector] = []
-
-        def factory(connection: Any, apps: list[Collector] = apps) -> Collector:
-            app = Collector()
-            apps.append(app)
-            return app
-
-        signaling = RecordingSignaling(hub.peer(name), internet.clock, SIGNALING_DELAY)
-        service = NATTraversalService(
-            0,
-            [PRIMARY],
-            reactor=host,
-            name=name,
-            signaling=signaling,
-            protocol_factory=factory,
-            host_addresses=[host.addresses[0]],
-            rng=random.Random(f"probes {seed}"),
-            **common,
-            **(options or {}).get(name, {}),
-        )
-        service.startService()
-        w.services[name], w.hosts[name], w.nats[name] = service, host, nat
-        w.busy[name], w.signaling[name], w.apps[name] = busy, signaling, apps
-    for service in w.services.values():
-        internet.run_until(service.ready())
-    internet.advance(1.0)  # behaviour discovery finishes in the background
-    internet.loss = loss
+    w = build_world(
+        kinds,
+        World,
+        seed=seed,
+        loss=loss,
+        signaling_delay=SIGNALING_DELAY,
+        busy_neighbours=True,
+        seeded_probes=True,
+        peer_options=options,
+        **common,
+    )
     for name, service in w.services.items():
         w.latest[name] = latest_ports(service)
-        w.opened[name] = sockets_opened(service)
+        w.opened[name] = sockets_opened(service, lambda method, names: (method, names))
     return w
-
-
-def latest_ports(service: NATTraversalService) -> list[int]:
-    """The port the NAT handed out last, as each of the service's predictions saw it."""
-    seen: list[int] = []
-    candidates_for_punch = service._candidates_for_punch
-
-    async def spy(
-        remote: Sequence[Candidate] | None = None,
-    ) -> tuple[list[Candidate], int | None]:
-        candidates, latest = await candidates_for_punch(remote)
-        if latest is not None:
-            seen.append(latest)
-        return candidates, latest
-
-    service._candidates_for_punch = spy  # type: ignore[method-assign]
-    return seen
-
-
-def sockets_opened(service: NATTraversalService) -> list[tuple[str, list[Base]]]:
-    """Which method opened which extra sockets, in order, for each punch from now on."""
-    opened: list[tuple[str, list[Base]]] = []
-    extra = service.extra_sockets
-    open_sockets = extra.open
-
-    def spy(punch_id: bytes, count: int, method: str) -> list[Base]:
-        names = open_sockets(punch_id, count, method)
-        opened.append((method, list(names)))
-        return names
-
-    extra.open = spy  # type: ignore[method-assign]
-    return opened
 
 
 def port_of(service: NATTraversalService) -> int:

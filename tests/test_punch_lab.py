@@ -35,26 +35,15 @@ import os
 import socket
 import struct
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from itertools import count
 from typing import Any
 
-import attrs
 import pytest
 
-from tests.support.lab_servers import OURS, start_rendezvous, start_servers
-from tests.support.natlab import (
-    DEFAULT_UDP_TIMEOUT,
-    Lab,
-    Nat,
-    NatSpec,
-    NatType,
-    nat_lab,
-    require_lab,
-)
+from tests.support.lab_fixtures import LabWorld, Peers, lab_fixtures, loss_on
+from tests.support.natlab import DEFAULT_UDP_TIMEOUT, Nat, NatSpec, NatType
 from tests.support.peer_runner import PeerProcess
 
 pytestmark = pytest.mark.lab
@@ -87,52 +76,11 @@ WITHOUT_TURN = [("symmetric", "symmetric2"), ("symmetric2", "symmetric")]
 
 _serial = count(1)
 
-
-@attrs.frozen
-class World:
-    lab: Lab
-    rendezvous: str
-    stun: str
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    require_lab()
-    with nat_lab(NATS) as lab, tempfile.TemporaryDirectory() as workdir:
-        start_servers(lab, None, workdir)
-        rendezvous = start_rendezvous(lab)
-        yield World(lab, rendezvous, f"{lab.internet.addresses[0]}:{OURS}")
-
-
-@pytest.fixture
-def peers() -> Iterator[list[PeerProcess]]:
-    """The peers a test started, stopped after it whatever happened."""
-    started: list[PeerProcess] = []
-    yield started
-    for peer in started:
-        peer.stop()
-
-
-def start_peer(
-    world: World,
-    peers: list[PeerProcess],
-    nat: str,
-    index: int,
-    name: str,
-    *options: str,
-    instances: int = 1,
-) -> PeerProcess:
-    namespace = world.lab.nat(nat).peers[index].namespace
-    arguments = ["--name", name, "--rendezvous", world.rendezvous, "--stun", world.stun]
-    arguments += ["--instances", str(instances), "--no-detect", "--exit-after", "300", *options]
-    peer = PeerProcess.spawn(world.lab, namespace, arguments, label=f"{name} ({nat} p{index})")
-    peers.append(peer)
-    return peer
+world, peers = lab_fixtures(NATS)
 
 
 def start_pair(
-    world: World,
-    peers: list[PeerProcess],
+    peers: Peers,
     offerer: tuple[str, int],
     answerer: tuple[str, int],
     *options: str,
@@ -147,30 +95,19 @@ def start_pair(
     """
     serial = next(_serial)
     a_name, b_name = f"a{serial}", f"b{serial}"
-    bob = start_peer(world, peers, *answerer, b_name, *options, instances=instances)
+    common = ("--no-detect", *options)
+    bob = peers.start(answerer[0], b_name, *common, index=answerer[1], instances=instances)
     extra = ["--connect", b_name] if connect else []
-    alice = start_peer(
-        world,
-        peers,
-        *offerer,
+    alice = peers.start(
+        offerer[0],
         a_name,
-        *options,
+        *common,
         *extra,
         *offerer_options,
+        index=offerer[1],
         instances=instances,
     )
     return alice, bob, b_name
-
-
-@contextmanager
-def loss_on(nats: Sequence[Nat], percent: float) -> Iterator[None]:
-    for nat in nats:
-        nat.set_loss(percent)
-    try:
-        yield
-    finally:
-        for nat in nats:
-            nat.set_loss(0)
 
 
 def public_host(nat: Nat, index: int = 0) -> str:
@@ -190,7 +127,7 @@ def summary(events: list[dict[str, Any]]) -> str:
 @pytest.mark.parametrize("loss", [0, 10], ids=lambda p: f"{p}%loss")
 @pytest.mark.parametrize("offerer,answerer", DIRECT, ids=[f"{a}-{b}" for a, b in DIRECT])
 def test_connects_directly(
-    world: World, peers: list[PeerProcess], offerer: str, answerer: str, loss: int
+    world: LabWorld, peers: Peers, offerer: str, answerer: str, loss: int
 ) -> None:
     """
     Every trial connects, on a path straight to the other NAT's public
@@ -199,7 +136,7 @@ def test_connects_directly(
     """
     lab = world.lab
     with loss_on([lab.nat(offerer), lab.nat(answerer)], loss):
-        alice, bob, _ = start_pair(world, peers, (offerer, 0), (answerer, 0), instances=TRIALS)
+        alice, bob, _ = start_pair(peers, (offerer, 0), (answerer, 0), instances=TRIALS)
         done = alice.wait_for("done", timeout=30 + TRIALS * 12)[0]
         answered = bob.wait_for("connected", TRIALS, timeout=15)
     assert alice.of("failed") == [] and done["failed"] == 0
@@ -219,9 +156,7 @@ def test_connects_directly(
 @pytest.mark.parametrize(
     "offerer,answerer", WITHOUT_TURN, ids=[f"{a}-{b}" for a, b in WITHOUT_TURN]
 )
-def test_fails_cleanly_without_turn(
-    world: World, peers: list[PeerProcess], offerer: str, answerer: str
-) -> None:
+def test_fails_cleanly_without_turn(peers: Peers, offerer: str, answerer: str) -> None:
     """
     Neither side can learn the port the symmetric NAT opens towards the
     other, so both give up at the punch timeout, with L{PunchFailed}
@@ -229,7 +164,6 @@ def test_fails_cleanly_without_turn(
     Both trials run at once, since each only waits out its timeout.
     """
     alice, bob, b_name = start_pair(
-        world,
         peers,
         (offerer, 0),
         (answerer, 0),
@@ -260,11 +194,9 @@ def test_fails_cleanly_without_turn(
 
 
 @pytest.mark.parametrize("nat", [spec.name for spec in NATS if spec.peers == 2])
-def test_same_nat_peers_use_host_candidates(
-    world: World, peers: list[PeerProcess], nat: str
-) -> None:
+def test_same_nat_peers_use_host_candidates(world: LabWorld, peers: Peers, nat: str) -> None:
     """Two peers behind one NAT (which does not hairpin) meet on their LAN."""
-    alice, bob, _ = start_pair(world, peers, (nat, 0), (nat, 1), instances=TRIALS)
+    alice, bob, _ = start_pair(peers, (nat, 0), (nat, 1), instances=TRIALS)
     done = alice.wait_for("done", timeout=30 + TRIALS * 12)[0]
     assert done["failed"] == 0, alice.of("failed")
     connected = alice.of("connected")
@@ -283,7 +215,7 @@ ATTACK_COUNT = 8
 """Forgeries of each kind, per sender address, per target."""
 
 
-def test_attacker_without_the_key_gets_nothing_in(world: World, peers: list[PeerProcess]) -> None:
+def test_attacker_without_the_key_gets_nothing_in(world: LabWorld, peers: Peers) -> None:
     """
     From the internet, an attacker sends both peers forged control messages
     (PUNCH, PUNCH_ACK, PUNCH_CONFIRM, KEEP_ALIVE and its ACK, all well
@@ -299,7 +231,7 @@ def test_attacker_without_the_key_gets_nothing_in(world: World, peers: list[Peer
     of a stricter NAT would make this test pass for the NAT's sake.
     """
     lab = world.lab
-    alice, bob, b_name = start_pair(world, peers, ("full", 1), ("none", 1), "--echo")
+    alice, bob, b_name = start_pair(peers, ("full", 1), ("none", 1), "--echo")
     offered = alice.wait_for("connected", timeout=30)[0]
     answered = bob.wait_for("connected", timeout=10)[0]
     alice.command(f"send {b_name} 3")
@@ -457,9 +389,7 @@ SEND_EVERY = 12.0
 DURATION = 60.0
 
 
-def test_keepalive_holds_the_path_and_recovers_from_a_flush(
-    world: World, peers: list[PeerProcess]
-) -> None:
+def test_keepalive_holds_the_path_and_recovers_from_a_flush(world: LabWorld, peers: Peers) -> None:
     """
     Two pairs at once, restricted cone to port-restricted cone, both NATs
     forgetting idle UDP flows after 10 s; the offerer sends a burst every
@@ -479,7 +409,6 @@ def test_keepalive_holds_the_path_and_recovers_from_a_flush(
     try:
         streaming = ["--send-every", str(SEND_EVERY), "--duration", str(DURATION), "--burst", "2"]
         kept = start_pair(
-            world,
             peers,
             ("restricted", 0),
             ("portrestr", 0),
@@ -488,7 +417,6 @@ def test_keepalive_holds_the_path_and_recovers_from_a_flush(
             offerer_options=streaming,
         )
         unkept = start_pair(
-            world,
             peers,
             ("restricted", 1),
             ("portrestr", 1),

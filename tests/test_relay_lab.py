@@ -36,21 +36,14 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
 
 import attrs
 import pytest
 
-from tests.support.lab_servers import (
-    OURS,
-    TURN_CREDENTIALS,
-    start_rendezvous,
-    start_servers,
-    start_turn,
-)
-from tests.support.natlab import Lab, NatSpec, NatType, nat_lab, require_lab
+from tests.support.lab_fixtures import LabWorld, Peers, lab_fixtures, loss_on
+from tests.support.natlab import NatSpec, NatType
 from tests.support.peer_runner import PeerProcess
 
 pytestmark = pytest.mark.lab
@@ -117,22 +110,7 @@ def expected(offerer: str, answerer: str) -> str:
     return "direct" if other != "portrestr" else "mostly-direct"
 
 
-@attrs.frozen
-class World:
-    lab: Lab
-    rendezvous: str
-    stun: str
-    turn: str
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    require_lab()
-    with nat_lab(NATS) as lab, tempfile.TemporaryDirectory() as workdir:
-        start_servers(lab, None, workdir)
-        rendezvous = start_rendezvous(lab)
-        turn = start_turn(lab, workdir)
-        yield World(lab, rendezvous, f"{lab.internet.addresses[0]}:{OURS}", turn)
+world, peers = lab_fixtures(NATS, turn=True)
 
 
 @pytest.fixture(scope="module")
@@ -198,31 +176,6 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-def peers() -> Iterator[list[PeerProcess]]:
-    started: list[PeerProcess] = []
-    yield started
-    for peer in started:
-        peer.stop()
-
-
-def spawn(
-    world: World,
-    peers: list[PeerProcess],
-    nat: str,
-    name: str,
-    *options: str,
-    trials: int = TRIALS,
-) -> PeerProcess:
-    arguments = ["--name", name, "--rendezvous", world.rendezvous, "--stun", world.stun]
-    arguments += ["--turn", world.turn, "--turn-user", TURN_CREDENTIALS.username]
-    arguments += ["--turn-password", TURN_CREDENTIALS.password]
-    arguments += ["--instances", str(trials), "--exit-after", "300", *options]
-    peer = PeerProcess.spawn(world.lab, world.lab.nat(nat).peer.namespace, arguments, label=name)
-    peers.append(peer)
-    return peer
-
-
 @attrs.frozen
 class Trial:
     """One set-up as the offerer saw it: the path it ended on, and when."""
@@ -269,8 +222,8 @@ def trials_of(peer: PeerProcess) -> list[Trial]:
     "offerer,answerer,loss", CASES, ids=[f"{a}-{b}-{loss}%loss" for a, b, loss in CASES]
 )
 def test_every_pair_connects(
-    world: World,
-    peers: list[PeerProcess],
+    world: LabWorld,
+    peers: Peers,
     matrix: list[Row],
     offerer: str,
     answerer: str,
@@ -282,11 +235,9 @@ def test_every_pair_connects(
     want = expected(offerer, answerer)
     # "At least 90 %" needs ten trials to allow for one miss.
     count = max(TRIALS, MOSTLY_TRIALS) if want == "mostly-direct" else TRIALS
-    for nat in (a_nat, b_nat):
-        nat.set_loss(loss)
-    try:
-        bob = spawn(world, peers, b_nat.name, f"b{name}", trials=count)
-        alice = spawn(world, peers, a_nat.name, f"a{name}", "--connect", f"b{name}", trials=count)
+    with loss_on([a_nat, b_nat], loss):
+        bob = peers.start(b_nat.name, f"b{name}", instances=count)
+        alice = peers.start(a_nat.name, f"a{name}", "--connect", f"b{name}", instances=count)
         done = alice.wait_for("done", timeout=60 + count * 15)[0]
         bob.wait_for("connected", count, timeout=15)
         if want != "relayed" and any(t.final_relayed for t in trials_of(alice)):
@@ -294,9 +245,6 @@ def test_every_pair_connects(
             # back past the relay's grace) still looks for a direct path:
             # give the last one the time the target allows.
             time.sleep(DIRECT_WITHIN)
-    finally:
-        for nat in (a_nat, b_nat):
-            nat.set_loss(0)
     assert done["failed"] == 0 and alice.of("failed") == [], alice.of("failed")
     trials = trials_of(alice)
     answered = trials_of(bob)
@@ -320,7 +268,7 @@ def test_every_pair_connects(
 
 
 def test_a_dead_direct_path_falls_back_to_the_relay_and_returns(
-    world: World, peers: list[PeerProcess]
+    world: LabWorld, peers: Peers
 ) -> None:
     """
     A direct connection between a port-restricted cone and a full cone;
@@ -335,10 +283,8 @@ def test_a_dead_direct_path_falls_back_to_the_relay_and_returns(
     lab = world.lab
     a_nat, b_nat = lab.nat("portrestr1"), lab.nat("full2")
     keepalive = ["--keepalive-interval", "1", "--keepalive-timeout", "0.5"]
-    bob = spawn(world, peers, b_nat.name, "bfallback", "--echo", *keepalive, trials=1)
-    alice = spawn(
-        world, peers, a_nat.name, "afallback", "--connect", "bfallback", *keepalive, trials=1
-    )
+    bob = peers.start(b_nat.name, "bfallback", "--echo", *keepalive)
+    alice = peers.start(a_nat.name, "afallback", "--connect", "bfallback", *keepalive)
     first = alice.wait_for("connected", timeout=30)[0]
     assert not first["path"]["relayed"], first
     try:

@@ -4,73 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import pytest
 
-from tests.fakes import Collector
+from tests.support.world import ALTERNATE, PRIMARY, Kinds, World, build_world, new_service
 from twisted_nat import testing as sim
 from twisted_nat.candidates import CandidateType
 from twisted_nat.rendezvous import InMemorySignalingHub
 from twisted_nat.service import NATTraversalManager, NATTraversalService
 from twisted_nat.stun.server import STUNServerGroup
 
-PRIMARY = ("203.0.113.10", 3478)
-ALTERNATE = ("203.0.113.11", 3479)
-
-
-@attrs.define
-class World:
-    internet: sim.SimulatedInternet
-    hub: InMemorySignalingHub
-    services: dict[str, NATTraversalService]
-    apps: dict[str, list[Collector]]
-    nats: dict[str, Any]
-
 
 def world(
-    kinds: dict[str, tuple[str, sim.PortAllocation]],
+    kinds: Kinds,
     interval: float = 25.0,
     timeout: float = 5.0,
     seed: int = 0,
     binding_timeout: float = 30.0,
     **options: Any,
 ) -> World:
-    internet = sim.SimulatedInternet(seed=seed, latency=0.005)
-    server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
-    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
-    hub = InMemorySignalingHub(reactor=internet.clock)
-    w = World(internet, hub, {}, {}, {})
-    for index, (name, (kind, allocation)) in enumerate(kinds.items(), start=1):
-        classic: Any = kind
-        nat = internet.add_nat_of_type(
-            f"198.51.100.{index}", classic, allocation=allocation, binding_timeout=binding_timeout
-        )
-        host = internet.add_host(f"192.0.2.{index + 10}", behind=nat)
-        apps: list[Collector] = []
-
-        def factory(connection: Any, apps: list[Collector] = apps) -> Collector:
-            app = Collector()
-            apps.append(app)
-            return app
-
-        service = NATTraversalService(
-            0,
-            [PRIMARY],
-            keepalive_interval=interval,
-            keepalive_timeout=timeout,
-            reactor=host,
-            name=name,
-            signaling=hub.peer(name),
-            protocol_factory=factory,
-            host_addresses=[host.addresses[0]],
-            **options,
-        )
-        service.startService()
-        w.services[name], w.apps[name], w.nats[name] = service, apps, nat
-    for service in w.services.values():
-        internet.run_until(service.ready())
-    internet.advance(1.0)  # behaviour discovery finishes in the background
-    return w
+    return build_world(
+        kinds,
+        World,
+        seed=seed,
+        nat={"binding_timeout": binding_timeout},
+        keepalive_interval=interval,
+        keepalive_timeout=timeout,
+        **options,
+    )
 
 
 PRESERVE = sim.PortAllocation.PRESERVING
@@ -142,7 +102,7 @@ def test_connect_without_rendezvous_is_a_configuration_error():
 
     internet = sim.SimulatedInternet()
     host = internet.add_host("203.0.113.50")
-    service = NATTraversalService(0, [], reactor=host, host_addresses=["203.0.113.50"])
+    service = new_service(host, [], host_addresses=["203.0.113.50"])
     service.startService()
     with pytest.raises(ConfigurationError):
         internet.run_until(service.connect("bob"))
@@ -307,8 +267,8 @@ def test_without_an_answer_from_stun_the_public_address_is_asked_again_in_the_ba
     internet = sim.SimulatedInternet(seed=0, latency=0.005)
     nat = internet.add_nat_of_type("198.51.100.1", "port-restricted-cone")
     host = internet.add_host("192.0.2.11", behind=nat)
-    service = NATTraversalService(
-        0, [PRIMARY], reactor=host, host_addresses=[host.addresses[0]], detect_behavior=False
+    service = new_service(
+        host, [PRIMARY], host_addresses=[host.addresses[0]], detect_behavior=False
     )
     service.startService()
     internet.run_until(service.ready(), timeout=30)
@@ -339,10 +299,9 @@ def test_an_answer_waits_only_so_long_for_a_rediscovery_of_the_public_address():
     nat = internet.add_nat_of_type("198.51.100.1", "port-restricted-cone")
     host = internet.add_host("192.0.2.11", behind=nat)
     hub = InMemorySignalingHub(reactor=internet.clock)
-    service = NATTraversalService(
-        0,
+    service = new_service(
+        host,
         [PRIMARY],  # nobody answers there: the address is asked for in the background
-        reactor=host,
         name="bob",
         signaling=hub.peer("bob"),
         host_addresses=[host.addresses[0]],
