@@ -20,15 +20,12 @@ import enum
 import random
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-if TYPE_CHECKING:
-    from twisted_nat.testing._network import SimulatedHost
-
-Address = tuple[str, int]
+from twisted_nat.address import Address
 
 
 class MappingBehavior(enum.Enum):
@@ -173,25 +170,6 @@ class _Binding:
     contacted: set[Address] = attrs.Factory(set)
 
 
-class _Realm:
-    """
-    One address space: the public internet, or the inside of one NAT.
-
-    Private addresses repeat from one NAT to the next (every home is
-    10.0.0.0/8), so each realm has its own table of who owns which address.
-    """
-
-    def __init__(self, nat: NATBox | None) -> None:
-        self.nat = nat
-        self.nodes: dict[str, SimulatedHost | NATBox] = {}
-
-    def claim(self, address: str, node: SimulatedHost | NATBox) -> None:
-        if address in self.nodes:
-            where = f"behind {self.nat!r}" if self.nat is not None else "on the public internet"
-            raise ValueError(f"{address} is already in use {where}")
-        self.nodes[address] = node
-
-
 class NATBox:
     """
     A NAT between an inside realm and the realm it is attached to (the
@@ -219,7 +197,6 @@ class NATBox:
         inbound_refresh: bool,
         loss: float,
         ports: range,
-        outside: _Realm,
         behind: NATBox | None,
         reactor: IReactorTime,
         rng: random.Random,
@@ -241,8 +218,6 @@ class NATBox:
         self.ports = ports
         self.behind = behind
         self.stats = NATStats()
-        self._outside = outside
-        self._inside = _Realm(self)
         self._reactor = reactor
         self._rng = rng
         self._bindings: dict[tuple[str | int, ...], _Binding] = {}
