@@ -33,8 +33,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
 from twisted_nat.errors import (
@@ -188,6 +191,23 @@ class SignalingAMP(amp.AMP):
     """
 
     log = Logger()
+
+    # AMP logs every connection made and lost at info.  The server and the
+    # client log what an operator needs (who registered, who left), so the
+    # connection itself is debug detail here: these skip AMP's own two
+    # methods, which add nothing but those log lines.
+
+    def makeConnection(self, transport: ITransport) -> None:
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.log.debug("Connection with {peer} made", peer=peer_address(self))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.log.debug("Connection with {peer} lost", peer=peer_address(self))
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
         responder = super().locateResponder(name)
