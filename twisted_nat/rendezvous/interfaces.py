@@ -133,10 +133,11 @@ class InMemorySignalingHub:
     Peers in one process that reach each other by name, as through a
     rendezvous server.
 
-    @param reactor: without one, offers are delivered at once, inside
-        L{LoopbackSignaling.connect}; with one, a turn of the reactor later
-        (C{callLater(0)}), which is closer to a network and lets a relay
-        timeout apply.
+    @param reactor: the clock for deliveries and relay timeouts.  With
+        none (the default; the global reactor is not used), offers are
+        delivered at once, inside L{LoopbackSignaling.connect}; with one, a
+        turn of the reactor later (C{callLater(0)}), which is closer to a
+        network and lets a relay timeout apply.
     @param relay_timeout: how long a peer's handler may take to answer,
         when there is a C{reactor}.
     """

@@ -230,6 +230,12 @@ class RendezvousService(Service):
     bad port ends the process instead of leaving a server that serves
     nothing.  L{when_listening} gives the port, for tests that listen on
     port 0.
+
+    @param reactor: listens (so it provides what the endpoint needs, such
+        as C{IReactorTCP}) and times relays out.
+    @param endpoint: a server endpoint string, e.g. C{"tcp:8765"}.
+    @param relay_timeout: as for L{RendezvousServerFactory}.
+    @param factory: the factory to serve, if not a new one.
     """
 
     log = Logger()
@@ -328,6 +334,7 @@ def make_rendezvous_service(
 ) -> RendezvousService:
     """
     A rendezvous server on C{endpoint} (a server endpoint string such as
-    C{"tcp:8765:interface=127.0.0.1"}), to be started or given a parent.
+    C{"tcp:8765:interface=127.0.0.1"}), to be started or given a parent;
+    C{reactor} as for L{RendezvousService}.
     """
     return RendezvousService(reactor, endpoint, relay_timeout)

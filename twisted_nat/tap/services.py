@@ -24,6 +24,12 @@ class STUNServerService(Service):
     """
     Binds the server's sockets when started, in C{privilegedStartService}
     so that port 3478 works before twistd drops privileges.
+
+    @param reactor: binds the sockets.
+    @param primary: the server's address.
+    @param alternate: the second address (other IP, other port) for RFC
+        5780 behaviour discovery, or None to serve on C{primary} only.
+    @param software: the SOFTWARE attribute of responses, or None.
     """
 
     log = Logger()
@@ -94,6 +100,10 @@ class Greeter(DatagramProtocol):
     """
     What a C{twistd nat} peer does with a connection: log what arrives (and
     echo it, with C{--echo}), and greet the peer every few seconds.
+
+    @param reactor: the clock of the greetings.
+    @param echo: send every datagram back, prefixed with C{echo: }.
+    @param every: seconds between greetings; 0 for none.
     """
 
     log = Logger()
