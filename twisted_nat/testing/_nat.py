@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
@@ -184,6 +184,12 @@ class NATBox:
     without activity and is removed the next time the NAT handles a
     datagram or is asked for L{mappings}, so a NAT puts no timers on the
     clock that a test would have to step through or account for.
+
+    @ivar lose_inbound: a test hook, None by default: called with the
+        source and the public destination of every datagram that reaches
+        the NAT from outside, before filtering; when it returns True the
+        NAT loses that datagram (counted in C{stats.lost}), so a test can
+        lose exactly the datagrams it means to.
     """
 
     def __init__(
@@ -218,6 +224,7 @@ class NATBox:
         self.ports = ports
         self.behind = behind
         self.stats = NATStats()
+        self.lose_inbound: Callable[[Address, Address], bool] | None = None
         self._reactor = reactor
         self._rng = rng
         self._bindings: dict[tuple[str | int, ...], _Binding] = {}
@@ -302,6 +309,9 @@ class NATBox:
         models those that only count outbound traffic, which is what
         keep-alive intervals must be chosen for.
         """
+        if self.lose_inbound is not None and self.lose_inbound(source, destination):
+            self.stats.lost += 1
+            return None
         now = self._reactor.seconds()
         self._expire(now)
         binding = self._by_port.get(destination[1])
