@@ -14,15 +14,27 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from tests.netutil import free_udp_ports, rfc5780_group
 from tests.support.coturn import CoturnMode, require_tool, running_coturn
-from twisted_nat.behavior import (
+from twisted_nat.errors import (
+    ConfigurationError,
+    DiscoveryError,
+    STUNErrorResponse,
+    STUNTimeout,
+)
+from twisted_nat.nat import (
     FilteringBehavior,
     MappingBehavior,
     NATBehavior,
     NATType,
     classify,
     detect_nat,
+    filtering_behavior,
+    mapping_across_servers,
+    mapping_behavior,
+    usable_other_address,
 )
-from twisted_nat.errors import ConfigurationError, DiscoveryError
+from twisted_nat.stun.attributes import OtherAddress, ResponseOrigin, XorMappedAddress
+from twisted_nat.stun.client import Response
+from twisted_nat.stun.message import request, response_to
 from twisted_nat.stun.server import BindingServer, STUNServerGroup
 
 reactor: Any = global_reactor
@@ -83,6 +95,125 @@ def test_behavior_value_derives_presence_and_name():
     assert "restricted cone" in text
     assert "hairpinning:  no" in text
     assert "problem:      something odd" in text
+
+
+# --- what the answers mean (pure) ---
+
+SERVER = ("203.0.113.1", 3478)
+OTHER = ("203.0.113.2", 3479)
+PUBLIC = ("198.51.100.1", 40000)
+
+
+def answer(source, mapped=None, other=None, origin=None):
+    attributes = [
+        *([XorMappedAddress(*mapped)] if mapped else []),
+        *([OtherAddress(*other)] if other else []),
+        *([ResponseOrigin(*origin)] if origin else []),
+    ]
+    return Response(response_to(request(), attributes), source, source, 1, 0.01, 0.01)
+
+
+def timeout(server):
+    return STUNTimeout(server, 3, 0.5)
+
+
+def test_other_address_is_checked_not_trusted():
+    found = usable_other_address(answer(SERVER, PUBLIC, OTHER), SERVER)
+    assert found.value == OTHER and found.problems == ()
+    shared = usable_other_address(answer(SERVER, PUBLIC, (SERVER[0], 3479)), SERVER)
+    assert shared.value is None
+    assert shared.problems == (
+        "203.0.113.1:3478: OTHER-ADDRESS 203.0.113.1:3479 does not differ from the primary "
+        "address in both address and port",
+    )
+    plain = usable_other_address(answer(SERVER, PUBLIC, origin=("203.0.113.9", 1)), SERVER)
+    assert plain.value is None
+    assert plain.problems == (
+        "203.0.113.1:3478: RESPONSE-ORIGIN 203.0.113.9:1 but the answer came from 203.0.113.1:3478",
+        "203.0.113.1:3478 offers no OTHER-ADDRESS (not an RFC 5780 server)",
+    )
+
+
+def test_mapping_tests_are_read_with_the_port_step():
+    alternate_address = (OTHER[0], SERVER[1])
+    same = mapping_behavior(
+        SERVER, OTHER, PUBLIC, answer(alternate_address, PUBLIC), answer(OTHER, PUBLIC)
+    )
+    assert (same.mapping, same.port_delta, same.problems) == (EI, None, ())
+    assert not same.wants_second_look
+    sequential = mapping_behavior(
+        SERVER,
+        OTHER,
+        PUBLIC,
+        answer(alternate_address, (PUBLIC[0], 40001)),
+        answer(OTHER, (PUBLIC[0], 40002)),
+    )
+    assert sequential.mapping is MappingBehavior.ADDRESS_AND_PORT_DEPENDENT
+    assert sequential.port_delta == 1 and not sequential.wants_second_look
+    misrouted = mapping_behavior(
+        SERVER,
+        OTHER,
+        PUBLIC,
+        answer(alternate_address, (PUBLIC[0], 41000)),
+        answer(alternate_address, (PUBLIC[0], 41000)),
+    )
+    assert misrouted.mapping is MappingBehavior.DESTINATION_DEPENDENT
+    assert misrouted.problems == ("the answer for 203.0.113.2:3479 came from 203.0.113.2:3478",)
+    unknown = mapping_behavior(SERVER, OTHER, PUBLIC, answer(OTHER, PUBLIC), answer(OTHER, PUBLIC))
+    assert unknown.mapping is MappingBehavior.UNKNOWN
+    assert unknown.problems == ("the answer for 203.0.113.2:3478 came from 203.0.113.2:3479",)
+    lost = mapping_behavior(
+        SERVER,
+        OTHER,
+        PUBLIC,
+        answer(alternate_address, (PUBLIC[0], 41000)),
+        answer(OTHER, (PUBLIC[0], 41000)),
+    )
+    assert lost.mapping is MappingBehavior.ADDRESS_DEPENDENT
+    assert lost.port_delta is None and lost.wants_second_look
+    silent = mapping_behavior(
+        SERVER, OTHER, PUBLIC, answer(alternate_address, (PUBLIC[0], 41000)), timeout(OTHER)
+    )
+    assert silent.mapping is MappingBehavior.DESTINATION_DEPENDENT
+    assert silent.problems[0].startswith("no answer from 203.0.113.2:3479: ")
+    assert not silent.wants_second_look
+
+
+def test_filtering_tests_are_read_and_misbehaviour_reported():
+    def read(both, port):
+        return filtering_behavior(SERVER, OTHER, both, port)
+
+    assert read(answer(OTHER), timeout(SERVER)).value is F_EI
+    assert read(timeout(SERVER), answer((SERVER[0], OTHER[1]))).value is F_AD
+    assert read(timeout(SERVER), timeout(SERVER)).value is F_APD
+    ignored = read(answer(SERVER), timeout(SERVER))
+    assert ignored.value is F_UNKNOWN
+    assert ignored.problems == (
+        "203.0.113.1:3478 ignored CHANGE-REQUEST: asked for an answer from 203.0.113.2:3479, "
+        "got one from 203.0.113.1:3478",
+    )
+    refused = read(timeout(SERVER), STUNErrorResponse(SERVER, 420, "Unknown Attribute", None))
+    assert refused.value is F_UNKNOWN
+    assert refused.problems == (
+        "203.0.113.1:3478 refused CHANGE-REQUEST with 420 (Unknown Attribute)",
+    )
+
+
+def test_plain_servers_show_mapping_but_never_filtering():
+    one, two = ("203.0.113.1", 3478), ("203.0.113.1", 3479)
+    same = mapping_across_servers({one: answer(one, PUBLIC), two: answer(two, PUBLIC)})
+    assert same.value is EI
+    assert same.problems == ("filtering is unknown without an RFC 5780 server",)
+    differ = mapping_across_servers(
+        {one: answer(one, PUBLIC), two: answer(two, (PUBLIC[0], 40001))}
+    )
+    assert differ.value is MappingBehavior.ADDRESS_AND_PORT_DEPENDENT
+    alone = mapping_across_servers({one: answer(one, PUBLIC)})
+    assert alone.value is MappingBehavior.UNKNOWN
+    assert alone.problems == (
+        "one plain STUN server cannot show mapping or filtering",
+        "filtering is unknown without an RFC 5780 server",
+    )
 
 
 @pytest.fixture
@@ -191,7 +322,7 @@ async def test_no_answer_is_udp_blocked():
 async def test_unresolvable_servers_fail_with_discovery_error():
     from twisted.internet import defer
 
-    from twisted_nat.behavior import BehaviorDiscovery
+    from twisted_nat.nat import BehaviorDiscovery
 
     # No name lookups leave this machine in tests: the resolver is replaced.
     discovery = BehaviorDiscovery(

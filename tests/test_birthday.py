@@ -25,23 +25,12 @@ from zope.interface import implementer
 from tests.fakes import Collector
 from twisted_nat import control
 from twisted_nat import testing as sim
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior
-from twisted_nat.birthday import (
-    DEFAULT_PROBES,
-    DEFAULT_RATE,
-    DEFAULT_SOCKETS,
-    PORT_RANGE,
-    PROBE_TICK,
-    SPRAY_PUNCHES,
-    Prober,
-    Role,
-    role,
-    success_probability,
-)
+from twisted_nat.bases import SHARED, Base, extra_base, relay_base
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.connection import PeerConnection
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.nat import FilteringBehavior, MappingBehavior
 from twisted_nat.punch import (
     Connected,
     PunchFailed,
@@ -49,6 +38,17 @@ from twisted_nat.punch import (
     PunchSession,
     PunchSettings,
     Send,
+    SessionState,
+)
+from twisted_nat.punch.birthday import (
+    DEFAULT_PROBES,
+    DEFAULT_RATE,
+    DEFAULT_SOCKETS,
+    PORT_RANGE,
+    PROBE_TICK,
+    SPRAY_PUNCHES,
+    Prober,
+    success_probability,
 )
 from twisted_nat.rendezvous import Answer, InMemorySignalingHub, ISignaling, Offer
 from twisted_nat.rendezvous.interfaces import OfferHandler
@@ -234,7 +234,7 @@ def sockets_opened(service: NATTraversalService) -> list[int]:
     extra = service.extra_sockets
     open_sockets = extra.open
 
-    def spy(punch_id: bytes, count: int, method: str = "birthday") -> list[str]:
+    def spy(punch_id: bytes, count: int, method: str) -> list[Base]:
         names = open_sockets(punch_id, count, method)
         opened.append(len(names))
         return names
@@ -281,9 +281,9 @@ def test_random_symmetric_and_port_restricted_connect_directly(offerer: str, los
         easy = w.services["easy"].connections["hard"]
         # The hard side answers on the socket the probe found: one of its
         # extra sockets, or (once in a while) the shared one's own mapping.
-        assert hard.base is None or hard.base.startswith("birthday "), hard.base
+        assert hard.base is SHARED or str(hard.base).startswith("birthday "), hard.base
         assert hard.remote_address[0] == EASY_IP
-        assert easy.base is None
+        assert easy.base is SHARED
         assert easy.remote.kind is CandidateType.PEER_REFLEXIVE
         assert easy.remote_address[0] == HARD_IP
         assert w.services["easy"].puncher.stats.probes_sent <= DEFAULT_PROBES
@@ -297,7 +297,7 @@ def test_data_flows_both_ways_over_the_birthday_path(offerer: str) -> None:
     w.internet.advance(0.5)
     hard = w.services["hard"].connections["easy"]
     easy = w.services["easy"].connections["hard"]
-    assert hard.base is not None and hard.base.startswith("birthday ")
+    assert str(hard.base).startswith("birthday ")
     hard.write(b"from the symmetric side")
     easy.write(b"from the cone")
     w.internet.advance(0.1)
@@ -324,18 +324,17 @@ def test_extra_sockets_close_when_the_punch_ends_and_the_last_with_its_connectio
     w.internet.advance(0.5)
     assert opened == [DEFAULT_SOCKETS]
     connection = service.connections["easy"]
-    assert connection.base is not None
-    assert service.extra_sockets.names == [connection.base]
+    assert connection.base is not SHARED
+    assert service.extra_sockets.open_bases == [connection.base]
     assert service.port is not None
     shared = service.port.getHost().port  # type: ignore[attr-defined]
     assert [f"birthday {p.port}" for p in hard_host.ports() if p.port != shared] == [
-        connection.base
+        str(connection.base)
     ]
     service.close("easy")
-    assert service.extra_sockets.names == []
+    assert service.extra_sockets.open_bases == []
     assert [p.port for p in hard_host.ports()] == [shared]
-    assert connection.base not in service.puncher._bases
-    assert connection.base not in service.router._bases
+    assert connection.base not in service.bases
     w.stop()
     assert w.internet.clock.getDelayedCalls() == [], "every timer was cancelled"
 
@@ -373,7 +372,7 @@ def test_the_probe_budget_is_never_exceeded_and_failure_closes_everything() -> N
     assert len(times) == 3
     assert times[-1] - times[0] == pytest.approx(2 * PROBE_TICK)
     w.internet.advance(1.0)
-    assert w.services["hard"].extra_sockets.names == []
+    assert w.services["hard"].extra_sockets.open_bases == []
     assert len(w.hosts["hard"].ports()) == 1
     w.stop()
     assert w.internet.clock.getDelayedCalls() == []
@@ -428,7 +427,7 @@ def test_two_random_symmetric_nats_do_not_spray() -> None:
 def test_cones_that_let_the_symmetric_side_in_need_no_birthday(cone: str) -> None:
     w = birthday_world(seed=0, easy=cone)
     connection = w.connect("hard")
-    assert not connection.relayed and connection.base is None
+    assert not connection.relayed and connection.base is SHARED
     assert w.services["easy"].puncher.stats.probes_sent == 0
     assert len(w.hosts["hard"].ports()) == 1
     w.stop()
@@ -454,7 +453,7 @@ SESSION = bytes(16)
 EASY_SRFLX = Candidate(CandidateType.SERVER_REFLEXIVE, EASY_IP, 5000)
 EASY_HOST = Candidate(CandidateType.HOST, "192.0.2.12", 5000)
 HARD_SRFLX = Candidate(CandidateType.SERVER_REFLEXIVE, HARD_IP, 40000)
-SPRAY = ["birthday 1", "birthday 2", "birthday 3"]
+SPRAY = [extra_base("birthday", port) for port in (1, 2, 3)]
 
 
 def hard_session(controlling: bool) -> PunchSession:
@@ -495,7 +494,7 @@ def test_spray_bases_punch_the_peers_public_address_a_few_times_only() -> None:
     times = [0.0, 0.02, 0.04, 0.08, 0.16, 0.36, 0.56, 0.76]
     rounds = [sends(s.tick(t)) for t in times]
     first = {(x.base, x.to) for x in rounds[0]}
-    assert first == {(None, EASY_HOST.address), (None, EASY_SRFLX.address)} | {
+    assert first == {(SHARED, EASY_HOST.address), (SHARED, EASY_SRFLX.address)} | {
         (base, EASY_SRFLX.address) for base in SPRAY
     }, "spray bases pair with the server-reflexive candidate alone"
     for base in SPRAY:
@@ -503,7 +502,7 @@ def test_spray_bases_punch_the_peers_public_address_a_few_times_only() -> None:
         # A few PUNCHes each, a whole interval apart: a peer that starts
         # later still finds the second.
         assert sent == [0.0, 0.36][:SPRAY_PUNCHES]
-    assert all(len([x for x in r if x.base is None]) == 2 for r in rounds)
+    assert all(len([x for x in r if x.base is SHARED]) == 2 for r in rounds)
 
 
 def test_a_probe_that_finds_a_spray_socket_is_punched_back_at_once() -> None:
@@ -524,7 +523,7 @@ def test_a_probe_that_finds_a_spray_socket_is_punched_back_at_once() -> None:
     assert connected.result.base == SPRAY[1] and not connected.result.relayed
     assert confirm.base == SPRAY[1]
     # What the unreached sockets saw is one report, kept with the result.
-    reports = [p for p in connected.result.pairs if p.base == "2 extra sockets"]
+    reports = [p for p in connected.result.pairs if p.sockets == 2]
     assert len(reports) == 1 and reports[0].punches_sent == 2 * SPRAY_PUNCHES
     assert len(connected.result.pairs) == 4
 
@@ -532,12 +531,12 @@ def test_a_probe_that_finds_a_spray_socket_is_punched_back_at_once() -> None:
 def test_a_settled_session_keeps_only_the_ids_of_its_path() -> None:
     s = hard_session(controlling=False)
     punches = [x for i in range(3) for x in sends(s.tick(0.2 * i))]
-    ordinary = len([x for x in punches if x.base is None])
+    ordinary = len([x for x in punches if x.base is SHARED])
     [connected] = s.confirm_received(0.5, EASY_SRFLX.address, SPRAY[0])
     assert isinstance(connected, Connected)
     assert not s.searching
     # the ordinary PUNCHes' ids, and the two sent from the chosen socket
-    assert len(s._sent_ids) == 12 * (ordinary + SPRAY_PUNCHES)
+    assert s.remembered == ordinary + SPRAY_PUNCHES
     spray = next(x for x in punches if x.base == SPRAY[0])
     late = ack_for(spray, controlling=False)
     assert s.owns(late.transaction_id)
@@ -551,7 +550,7 @@ def test_probes_go_out_paced_and_stop_at_the_first_answer() -> None:
     burst = sends(s.probe(0.0))
     assert len(burst) == 20 and s.next_probe == pytest.approx(PROBE_TICK)
     assert s.probe(0.01) == [], "not due yet"
-    assert {x.to[0] for x in burst} == {HARD_IP} and all(x.base is None for x in burst)
+    assert {x.to[0] for x in burst} == {HARD_IP} and all(x.base is SHARED for x in burst)
     assert len({x.to for x in burst}) == 20
     second = sends(s.probe(PROBE_TICK))
     hit = second[7]
@@ -561,7 +560,7 @@ def test_probes_go_out_paced_and_stop_at_the_first_answer() -> None:
     assert isinstance(connected, Connected)
     assert connected.result.remote.address == hit.to
     assert connected.result.remote.kind is CandidateType.PEER_REFLEXIVE
-    assert len(s._sent_ids) == 12, "of the probes, only the one that hit is remembered"
+    assert s.remembered == 1, "of the probes, only the one that hit is remembered"
     assert s.owns(ack_for(hit, True).transaction_id)
     assert not s.owns(ack_for(second[6], True).transaction_id)
 
@@ -579,12 +578,12 @@ def test_a_punch_from_a_new_address_stops_the_probes_too() -> None:
 def test_probing_goes_on_while_only_a_relay_works() -> None:
     keys = SessionKeys.derive(SESSION, SECRET, offerer=True)
     prober = Prober(HARD_IP, 100, DEFAULT_RATE, 0.0, random.Random(1))
-    relay = "relay 203.0.113.200:40001"
+    relay = relay_base(("203.0.113.200", 40001))
     s = PunchSession(keys, True, [], [HARD_SRFLX], PunchSettings(), 0.0, [relay], prober=prober)
     relayed = next(x for x in sends(s.tick(0.0)) if x.base == relay)
     s.ack_received(0.01, ack_for(relayed, True), HARD_SRFLX.address, relay)
     s.grace_over(0.6)
-    assert s.state == "connected" and s.searching
+    assert s.state is SessionState.CONNECTED and s.searching
     assert s.next_probe is not None and sends(s.probe(0.6))
 
 
@@ -592,7 +591,7 @@ def test_failed_sessions_stop_probing() -> None:
     s = easy_session(controlling=True, budget=DEFAULT_PROBES)
     s.probe(0.0)
     s.tick(10.0)
-    assert s.state == "failed"
+    assert s.state is SessionState.FAILED
     assert s.next_probe is None and s.probe(10.0) == []
 
 
@@ -641,56 +640,13 @@ def test_prober_refuses_bad_settings_and_stops_at_zero() -> None:
     assert small.budget == 10
 
 
-# --- who plays which part ---
+# --- the hint on the wire ---
 
-SYMMETRIC = NATHint(MappingBehavior.ADDRESS_AND_PORT_DEPENDENT, birthday=True)
 PORT_RESTRICTED = NATHint(
     MappingBehavior.ENDPOINT_INDEPENDENT,
     FilteringBehavior.ADDRESS_AND_PORT_DEPENDENT,
     birthday=True,
 )
-
-
-@pytest.mark.parametrize(
-    ("ours", "theirs", "expected"),
-    [
-        (SYMMETRIC, PORT_RESTRICTED, Role.HARD),
-        (PORT_RESTRICTED, SYMMETRIC, Role.EASY),
-        (SYMMETRIC, SYMMETRIC, None),
-        (PORT_RESTRICTED, PORT_RESTRICTED, None),
-        (attrs.evolve(SYMMETRIC, predictable=True), PORT_RESTRICTED, None),
-        (
-            attrs.evolve(SYMMETRIC, mapping=MappingBehavior.ADDRESS_DEPENDENT),
-            PORT_RESTRICTED,
-            Role.HARD,
-        ),
-        (
-            attrs.evolve(SYMMETRIC, mapping=MappingBehavior.DESTINATION_DEPENDENT),
-            PORT_RESTRICTED,
-            Role.HARD,
-        ),
-        (SYMMETRIC, attrs.evolve(PORT_RESTRICTED, filtering=FilteringBehavior.UNKNOWN), Role.HARD),
-        (
-            SYMMETRIC,
-            attrs.evolve(PORT_RESTRICTED, filtering=FilteringBehavior.ADDRESS_DEPENDENT),
-            None,
-        ),
-        (
-            SYMMETRIC,
-            attrs.evolve(PORT_RESTRICTED, filtering=FilteringBehavior.ENDPOINT_INDEPENDENT),
-            None,
-        ),
-        (attrs.evolve(SYMMETRIC, mapping=MappingBehavior.UNKNOWN), PORT_RESTRICTED, None),
-        (SYMMETRIC, attrs.evolve(PORT_RESTRICTED, birthday=False), None),
-        (attrs.evolve(PORT_RESTRICTED, birthday=False), SYMMETRIC, None),
-        (SYMMETRIC, None, None),
-        (None, PORT_RESTRICTED, None),
-    ],
-)
-def test_roles(ours: NATHint | None, theirs: NATHint | None, expected: Role | None) -> None:
-    assert role(ours, theirs) is expected
-    if ours is not None and theirs is not None and expected is not None:
-        assert role(theirs, ours) is ({Role.HARD: Role.EASY, Role.EASY: Role.HARD}[expected])
 
 
 def test_hints_round_trip_and_tolerate_what_a_later_version_may_add() -> None:
@@ -733,19 +689,17 @@ def test_the_documented_budget() -> None:
 def test_a_birthday_path_wins_over_a_relay(seed: int) -> None:
     from tests.test_punch import PORT, make_internet, make_peer
     from tests.test_relay_punch import with_relay
-    from twisted_nat.birthday import ExtraSockets
-    from twisted_nat.connection import AppDataRouter
+    from twisted_nat.punch import ExtraSockets
 
     internet = make_internet(seed=seed, loss=0.1 if seed else 0.0)
     hard, easy = make_peer(internet, "symmetric", 1), make_peer(internet, "port-restricted", 2)
     with_relay(internet, easy, 40002)
-    router = AppDataRouter()
-    sockets = ExtraSockets(hard.host, hard.puncher, router, "0.0.0.0")
+    sockets = ExtraSockets(hard.host, hard.puncher.bases, "0.0.0.0")
     session, secret = bytes(range(16)), bytes(range(32))
-    names = sockets.open(session, 64)
-    settled: list[str | None] = []
+    names = sockets.open(session, 64, "birthday")
+    settled: list[Base | None] = []
 
-    def on_settled(base: str | None) -> None:
+    def on_settled(base: Base | None) -> None:
         settled.append(base)
         sockets.settle(session, base)
 
@@ -762,12 +716,13 @@ def test_a_birthday_path_wins_over_a_relay(seed: int) -> None:
     ).addBoth(results.append)  # fmt: skip
     internet.advance(11.0)
     assert len(results) == 2 and all(isinstance(r, PunchResult) for r in results), results
-    [running] = hard.puncher._running.values()
-    chosen = running.session.chosen
-    assert chosen is not None and chosen[0] in [*names, None], "direct, from a guess"
+    hard_session = hard.puncher.session(session)
+    assert hard_session is not None
+    chosen = hard_session.chosen
+    assert chosen is not None and chosen[0] in [*names, SHARED], "direct, from a guess"
     assert settled == [chosen[0]]
-    assert sockets.names == ([chosen[0]] if chosen[0] is not None else [])
-    assert len(hard.host.ports()) == 1 + len(sockets.names)
+    assert sockets.open_bases == ([chosen[0]] if chosen[0] is not SHARED else [])
+    assert len(hard.host.ports()) == 1 + len(sockets.open_bases)
     assert easy.puncher.stats.probes_sent < 4096
     hard.puncher.forget(session)
     easy.puncher.forget(session)
@@ -783,7 +738,7 @@ def test_spray_bases_must_be_direct_bases_of_the_puncher() -> None:
     internet = make_internet()
     peer = make_peer(internet, "symmetric", 1)
     relay = with_relay(internet, peer, 40001)
-    for bases in (["birthday 1"], [relay]):
+    for bases in ([extra_base("birthday", 1)], [relay], [SHARED]):
         with pytest.raises(ConfigurationError):
             peer.puncher.punch_hole(
                 PORT, [], bytes(16), secret=bytes(32), controlling=True, bases=bases

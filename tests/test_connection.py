@@ -11,6 +11,7 @@ import pytest
 from tests.fakes import Collector
 from tests.test_punch import Peer, make_internet, make_peer
 from twisted_nat import control
+from twisted_nat.bases import SHARED, relay_base
 from twisted_nat.connection import AppDataRouter, ConnectionClosed, PeerConnection
 from twisted_nat.control import SessionKeys
 
@@ -190,11 +191,12 @@ def test_path_listeners_hear_moves_and_new_punches_once_each() -> None:
 
     c.conn_a.on_path_change(broken)
     old_keys, remote = c.conn_a.keys, c.conn_a.remote
-    c.conn_a.move(remote, None, 0.01, "relay 203.0.113.200:40001", relayed=True)
-    assert heard == [("relay 203.0.113.200:40001", True, old_keys)]
+    relay = relay_base(("203.0.113.200", 40001))
+    c.conn_a.move(remote, None, 0.01, relay, relayed=True)
+    assert heard == [(relay, True, old_keys)]
     new_keys = SessionKeys.derive(os.urandom(16), os.urandom(32), True)
     c.conn_a.rebind(new_keys, remote, None, 0.01, 0.5)
-    assert heard[1:] == [(None, False, new_keys)], "once, with the new keys in place"
+    assert heard[1:] == [(SHARED, False, new_keys)], "once, with the new keys in place"
     assert len(heard) == 2
 
 

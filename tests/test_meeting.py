@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -26,16 +26,18 @@ from tests.fakes import Collector
 from tests.test_birthday import SECRET, SESSION, SlowSignaling, ack_for, from_peer, sends
 from twisted_nat import control
 from twisted_nat import testing as sim
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior, port_delta
-from twisted_nat.birthday import SPRAY_PUNCHES
+from twisted_nat.bases import SHARED, Base, extra_base
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.connection import PeerConnection
 from twisted_nat.control import SessionKeys
-from twisted_nat.meeting import DEFAULT_SOCKETS, meeting_port, meets
+from twisted_nat.nat import FilteringBehavior, MappingBehavior, port_delta
 from twisted_nat.punch import Connected, PunchFailed, PunchSession, PunchSettings
+from twisted_nat.punch.birthday import SPRAY_PUNCHES
+from twisted_nat.punch.meeting import DEFAULT_SOCKETS, meeting_port
+from twisted_nat.punch.plan import MEETING_PREFERENCE
 from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
 from twisted_nat.rendezvous.values import NATHint
-from twisted_nat.service import MEETING_PREFERENCE, NATTraversalService
+from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.client import STUNClient
 from twisted_nat.stun.server import STUNServerGroup
 
@@ -100,7 +102,7 @@ class World:
     busy: dict[str, Busy]
     signaling: dict[str, RecordingSignaling]
     latest: dict[str, list[int]]
-    opened: dict[str, list[tuple[str, list[str]]]]
+    opened: dict[str, list[tuple[str, list[Base]]]]
     apps: dict[str, list[Collector]]
 
     def connect(
@@ -129,12 +131,12 @@ class World:
             for name, opened in self.opened.items()
         }
 
-    def public_port(self, name: str, base: str) -> int:
+    def public_port(self, name: str, base: object) -> int:
         """
         The public port the extra socket C{base} of C{name} got for its
         flow to the other side (its mapping outlives the socket).
         """
-        inside = (self.hosts[name].addresses[0], int(base.split()[1]))
+        inside = (self.hosts[name].addresses[0], int(str(base).split()[1]))
         [port] = {
             m.external[1]
             for m in self.nats[name].mappings()
@@ -225,26 +227,27 @@ def meeting_world(
 def latest_ports(service: NATTraversalService) -> list[int]:
     """The port the NAT handed out last, as each of the service's predictions saw it."""
     seen: list[int] = []
-    predict: Callable[[tuple[str, int]], Awaitable[tuple[str, int] | None]]
-    predict = service._latest_port
+    candidates_for_punch = service._candidates_for_punch
 
-    async def spy(server: tuple[str, int]) -> tuple[str, int] | None:
-        mapped = await predict(server)
-        if mapped is not None:
-            seen.append(mapped[1])
-        return mapped
+    async def spy(
+        remote: Sequence[Candidate] | None = None,
+    ) -> tuple[list[Candidate], int | None]:
+        candidates, latest = await candidates_for_punch(remote)
+        if latest is not None:
+            seen.append(latest)
+        return candidates, latest
 
-    service._latest_port = spy  # type: ignore[method-assign]
+    service._candidates_for_punch = spy  # type: ignore[method-assign]
     return seen
 
 
-def sockets_opened(service: NATTraversalService) -> list[tuple[str, list[str]]]:
+def sockets_opened(service: NATTraversalService) -> list[tuple[str, list[Base]]]:
     """Which method opened which extra sockets, in order, for each punch from now on."""
-    opened: list[tuple[str, list[str]]] = []
+    opened: list[tuple[str, list[Base]]] = []
     extra = service.extra_sockets
     open_sockets = extra.open
 
-    def spy(punch_id: bytes, count: int, method: str = "birthday") -> list[str]:
+    def spy(punch_id: bytes, count: int, method: str) -> list[Base]:
         names = open_sockets(punch_id, count, method)
         opened.append((method, list(names)))
         return names
@@ -268,9 +271,7 @@ def assert_met(w: World, offerer: str) -> None:
     for name in w.services:
         connection = w.services[name].connections[other(name)]
         assert not connection.relayed
-        assert connection.base is not None and connection.base.startswith("meeting "), (
-            connection.base
-        )
+        assert str(connection.base).startswith("meeting "), connection.base
         assert w.public_port(name, connection.base) == meet[name]
         assert connection.remote_address == (w.nats[other(name)].public_address, meet[other(name)])
 
@@ -414,7 +415,7 @@ def test_without_runs_a_busy_nat_breaks_the_aligned_prediction() -> None:
     """
     quiet = meeting_world(meeting_sockets=0)
     connection = quiet.connect("alice")
-    assert not connection.relayed and connection.base is None
+    assert not connection.relayed and connection.base is SHARED
     busy = meeting_world(meeting_sockets=0, punch_timeout=FAILING_TIMEOUT)
     with pytest.raises(PunchFailed):
         busy.connect("alice", busy={"alice": 10})
@@ -452,7 +453,7 @@ def test_a_peer_without_runs_names_no_meeting_port_and_neither_side_runs(
     """
     w = meeting_world(options={switched_off: {"meeting_sockets": 0}})
     connection = w.connect(offerer)
-    assert not connection.relayed and connection.base is None
+    assert not connection.relayed and connection.base is SHARED
     hints = dict(zip([offerer, other(offerer)], w.hints(offerer), strict=True))
     assert hints[switched_off] is not None and hints[switched_off].meet is None
     assert hints[other(switched_off)] is not None and hints[other(switched_off)].meet is not None
@@ -483,7 +484,7 @@ def test_a_sequential_nat_runs_only_at_another(
     except PunchFailed:
         assert not connects
     else:
-        assert connects and not connection.relayed and connection.base is None
+        assert connects and not connection.relayed and connection.base is SHARED
     hints = dict(zip([offerer, other(offerer)], w.hints(offerer), strict=True))
     assert hints["alice"] is not None and hints["alice"].meet is not None
     assert hints["bob"] is not None and hints["bob"].meet is None
@@ -505,15 +506,16 @@ def test_extra_sockets_close_when_the_punch_ends_and_the_last_with_its_connectio
         host = w.hosts[name]
         assert w.counts()[name] == [("meeting", DEFAULT_SOCKETS)]
         connection = service.connections[other(name)]
-        assert connection.base is not None and connection.base.startswith("meeting ")
-        assert service.extra_sockets.names == [connection.base]
+        assert str(connection.base).startswith("meeting ")
+        assert service.extra_sockets.open_bases == [connection.base]
         shared = port_of(service)
-        assert [f"meeting {p.port}" for p in host.ports() if p.port != shared] == [connection.base]
+        assert [f"meeting {p.port}" for p in host.ports() if p.port != shared] == [
+            str(connection.base)
+        ]
         service.close(other(name))
-        assert service.extra_sockets.names == []
+        assert service.extra_sockets.open_bases == []
         assert [p.port for p in host.ports()] == [shared]
-        assert connection.base not in service.puncher._bases
-        assert connection.base not in service.router._bases
+        assert connection.base not in service.bases
     w.stop()
     assert w.internet.clock.getDelayedCalls() == [], "every timer was cancelled"
 
@@ -559,7 +561,7 @@ def test_a_failed_run_closes_every_socket() -> None:
     w.internet.advance(1.0)  # the answering side times out too
     for name, service in w.services.items():
         assert w.counts()[name] == [("meeting", DEFAULT_SOCKETS)]
-        assert service.extra_sockets.names == []
+        assert service.extra_sockets.open_bases == []
         assert len(w.hosts[name].ports()) == 1
     w.stop()
     assert w.internet.clock.getDelayedCalls() == []
@@ -581,37 +583,14 @@ def test_meeting_port() -> None:
     assert meeting_port(65000, 2, 300) is None
 
 
+# --- the hint on the wire ---
+
 SEQ = NATHint(
     MappingBehavior.ADDRESS_AND_PORT_DEPENDENT,
     FilteringBehavior.ADDRESS_AND_PORT_DEPENDENT,
     predictable=True,
     meet=40064,
 )
-
-
-@pytest.mark.parametrize(
-    ("ours", "theirs", "expected"),
-    [
-        (SEQ, attrs.evolve(SEQ, meet=50064), True),
-        (SEQ, attrs.evolve(SEQ, mapping=MappingBehavior.ADDRESS_DEPENDENT), True),
-        (SEQ, attrs.evolve(SEQ, meet=None), False),
-        (attrs.evolve(SEQ, meet=None), SEQ, False),
-        (SEQ, attrs.evolve(SEQ, mapping=MappingBehavior.ENDPOINT_INDEPENDENT), False),
-        (SEQ, attrs.evolve(SEQ, mapping=MappingBehavior.UNKNOWN), False),
-        (SEQ, attrs.evolve(SEQ, predictable=False), False),
-        (attrs.evolve(SEQ, predictable=False), SEQ, False),
-        (SEQ, None, False),
-        (None, SEQ, False),
-        (None, None, False),
-    ],
-)
-def test_meets(ours: NATHint | None, theirs: NATHint | None, expected: bool) -> None:
-    """Both peers decide alike from the same two hints, each its own way round."""
-    assert meets(ours, theirs) is expected
-    assert meets(theirs, ours) is expected
-
-
-# --- the hint on the wire ---
 
 
 def test_the_meeting_port_travels_in_the_hint() -> None:
@@ -656,7 +635,7 @@ MEET = Candidate(
     40064,
     candidate_priority(CandidateType.SERVER_REFLEXIVE, MEETING_PREFERENCE),
 )
-RUN = ["meeting 51007", "meeting 33001", "meeting 42003"]
+RUN = [extra_base("meeting", port) for port in (51007, 33001, 42003)]
 """Not in any order of their names: the run goes in the order it is given."""
 
 
@@ -686,8 +665,8 @@ def test_the_run_punches_the_meeting_port_alone_and_first(controlling: bool) -> 
     first = [(x.base, x.to) for x in sends(s.tick(0.0))]
     assert first[: len(RUN)] == [(base, MEET.address) for base in RUN]
     ordinary = [PEER_HOST, PEER_SRFLX, *PEER_PREDICTED]
-    assert sorted(first[len(RUN) :]) == sorted((None, c.address) for c in ordinary)
-    assert all(base is None for base, _ in first[len(RUN) :])
+    assert sorted(first[len(RUN) :]) == sorted((SHARED, c.address) for c in ordinary)
+    assert all(base is SHARED for base, _ in first[len(RUN) :])
 
 
 def test_each_socket_of_the_run_punches_a_few_times_then_waits() -> None:
@@ -707,7 +686,7 @@ def test_each_socket_of_the_run_punches_a_few_times_then_waits() -> None:
     for i in (0, 5):
         r = rounds[i]
         assert [x.base for x in r[: len(RUN)]] == RUN, "first in every round they punch"
-    assert all(len([x for x in r if x.base is None]) == 5 for r in rounds)
+    assert all(len([x for x in r if x.base is SHARED]) == 5 for r in rounds)
 
 
 @pytest.mark.parametrize("spent", [0, SPRAY_PUNCHES])

@@ -19,6 +19,7 @@ import pytest
 from tests.test_punch import PORT, Peer, make_internet, make_peer, punch_both
 from twisted_nat import control
 from twisted_nat import testing as sim
+from twisted_nat.bases import SHARED, Base, relay_base
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.control import SessionKeys
 from twisted_nat.mux import UDPMultiplexer
@@ -28,6 +29,7 @@ from twisted_nat.punch import (
     PunchSession,
     PunchSettings,
     Send,
+    SessionState,
     StartGrace,
 )
 from twisted_nat.stun.message import Message
@@ -36,7 +38,7 @@ RELAY_HOST = "203.0.113.200"
 OTHER_RELAY_HOST = "203.0.113.201"
 
 
-def with_relay(internet: sim.SimulatedInternet, peer: Peer, port: int) -> str:
+def with_relay(internet: sim.SimulatedInternet, peer: Peer, port: int) -> Base:
     """
     Give C{peer} a relay base on a relay host of its own (ports 40001 and
     40002 stand for two TURN servers), and its relayed candidate.
@@ -44,10 +46,17 @@ def with_relay(internet: sim.SimulatedInternet, peer: Peer, port: int) -> str:
     host = RELAY_HOST if port == 40001 else OTHER_RELAY_HOST
     relay_mux = UDPMultiplexer()
     internet.add_host(host).listenUDP(port, relay_mux)
-    name = f"relay {host}:{port}"
-    peer.puncher.add_base(name, relay_mux, relayed=True)
+    base = relay_base((host, port))
+    peer.puncher.bases.add(base, relay_mux)
     peer.candidates.append(Candidate(CandidateType.RELAYED, host, port))
-    return name
+    return base
+
+
+def only_session(peer: Peer) -> PunchSession:
+    [punch_id] = peer.puncher.session_ids()
+    session = peer.puncher.session(punch_id)
+    assert session is not None
+    return session
 
 
 def results(outcome: list[tuple[bool, Any]]) -> tuple[PunchResult, PunchResult]:
@@ -68,7 +77,7 @@ def test_two_symmetric_nats_connect_through_a_relay(relays: str) -> None:
     a, b = results(punch_both(internet, alice, bob))
     assert a.relayed and b.relayed
     # One side sends through its relay, the other straight to that relay.
-    assert (a.base is None) != (b.base is None) or a.remote.kind is CandidateType.RELAYED
+    assert (a.base is SHARED) != (b.base is SHARED) or a.remote.kind is CandidateType.RELAYED
     assert {a.remote.kind, b.remote.kind} & {CandidateType.RELAYED, CandidateType.PEER_REFLEXIVE}
     # The relay was taken only after the relay grace, in case a direct pair came.
     assert a.elapsed >= PunchSettings().relay_grace
@@ -89,14 +98,13 @@ def test_a_relay_is_never_kept_when_a_direct_pair_works(
     a, b = results(punch_both(internet, alice, bob))
     # Whatever the punch settled on first, both ends end up direct: a move
     # from the relay would show as a second result, so check the sessions.
-    session_a = alice.puncher._running[next(iter(alice.puncher._running))].session
-    assert session_a.chosen is not None
+    assert only_session(alice).chosen is not None
     if a.relayed:
         internet.advance(10.0)
-    chosen_a = alice.puncher._running[next(iter(alice.puncher._running))].session.chosen
-    chosen_b = bob.puncher._running[next(iter(bob.puncher._running))].session.chosen
-    assert chosen_a is not None and chosen_a[0] is None
-    assert chosen_b is not None and chosen_b[0] is None
+    chosen_a = only_session(alice).chosen
+    chosen_b = only_session(bob).chosen
+    assert chosen_a is not None and chosen_a[0] is SHARED
+    assert chosen_b is not None and chosen_b[0] is SHARED
     assert not b.relayed or a.relayed
     if seed == 0:
         assert not a.relayed and not b.relayed, "without loss the direct pair comes first"
@@ -109,7 +117,7 @@ def test_symmetric_and_port_restricted_fall_back_to_the_relay() -> None:
     a, b = results(punch_both(internet, alice, bob))
     assert a.relayed and b.relayed
     assert a.remote.address == (OTHER_RELAY_HOST, 40002)
-    assert b.base == f"relay {OTHER_RELAY_HOST}:40002"
+    assert b.base.relayed and str(b.base) == f"relay {OTHER_RELAY_HOST}:40002"
 
 
 def test_relay_pairs_skip_the_peers_host_candidates() -> None:
@@ -124,9 +132,8 @@ def test_relay_pairs_skip_the_peers_host_candidates() -> None:
     alice.puncher.punch_hole(
         PORT, remote, os.urandom(16), secret=os.urandom(32), controlling=True, timeout=0.1
     ).addErrback(lambda _: None)
-    [running] = alice.puncher._running.values()
-    pairs = running.session.reports()
-    via_relay = [p.remote.address for p in pairs if p.base is not None]
+    pairs = only_session(alice).reports()
+    via_relay = [p.remote.address for p in pairs if p.base is not SHARED]
     assert via_relay == [("198.51.100.9", PORT)]
     assert len(pairs) == 3
     internet.advance(1.0)
@@ -136,7 +143,7 @@ def test_relay_pairs_skip_the_peers_host_candidates() -> None:
 
 SECRET = bytes(range(32))
 SESSION = bytes(16)
-RELAY = "relay 203.0.113.200:40001"
+RELAY = relay_base(("203.0.113.200", 40001))
 DIRECT = Candidate(CandidateType.SERVER_REFLEXIVE, "198.51.100.2", 5000)
 THEIR_RELAY = Candidate(CandidateType.RELAYED, "203.0.113.201", 40002)
 
@@ -170,9 +177,9 @@ def test_session_waits_for_a_direct_pair_then_takes_the_relay_then_moves() -> No
     first = sends(s.tick(0.0))
     # Direct pairs first; the relay base punches the peer's public candidates.
     assert [(x.base, x.to) for x in first] == [
-        (None, DIRECT.address),
+        (SHARED, DIRECT.address),
         (RELAY, DIRECT.address),
-        (None, THEIR_RELAY.address),
+        (SHARED, THEIR_RELAY.address),
         (RELAY, THEIR_RELAY.address),
     ]
     relayed_punch = first[1]
@@ -184,12 +191,12 @@ def test_session_waits_for_a_direct_pair_then_takes_the_relay_then_moves() -> No
     assert isinstance(connected, Connected) and connected.result.relayed
     assert s.searching, "connected over a relay, still looking for a direct pair"
     later = sends(s.tick(0.7))
-    assert later and all(x.base is None and x.to == DIRECT.address for x in later)
+    assert later and all(x.base is SHARED and x.to == DIRECT.address for x in later)
     actions = s.ack_received(0.75, ack_for(later[0], True), DIRECT.address)
     [confirm, moved] = actions
-    assert isinstance(confirm, Send) and confirm.base is None and confirm.to == DIRECT.address
+    assert isinstance(confirm, Send) and confirm.base is SHARED and confirm.to == DIRECT.address
     assert isinstance(moved, Connected) and not moved.result.relayed
-    assert s.chosen == (None, DIRECT.address)
+    assert s.chosen == (SHARED, DIRECT.address)
     assert not s.searching
     assert s.tick(1.0) == []
 
@@ -202,7 +209,7 @@ def test_a_direct_ack_during_the_relay_grace_is_taken_sooner() -> None:
     assert isinstance(grace, StartGrace) and grace.delay < 0.1
     [confirm, connected] = s.grace_over(0.05)
     assert isinstance(connected, Connected) and not connected.result.relayed
-    assert connected.result.base is None
+    assert connected.result.base is SHARED
 
 
 def test_session_settles_on_the_relay_when_time_runs_out() -> None:
@@ -212,7 +219,7 @@ def test_session_settles_on_the_relay_when_time_runs_out() -> None:
     s.grace_over(0.51)
     assert s.searching
     assert s.tick(10.0) == []
-    assert not s.searching and s.state == "connected"
+    assert not s.searching and s.state is SessionState.CONNECTED
     assert s.chosen == (RELAY, THEIR_RELAY.address)
 
 
@@ -224,7 +231,7 @@ def test_controlled_session_moves_from_a_relay_only_to_a_direct_path() -> None:
     assert s.confirm_received(0.2, DIRECT.address, RELAY) == [], "relay to relay: no gain"
     [moved] = s.confirm_received(0.3, DIRECT.address)
     assert isinstance(moved, Connected) and not moved.result.relayed
-    assert s.chosen == (None, DIRECT.address)
+    assert s.chosen == (SHARED, DIRECT.address)
     assert s.confirm_received(0.4, THEIR_RELAY.address) == []
 
 

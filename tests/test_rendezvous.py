@@ -26,7 +26,6 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer, verify
 
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.errors import (
     ConfigurationError,
@@ -37,6 +36,7 @@ from twisted_nat.errors import (
     RendezvousUnavailable,
     UnknownPeer,
 )
+from twisted_nat.nat import FilteringBehavior, MappingBehavior
 from twisted_nat.rendezvous import (
     Answer,
     InMemorySignalingHub,

@@ -289,7 +289,7 @@ def test_a_symmetric_nat_that_forgets_its_bindings_is_noticed_by_both_sides():
     w.internet.advance(5.0)
     w.nats["alice"].flush()
     w.internet.advance(15.0)
-    assert w.services["bob"].puncher.stats.dropped_wrong_path > 0
+    assert w.services["bob"].puncher.keeper.stats.dropped_wrong_path > 0
     assert connection.session_id != first_session
     w.services["bob"].connections["alice"].write(b"to the new port")
     w.internet.advance(0.1)

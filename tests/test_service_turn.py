@@ -30,6 +30,7 @@ from tests.support.coturn import (
     require_tool,
     running_coturn,
 )
+from twisted_nat.bases import SHARED
 from twisted_nat.candidates import CandidateType
 from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
 from twisted_nat.service import NATTraversalService
@@ -185,7 +186,7 @@ async def test_a_relay_is_offered_but_the_direct_path_is_taken(coturn: CoturnIns
         assert any(c.kind is CandidateType.RELAYED for c in alice.candidates)
         connection = await alice.connect("bob")
         await until(lambda: "alice" in bob.connections)
-        assert not connection.relayed and connection.base is None
+        assert not connection.relayed and connection.base is SHARED
         assert not bob.connections["alice"].relayed
         connection.write(b"direct")
         await until(lambda: bool(apps["bob"]) and bool(apps["bob"][0].received))

@@ -21,8 +21,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from tests.netutil import free_udp_ports
-from twisted_nat import birthday, meeting
 from twisted_nat.cli import discovery_json
+from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous import RendezvousService
 from twisted_nat.service import NATTraversalService
 from twisted_nat.status import StatusSite
@@ -155,10 +155,10 @@ def test_peer_symmetric_nat_methods_reach_the_service():
     )  # fmt: skip
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
     assert isinstance(peer, NATTraversalService)
-    assert peer.birthday_sockets == 32
-    assert peer.birthday_probes == 500
-    assert peer.birthday_rate == 250.5
-    assert peer.meeting_sockets == 16
+    assert peer.symmetric.birthday_sockets == 32
+    assert peer.symmetric.birthday_probes == 500
+    assert peer.symmetric.birthday_rate == 250.5
+    assert peer.symmetric.meeting_sockets == 16
 
 
 def test_peer_symmetric_nat_methods_default_to_the_library_defaults():
@@ -170,10 +170,10 @@ def test_peer_symmetric_nat_methods_default_to_the_library_defaults():
     assert sub["birthday-rate"] == birthday.DEFAULT_RATE
     assert sub["meeting-sockets"] == meeting.DEFAULT_SOCKETS
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
-    assert peer.birthday_sockets == birthday.DEFAULT_SOCKETS
-    assert peer.birthday_probes == birthday.DEFAULT_PROBES
-    assert peer.birthday_rate == birthday.DEFAULT_RATE
-    assert peer.meeting_sockets == meeting.DEFAULT_SOCKETS
+    assert peer.symmetric.birthday_sockets == birthday.DEFAULT_SOCKETS
+    assert peer.symmetric.birthday_probes == birthday.DEFAULT_PROBES
+    assert peer.symmetric.birthday_rate == birthday.DEFAULT_RATE
+    assert peer.symmetric.meeting_sockets == meeting.DEFAULT_SOCKETS
 
 
 def test_peer_symmetric_nat_methods_can_be_switched_off():
@@ -182,7 +182,11 @@ def test_peer_symmetric_nat_methods_can_be_switched_off():
         [*PEER, "--birthday-sockets", "0", "--birthday-probes", "0", "--meeting-sockets", "0"]
     )
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
-    assert (peer.birthday_sockets, peer.birthday_probes, peer.meeting_sockets) == (0, 0, 0)
+    assert (
+        peer.symmetric.birthday_sockets,
+        peer.symmetric.birthday_probes,
+        peer.symmetric.meeting_sockets,
+    ) == (0, 0, 0)
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ from twisted_nat.stun.message import (
 )
 from twisted_nat.turn import (
     CHANNEL_NUMBERS,
+    AllocationState,
     ChannelData,
     ChannelNumber,
     Data,
@@ -83,7 +84,8 @@ from twisted_nat.turn import (
     encode_channel_data,
 )
 from twisted_nat.turn.channel import is_channel_data, pad_for_stream
-from twisted_nat.turn.client import CHANNEL_REFRESH, PERMISSION_REFRESH, turn_error
+from twisted_nat.turn.peers import CHANNEL_REFRESH, PERMISSION_REFRESH
+from twisted_nat.turn.transactions import turn_error
 
 SERVER = ("192.0.2.1", 3478)
 CLIENT = ("198.51.100.2", 40000)
@@ -581,7 +583,7 @@ def test_cancelled_allocate_leaves_nothing_behind():
     out = results(d)
     d.cancel()
     assert out[0].check(CancelledError)
-    assert client._stun.pending() == 0
+    assert client.stun.pending() == 0
     assert clock.getDelayedCalls() == []
     server.silent = False
     again = results(client.allocate(SERVER, USER, PASSWORD))
@@ -918,6 +920,25 @@ def test_close_deallocates_and_cancels_every_timer():
     again = results(client.allocate(SERVER, USER, PASSWORD))
     settle(clock)
     assert again[0].relayed_address == RELAYED
+
+
+def test_an_allocation_is_active_then_closing_then_ended():
+    allocation, client, server, clock, mux = allocated()
+    states = [allocation.state]
+    out = results(allocation.close())
+    states.append(allocation.state)
+    assert out == [] and not allocation.active
+    settle(clock)
+    states.append(allocation.state)
+    assert out == [None]
+    assert states == [AllocationState.ACTIVE, AllocationState.CLOSING, AllocationState.ENDED]
+
+
+def test_a_lost_allocation_ends_at_once():
+    allocation, client, server, clock, mux = allocated()
+    client.lose_all(TURNUnavailable("gone", SERVER))
+    assert allocation.state is AllocationState.ENDED
+    assert lost_reason(allocation).reason == "gone"
 
 
 def test_close_of_an_unreachable_server_still_closes():

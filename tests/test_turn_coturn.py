@@ -146,7 +146,8 @@ async def test_a_stale_allocation_of_an_earlier_run_is_released(coturn, sockets)
     number = port.getHost().port
     first = TURNClient.on_multiplexer(mux, reactor, STUNClient(reactor=reactor, schedule=QUICK))
     old = await first.allocate(coturn.address, USER, PASSWORD)
-    old._cancel_all()  # the process "dies": no refresh, no deallocation
+    first.lose_all(TURNUnavailable("the process died"))  # no refresh, no deallocation
+    assert not old.active
     await defer.maybeDeferred(port.stopListening)
 
     client = sockets.turn_client(port=number)

@@ -24,8 +24,8 @@ from twisted.internet.task import react
 from twisted.python import usage
 
 from twisted_nat.address import format_address, parse_hostport
-from twisted_nat.behavior import detect_nat
 from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.nat import detect_nat
 from twisted_nat.stun.client import DEFAULT_STUN_PORT, DiscoveryResult, STUNClient
 
 
@@ -129,7 +129,7 @@ async def _stun(reactor: IReactorUDP, options: StunOptions) -> None:
 
 async def _detect(reactor: object, options: DetectOptions) -> None:
     behavior = await detect_nat(
-        reactor,
+        reactor,  # type: ignore[arg-type]
         options["stun"],
         options["interface"],
         lifetime=bool(options["lifetime"]),

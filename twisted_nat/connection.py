@@ -7,10 +7,9 @@ over the shared socket, in frames that only that peer can have produced
 C{DatagramProtocol}; the protocol's transport writes to the peer, and its
 C{datagramReceived} sees only verified payloads from the peer.
 
-L{AppDataRouter} is the one protocol on the multiplexer for application
-frames: it finds the connection by the sender's address (and the base it
-arrived on: the shared socket, or a TURN relay added with
-L{AppDataRouter.add_base}), checks the tag and the replay window, and
+L{AppDataRouter} is the one protocol for application frames on every base
+(L{twisted_nat.bases}): it finds the connection by the sender's address
+and the base it arrived on, checks the tag and the replay window, and
 hands the payload on.  Several connections to several peers share the
 socket this way.
 """
@@ -28,14 +27,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_nat import control
-from twisted_nat.address import format_address
+from twisted_nat.address import Address, format_address
+from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.control import ReplayWindow, SessionKeys
 from twisted_nat.errors import TwistedNATError
 from twisted_nat.keepalive import KeepAliveMachine, LinkQuality
+from twisted_nat.mux import UDPMultiplexer
 
-Address = tuple[str, int]
-Base = str | None
 PathKey = tuple[Base, Address]
 
 
@@ -89,8 +88,7 @@ class PeerConnection:
         server-reflexive, peer-reflexive or relayed).
     @ivar local_kind: which of our candidates the peer reached, if known.
     @ivar setup_time: seconds from the start of punching to the connection.
-    @ivar base: which base of ours the path leaves from (None for the
-        shared socket, else the name of a relay).
+    @ivar base: which base of ours the path leaves from.
     @ivar relayed: whether the path goes through a TURN relay.
     """
 
@@ -105,7 +103,7 @@ class PeerConnection:
         rtt: float | None = None,
         setup_time: float = 0.0,
         peer: str | None = None,
-        base: Base = None,
+        base: Base = SHARED,
         relayed: bool = False,
     ) -> None:
         self.router = router
@@ -147,7 +145,7 @@ class PeerConnection:
 
     def describe_path(self) -> str:
         local = self.local_kind.value if self.local_kind is not None else "?"
-        if self.base is not None:
+        if self.base is not SHARED:
             local = f"{local} via {self.base}"
         return f"{local} -> {self.remote.kind.value} {format_address(self.remote.address)}"
 
@@ -192,7 +190,7 @@ class PeerConnection:
         local_kind: CandidateType | None,
         rtt: float | None,
         setup_time: float,
-        base: Base = None,
+        base: Base = SHARED,
         relayed: bool = False,
     ) -> None:
         """
@@ -213,7 +211,7 @@ class PeerConnection:
         remote: Candidate,
         local_kind: CandidateType | None,
         rtt: float | None,
-        base: Base = None,
+        base: Base = SHARED,
         relayed: bool = False,
     ) -> None:
         """
@@ -285,25 +283,27 @@ class PeerConnection:
 
 
 class AppDataRouter(DatagramProtocol):
-    """The multiplexer's protocol for application frames (first byte 4)."""
+    """
+    The protocol for application frames (first byte 4) on the shared
+    socket and every other base.
+
+    @param bases: the registry of bases to carry frames on; one of its own
+        when not given.
+    """
 
     log = Logger()
     noisy = False
 
-    def __init__(self) -> None:
+    def __init__(self, bases: BaseRegistry | None = None) -> None:
         self.stats = RouterStats()
+        self.bases = bases if bases is not None else BaseRegistry()
         self._connections: dict[PathKey, PeerConnection] = {}
-        self._bases: dict[str, Any] = {}
+        self.bases.listen(self.received, _route)
 
-    def attach(self, mux: Any) -> None:
-        mux.add_range(self, [control.APP_DATA])
-
-    def add_base(self, name: str, mux: Any) -> None:
-        """Carry application frames on another base (a relay's multiplexer) too."""
-        self._bases[name] = mux.add_range(_BaseReceiver(self, name), [control.APP_DATA])
-
-    def remove_base(self, name: str) -> None:
-        self._bases.pop(name, None)
+    def attach(self, mux: UDPMultiplexer) -> None:
+        """Carry frames on the shared socket of C{mux}."""
+        self.bases.share(mux)
+        _route(mux, self)
 
     def add(self, connection: PeerConnection) -> None:
         self._connections[connection.path] = connection
@@ -315,14 +315,14 @@ class AppDataRouter(DatagramProtocol):
     def connections(self) -> list[PeerConnection]:
         return list(self._connections.values())
 
-    def send(self, frame: bytes, address: Address, base: Base = None) -> None:
+    def send(self, frame: bytes, address: Address, base: Base = SHARED) -> None:
         """
         Send a frame on a base.  A relay that refuses (its allocation is
         gone) loses the datagram, as the network may: keep-alive notices.
         """
-        transport = self.transport if base is None else self._bases.get(base)
+        transport = self.bases.writer(base)
         if transport is None:
-            raise ConnectionClosed(f"no socket to send on ({base or 'the shared socket'} closed)")
+            raise ConnectionClosed(f"no socket to send on ({base} closed)")
         try:
             transport.write(frame, address)
         except TwistedNATError as e:
@@ -335,7 +335,7 @@ class AppDataRouter(DatagramProtocol):
         return self.transport.getHost()
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
-        self.received(datagram, addr, None)
+        self.received(datagram, addr, SHARED)
 
     def received(self, datagram: bytes, addr: Address, base: Base) -> None:
         """An application frame that arrived on C{base}."""
@@ -353,14 +353,5 @@ class AppDataRouter(DatagramProtocol):
         super().doStop()
 
 
-class _BaseReceiver(DatagramProtocol):
-    """The router's protocol on another base's multiplexer."""
-
-    noisy = False
-
-    def __init__(self, router: AppDataRouter, base: str) -> None:
-        self.router = router
-        self.base = base
-
-    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
-        self.router.received(datagram, addr, self.base)
+def _route(mux: UDPMultiplexer, protocol: DatagramProtocol) -> object:
+    return mux.add_range(protocol, [control.APP_DATA])

@@ -44,41 +44,23 @@ C{meeting_sockets} extra sockets at the other's (L{twisted_nat.meeting}).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import CannotListenError, DNSLookupError
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
-from twisted_nat.behavior import (
-    MappingBehavior,
-    NATBehavior,
-    detect_nat,
-    measure_binding_lifetime,
-)
-from twisted_nat.birthday import (
-    ANSWER_DELAY,
-    DEFAULT_PROBES,
-    DEFAULT_RATE,
-    DEFAULT_SOCKETS,
-    ExtraSockets,
-    Prober,
-    Role,
-    role,
-)
+from twisted_nat.bases import Base, BaseRegistry, relay_base
 from twisted_nat.candidates import (
     Candidate,
     CandidateType,
-    candidate_priority,
     host_candidates,
     interface_addresses,
     rank,
@@ -92,17 +74,29 @@ from twisted_nat.errors import (
     TwistedNATError,
 )
 from twisted_nat.keepalive import interval_for_lifetime
-from twisted_nat.meeting import DEFAULT_SOCKETS as DEFAULT_MEETING_SOCKETS
-from twisted_nat.meeting import meeting_port, meets
+from twisted_nat.keeper import BindingLost
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.nat import (
+    NATBehavior,
+    detect_nat,
+    latest_port,
+    measure_binding_lifetime,
+    predicted_candidates,
+    prediction_step,
+)
 from twisted_nat.punch import (
     RELAY_PAIRED_KINDS,
-    SPRAY_PAIRED_KINDS,
-    Base,
-    BindingLost,
+    ExtraSockets,
     HolePuncher,
+    Prober,
     PunchResult,
+    SymmetricSettings,
+    Technique,
+    hint_for,
+    plan,
 )
+from twisted_nat.punch.birthday import DEFAULT_PROBES, DEFAULT_RATE, DEFAULT_SOCKETS
+from twisted_nat.punch.meeting import DEFAULT_SOCKETS as DEFAULT_MEETING_SOCKETS
 from twisted_nat.rendezvous import (
     Answer,
     ISignaling,
@@ -112,8 +106,8 @@ from twisted_nat.rendezvous import (
     new_offer,
 )
 from twisted_nat.rendezvous.values import NATHint
-from twisted_nat.stun.client import DiscoveryResult, RetransmissionSchedule, STUNClient
-from twisted_nat.stun.message import MessageClass, Method, request
+from twisted_nat.stun.client import DiscoveryResult, STUNClient
+from twisted_nat.stun.message import MessageClass, Method
 from twisted_nat.turn import Allocation, TURNClient, TURNServer, connect_stream
 
 Address = tuple[str, int]
@@ -123,29 +117,6 @@ RETRY_FIRST = 1.0
 RETRY_CEILING = 30.0
 """Pauses between attempts to punch a lost path again: 1 s, doubling, at most 30 s."""
 
-PREDICTED_PORTS = 16
-"""How many predicted ports a peer behind a sequential symmetric NAT offers (and a few more)."""
-
-PREDICTION_WAIT = 2.0
-"""How long the Binding request showing the NAT's latest port may take: it holds the offer back."""
-
-PREDICTION_FLOWS = 2
-"""New flows the prediction opens at once (see L{NATTraversalService._latest_port})."""
-
-PREDICTION_SCHEDULE = RetransmissionSchedule.within(PREDICTION_WAIT, sends=8)
-"""
-Eight transmissions, 0.22 s apart, rather than the RFC's three in two
-seconds (0, 0.5, 1.5 s): at 10 % loss each way a round trip fails one
-time in five, three of them together one time in 150 (seen in the lab:
-one set-up in twenty lost its prediction, and with it the direct path
-between two sequential NATs), eight one time in 600,000.
-"""
-
-PREDICTED_PREFERENCE = 32767
-"""The local preference of the first predicted candidate; the others count down from it."""
-
-MEETING_PREFERENCE = PREDICTED_PREFERENCE - 256
-"""The local preference of a peer's meeting port: below every port it offered."""
 
 DISCOVERY_ATTEMPTS = 2
 """
@@ -263,13 +234,9 @@ class NATTraversalService(MultiService):
         rng: random.Random | None = None,
     ) -> None:
         super().__init__()
-        counts = (birthday_sockets, birthday_probes, meeting_sockets)
-        if min(counts) < 0 or not (birthday_rate > 0 and math.isfinite(birthday_rate)):
-            raise ConfigurationError(
-                "birthday and meeting sockets and probes cannot be negative, and the probe"
-                f" rate must be positive and finite (not {birthday_sockets}, {birthday_probes},"
-                f" {meeting_sockets}, {birthday_rate})"
-            )
+        self.symmetric = SymmetricSettings(
+            birthday_sockets, birthday_probes, birthday_rate, meeting_sockets
+        )
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -294,22 +261,19 @@ class NATTraversalService(MultiService):
         self.follow_lifetime = follow_lifetime
         self.binding_lifetime: float | None = None
         self.turn_servers = list(turn_servers)
-        self.relays: dict[str, Allocation] = {}
-        """The live allocations, by the name of their base."""
+        self.relays: dict[Base, Allocation] = {}
+        """The live allocations, by their base."""
         self._turn_udp: TURNClient | None = None
         self._turn_streams: list[TURNClient] = []
         self._relay_retries: dict[TURNServer, Any] = {}
-        self.birthday_sockets = birthday_sockets
-        self.birthday_probes = birthday_probes
-        self.birthday_rate = birthday_rate
-        self.meeting_sockets = meeting_sockets
         self._rng = rng if rng is not None else random.Random()
 
         self.mux = UDPMultiplexer()
         self.stun = STUNClient(self.stun_servers, reactor=reactor)
-        self.puncher = HolePuncher(reactor=reactor)
-        self.router = AppDataRouter()
-        self.extra_sockets = ExtraSockets(reactor, self.puncher, self.router, interface)
+        self.bases = BaseRegistry()
+        self.puncher = HolePuncher(reactor, self.bases)
+        self.router = AppDataRouter(self.bases)
+        self.extra_sockets = ExtraSockets(reactor, self.bases, interface)
         """The birthday and meeting methods' sockets open now."""
         self.signaling: ISignaling | None = signaling
         if rendezvous is not None:
@@ -463,12 +427,11 @@ class NATTraversalService(MultiService):
         if not self.running:
             allocation.close()
             return
-        name = f"relay {format_address(allocation.relayed_address)}"
+        base = relay_base(allocation.relayed_address)
         relay_mux = UDPMultiplexer()
         allocation.attach(relay_mux)
-        self.puncher.add_base(name, relay_mux, relayed=True)
-        self.router.add_base(name, relay_mux)
-        self.relays[name] = allocation
+        self.bases.add(base, relay_mux)
+        self.relays[base] = allocation
         host, port = allocation.relayed_address
         self.candidates = rank([*self.candidates, Candidate(CandidateType.RELAYED, host, port)])
         self.log.info(
@@ -476,18 +439,17 @@ class NATTraversalService(MultiService):
             relayed=format_address(allocation.relayed_address),
             server=server.uri(),
         )
-        allocation.lost.addCallback(self._relay_lost, server, name)
+        allocation.lost.addCallback(self._relay_lost, server, base)
 
-    def _relay_lost(self, reason: TURNError, server: TURNServer, name: str) -> None:
-        allocation = self.relays.pop(name, None)
-        self.puncher.remove_base(name)
-        self.router.remove_base(name)
+    def _relay_lost(self, reason: TURNError, server: TURNServer, base: Base) -> None:
+        allocation = self.relays.pop(base, None)
+        self.bases.remove(base)
         if allocation is not None:
             relayed = allocation.relayed_address
             self.candidates = [c for c in self.candidates if c.address != relayed]
         if isinstance(reason, TURNAllocationClosed) or not self.running:
             return
-        self.log.warn("relay {name} lost: {reason}", name=name, reason=reason)
+        self.log.warn("{relay} lost: {reason}", relay=base, reason=reason)
         self._retry_relay(server, 0)
 
     def _retry_relay(self, server: TURNServer, attempt: int) -> None:
@@ -507,10 +469,10 @@ class NATTraversalService(MultiService):
         hosts = sorted({c.host for c in remote if c.kind in RELAY_PAIRED_KINDS})
         if not hosts:
             return
-        for name, allocation in self.relays.items():
-            allocation.create_permission(*hosts).addErrback(self._not_permitted, name)
+        for base, allocation in self.relays.items():
+            allocation.create_permission(*hosts).addErrback(self._not_permitted, base)
 
-    def _not_permitted(self, failure: Failure, relay: str) -> None:
+    def _not_permitted(self, failure: Failure, relay: Base) -> None:
         if self.running:  # stopping cancels what is still asked, and nobody needs to know
             self.log.warn("no permission on {relay}: {error}", relay=relay, error=failure.value)
 
@@ -665,136 +627,38 @@ class NATTraversalService(MultiService):
         return answer_to(offer, candidates, hint)
 
     def _nat_hint(self, latest: int | None = None) -> NATHint | None:
-        """
-        What we tell the peer about our NAT: nothing, until discovery found
-        out.  C{latest} is the port our NAT handed out last, when the
-        prediction for this punch saw it: our meeting port follows from it.
-        """
-        behavior = self.behavior
-        if behavior is None:
-            return None
-        hint = NATHint.of(behavior)
-        # Whichever part our NAT gives us, say whether we play it.
-        if hint.unpredictable:
-            return attrs.evolve(hint, birthday=self.birthday_sockets > 0)
-        if hint.endpoint_independent:
-            return attrs.evolve(hint, birthday=self.birthday_probes > 0)
-        if latest is not None and behavior.port_delta is not None:  # sequential, predicted
-            meet = meeting_port(latest, behavior.port_delta, self.meeting_sockets)
-            return attrs.evolve(hint, meet=meet)
-        return hint
+        """What we tell the peer about our NAT (L{hint_for})."""
+        return hint_for(self.behavior, self.symmetric, latest)
 
     async def _candidates_for_punch(
         self, remote: Sequence[Candidate] | None = None
     ) -> tuple[list[Candidate], int | None]:
         """
-        Our candidates for one punch.  Behind a NAT whose mapping depends on
-        the destination, the server-reflexive address is of no use to the
-        peer: the punch will leave from a port the NAT has not chosen yet.
-        When discovery found the NAT allocates ports in sequence, a Binding
-        request from a socket opened for it (L{_latest_port}) shows the
-        port it hands out now, and the next ones are offered as predicted
-        candidates, ranked just below the server-reflexive one; the peer's
-        PUNCHes to them open its own NAT for the port our punch gets.
-
-        Their order matters when the peer's NAT allocates in sequence too.
-        Our punch opens a new port for each of the peer's candidates in
-        rank order: first for those ranked above its predicted ones (its
-        host and server-reflexive candidates, C{ahead} of them), then one
-        for each predicted one.  So the port our k-th punch to its k-th
-        predicted port leaves from is C{latest + ahead + k}, and offering
-        that port k-th makes the peer's k-th punch (from its own
-        C{ahead + k}-th port, by the same rule) go exactly there: the two
-        mappings meet.  C{ahead} is counted on the offer when answering, and
-        taken from our own candidates when offering (the peer runs this
-        code too).  The first C{ahead} ports follow, ranked last: a peer
-        whose NAT maps endpoint-independently reaches the port our punch to
-        its server-reflexive candidate gets.
+        Our candidates for one punch: behind a NAT whose mapping depends on
+        the destination and which allocates ports in sequence, with the
+        ports it will hand out next (L{twisted_nat.nat.prediction}), shaped
+        after C{remote} when answering an offer, after our own candidates
+        when offering.
 
         @return: the candidates, and the port the NAT handed out last when
             the prediction saw it.
         """
         behavior = self.behavior
-        if (
-            behavior is None
-            or behavior.port_delta is None
-            or behavior.mapping is MappingBehavior.ENDPOINT_INDEPENDENT
-        ):
+        step = None if behavior is None else prediction_step(behavior)
+        if behavior is None or step is None:
             return self.candidates, None
-        mapped = await self._latest_port(behavior.server)
+        mapped = await latest_port(self._reactor, behavior.server, self.interface)
         if mapped is None:
             return self.candidates, None
-        host, latest = mapped
-        first_predicted = candidate_priority(CandidateType.SERVER_REFLEXIVE, PREDICTED_PREFERENCE)
+        latest = mapped[1]
         shape = self.candidates if remote is None else remote
-        ahead = sum(
-            1 for c in shape if c.priority > first_predicted and c.kind is not CandidateType.RELAYED
-        )
-        steps = [*range(ahead + 1, ahead + PREDICTED_PORTS + 1), *range(1, ahead + 1)]
-        predicted = [
-            Candidate(
-                CandidateType.SERVER_REFLEXIVE,
-                host,
-                port,
-                candidate_priority(CandidateType.SERVER_REFLEXIVE, PREDICTED_PREFERENCE - rank),
-            )
-            for rank, step in enumerate(steps)
-            if 0 < (port := latest + step * behavior.port_delta) < 65536
-        ]
+        predicted = predicted_candidates(mapped, step, shape)
         self.log.info(
             "our NAT allocates ports in sequence: offering ports {first}-{last} too",
             first=min((c.port for c in predicted), default=latest),
             last=max((c.port for c in predicted), default=latest),
         )
         return rank([*self.candidates, *predicted]), latest
-
-    async def _latest_port(self, server: Address) -> Address | None:
-        """
-        The public address of the newest flow: Binding requests to
-        C{server} from L{PREDICTION_FLOWS} sockets opened for them, at once,
-        and the highest port they show.  A socket the kernel binds to the
-        local port of an earlier, closed one (the prediction of an earlier
-        punch, a discovery socket) sends on that flow's 5-tuple, and a NAT
-        that still holds the flow answers with its old port (seen in the
-        lab: two peers of one process bound the same local port a second
-        apart, and the second's meeting port was one its NAT had passed).
-        Two fresh flows are both stale only as rarely squared, and the
-        newer port is the higher (but for a wrap of the NAT's pool).  Each
-        request goes out eight times in L{PREDICTION_WAIT}: a lost
-        prediction costs the direct path as surely.
-        """
-        found: list[Address] = []
-        asking: list[Deferred[None]] = []
-        ports: list[IListeningPort] = []
-        try:
-            for _ in range(PREDICTION_FLOWS):
-                client = STUNClient(
-                    reactor=self._reactor, schedule=PREDICTION_SCHEDULE, software=None
-                )
-                try:
-                    ports.append(self._reactor.listenUDP(0, client, interface=self.interface))
-                except (CannotListenError, OSError) as e:
-                    self.log.warn("port prediction: cannot open a socket: {error}", error=e)
-                    break
-                asking.append(Deferred.fromCoroutine(self._ask(client, server, found)))
-            for d in asking:
-                await d
-        finally:
-            for port in ports:
-                port.stopListening()
-        if not found:
-            return None
-        return max(found, key=lambda address: address[1])
-
-    async def _ask(self, client: STUNClient, server: Address, found: list[Address]) -> None:
-        """One flow of a prediction: its public address joins C{found}, if it answers."""
-        try:
-            response = await client.request(request(), server)
-        except TwistedNATError as e:
-            self.log.warn("no port prediction from one flow: {error}", error=e)
-            return
-        if response.mapped_address is not None:
-            found.append(response.mapped_address)
 
     def _punch(
         self,
@@ -805,9 +669,8 @@ class NATTraversalService(MultiService):
         theirs: NATHint | None = None,
     ) -> Deferred[PunchResult]:
         """
-        Punch towards C{remote}; with the birthday method when the hints
-        both sides sent (C{ours} as sent, not as known now, so that both
-        decide alike) call for it.
+        Punch towards C{remote}, with the technique the hints both sides
+        sent call for (L{plan}).
         """
         assert self.port is not None
         self._permit(remote)
@@ -816,49 +679,38 @@ class NATTraversalService(MultiService):
         def better(result: PunchResult) -> None:
             self._moved(session_id, result)
 
-        part = role(ours, theirs)
-        public = [c for c in remote if c.kind in SPRAY_PAIRED_KINDS]
-        bases: list[str] = []
+        chosen = plan(ours, theirs, self.symmetric, remote, controlling)
+        bases: list[Base] = []
         prober: Prober | None = None
-        spray_to: list[Candidate] | None = None
-
-        def settled(base: Base) -> None:
-            self.extra_sockets.settle(session_id, base)
-
-        if meets(ours, theirs) and self.meeting_sockets and public:
-            assert ours is not None and theirs is not None and theirs.meet is not None
-            # The peer's run holds its meeting port towards ours: ranked as
-            # the last of its predicted ports, below every port it offered.
-            meeting = Candidate(
-                CandidateType.SERVER_REFLEXIVE,
-                public[0].host,
-                theirs.meet,
-                candidate_priority(CandidateType.SERVER_REFLEXIVE, MEETING_PREFERENCE),
-            )
-            spray_to = [meeting]
-            bases = self.extra_sockets.open(session_id, self.meeting_sockets, "meeting")
+        if chosen.technique is Technique.MEETING:
+            assert ours is not None and chosen.spray_to is not None
+            bases = self.extra_sockets.open(session_id, chosen.sockets, "meeting")
             self.log.info(
                 "both NATs allocate in sequence: running {count} sockets from our port {ours}"
                 " to {peer}",
                 count=len(bases),
                 ours=ours.meet,
-                peer=format_address(meeting.address),
+                peer=format_address(chosen.spray_to[0].address),
             )
-        elif part is Role.HARD and self.birthday_sockets and public:
-            bases = self.extra_sockets.open(session_id, self.birthday_sockets)
+        elif chosen.technique is Technique.BIRTHDAY_SOCKETS:
+            bases = self.extra_sockets.open(session_id, chosen.sockets, "birthday")
             self.log.info(
                 "our NAT is symmetric and the peer's a cone: punching from {count} more sockets",
                 count=len(bases),
             )
-        elif part is Role.EASY and self.birthday_probes and public:
-            delay = 0.0 if controlling else ANSWER_DELAY
+        elif chosen.technique is Technique.BIRTHDAY_PROBES:
+            assert chosen.probe_host is not None
             prober = Prober(
-                public[0].host,
-                self.birthday_probes,
-                self.birthday_rate,
-                self._reactor.seconds() + delay,
+                chosen.probe_host,
+                self.symmetric.birthday_probes,
+                self.symmetric.birthday_rate,
+                self._reactor.seconds() + chosen.probe_delay,
                 self._rng,
             )
+
+        def settled(base: Base | None) -> None:
+            self.extra_sockets.settle(session_id, base)
+
         try:
             return self.puncher.punch_hole(
                 self.port.getHost().port,  # type: ignore[attr-defined]
@@ -874,7 +726,7 @@ class NATTraversalService(MultiService):
                 bases=bases,
                 prober=prober,
                 on_settled=settled if bases else None,
-                spray_to=spray_to,
+                spray_to=chosen.spray_to,
             )
         except BaseException:
             self.extra_sockets.settle(session_id, None)
@@ -955,7 +807,7 @@ class NATTraversalService(MultiService):
 
     def _keep_alive(self, connection: PeerConnection) -> None:
         """Keep-alive on the connection's path (again, after a move)."""
-        if connection.base is not None:
+        if connection.base.relayed:
             # Through our relay: a channel costs 4 bytes a datagram, where a
             # Send indication costs 36.
             allocation = self.relays.get(connection.base)

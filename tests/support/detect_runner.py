@@ -1,6 +1,6 @@
 """
 Run NAT detection several times in one process and print one JSON line per
-run: ours (L{twisted_nat.behavior.detect_nat}) or pystun3's, for the lab
+run: ours (L{twisted_nat.nat.detect_nat}) or pystun3's, for the lab
 tests and the detection benchmark, which run it inside a peer's namespace.
 
     python -m tests.support.detect_runner --stun HOST:PORT --runs N [--tool pystun3]
@@ -21,10 +21,10 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
 from twisted_nat.address import parse_hostport
-from twisted_nat.behavior import route_source
+from twisted_nat.nat import route_source
 
 # pystun3's names (spelt as pystun3 2.0 spells them), as the classic names of
-# twisted_nat.behavior.NATType.
+# twisted_nat.nat.NATType.
 PYSTUN3_NAMES = {
     "Open Internet": "open internet",
     "Full Cone": "full cone",
@@ -37,7 +37,7 @@ PYSTUN3_NAMES = {
 
 
 def run_ours(server: tuple[str, int], runs: int) -> None:
-    from twisted_nat.behavior import detect_nat
+    from twisted_nat.nat import detect_nat
 
     async def main(reactor: Any) -> None:
         for _ in range(runs):

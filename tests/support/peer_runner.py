@@ -109,10 +109,11 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address, parse_hostport
-from twisted_nat.behavior import NATBehavior
 from twisted_nat.connection import ConnectionClosed, PeerConnection
 from twisted_nat.errors import RendezvousUnavailable, UnknownPeer
-from twisted_nat.punch import BindingLost, PunchFailed, PunchResult
+from twisted_nat.keeper import BindingLost
+from twisted_nat.nat import NATBehavior
+from twisted_nat.punch import PunchFailed, PunchResult
 from twisted_nat.rendezvous import Offer, RendezvousClient
 from twisted_nat.service import NATTraversalService
 from twisted_nat.turn import parse_turn_uri

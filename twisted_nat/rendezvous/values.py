@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 
-from twisted_nat.behavior import FilteringBehavior, MappingBehavior, NATBehavior
 from twisted_nat.candidates import Candidate
+from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior
 
 SESSION_ID_SIZE = 16
 KEY_SIZE = 32

@@ -11,9 +11,9 @@ from typing import Any, cast
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore, IReactorTime, IReactorUDP
 
-from twisted_nat import birthday, meeting
 from twisted_nat.address import Address, parse_port
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous import make_rendezvous_service
 from twisted_nat.service import NATTraversalService
 from twisted_nat.status import status_service

@@ -11,9 +11,9 @@ import os
 
 from twisted.python import usage
 
-from twisted_nat import birthday, meeting
 from twisted_nat.address import parse_hostport, parse_ip, parse_port
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.punch import birthday, meeting
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.turn.uri import TURNServer, parse_turn_uri
 

@@ -240,7 +240,7 @@ class SimulatedHost:
         The address a port bound to every address sends from: what the
         operating system's routing table answers for a real host.  Behaviour
         discovery asks this to tell "no NAT" from "NAT" (see
-        L{twisted_nat.behavior.route_source}).
+        L{twisted_nat.nat.route_source}).
         """
         return self.addresses[0]
 

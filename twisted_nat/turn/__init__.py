@@ -10,6 +10,7 @@ Importing this package registers TURN's attributes with the STUN codec.
 
 from __future__ import annotations
 
+from twisted_nat.turn.allocation import Allocation
 from twisted_nat.turn.attributes import (
     ChannelNumber,
     Data,
@@ -22,6 +23,7 @@ from twisted_nat.turn.attributes import (
     XorPeerAddress,
     XorRelayedAddress,
 )
+from twisted_nat.turn.bookkeeping import AllocationState
 from twisted_nat.turn.channel import (
     CHANNEL_NUMBERS,
     ChannelData,
@@ -29,22 +31,19 @@ from twisted_nat.turn.channel import (
     decode_channel_data,
     encode_channel_data,
 )
-from twisted_nat.turn.client import (
-    TURN_METHODS,
-    Allocation,
-    Credentials,
-    RelayedTransport,
-    TURNClient,
-    TURNStats,
-    TURNStreamProtocol,
-    connect_stream,
-)
+from twisted_nat.turn.client import TURNClient
+from twisted_nat.turn.credentials import Credentials
+from twisted_nat.turn.relayed import RelayedTransport
+from twisted_nat.turn.stats import TURNStats
+from twisted_nat.turn.stream import TURNStreamProtocol, connect_stream
+from twisted_nat.turn.transactions import TURN_METHODS, turn_error
 from twisted_nat.turn.uri import TURNServer, parse_turn_uri
 
 __all__ = [
     "CHANNEL_NUMBERS",
     "TURN_METHODS",
     "Allocation",
+    "AllocationState",
     "ChannelData",
     "ChannelNumber",
     "Credentials",
@@ -67,4 +66,5 @@ __all__ = [
     "decode_channel_data",
     "encode_channel_data",
     "parse_turn_uri",
+    "turn_error",
 ]

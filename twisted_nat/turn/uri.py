@@ -16,6 +16,7 @@ import re
 
 import attrs
 
+from twisted_nat.address import Address
 from twisted_nat.errors import ConfigurationError
 
 DEFAULT_TURN_PORT = 3478
@@ -141,7 +142,7 @@ def parse_turn_uri(uri: str, username: str, password: str) -> TURNServer:
     )
 
 
-def _authority(uri: str, authority: str, default_port: int) -> tuple[str, int]:
+def _authority(uri: str, authority: str, default_port: int) -> Address:
     """The host and port of C{host[:port]}, with IPv6 in brackets."""
     if authority.startswith("["):
         literal, bracket, after = authority[1:].partition("]")

@@ -1,0 +1,120 @@
+"""
+What a punch session keeps only while it chooses a path: its candidate
+pairs and their counters, the pairs that work, and when each PUNCH left.
+A session drops all of it once it settles (L{twisted_nat.punch.session}).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from twisted_nat.address import Address
+from twisted_nat.bases import Base
+from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.punch.birthday import Prober
+from twisted_nat.punch.values import PairKey, PairReport
+
+
+@attrs.define
+class Pair:
+    """One base of ours and one candidate of the peer's, with what they saw."""
+
+    remote: Candidate
+    base: Base
+    relayed: bool = False
+    sent: int = 0
+    punches_received: int = 0
+    acks_received: int = 0
+    rtt: float | None = None
+    last_sent: float = -math.inf
+
+    @property
+    def key(self) -> PairKey:
+        return (self.base, self.remote.address)
+
+    def rank(self) -> tuple[bool, int]:
+        """Direct pairs before relayed ones, then by the peer's priority."""
+        return (not self.relayed, self.remote.priority)
+
+    def report(self) -> PairReport:
+        return PairReport(
+            self.remote, self.sent, self.punches_received, self.acks_received, self.base
+        )
+
+
+class Guesses:
+    """
+    A session's part in a birthday punch or a meeting run, while it chooses.
+
+    @ivar bases: our spray bases (extra sockets of this session alone).
+    @ivar prober: the probes of the birthday method's easy side, until a
+        direct pair answers.
+    @ivar sent: when each spray PUNCH or probe left, and where to, by
+        transaction id: kept apart from L{Choosing.sent}, so that a settled
+        session keeps the ids of its ordinary PUNCHes only.
+    """
+
+    __slots__ = ("bases", "prober", "sent")
+
+    def __init__(self, bases: frozenset[Base], prober: Prober | None) -> None:
+        self.bases = bases
+        self.prober = prober
+        self.sent: dict[bytes, tuple[float, PairKey]] = {}
+
+
+class Choosing:
+    """
+    What a session needs only while it chooses a path.
+
+    @ivar local: our candidates, a tuple scanned (a peer has a handful, and
+        a PUNCH naming one arrives a few times per session).
+    @ivar pairs: one per base and remote candidate.
+    @ivar sent: when each PUNCH left, by transaction id, for the RTT of its ACK.
+    @ivar valid: the pairs that have worked both ways, in order.
+    @ivar local_kind: which of our candidates the peer reached, once known.
+    @ivar guesses: the spray bases and probes, in a session that uses them.
+    """
+
+    __slots__ = ("guesses", "local", "local_kind", "pairs", "sent", "valid")
+
+    def __init__(self, local: tuple[Candidate, ...], guesses: Guesses | None = None) -> None:
+        self.local = local
+        self.pairs: dict[PairKey, Pair] = {}
+        self.sent: dict[bytes, float] = {}
+        self.valid: tuple[PairKey, ...] = ()
+        self.local_kind: CandidateType | None = None
+        self.guesses = guesses
+
+    def sprays(self, pair: Pair) -> bool:
+        """Whether C{pair} leaves from a spray base."""
+        return self.guesses is not None and pair.base in self.guesses.bases
+
+    def unheard_spray(self, pair: Pair) -> bool:
+        """A spray pair the peer has not reached yet: a guess, punched sparingly."""
+        return self.sprays(pair) and not (pair.punches_received or pair.acks_received)
+
+    def stop_probing(self) -> None:
+        """A direct path works (or is about to): the guessing is over."""
+        if self.guesses is not None:
+            self.guesses.prober = None
+
+    def kind_of_local(self, address: Address) -> CandidateType | None:
+        """The kind of our candidate at C{address} (the last given, as a dict would keep)."""
+        kind = None
+        for candidate in self.local:
+            if candidate.address == address:
+                kind = candidate.kind
+        return kind
+
+    @staticmethod
+    def pair(base: Base, remote: Candidate) -> Pair:
+        return Pair(remote, base, base.relayed or remote.kind is CandidateType.RELAYED)
+
+    def best_valid(self, direct_only: bool = False) -> PairKey | None:
+        pairs = self.pairs
+        candidates = [k for k in self.valid if not (direct_only and pairs[k].relayed)]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda k: pairs[k].rank())

@@ -1,0 +1,474 @@
+"""
+The punch handshake's I/O: L{HolePuncher} sits on the shared socket's
+multiplexer and on every other base, turns datagrams into events for each
+L{PunchSession} and its actions into writes and timers, and keeps answering
+late PUNCHes after success, since the peer may still be waiting for its
+CONFIRM.  Keep-alive on the paths it punched is its L{Keeper}'s job.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from twisted_nat import control
+from twisted_nat.address import Address, format_address
+from twisted_nat.bases import SHARED, Base, BaseRegistry
+from twisted_nat.candidates import Candidate
+from twisted_nat.control import SessionKeys
+from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.keepalive import KeepAliveMachine
+from twisted_nat.keeper import Keeper
+from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.punch.birthday import Prober
+from twisted_nat.punch.session import PunchSession
+from twisted_nat.punch.values import (
+    Action,
+    Connected,
+    PunchFailed,
+    PunchResult,
+    PunchSettings,
+    Send,
+    StartGrace,
+)
+from twisted_nat.stun.message import MessageClass
+
+FIRST_ROUND = 0.02
+"""Delay before the second round of PUNCHes; it doubles up to the interval."""
+
+
+@functools.lru_cache(maxsize=32)
+def _settings(interval: float, timeout: float, max_retries: int) -> PunchSettings:
+    """
+    One L{PunchSettings} per distinct configuration: a connected session
+    keeps its settings for as long as it lasts, and they are nearly always
+    the same for all of a node's sessions.
+    """
+    return PunchSettings(interval=interval, timeout=timeout, max_retries=max_retries)
+
+
+class KeptConnection(Protocol):
+    """What L{HolePuncher.maintain_binding} needs of a connection."""
+
+    @property
+    def session_id(self) -> bytes: ...
+
+    keys: SessionKeys
+    keepalive: KeepAliveMachine | None
+
+
+@attrs.define
+class PuncherStats:
+    """Counters of the punch traffic; every dropped datagram lands in one."""
+
+    received: int = 0
+    dropped_malformed: int = 0
+    dropped_unknown_session: int = 0
+    dropped_bad_mac: int = 0
+    unsendable: int = 0
+    probes_sent: int = 0
+
+
+class _Running:
+    """
+    A session with its timers and the Deferred its caller waits on, which
+    is let go once fired: a connected session is kept for as long as its
+    connection lasts, and nobody waits on it any more.
+    """
+
+    __slots__ = ("deferred", "grace", "on_better_path", "rounds", "session", "ticker")
+
+    def __init__(
+        self,
+        session: PunchSession,
+        on_better_path: Callable[[PunchResult], object] | None = None,
+    ) -> None:
+        self.session = session
+        self.rounds = 0
+        self.deferred: Deferred[PunchResult] | None = Deferred()
+        self.ticker: IDelayedCall | None = None
+        self.grace: IDelayedCall | None = None
+        self.on_better_path = on_better_path
+
+
+class HolePuncher(DatagramProtocol):
+    """
+    The punch handshake on the shared socket and every other base: attach
+    it to the shared socket's multiplexer (L{attach}), call L{punch_hole},
+    then L{maintain_binding} for the connection made.
+
+    Sessions stay registered after they connect, so that late PUNCHes and
+    the peer's KEEP_ALIVEs are still answered, until L{forget} is called
+    when the connection closes.
+
+    @param reactor: the clock and timers; the global reactor when not given.
+    @param bases: the registry of bases to punch from and answer on; one of
+        its own when not given.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(
+        self, reactor: IReactorTime | None = None, bases: BaseRegistry | None = None
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        assert reactor is not None
+        self._reactor: IReactorTime = reactor
+        self.bases = bases if bases is not None else BaseRegistry()
+        self.keeper = Keeper(reactor, self.bases, self.keys)
+        """Keep-alive on the paths punched; it answers the peer's for every session here."""
+        self._running: dict[bytes, _Running] = {}
+        self.stats = PuncherStats()
+        # Only the few sessions using the birthday method or a meeting run
+        # are in these, and only until they stop probing, or settle.
+        self._probing: dict[bytes, tuple[IDelayedCall | None, Prober]] = {}
+        self._settling: dict[bytes, Callable[[Base | None], object]] = {}
+        self.bases.listen(self.received, _route)
+
+    def attach(self, mux: UDPMultiplexer) -> None:
+        """Punch and keep alive on the shared socket of C{mux}."""
+        self.bases.share(mux)
+        _route(mux, self)
+        self.keeper.attach(mux)
+
+    def write(self, data: bytes, to: Address, base: Base = SHARED) -> None:
+        """
+        Send on a base.  A base that is gone, or a relay that cannot send
+        there (no permission yet), loses the datagram as a network would:
+        counted, logged, and retried by whoever retries.
+        """
+        transport = self.bases.writer(base)
+        if transport is None:
+            self.stats.unsendable += 1
+            self.log.debug("no base {base} to send to {to} from", base=base, to=to)
+            return
+        try:
+            transport.write(data, to)
+        except TwistedNATError as e:
+            self.stats.unsendable += 1
+            self.log.debug("could not send to {to} via {base}: {error}", to=to, base=base, error=e)
+
+    def maintain_binding(
+        self,
+        connection: KeptConnection,
+        remote_addr: Address,
+        interval: float = 25.0,
+        timeout: float = 5.0,
+        *,
+        base: Base = SHARED,
+        **options: Any,
+    ) -> Deferred[None]:
+        """
+        Keep the NAT bindings of C{connection}'s path open with KEEP_ALIVE
+        every C{interval} seconds, and measure the path while doing so
+        (L{Keeper.keep}).  The connection gets the path's machine as its
+        C{keepalive}, whose C{quality()} is the link's RTT, loss and jitter.
+
+        @return: a Deferred that fires with None when keep-alive is stopped
+            (L{stop_binding}, L{forget}), or fails with
+            L{twisted_nat.keeper.BindingLost} when the peer stopped answering.
+        """
+        session_id = connection.session_id
+        running = self._running.get(session_id)
+        if running is None:
+            raise ConfigurationError(f"no punched session {session_id.hex()} to keep alive")
+        session = running.session
+        keys = session.keys
+        theirs = connection.keys
+        if theirs is not keys and theirs == keys:
+            # The connection derived the same keys again: keep one copy of
+            # them, not two, for as long as the connection lasts.
+            session.keys = keys = theirs
+        kept = self.keeper.keep(session_id, keys, remote_addr, base, interval, timeout, **options)
+        connection.keepalive = kept.machine
+        return kept.deferred
+
+    def stop_binding(self, session_id: bytes) -> None:
+        """Stop keeping a session's path alive (its Deferred fires with None)."""
+        self.keeper.stop(session_id)
+
+    def punch_hole(
+        self,
+        local_port: int,
+        remote_candidates: Sequence[Candidate],
+        punch_id: bytes,
+        timeout: float = 10.0,
+        max_retries: int = 30,
+        *,
+        secret: bytes,
+        controlling: bool,
+        local_candidates: Sequence[Candidate] = (),
+        interval: float = 0.2,
+        on_better_path: Callable[[PunchResult], object] | None = None,
+        bases: Sequence[Base] = (),
+        prober: Prober | None = None,
+        on_settled: Callable[[Base | None], object] | None = None,
+        spray_to: Sequence[Candidate] | None = None,
+    ) -> Deferred[PunchResult]:
+        """
+        Punch towards C{remote_candidates} for session C{punch_id}.
+
+        @param local_port: the shared socket's port; checked, since a punch
+            from any other socket would open the wrong binding.
+        @param secret: the session's 32-byte secret from the offer.
+        @param controlling: True for the offering peer, which picks the path.
+        @param on_better_path: called with a new L{PunchResult} when a
+            session connected over a relay moves to a direct pair.
+        @param bases: spray bases of this session alone (extra sockets of
+            the birthday method's hard side or a meeting run); they pair
+            with the peer's server-reflexive candidates only, and send a few
+            PUNCHes each until the peer reaches one.
+        @param spray_to: what the spray bases punch instead of the peer's
+            server-reflexive candidates (the meeting method's one port).
+        @param prober: the birthday method's easy side: probes sent as it
+            paces them, until a direct pair answers.
+        @param on_settled: called once, with the base of the path in use,
+            when the session has stopped looking for a better one
+            (connected directly, or the timeout ended a relayed
+            connection's search), and with None when it failed or was
+            forgotten first: when the spray bases can go.
+        @return: a Deferred firing with a L{PunchResult}, or failing with
+            L{PunchFailed} saying what each pair saw.
+        """
+        if self.transport is None:
+            raise ConfigurationError("the hole puncher is not attached to a socket")
+        bound = self.transport.getHost().port
+        if local_port != bound:
+            raise ConfigurationError(
+                f"punching from port {local_port}, but the shared socket is on port {bound}"
+            )
+        if punch_id in self._running:
+            raise ConfigurationError(f"session {punch_id.hex()} is already punching")
+        for base in bases:
+            if base not in self.bases or base.relayed or base is SHARED:
+                raise ConfigurationError(f"{base} is no extra base to punch from")
+        keys = SessionKeys.derive(punch_id, secret, offerer=controlling)
+        session = PunchSession(
+            keys,
+            controlling,
+            local_candidates,
+            remote_candidates,
+            _settings(interval, timeout, max_retries),
+            self._reactor.seconds(),
+            self.bases.relays(),
+            bases,
+            prober,
+            spray_to,
+        )
+        running = self._running[punch_id] = _Running(session, on_better_path)
+        deferred = running.deferred
+        assert deferred is not None
+        if on_settled is not None:
+            self._settling[punch_id] = on_settled
+        if prober is not None:
+            self._probing[punch_id] = (None, prober)
+            self.log.info(
+                "probing up to {budget} ports of {host} for {session}",
+                budget=prober.budget,
+                host=prober.host,
+                session=punch_id.hex(),
+            )
+            self._schedule_probe(punch_id, session)
+        self._tick(punch_id)
+        return deferred
+
+    def forget(self, punch_id: bytes) -> None:
+        """Stop answering for a session (its connection closed)."""
+        self.stop_binding(punch_id)
+        running = self._running.pop(punch_id, None)
+        if running is not None:
+            self._cancel_timers(running)
+            deferred, running.deferred = running.deferred, None
+            if deferred is not None and not deferred.called:
+                deferred.errback(PunchFailed(self._reactor.seconds() - running.session.started, ()))
+        self._follow_up(punch_id)
+
+    def session(self, punch_id: bytes) -> PunchSession | None:
+        """The session punching, or kept after it connected, for C{punch_id}."""
+        running = self._running.get(punch_id)
+        return running.session if running is not None else None
+
+    def session_ids(self) -> list[bytes]:
+        """The sessions punching or kept, oldest first."""
+        return list(self._running)
+
+    def keys(self, punch_id: bytes) -> SessionKeys | None:
+        running = self._running.get(punch_id)
+        return running.session.keys if running is not None else None
+
+    # --- the protocol ---
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.received(datagram, addr, SHARED)
+
+    def received(self, datagram: bytes, addr: Address, base: Base) -> None:
+        """A PUNCH, PUNCH_ACK or PUNCH_CONFIRM that arrived on C{base}."""
+        self.stats.received += 1
+        claimed = control.session_of(datagram)
+        if claimed is None:
+            self.stats.dropped_malformed += 1
+            self.log.debug("dropped malformed control datagram from {addr}", addr=addr)
+            return
+        message, session_id = claimed
+        running = self._running.get(session_id)
+        if running is None:
+            self.stats.dropped_unknown_session += 1
+            self.log.debug("dropped PUNCH for an unknown session from {addr}", addr=addr)
+            return
+        session = running.session
+        if not control.verify(message, session.keys):
+            self.stats.dropped_bad_mac += 1
+            self.log.debug("dropped control message failing its MAC from {addr}", addr=addr)
+            return
+        now = self._reactor.seconds()
+        if message.message_class == MessageClass.REQUEST:
+            actions = session.punch_received(now, message, addr, base)
+        elif message.message_class == MessageClass.SUCCESS:
+            actions = session.ack_received(now, message, addr, base)
+        elif message.message_class == MessageClass.INDICATION:
+            actions = session.confirm_received(now, addr, base)
+        else:
+            actions = []
+        self._carry_out(session_id, actions)
+
+    def doStop(self) -> None:
+        for punch_id in list(self._running):
+            self.forget(punch_id)
+        super().doStop()
+
+    # --- carrying out the session's decisions ---
+
+    def _tick(self, punch_id: bytes) -> None:
+        running = self._running.get(punch_id)
+        if running is None:
+            return
+        running.ticker = None
+        self._carry_out(punch_id, running.session.tick(self._reactor.seconds()))
+        if running.session.searching and punch_id in self._running:
+            # The first rounds come quicker (20, 40, 80, 160 ms): the peer
+            # starts punching half a rendezvous round trip before we do, and
+            # its first PUNCHes, sent before our session existed or before
+            # our NAT was open, need not cost a whole interval.
+            session = running.session
+            delay = min(session.settings.interval, FIRST_ROUND * 2 ** min(running.rounds, 8))
+            # ...and the last one comes when time is up, not an interval after.
+            remaining = session.started + session.settings.timeout - self._reactor.seconds()
+            delay = max(0.0, min(delay, remaining))
+            running.rounds += 1
+            running.ticker = self._reactor.callLater(delay, self._tick, punch_id)
+
+    def _grace_over(self, punch_id: bytes) -> None:
+        running = self._running.get(punch_id)
+        if running is not None:
+            running.grace = None
+            self._carry_out(punch_id, running.session.grace_over(self._reactor.seconds()))
+
+    def _carry_out(self, punch_id: bytes, actions: list[Action]) -> None:
+        running = self._running[punch_id]
+        for action in actions:
+            if isinstance(action, Send):
+                self.write(action.data, action.to, action.base)
+            elif isinstance(action, StartGrace):
+                self._start_grace(punch_id, running, action.delay)
+            elif isinstance(action, Connected):
+                if not running.session.searching:
+                    self._cancel_timers(running)
+                elif running.grace is not None:
+                    running.grace.cancel()
+                    running.grace = None
+                result = action.result
+                self.log.info(
+                    "punched through to {remote} ({kind}{relayed}) in {elapsed:.0f} ms",
+                    remote=format_address(result.remote.address),
+                    kind=result.remote.kind.value,
+                    relayed=", relayed" if result.relayed else "",
+                    elapsed=result.elapsed * 1000,
+                )
+                deferred, running.deferred = running.deferred, None
+                if deferred is not None:
+                    deferred.callback(result)
+                elif running.on_better_path is not None:
+                    running.on_better_path(result)
+            else:
+                self._cancel_timers(running)
+                del self._running[punch_id]
+                deferred, running.deferred = running.deferred, None
+                if deferred is not None:
+                    deferred.errback(action.error)
+        self._follow_up(punch_id)
+
+    # --- the birthday method ---
+
+    def _schedule_probe(self, punch_id: bytes, session: PunchSession) -> None:
+        entry = self._probing.get(punch_id)
+        due = session.next_probe
+        if entry is None or due is None or punch_id not in self._running:
+            self._follow_up(punch_id)
+            return
+        delay = max(0.0, due - self._reactor.seconds())
+        self._probing[punch_id] = (self._reactor.callLater(delay, self._probe, punch_id), entry[1])
+
+    def _probe(self, punch_id: bytes) -> None:
+        running = self._running.get(punch_id)
+        if running is None:
+            return
+        actions = running.session.probe(self._reactor.seconds())
+        self.stats.probes_sent += len(actions)
+        self._carry_out(punch_id, actions)
+        self._schedule_probe(punch_id, running.session)
+
+    def _follow_up(self, punch_id: bytes) -> None:
+        """
+        After each event of a session using the birthday method: stop the
+        probe timer once probing is over, and say when the session settled.
+        """
+        if punch_id not in self._probing and punch_id not in self._settling:
+            return
+        running = self._running.get(punch_id)
+        session = running.session if running is not None else None
+        probing = self._probing.get(punch_id)
+        if probing is not None and (session is None or session.next_probe is None):
+            del self._probing[punch_id]
+            timer, prober = probing
+            if timer is not None and timer.active():
+                timer.cancel()
+            self.log.info(
+                "stopped probing {host} after {sent} of {budget} PUNCHes",
+                host=prober.host,
+                sent=prober.sent,
+                budget=prober.budget,
+            )
+        if punch_id in self._settling and (session is None or not session.searching):
+            settled = self._settling.pop(punch_id)
+            chosen = session.chosen if session is not None else None
+            settled(chosen[0] if chosen is not None else None)
+
+    def _start_grace(self, punch_id: bytes, running: _Running, delay: float) -> None:
+        """A grace period, or a shorter one instead of a relay's longer one."""
+        grace = running.grace
+        if grace is not None and grace.active():
+            if grace.getTime() <= self._reactor.seconds() + delay:
+                return
+            grace.cancel()
+        running.grace = self._reactor.callLater(delay, self._grace_over, punch_id)
+
+    def _cancel_timers(self, running: _Running) -> None:
+        for timer in (running.ticker, running.grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        running.ticker = running.grace = None
+
+
+def _route(mux: UDPMultiplexer, protocol: DatagramProtocol) -> object:
+    return mux.add_stun(protocol, [control.PUNCH])

@@ -1,0 +1,436 @@
+"""
+The decisions of one punch: the PUNCH -> PUNCH_ACK -> PUNCH_CONFIRM handshake.
+
+Both peers send PUNCH to every candidate of the other, in rank order, every
+interval, at the same time: the first PUNCH out of each NAT opens it for
+the answers.  A PUNCH_ACK proves a path works both ways.  The offering peer
+controls the choice (as ICE's controlling agent does): after its first
+working path it waits a moment for a better-ranked one, then names its
+choice with PUNCH_CONFIRM; the answering peer takes the path the CONFIRM
+arrived on.  A PUNCH from an address that is no candidate (a symmetric
+NAT's fresh mapping) becomes a peer-reflexive candidate and is punched at
+once, which is what lets a symmetric NAT connect to a cone.
+
+Relayed pairs (through our relay, or to the peer's) rank below every direct
+pair: the controlling peer takes a relay only when no direct pair has worked
+for L{PunchSettings.relay_grace}, keeps punching the direct pairs until the
+timeout, and moves to one that works later (L{Connected} again).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+from twisted_nat import control
+from twisted_nat.address import Address
+from twisted_nat.bases import SHARED, Base
+from twisted_nat.candidates import Candidate, CandidateType, candidate_priority, rank
+from twisted_nat.control import Destination, SessionKeys
+from twisted_nat.punch.birthday import SPRAY_PUNCHES, Prober
+from twisted_nat.punch.choosing import Choosing, Guesses, Pair
+from twisted_nat.punch.values import (
+    RELAY_PAIRED_KINDS,
+    SPRAY_PAIRED_KINDS,
+    Action,
+    Connected,
+    Failed,
+    PairKey,
+    PairReport,
+    PunchFailed,
+    PunchResult,
+    PunchSettings,
+    Send,
+    StartGrace,
+)
+from twisted_nat.stun.attributes import XorMappedAddress
+from twisted_nat.stun.message import Message
+
+
+class SessionState(enum.Enum):
+    PUNCHING = "punching"
+    CONNECTED = "connected"
+    """Connected; still punching the direct pairs when the path is relayed."""
+    FAILED = "failed"
+
+
+class PunchSession:
+    """
+    The decisions of one punch, for one peer.  No I/O, no clock: every
+    method takes the time and returns the actions to carry out.
+
+    A connected session is kept for as long as its connection lasts, to
+    answer late PUNCHes and ACKs (the peer may still be waiting for its
+    CONFIRM), and a node may hold thousands.  So what only choosing a path
+    needs (L{Choosing}: the candidates, the pairs and their counters, the
+    working paths, when each PUNCH left) is dropped once the path is
+    settled, and what is kept is the keys, the chosen path, and the
+    transaction ids of the PUNCHes sent, which a late ACK is checked
+    against.  L{reports} of a settled session are those of the moment it
+    connected, as in its L{result}.
+
+    A session connected over a relay is not settled: it keeps punching the
+    direct pairs until the timeout, and moves to one that works (a second
+    L{Connected}).
+
+    @param relays: our relayed bases; they pair with the peer's public
+        candidates (L{RELAY_PAIRED_KINDS}).
+    @param spray: our spray bases, this session's alone: they
+        pair with the peer's server-reflexive candidates
+        (L{SPRAY_PAIRED_KINDS}), or with C{spray_to} only when given, and
+        send L{SPRAY_PUNCHES} each until the peer reaches one.  Their first
+        PUNCHes leave before any other, in the order of C{spray}: a NAT
+        that allocates in sequence gives them consecutive ports
+        (L{twisted_nat.punch.meeting}).
+    @param spray_to: the peer's addresses the spray bases punch, when not
+        its server-reflexive candidates: the port its own run of sockets
+        will hold (L{twisted_nat.punch.meeting}), which no candidate names.
+    @param prober: probes to send (L{probe}) until a direct pair answers.
+    """
+
+    __slots__ = (
+        "_choosing",
+        "_chosen",
+        "_sent_ids",
+        "controlling",
+        "keys",
+        "result",
+        "settings",
+        "started",
+        "state",
+    )
+
+    def __init__(
+        self,
+        keys: SessionKeys,
+        controlling: bool,
+        local_candidates: Sequence[Candidate],
+        remote_candidates: Sequence[Candidate],
+        settings: PunchSettings,
+        now: float,
+        relays: Sequence[Base] = (),
+        spray: Sequence[Base] = (),
+        prober: Prober | None = None,
+        spray_to: Sequence[Candidate] | None = None,
+    ) -> None:
+        self.keys = keys
+        self.controlling = controlling
+        self.settings = settings
+        self.started = now
+        self.state = SessionState.PUNCHING
+        self.result: PunchResult | None = None
+        guesses = Guesses(frozenset(spray), prober) if spray or prober is not None else None
+        choosing = Choosing(tuple(local_candidates), guesses)
+        self._choosing: Choosing | None = choosing
+        for remote in rank(list(remote_candidates)):
+            bases: list[Base] = [SHARED]
+            if remote.kind in RELAY_PAIRED_KINDS:
+                bases += relays
+            if remote.kind in SPRAY_PAIRED_KINDS and spray_to is None:
+                bases += spray
+            for base in bases:
+                pair = choosing.pair(base, remote)
+                choosing.pairs[pair.key] = pair
+        for remote in spray_to or ():
+            for base in spray:
+                pair = choosing.pair(base, remote)
+                choosing.pairs.setdefault(pair.key, pair)
+        # Once settled: the ids of the PUNCHes sent, all 12 bytes, end to
+        # end (12 bytes each, rather than 56 for an object in a tuple).
+        self._sent_ids = b""
+        self._chosen: PairKey | None = None
+
+    def _choices(self) -> Choosing:
+        choosing = self._choosing
+        assert choosing is not None, "a settled session has chosen"
+        return choosing
+
+    @property
+    def chosen(self) -> PairKey | None:
+        """The base and remote address of the path in use, once connected."""
+        return self._chosen
+
+    # --- events ---
+
+    def tick(self, now: float) -> list[Action]:
+        """
+        A round of PUNCHes, every C{interval}; also where time runs out.
+        Connected over a relay, only the direct pairs are punched.
+        """
+        choosing = self._choosing
+        if choosing is None or self.state is SessionState.FAILED:
+            return []
+        if now - self.started >= self.settings.timeout - 1e-9:  # float sums of delays
+            if self.state is SessionState.CONNECTED:
+                self._settle()
+                return []
+            return self._fail(now)
+        direct_only = self.state is SessionState.CONNECTED
+        # Once a direct pair works, the guesses of the spray bases are moot.
+        guessing = choosing.guesses is not None and not any(
+            not choosing.pairs[k].relayed for k in choosing.valid
+        )
+        actions: list[Action] = []
+        # Spray pairs first, then by rank (a stable sort keeps the order of
+        # the spray bases): their PUNCHes open consecutive ports.
+        spaced = now - self.settings.interval + 1e-9
+        for pair in sorted(
+            choosing.pairs.values(),
+            key=lambda p: (choosing.sprays(p), p.rank()),
+            reverse=True,
+        ):
+            limit = self.settings.max_retries
+            if choosing.guesses is not None and choosing.unheard_spray(pair):
+                # A guess's few PUNCHes go a whole interval apart, not at the
+                # quicker pace of the first rounds: a peer whose own run
+                # starts a rendezvous trip later must still find one of them.
+                limit = SPRAY_PUNCHES if guessing and pair.last_sent <= spaced else 0
+            if pair.sent < limit and not (direct_only and pair.relayed):
+                actions.append(self._punch(pair, now))
+        return actions
+
+    def probe(self, now: float) -> list[Action]:
+        """The probes due at C{now}, if this session probes and still needs to."""
+        choosing = self._choosing
+        guesses = choosing.guesses if choosing is not None else None
+        prober = guesses.prober if guesses is not None else None
+        if guesses is None or prober is None or self.state is SessionState.FAILED:
+            return []
+        actions: list[Action] = []
+        for address in prober.due(now):
+            tid, data = control.punch(self.keys, address)
+            guesses.sent[tid] = (now, (SHARED, address))
+            actions.append(Send(data, address))
+        return actions
+
+    @property
+    def next_probe(self) -> float | None:
+        """When L{probe} has more to send; None once probing is over."""
+        choosing = self._choosing
+        if choosing is None or choosing.guesses is None or self.state is SessionState.FAILED:
+            return None
+        prober = choosing.guesses.prober
+        return prober.next_at if prober is not None else None
+
+    @property
+    def searching(self) -> bool:
+        """Still punching: not yet connected, or connected over a relay only."""
+        return self._choosing is not None and self.state is not SessionState.FAILED
+
+    def punch_received(
+        self, now: float, message: Message, source: Address, base: Base = SHARED
+    ) -> list[Action]:
+        """A valid PUNCH: answer it, and punch back at an address we did not know."""
+        actions: list[Action] = [
+            Send(control.punch_ack(self.keys, message.transaction_id, source), source, base)
+        ]
+        key = (base, source)
+        choosing = self._choosing
+        if choosing is not None:
+            destination = message.get(Destination)
+            if destination is not None and choosing.local_kind is None:
+                choosing.local_kind = choosing.kind_of_local(destination.address)
+            pair = choosing.pairs.get(key)
+            if pair is None:
+                pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
+                if self.state is SessionState.PUNCHING or not pair.relayed:
+                    actions.append(self._punch(pair, now))
+                if not pair.relayed:
+                    # The peer reached us from an address we did not know:
+                    # a direct path in, and our PUNCH back completes it.
+                    choosing.stop_probing()
+            elif choosing.guesses is not None and choosing.unheard_spray(pair):
+                # A probe found this socket's mapping: punch back at once
+                # (ICE's triggered check), as its spray PUNCHes are spent.
+                actions.append(self._punch(pair, now))
+            pair.punches_received += 1
+        # Connected: the peer has not heard our CONFIRM, or not its ACK yet.
+        if self._chosen == key and self.controlling:
+            actions.append(Send(control.punch_confirm(self.keys), source, base))
+        return actions
+
+    def ack_received(
+        self, now: float, message: Message, source: Address, base: Base = SHARED
+    ) -> list[Action]:
+        """A PUNCH_ACK for one of ours: that path works both ways."""
+        key = (base, source)
+        choosing = self._choosing
+        if choosing is None:  # settled: only a CONFIRM again, if this is the path
+            if not self._sent_before(message.transaction_id):
+                return []
+            if self.controlling and self._chosen == key:
+                return [Send(control.punch_confirm(self.keys), source, base)]
+            return []
+        when = choosing.sent.get(message.transaction_id)
+        if when is None and choosing.guesses is not None:
+            guess = choosing.guesses.sent.get(message.transaction_id)
+            when = guess[0] if guess is not None else None
+        if when is None:
+            return []
+        pair = choosing.pairs.get(key)
+        if pair is None:  # answered from elsewhere than we sent to: use where it came from
+            pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
+        pair.acks_received += 1
+        if pair.rtt is None:
+            pair.rtt = now - when
+        reflexive = message.get(XorMappedAddress)
+        if reflexive is not None and choosing.local_kind is None:
+            choosing.local_kind = choosing.kind_of_local(reflexive.address)
+        if key not in choosing.valid:
+            choosing.valid += (key,)
+        if not pair.relayed:
+            choosing.stop_probing()
+        if not self.controlling:
+            return []
+        if self.state is SessionState.CONNECTED:
+            if self._chosen == key:
+                return [Send(control.punch_confirm(self.keys), source, base)]
+            if not pair.relayed:
+                # Connected over a relay, and a direct pair works now: move.
+                return self._nominate(key, now)
+            return []
+        if len(choosing.valid) == 1 or (
+            not pair.relayed and all(choosing.pairs[k].relayed for k in choosing.valid[:-1])
+        ):
+            # Long enough for a better-ranked path, which is usually also the
+            # shorter one, to answer too; never longer than the setting.  A
+            # relay waits longer, for a direct pair to come.
+            delay = min(self.settings.grace, max(0.005, 2 * pair.rtt))
+            if pair.relayed:
+                delay = self.settings.relay_grace
+            return [StartGrace(delay)]
+        return []
+
+    def grace_over(self, now: float) -> list[Action]:
+        """The controlling peer names the best path that works."""
+        if self.state is not SessionState.PUNCHING:
+            return []
+        best = self._choices().best_valid()
+        if best is None:
+            return []
+        return self._nominate(best, now)
+
+    def confirm_received(self, now: float, source: Address, base: Base = SHARED) -> list[Action]:
+        """The controlling peer named this path: use it."""
+        key = (base, source)
+        choosing = self._choosing
+        if self.controlling or choosing is None or key == self._chosen:
+            return []
+        pair = choosing.pairs.get(key)
+        if pair is None:
+            pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
+        if self.state is SessionState.CONNECTED and pair.relayed:
+            return []  # on a relay already; only a direct path is worth a move
+        if self.state is SessionState.FAILED:
+            return []
+        return self._connect(key, now)
+
+    # --- helpers ---
+
+    @staticmethod
+    def _reflexive(source: Address) -> Candidate:
+        """A peer-reflexive candidate: an address the peer's packets really came from."""
+        return Candidate(
+            CandidateType.PEER_REFLEXIVE,
+            source[0],
+            source[1],
+            candidate_priority(CandidateType.PEER_REFLEXIVE),
+        )
+
+    @property
+    def remembered(self) -> int:
+        """How many PUNCHes a settled session remembers, to check late ACKs against."""
+        return len(self._sent_ids) // 12
+
+    def _sent_before(self, transaction_id: bytes) -> bool:
+        """Whether a settled session sent a PUNCH with this id."""
+        ids, size = self._sent_ids, len(transaction_id)
+        if not size:
+            return False
+        found = ids.find(transaction_id)
+        while found >= 0:
+            if found % size == 0:
+                return True
+            found = ids.find(transaction_id, found + 1)
+        return False
+
+    def _punch(self, pair: Pair, now: float) -> Send:
+        tid, data = control.punch(self.keys, pair.remote.address)
+        choosing = self._choices()
+        if choosing.guesses is not None and choosing.sprays(pair):
+            choosing.guesses.sent[tid] = (now, pair.key)
+        else:
+            choosing.sent[tid] = now
+        pair.sent += 1
+        pair.last_sent = now
+        return Send(data, pair.remote.address, pair.base)
+
+    def _nominate(self, key: PairKey, now: float) -> list[Action]:
+        base, address = key
+        return [Send(control.punch_confirm(self.keys), address, base), *self._connect(key, now)]
+
+    def _connect(self, key: PairKey, now: float) -> list[Action]:
+        choosing = self._choices()
+        self.state = SessionState.CONNECTED
+        pair = choosing.pairs[key]
+        # Equal to the key, but made of the candidate's strings, which the
+        # connection keeps anyway, rather than of one datagram's.
+        self._chosen = (pair.base, pair.remote.address)
+        self.result = PunchResult(
+            remote=pair.remote,
+            local_kind=choosing.local_kind,
+            rtt=pair.rtt,
+            elapsed=now - self.started,
+            pairs=self.reports(),
+            base=pair.base,
+            relayed=pair.relayed,
+        )
+        if not pair.relayed:
+            self._settle()
+        return [Connected(self.result)]
+
+    def _settle(self) -> None:
+        """Nothing better will come: keep only what answering late messages needs."""
+        choosing = self._choices()
+        ids = b"".join(choosing.sent)
+        if choosing.guesses is not None:
+            # Of the guesses, only those on the chosen path can be answered late.
+            chosen = self._chosen
+            ids += b"".join(t for t, (_, k) in choosing.guesses.sent.items() if k == chosen)
+        self._sent_ids = ids
+        self._choosing = None
+
+    def _fail(self, now: float) -> list[Action]:
+        self.state = SessionState.FAILED
+        return [Failed(PunchFailed(now - self.started, self.reports()))]
+
+    def reports(self) -> tuple[PairReport, ...]:
+        """
+        What each pair saw.  The spray pairs the peer never reached are
+        summed into one report: hundreds of reports alike would say no
+        more, and a connected session keeps its reports in its result.
+        """
+        choosing = self._choosing
+        if choosing is None:
+            assert self.result is not None
+            return self.result.pairs
+        reports: list[PairReport] = []
+        unheard: dict[Address, tuple[Candidate, int, int]] = {}
+        for pair in choosing.pairs.values():
+            if choosing.guesses is not None and choosing.unheard_spray(pair):
+                remote, sockets, sent = unheard.get(pair.remote.address, (pair.remote, 0, 0))
+                unheard[pair.remote.address] = (remote, sockets + 1, sent + pair.sent)
+            else:
+                reports.append(pair.report())
+        for remote, sockets, sent in unheard.values():
+            reports.append(PairReport(remote, sent, 0, 0, sockets=sockets))
+        return tuple(reports)
+
+    def owns(self, transaction_id: bytes) -> bool:
+        choosing = self._choosing
+        if choosing is not None:
+            guesses = choosing.guesses
+            return transaction_id in choosing.sent or (
+                guesses is not None and transaction_id in guesses.sent
+            )
+        return self._sent_before(transaction_id)

@@ -1,0 +1,135 @@
+"""
+The values a punch is configured with and reports: its settings, what each
+candidate pair saw, the path found, and the actions a session asks of its
+owner.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from twisted_nat.address import Address, format_address
+from twisted_nat.bases import SHARED, Base
+from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.errors import TwistedNATError
+
+PairKey = tuple[Base, Address]
+"""A candidate pair: the base of ours a PUNCH leaves from, and the peer's address it goes to."""
+
+RELAY_PAIRED_KINDS = frozenset(
+    {CandidateType.SERVER_REFLEXIVE, CandidateType.PEER_REFLEXIVE, CandidateType.RELAYED}
+)
+"""
+The peer's candidates a relay base punches: a TURN server relays to any
+permitted address, and a peer's private host address, meaningless from
+the server, could be someone else's machine on the server's own network.
+"""
+
+SPRAY_PAIRED_KINDS = frozenset({CandidateType.SERVER_REFLEXIVE})
+"""
+The peer's candidates a spray base punches: the address the peer's NAT
+shows everyone.  A host candidate is reached from the shared socket
+anyway, and a relay needs no guessing.
+"""
+
+
+@attrs.frozen
+class PunchSettings:
+    """
+    @ivar interval: time between rounds of PUNCHes.
+    @ivar timeout: give up after this long.
+    @ivar max_retries: PUNCHes sent to one candidate at most.
+    @ivar grace: how long the controlling peer waits, after its first
+        working path, for a better-ranked one to work too.
+    @ivar relay_grace: how long it waits when the first working path is
+        relayed: a direct path often needs a few rounds more (each NAT
+        opens only once its own peer punched), and connecting on the relay
+        only to leave it a moment later costs the application a path change.
+    """
+
+    interval: float = 0.2
+    timeout: float = 10.0
+    max_retries: int = 30
+    grace: float = 0.03
+    relay_grace: float = 0.5
+
+
+@attrs.frozen
+class PairReport:
+    """What one candidate pair saw: the substance of a failure's message."""
+
+    remote: Candidate
+    punches_sent: int
+    punches_received: int
+    acks_received: int
+    base: Base = SHARED
+    sockets: int = 0
+    """When not 0, this report sums up the pairs of as many extra sockets, none of them reached."""
+
+    def describe(self) -> str:
+        if self.sockets:
+            via = f" via {self.sockets} extra sockets"
+        else:
+            via = f" via {self.base}" if self.base is not SHARED else ""
+        return (
+            f"{self.remote.kind.value} {format_address(self.remote.address)}{via}: sent "
+            f"{self.punches_sent}, got {self.punches_received} punches and "
+            f"{self.acks_received} acks"
+        )
+
+
+@attrs.frozen
+class PunchResult:
+    """
+    The path a punch found.
+
+    @ivar base: which base of ours the path leaves from.
+    @ivar relayed: whether the path goes through a TURN relay, ours or the
+        peer's.
+    """
+
+    remote: Candidate
+    local_kind: CandidateType | None
+    rtt: float | None
+    elapsed: float
+    pairs: tuple[PairReport, ...]
+    base: Base = SHARED
+    relayed: bool = False
+
+
+class PunchFailed(TwistedNATError):
+    """No candidate pair worked before the timeout; C{pairs} says what each saw."""
+
+    def __init__(self, elapsed: float, pairs: tuple[PairReport, ...]) -> None:
+        detail = "; ".join(p.describe() for p in pairs) or "no candidates"
+        super().__init__(f"hole punching failed after {elapsed:.1f}s ({detail})")
+        self.elapsed = elapsed
+        self.pairs = pairs
+
+
+# --- actions: what a session asks its owner to do ---
+
+
+@attrs.frozen
+class Send:
+    data: bytes
+    to: Address
+    base: Base = SHARED
+
+
+@attrs.frozen
+class StartGrace:
+    delay: float
+
+
+@attrs.frozen
+class Connected:
+    result: PunchResult
+
+
+@attrs.frozen
+class Failed:
+    error: PunchFailed
+
+
+Action = Send | StartGrace | Connected | Failed
