@@ -233,20 +233,19 @@ def test_the_answerers_second_punch_makes_up_for_the_offerers_lost_ones() -> Non
     w = meeting_world(punch_timeout=FAILING_TIMEOUT)
     alice_ip = w.nats["alice"].public_address
     nat = w.nats["bob"]
-    inbound = nat._inbound
     dropped: list[float] = []
 
-    def lossy(source: tuple[str, int], destination: tuple[str, int]) -> tuple[str, int] | None:
+    def lossy(source: tuple[str, int], destination: tuple[str, int]) -> bool:
         sent = w.signaling["alice"].sent
         if sent and len(dropped) < SPRAY_PUNCHES:
             offer, answer = sent[-1]
             assert offer.nat is not None and answer.nat is not None
             if source == (alice_ip, offer.nat.meet) and destination[1] == answer.nat.meet:
                 dropped.append(w.internet.clock.seconds())
-                return None
-        return inbound(source, destination)
+                return True
+        return False
 
-    nat._inbound = lossy  # type: ignore[method-assign]
+    nat.lose_inbound = lossy
     w.connect("alice")
     assert len(dropped) == SPRAY_PUNCHES
     assert_met(w, "alice")

@@ -57,9 +57,10 @@ def test_plugin_file_lands_without_package_markers(installed: Path) -> None:
     assert "twisted/plugins/__init__.py" not in files
     assert "twisted_nat/py.typed" in files
     # every subpackage is listed in setup.cfg (automatic discovery is off)
-    packages = ("stun", "testing", "rendezvous", "turn")
-    for package in (f"twisted_nat/{name}" for name in packages):
-        assert f"{package}/__init__.py" in files, package
+    packages = [p.relative_to(REPO).as_posix() for p in (REPO / "twisted_nat").rglob("__init__.py")]
+    assert "twisted_nat/tap/__init__.py" in packages
+    for package in packages:
+        assert package in files, package
 
 
 def test_twistd_lists_nat_and_documents_every_option(installed: Path, tmp_path: Path) -> None:

@@ -559,6 +559,36 @@ def test_in_memory_errors_match_the_server():
     assert stranger.peer_name == "bob"
 
 
+def test_in_memory_when_registered_fires_once_the_name_is_ours():
+    """C{when_registered}, part of L{ISignaling}, as the rendezvous client has it."""
+    hub = InMemorySignalingHub()
+    alice = hub.peer("alice")
+    assert results(alice.when_registered()) == [None]  # at once: registered already
+
+    bob = LoopbackSignaling(hub)
+    waiting = results(bob.when_registered())
+    assert waiting == []
+    assert results(bob.register("bob")) == [None]
+    assert waiting == [None]
+    assert results(bob.when_registered()) == [None]
+
+    # A refused registration fails whoever waits for it, with the refusal.
+    stranger = LoopbackSignaling(hub)
+    refused = results(stranger.when_registered())
+    results(stranger.register("alice"))
+    assert isinstance(refused[0], Failure) and refused[0].check(DuplicateName)
+    malformed = results(stranger.when_registered())
+    results(stranger.register("not a name"))
+    assert isinstance(malformed[0], Failure) and malformed[0].check(MalformedSignal)
+
+    # Closing first fails the wait; a closed peer fails it at once.
+    closing = results(stranger.when_registered())
+    results(stranger.close())
+    assert isinstance(closing[0], Failure) and closing[0].check(RendezvousUnavailable)
+    (closed,) = results(alice.close().addCallback(lambda _: alice.when_registered()))
+    assert isinstance(closed, Failure) and closed.check(RendezvousUnavailable)
+
+
 def test_in_memory_with_a_clock_delivers_a_turn_later_and_times_out():
     clock = Clock()
     hub = InMemorySignalingHub(clock, relay_timeout=3.0)

@@ -65,6 +65,9 @@ class RelayOnlySignaling:
     def register(self, name: str) -> Deferred[None]:
         return self.inner.register(name)  # type: ignore[no-any-return]
 
+    def when_registered(self) -> Deferred[None]:
+        return self.inner.when_registered()  # type: ignore[no-any-return]
+
     def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
         stripped = attrs.evolve(offer, candidates=relayed_only(offer.candidates))
         answering: Deferred[Answer] = self.inner.connect(name, stripped)

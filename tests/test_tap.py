@@ -7,19 +7,27 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
+import pytest_twisted
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from tests.netutil import free_udp_ports
 from twisted_nat.cli import discovery_json
 from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous import RendezvousService
 from twisted_nat.service import NATTraversalService
+from twisted_nat.status import StatusSite
 from twisted_nat.stun.client import DiscoveryResult
-from twisted_nat.tap import Options, STUNServerService, makeService
+from twisted_nat.tap import DemoOptions, Options, STUNServerService, demo_service, makeService
 from twisted_nat.turn import TURNServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -453,3 +461,78 @@ def test_discovery_json_shape():
         "server": "[2001:db8::2]:3478",
         "rtt_ms": 12.5,
     }
+
+
+# --- what the person running twistd nat reads ---
+
+
+def free_tcp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def info_lines(events: Sequence[dict[str, Any]]) -> list[str]:
+    """The text of every event above debug, as twistd writes it."""
+    return [formatEvent(e) for e in events if e.get("log_level") is not LogLevel.debug]
+
+
+NOISY = ("Starting protocol", "Stopping protocol", "Starting factory", "Stopping factory")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_demo_connects_on_loopback_without_connection_detail_at_info():
+    """
+    The demonstration, run on loopback for real: alice and bob greet each
+    other, and the log above debug holds no line per protocol started or
+    per rendezvous connection.  (Twisted's own "<protocol> starting on
+    <port>" and "(UDP Port N Closed)" lines come from its port classes
+    whatever the protocol says, so they are not asserted on here.)
+    """
+    primary, alternate = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
+    options = DemoOptions()
+    options.parseOptions(["--rendezvous", f"tcp:{free_tcp_port('127.0.0.1')}:interface=127.0.0.1"])
+    demo = demo_service(reactor, options, stun=(("127.0.0.1", primary), ("127.0.0.2", alternate)))
+    with capturedLogs() as events:
+        demo.startService()
+        try:
+            for _ in range(200):
+                greeted = {e.get("peer") for e in events if e.get("text", "").endswith("#1")}
+                if greeted == {"alice", "bob"}:
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+        finally:
+            await demo.stopService()
+    assert greeted == {"alice", "bob"}, info_lines(events)
+    lines = info_lines(events)
+    assert any("STUN server listening on" in line for line in lines)
+    assert any("Rendezvous server listening on" in line for line in lines)
+    assert not [line for line in lines if line.startswith(NOISY)]
+    assert not [line for line in lines if "connection established" in line]
+    assert not [line for line in lines if "connection lost" in line]
+
+
+class FixedStatus:
+    def status(self) -> dict[str, Any]:
+        return {"name": "alice", "connections": []}
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_requests_are_logged_at_debug_only():
+    """A monitor polling C{--status} must not fill the log with a line per request."""
+    with capturedLogs() as events:
+        endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        port = await endpoint.listen(StatusSite(FixedStatus()))
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        try:
+            url = f"http://127.0.0.1:{address.port}/"
+            for _ in range(3):
+                body = await deferToThread(lambda: urllib.request.urlopen(url, timeout=5).read())
+                assert json.loads(body) == FixedStatus().status()
+        finally:
+            await defer.maybeDeferred(port.stopListening)
+    requests = [e for e in events if e.get("method") == "GET"]
+    assert len(requests) == 3
+    assert all(e["log_level"] is LogLevel.debug for e in requests)
+    assert not [line for line in info_lines(events) if "GET" in line or line.startswith(NOISY)]

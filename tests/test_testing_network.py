@@ -540,6 +540,33 @@ def test_a_lossy_nat_loses_its_share_too():
     assert nat.stats.lost == 1000 - len(got)
 
 
+def test_a_nat_loses_the_inbound_datagrams_a_test_chooses():
+    internet = SimulatedInternet()
+    nat = internet.add_nat_of_type(PUBLIC, "full-cone")
+    inside = listen(internet.add_host("10.0.0.2", behind=nat), 4000)
+    outside = listen(internet.add_host(S1), 1000)
+    asked = []
+
+    def odd_ones(source, destination):
+        asked.append((source, destination))
+        return int(internet.clock.seconds()) % 2 == 1
+
+    nat.lose_inbound = odd_ones
+    inside.transport.write(b"open", (S1, 1000))
+    internet.advance(0.5)
+    for i in range(4):
+        outside.transport.write(str(i).encode(), (PUBLIC, 4000))
+        internet.advance(1)
+    assert [data for data, _ in inside.received] == [b"0", b"2"]
+    assert asked == [((S1, 1000), (PUBLIC, 4000))] * 4
+    assert nat.stats.lost == 2
+    assert outside.received == [(b"open", (PUBLIC, 4000))]  # outbound: never asked
+    nat.lose_inbound = None
+    outside.transport.write(b"4", (PUBLIC, 4000))
+    internet.advance(1)
+    assert inside.received[-1] == (b"4", (S1, 1000))
+
+
 class Timed(DatagramProtocol):
     """Records when each datagram arrived, as well as what and from where."""
 

@@ -1,4 +1,7 @@
-"""Parsing of the C{HOST[:PORT]} strings users type, with one clear error."""
+"""
+L{Address}, the one C{(host, port)} type of twisted-nat, and the parsing and
+formatting of the C{HOST[:PORT]} strings users type, with one clear error.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted_nat.errors import ConfigurationError
 
 Address = tuple[str, int]
+"""A UDP or TCP endpoint: an IP address (or, where allowed, a host name) and a port."""
 
 
 def parse_port(text: str) -> int:
+    """A port number, 0 to 65535, or L{ConfigurationError}."""
     try:
         port = int(text, 10)
     except ValueError:
@@ -58,5 +63,6 @@ def parse_hostport(text: str, default_port: int | None = None) -> Address:
 
 
 def format_address(address: Address) -> str:
+    """C{host:port}, with an IPv6 host in brackets."""
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
-Address = tuple[str, int]
+from twisted_nat.address import Address
 
 
 class CandidateType(enum.Enum):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.task import react
 from twisted.python import usage
 
@@ -109,11 +110,13 @@ def discovery_json(result: DiscoveryResult) -> str:
     )
 
 
-async def _stun(reactor: object, options: StunOptions) -> None:
-    client = STUNClient(options["servers"], timeout=options["timeout"], reactor=reactor)  # type: ignore[arg-type]
+async def _stun(reactor: IReactorUDP, options: StunOptions) -> None:
+    client = STUNClient(
+        options["servers"], timeout=options["timeout"], reactor=IReactorTime(reactor)
+    )
     host, port = options["bind"]
     try:
-        listening = reactor.listenUDP(port, client, interface=host)  # type: ignore[attr-defined]
+        listening = reactor.listenUDP(port, client, interface=host, maxPacketSize=8192)
     except CannotListenError as e:
         address = format_address(options["bind"])
         raise ConfigurationError(f"cannot bind {address}: {e.socketError}") from None
@@ -138,8 +141,8 @@ async def _detect(reactor: object, options: DetectOptions) -> None:
         print(behavior.describe())
 
 
-async def _stop(listening: object) -> None:
-    result = listening.stopListening()  # type: ignore[attr-defined]
+async def _stop(listening: IListeningPort) -> None:
+    result = listening.stopListening()
     if isinstance(result, Deferred):
         await result
 
@@ -157,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if options.subCommand == "detect":
                 await _detect(reactor, options.subOptions)
             else:
-                await _stun(reactor, options.subOptions)
+                await _stun(IReactorUDP(reactor), options.subOptions)
         except TwistedNATError as e:
             sys.stderr.write(f"twisted-nat: {e}\n")
             raise SystemExit(1) from None

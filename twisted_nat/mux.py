@@ -29,10 +29,9 @@ from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_nat.address import Address
 from twisted_nat.stun.attributes import MAGIC_COOKIE_BYTES
 from twisted_nat.stun.message import MessageClass, split_message_type
-
-Address = tuple[str, int]
 
 STUN_FIRST_BYTES = range(0, 4)
 CHANNEL_DATA_FIRST_BYTES = range(64, 80)

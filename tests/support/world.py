@@ -79,6 +79,9 @@ class SlowSignaling:
     def register(self, name: str) -> Deferred[None]:
         return self.inner.register(name)  # type: ignore[no-any-return]
 
+    def when_registered(self) -> Deferred[None]:
+        return self.inner.when_registered()  # type: ignore[no-any-return]
+
     def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
         if self.strip:
             offer = attrs.evolve(offer, nat=None)

@@ -29,9 +29,11 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -42,7 +44,7 @@ from twisted_nat.errors import (
     RendezvousUnavailable,
 )
 from twisted_nat.rendezvous.interfaces import ISignaling, OfferHandler, run_offer_handler
-from twisted_nat.rendezvous.protocol import RendezvousClientProtocol
+from twisted_nat.rendezvous.protocol import Connect, DeliverOffer, Register, SignalingAMP
 from twisted_nat.rendezvous.values import Answer, Offer, check_name
 
 RetryPolicy = Callable[[int], float]
@@ -53,6 +55,80 @@ DEFAULT_CALL_TIMEOUT = 30.0
 def default_retry_policy() -> RetryPolicy:
     """One second, growing by half each failure up to a minute, plus up to a second of jitter."""
     return backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=1.5)
+
+
+def _translate(failure: Failure) -> Failure:
+    """
+    A failed call as one of our exceptions: a dropped connection means the
+    server is unavailable, whatever the operating system called it.
+    """
+    if failure.check(RendezvousError):
+        return failure
+    if failure.check(ConnectionClosed):
+        return Failure(RendezvousUnavailable("the connection to the rendezvous server was lost"))
+    if failure.check(amp.AmpError):  # an error code we do not know, an unknown command
+        return Failure(RendezvousError(f"the rendezvous server failed: {failure.value}"))
+    return failure
+
+
+class RendezvousClientProtocol(SignalingAMP):
+    """
+    A peer's connection to the rendezvous server.
+
+    It only speaks the protocol; deciding when to register, answering
+    offers and reconnecting belong to the owner, which it tells about its
+    connection through C{on_connected} and C{on_lost}.
+    """
+
+    def __init__(
+        self,
+        answer_offer: Callable[[Offer], Deferred[Answer]],
+        on_connected: Callable[[RendezvousClientProtocol], None],
+        on_lost: Callable[[RendezvousClientProtocol, Failure], None],
+    ) -> None:
+        super().__init__()
+        self._answer_offer = answer_offer
+        self._on_connected = on_connected
+        self._on_lost = on_lost
+        self.connected = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.connected = True
+        self._on_connected(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        # The owner hears first, so that whoever reacts to a call failing
+        # below already finds us disconnected.
+        self._on_lost(self, reason)
+        super().connectionLost(reason)
+
+    @DeliverOffer.responder
+    def deliver_offer(self, offer: Offer) -> Deferred[dict[str, object]]:
+        def response(answer: Answer) -> dict[str, object]:
+            return {"answer": answer}
+
+        return self._answer_offer(offer).addCallback(response)
+
+    def register(self, name: str) -> Deferred[None]:
+        """Register C{name}; fails with our exceptions only."""
+        d = self.callRemote(Register, name=name)
+        d.addCallback(lambda response: None)
+        return d.addErrback(_translate)  # type: ignore[no-any-return]
+
+    def connect(self, to: str, offer: Offer) -> Deferred[Answer]:
+        """Send C{offer} to C{to} through the server; fails with our exceptions only."""
+
+        def answered(response: dict[str, Any]) -> Answer:
+            answer = response["answer"]
+            assert isinstance(answer, Answer)
+            if answer.session_id != offer.session_id:
+                raise MalformedSignal("the answer is for another session")
+            return answer
+
+        d = self.callRemote(Connect, to=to, offer=offer)
+        return d.addCallback(answered).addErrback(_translate)  # type: ignore[no-any-return]
 
 
 class _Factory(Factory):

@@ -58,6 +58,18 @@ class ISignaling(Interface):
             it is not a valid name, or L{RendezvousUnavailable}.
         """
 
+    def when_registered() -> Deferred[None]:
+        """
+        Fire once this peer is registered under a name: at once if it is
+        now, otherwise when the next registration succeeds.  A peer waits
+        on it before sending offers, which need a registered name.
+
+        @return: a Deferred firing with C{None}, or failing with the
+            refusal of that registration (L{DuplicateName},
+            L{MalformedSignal}), or with L{RendezvousUnavailable} if this
+            peer is closed first.
+        """
+
     def connect(name: str, offer: Offer) -> Deferred[Answer]:
         """
         Send C{offer} to the peer registered as C{name} and wait for its answer.
@@ -121,10 +133,11 @@ class InMemorySignalingHub:
     Peers in one process that reach each other by name, as through a
     rendezvous server.
 
-    @param reactor: without one, offers are delivered at once, inside
-        L{LoopbackSignaling.connect}; with one, a turn of the reactor later
-        (C{callLater(0)}), which is closer to a network and lets a relay
-        timeout apply.
+    @param reactor: the clock for deliveries and relay timeouts.  With
+        none (the default; the global reactor is not used), offers are
+        delivered at once, inside L{LoopbackSignaling.connect}; with one, a
+        turn of the reactor later (C{callLater(0)}), which is closer to a
+        network and lets a relay timeout apply.
     @param relay_timeout: how long a peer's handler may take to answer,
         when there is a C{reactor}.
     """
@@ -189,6 +202,7 @@ class LoopbackSignaling:
         self.peer_name: str | None = None
         self.closed = False
         self._handler: OfferHandler | None = None
+        self._waiters: list[Deferred[None]] = []
 
     def register(self, name: str) -> Deferred[None]:
         if self.closed:
@@ -197,11 +211,29 @@ class LoopbackSignaling:
             check_name(name)
             self.hub._claim(self, name)
         except ValueError as e:
-            return defer.fail(MalformedSignal(str(e)))
+            return self._refused(MalformedSignal(str(e)))
         except DuplicateName as e:
-            return defer.fail(e)
+            return self._refused(e)
         self.peer_name = name
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         return defer.succeed(None)
+
+    def _refused(self, error: Exception) -> Deferred[None]:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(error)
+        return defer.fail(error)
+
+    def when_registered(self) -> Deferred[None]:
+        if self.closed:
+            return defer.fail(RendezvousUnavailable("this signalling peer is closed"))
+        if self.peer_name is not None:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
     def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
         if self.closed:
@@ -224,6 +256,9 @@ class LoopbackSignaling:
     def close(self) -> Deferred[None]:
         self.hub._release(self)
         self.closed = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(RendezvousUnavailable("this signalling peer is closed"))
         return defer.succeed(None)
 
     def _receive(self, offer: Offer) -> Deferred[Answer]:

@@ -1,21 +1,23 @@
 """
-The rendezvous protocol: three AMP commands over one TCP (or TLS)
-connection from each peer to the server.
+The rendezvous protocol on the wire: three AMP commands over one TCP (or
+TLS) connection from each peer to the server, and the AMP base that both
+ends share.
 
     client -> server   Register(name)          -> {}
     client -> server   Connect(to, offer)      -> {answer}
     server -> client   DeliverOffer(offer)     -> {answer}
 
-The server relays a C{Connect} to the connection registered as C{to} as a
-C{DeliverOffer}, and that peer's answer back as the C{Connect}'s answer.
-AMP already pairs every answer with its question and fails whatever is
-outstanding when a connection drops, which is all the bookkeeping a relay
-needs.
+The server (L{twisted_nat.rendezvous.server}) relays a C{Connect} to the
+connection registered as C{to} as a C{DeliverOffer}, and that peer's answer
+back as the C{Connect}'s answer; the client's end is in
+L{twisted_nat.rendezvous.client}.  AMP already pairs every answer with its
+question and fails whatever is outstanding when a connection drops, which
+is all the bookkeeping a relay needs.
 
 Offers and answers travel as JSON in one AMP value each, and their NAT
 hint, if any, as JSON in a key of its own beside it (C{offer-nat},
 C{answer-nat}): AMP skips keys it does not know, where an offer's JSON
-may have none, so peers and servers from before hints read the offer and
+may have none, so peers and servers that know no hints read the offer and
 pass over the hint (such a server relays offers without it).  Everything
 is checked while the box is parsed: anything malformed from the network is
 refused with a C{MALFORMED} error and never reaches a responder, and the
@@ -30,11 +32,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionClosed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -46,8 +45,6 @@ from twisted_nat.errors import (
     MalformedSignal,
     NotRegistered,
     PeerUnavailable,
-    RendezvousError,
-    RendezvousUnavailable,
     UnknownPeer,
 )
 from twisted_nat.rendezvous.values import Answer, Offer, check_name
@@ -162,7 +159,7 @@ class DeliverOffer(amp.Command):
     errors = {PeerUnavailable: b"PEER_UNAVAILABLE", MalformedSignal: MALFORMED}
 
 
-def _peer_of(protocol: amp.AMP) -> str:
+def peer_address(protocol: amp.AMP) -> str:
     """The far end of C{protocol}'s connection, for log lines."""
     if protocol.transport is None:
         return "(disconnected)"
@@ -183,7 +180,7 @@ def _describe(error: BaseException) -> str:
     return text if len(text) <= _MAX_DESCRIPTION else text[:_MAX_DESCRIPTION] + "..."
 
 
-class _SignalingAMP(amp.AMP):
+class SignalingAMP(amp.AMP):
     """
     AMP that answers a box it cannot parse with a C{MALFORMED} error.
 
@@ -194,6 +191,23 @@ class _SignalingAMP(amp.AMP):
     """
 
     log = Logger()
+
+    # AMP logs every connection made and lost at info.  The server and the
+    # client log what an operator needs (who registered, who left), so the
+    # connection itself is debug detail here: these skip AMP's own two
+    # methods, which add nothing but those log lines.
+
+    def makeConnection(self, transport: ITransport) -> None:
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.log.debug("Connection with {peer} made", peer=peer_address(self))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.log.debug("Connection with {peer} lost", peer=peer_address(self))
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
         responder = super().locateResponder(name)
@@ -207,7 +221,7 @@ class _SignalingAMP(amp.AMP):
                 self.log.debug(
                     "Refused a malformed {command} from {peer}: {error}",
                     command=name.decode("ascii", "replace"),
-                    peer=_peer_of(self),
+                    peer=peer_address(self),
                     error=_describe(e),
                 )
                 self.malformed_refused(name)
@@ -217,211 +231,3 @@ class _SignalingAMP(amp.AMP):
 
     def malformed_refused(self, command: bytes) -> None:
         """Called for every box refused as malformed; for counters."""
-
-
-def _translate(failure: Failure) -> Failure:
-    """
-    A failed call as one of our exceptions: a dropped connection means the
-    server is unavailable, whatever the operating system called it.
-    """
-    if failure.check(RendezvousError):
-        return failure
-    if failure.check(ConnectionClosed):
-        return Failure(RendezvousUnavailable("the connection to the rendezvous server was lost"))
-    if failure.check(amp.AmpError):  # an error code we do not know, an unknown command
-        return Failure(RendezvousError(f"the rendezvous server failed: {failure.value}"))
-    return failure
-
-
-# --- the server's side ---
-
-
-@attrs.define
-class ServerStats:
-    """Counters of one rendezvous server."""
-
-    registrations: int = 0
-    offers_relayed: int = 0
-    relays_failed: int = 0
-    refused: int = 0
-    refused_malformed: int = 0
-
-
-class PeerDirectory:
-    """
-    The names registered at one server and the connections holding them.
-
-    A name belongs to a live connection and to nothing else: when the
-    connection drops, the name is free again.
-    """
-
-    def __init__(self, reactor: IReactorTime, relay_timeout: float) -> None:
-        self.reactor = reactor
-        self.relay_timeout = relay_timeout
-        self.peers: dict[str, RendezvousServerProtocol] = {}
-        self.connections: set[RendezvousServerProtocol] = set()
-        self.stats = ServerStats()
-
-    def release(self, connection: RendezvousServerProtocol) -> None:
-        name = connection.name
-        if name is not None and self.peers.get(name) is connection:
-            del self.peers[name]
-
-
-class RendezvousServerProtocol(_SignalingAMP):
-    """One peer's connection to the rendezvous server."""
-
-    log = Logger()
-
-    def __init__(self, directory: PeerDirectory) -> None:
-        super().__init__()
-        self.directory = directory
-        self.name: str | None = None
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.directory.connections.add(self)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        peer = _peer_of(self)
-        self.directory.connections.discard(self)
-        if self.name is not None and self.directory.peers.get(self.name) is self:
-            self.directory.release(self)
-            self.log.info("Peer {name} ({peer}) disconnected", name=self.name, peer=peer)
-        super().connectionLost(reason)
-        self.closed.callback(None)
-
-    def malformed_refused(self, command: bytes) -> None:
-        self.directory.stats.refused_malformed += 1
-
-    def _refuse(self, error: RendezvousError) -> RendezvousError:
-        self.directory.stats.refused += 1
-        return error
-
-    @Register.responder
-    def register(self, name: str) -> dict[str, object]:
-        holder = self.directory.peers.get(name)
-        if holder is not None and holder is not self:
-            raise self._refuse(DuplicateName(f"{name!r} is registered by another connection"))
-        self.directory.release(self)
-        self.directory.peers[name] = self
-        self.name = name
-        self.directory.stats.registrations += 1
-        self.log.info(
-            "Peer {name} registered from {peer}",
-            name=name,
-            peer=_peer_of(self),
-        )
-        return {}
-
-    @Connect.responder
-    def connect(self, to: str, offer: Offer) -> Deferred[dict[str, object]]:
-        if self.name is None:
-            raise self._refuse(NotRegistered("register a name before sending offers"))
-        if offer.from_name != self.name:
-            raise self._refuse(
-                MalformedSignal(
-                    f"the offer claims to be from {offer.from_name!r}, "
-                    f"but this connection is {self.name!r}"
-                )
-            )
-        target = self.directory.peers.get(to)
-        if target is None:
-            raise self._refuse(UnknownPeer(f"no peer is registered as {to!r}"))
-        timeout = self.directory.relay_timeout
-        relay: Deferred[dict[str, Any]] = target.callRemote(DeliverOffer, offer=offer)
-        relay.addTimeout(timeout, self.directory.reactor)
-
-        def answered(response: dict[str, Any]) -> dict[str, object]:
-            answer = response["answer"]
-            if answer.session_id != offer.session_id:
-                raise PeerUnavailable(f"{to} answered another session")
-            self.directory.stats.offers_relayed += 1
-            self.log.debug("Relayed an offer from {source} to {to}", source=self.name, to=to)
-            return {"answer": answer}
-
-        def failed(failure: Failure) -> Failure:
-            self.directory.stats.relays_failed += 1
-            if failure.check(PeerUnavailable):
-                error = failure.value
-            elif failure.check(defer.TimeoutError):
-                error = PeerUnavailable(f"{to} did not answer within {timeout:g} s")
-            elif failure.check(MalformedSignal):
-                error = PeerUnavailable(f"{to} sent a malformed answer")
-            elif failure.check(ConnectionClosed):
-                error = PeerUnavailable(f"{to} went away before answering")
-            else:
-                error = PeerUnavailable(f"{to} could not answer")
-            self.log.info(
-                "Could not relay an offer from {source} to {to}: {error}",
-                source=self.name,
-                to=to,
-                error=failure.value,
-            )
-            return Failure(error)
-
-        return relay.addCallback(answered).addErrback(failed)
-
-
-# --- the peer's side ---
-
-
-class RendezvousClientProtocol(_SignalingAMP):
-    """
-    A peer's connection to the rendezvous server.
-
-    It only speaks the protocol; deciding when to register, answering
-    offers and reconnecting belong to the owner, which it tells about its
-    connection through C{on_connected} and C{on_lost}.
-    """
-
-    def __init__(
-        self,
-        answer_offer: Callable[[Offer], Deferred[Answer]],
-        on_connected: Callable[[RendezvousClientProtocol], None],
-        on_lost: Callable[[RendezvousClientProtocol, Failure], None],
-    ) -> None:
-        super().__init__()
-        self._answer_offer = answer_offer
-        self._on_connected = on_connected
-        self._on_lost = on_lost
-        self.connected = False
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.connected = True
-        self._on_connected(self)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.connected = False
-        # The owner hears first, so that whoever reacts to a call failing
-        # below already finds us disconnected.
-        self._on_lost(self, reason)
-        super().connectionLost(reason)
-
-    @DeliverOffer.responder
-    def deliver_offer(self, offer: Offer) -> Deferred[dict[str, object]]:
-        def response(answer: Answer) -> dict[str, object]:
-            return {"answer": answer}
-
-        return self._answer_offer(offer).addCallback(response)
-
-    def register(self, name: str) -> Deferred[None]:
-        """Register C{name}; fails with our exceptions only."""
-        d = self.callRemote(Register, name=name)
-        d.addCallback(lambda response: None)
-        return d.addErrback(_translate)  # type: ignore[no-any-return]
-
-    def connect(self, to: str, offer: Offer) -> Deferred[Answer]:
-        """Send C{offer} to C{to} through the server; fails with our exceptions only."""
-
-        def answered(response: dict[str, Any]) -> Answer:
-            answer = response["answer"]
-            assert isinstance(answer, Answer)
-            if answer.session_id != offer.session_id:
-                raise MalformedSignal("the answer is for another session")
-            return answer
-
-        d = self.callRemote(Connect, to=to, offer=offer)
-        return d.addCallback(answered).addErrback(_translate)  # type: ignore[no-any-return]

@@ -15,20 +15,167 @@ reconnect.
 
 from __future__ import annotations
 
+from typing import Any
+
+import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
-from twisted_nat.errors import ConfigurationError
+from twisted_nat.errors import (
+    ConfigurationError,
+    DuplicateName,
+    MalformedSignal,
+    NotRegistered,
+    PeerUnavailable,
+    RendezvousError,
+    UnknownPeer,
+)
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
-from twisted_nat.rendezvous.protocol import PeerDirectory, RendezvousServerProtocol, ServerStats
+from twisted_nat.rendezvous.protocol import (
+    Connect,
+    DeliverOffer,
+    Register,
+    SignalingAMP,
+    peer_address,
+)
+from twisted_nat.rendezvous.values import Offer
+
+
+@attrs.define
+class ServerStats:
+    """Counters of one rendezvous server."""
+
+    registrations: int = 0
+    offers_relayed: int = 0
+    relays_failed: int = 0
+    refused: int = 0
+    refused_malformed: int = 0
+
+
+class PeerDirectory:
+    """
+    The names registered at one server and the connections holding them.
+
+    A name belongs to a live connection and to nothing else: when the
+    connection drops, the name is free again.
+    """
+
+    def __init__(self, reactor: IReactorTime, relay_timeout: float) -> None:
+        self.reactor = reactor
+        self.relay_timeout = relay_timeout
+        self.peers: dict[str, RendezvousServerProtocol] = {}
+        self.connections: set[RendezvousServerProtocol] = set()
+        self.stats = ServerStats()
+
+    def release(self, connection: RendezvousServerProtocol) -> None:
+        name = connection.name
+        if name is not None and self.peers.get(name) is connection:
+            del self.peers[name]
+
+
+class RendezvousServerProtocol(SignalingAMP):
+    """One peer's connection to the rendezvous server."""
+
+    log = Logger()
+
+    def __init__(self, directory: PeerDirectory) -> None:
+        super().__init__()
+        self.directory = directory
+        self.name: str | None = None
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.directory.connections.add(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        peer = peer_address(self)
+        self.directory.connections.discard(self)
+        if self.name is not None and self.directory.peers.get(self.name) is self:
+            self.directory.release(self)
+            self.log.info("Peer {name} ({peer}) disconnected", name=self.name, peer=peer)
+        super().connectionLost(reason)
+        self.closed.callback(None)
+
+    def malformed_refused(self, command: bytes) -> None:
+        self.directory.stats.refused_malformed += 1
+
+    def _refuse(self, error: RendezvousError) -> RendezvousError:
+        self.directory.stats.refused += 1
+        return error
+
+    @Register.responder
+    def register(self, name: str) -> dict[str, object]:
+        holder = self.directory.peers.get(name)
+        if holder is not None and holder is not self:
+            raise self._refuse(DuplicateName(f"{name!r} is registered by another connection"))
+        self.directory.release(self)
+        self.directory.peers[name] = self
+        self.name = name
+        self.directory.stats.registrations += 1
+        self.log.info(
+            "Peer {name} registered from {peer}",
+            name=name,
+            peer=peer_address(self),
+        )
+        return {}
+
+    @Connect.responder
+    def connect(self, to: str, offer: Offer) -> Deferred[dict[str, object]]:
+        if self.name is None:
+            raise self._refuse(NotRegistered("register a name before sending offers"))
+        if offer.from_name != self.name:
+            raise self._refuse(
+                MalformedSignal(
+                    f"the offer claims to be from {offer.from_name!r}, "
+                    f"but this connection is {self.name!r}"
+                )
+            )
+        target = self.directory.peers.get(to)
+        if target is None:
+            raise self._refuse(UnknownPeer(f"no peer is registered as {to!r}"))
+        timeout = self.directory.relay_timeout
+        relay: Deferred[dict[str, Any]] = target.callRemote(DeliverOffer, offer=offer)
+        relay.addTimeout(timeout, self.directory.reactor)
+
+        def answered(response: dict[str, Any]) -> dict[str, object]:
+            answer = response["answer"]
+            if answer.session_id != offer.session_id:
+                raise PeerUnavailable(f"{to} answered another session")
+            self.directory.stats.offers_relayed += 1
+            self.log.debug("Relayed an offer from {source} to {to}", source=self.name, to=to)
+            return {"answer": answer}
+
+        def failed(failure: Failure) -> Failure:
+            self.directory.stats.relays_failed += 1
+            if failure.check(PeerUnavailable):
+                error = failure.value
+            elif failure.check(defer.TimeoutError):
+                error = PeerUnavailable(f"{to} did not answer within {timeout:g} s")
+            elif failure.check(MalformedSignal):
+                error = PeerUnavailable(f"{to} sent a malformed answer")
+            elif failure.check(ConnectionClosed):
+                error = PeerUnavailable(f"{to} went away before answering")
+            else:
+                error = PeerUnavailable(f"{to} could not answer")
+            self.log.info(
+                "Could not relay an offer from {source} to {to}: {error}",
+                source=self.name,
+                to=to,
+                error=failure.value,
+            )
+            return Failure(error)
+
+        return relay.addCallback(answered).addErrback(failed)
 
 
 class RendezvousServerFactory(ServerFactory):
@@ -83,6 +230,12 @@ class RendezvousService(Service):
     bad port ends the process instead of leaving a server that serves
     nothing.  L{when_listening} gives the port, for tests that listen on
     port 0.
+
+    @param reactor: listens (so it provides what the endpoint needs, such
+        as C{IReactorTCP}) and times relays out.
+    @param endpoint: a server endpoint string, e.g. C{"tcp:8765"}.
+    @param relay_timeout: as for L{RendezvousServerFactory}.
+    @param factory: the factory to serve, if not a new one.
     """
 
     log = Logger()
@@ -181,6 +334,7 @@ def make_rendezvous_service(
 ) -> RendezvousService:
     """
     A rendezvous server on C{endpoint} (a server endpoint string such as
-    C{"tcp:8765:interface=127.0.0.1"}), to be started or given a parent.
+    C{"tcp:8765:interface=127.0.0.1"}), to be started or given a parent;
+    C{reactor} as for L{RendezvousService}.
     """
     return RendezvousService(reactor, endpoint, relay_timeout)

@@ -58,6 +58,7 @@ moves it, and L{SimulatedInternet.run_until} moves it until a Deferred
 fires.  Only IPv4 is simulated, and UDP only.
 """
 
+from twisted_nat.testing._host import NetworkStats, SimulatedHost, SimulatedPort
 from twisted_nat.testing._nat import (
     CLASSIC_NAT_TYPES,
     ClassicNATType,
@@ -68,14 +69,7 @@ from twisted_nat.testing._nat import (
     NATStats,
     PortAllocation,
 )
-from twisted_nat.testing._network import (
-    NATSettings,
-    NetworkStats,
-    SimulatedHost,
-    SimulatedInternet,
-    SimulatedPort,
-    SimulationTimeout,
-)
+from twisted_nat.testing._network import NATSettings, SimulatedInternet, SimulationTimeout
 
 __all__ = [
     "CLASSIC_NAT_TYPES",

@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-if TYPE_CHECKING:
-    from twisted_nat.testing._network import SimulatedHost
-
-Address = tuple[str, int]
+from twisted_nat.address import Address
 
 
 class MappingBehavior(enum.Enum):
@@ -173,25 +170,6 @@ class _Binding:
     contacted: set[Address] = attrs.Factory(set)
 
 
-class _Realm:
-    """
-    One address space: the public internet, or the inside of one NAT.
-
-    Private addresses repeat from one NAT to the next (every home is
-    10.0.0.0/8), so each realm has its own table of who owns which address.
-    """
-
-    def __init__(self, nat: NATBox | None) -> None:
-        self.nat = nat
-        self.nodes: dict[str, SimulatedHost | NATBox] = {}
-
-    def claim(self, address: str, node: SimulatedHost | NATBox) -> None:
-        if address in self.nodes:
-            where = f"behind {self.nat!r}" if self.nat is not None else "on the public internet"
-            raise ValueError(f"{address} is already in use {where}")
-        self.nodes[address] = node
-
-
 class NATBox:
     """
     A NAT between an inside realm and the realm it is attached to (the
@@ -206,6 +184,12 @@ class NATBox:
     without activity and is removed the next time the NAT handles a
     datagram or is asked for L{mappings}, so a NAT puts no timers on the
     clock that a test would have to step through or account for.
+
+    @ivar lose_inbound: a test hook, None by default: called with the
+        source and the public destination of every datagram that reaches
+        the NAT from outside, before filtering; when it returns True the
+        NAT loses that datagram (counted in C{stats.lost}), so a test can
+        lose exactly the datagrams it means to.
     """
 
     def __init__(
@@ -219,7 +203,6 @@ class NATBox:
         inbound_refresh: bool,
         loss: float,
         ports: range,
-        outside: _Realm,
         behind: NATBox | None,
         reactor: IReactorTime,
         rng: random.Random,
@@ -241,8 +224,7 @@ class NATBox:
         self.ports = ports
         self.behind = behind
         self.stats = NATStats()
-        self._outside = outside
-        self._inside = _Realm(self)
+        self.lose_inbound: Callable[[Address, Address], bool] | None = None
         self._reactor = reactor
         self._rng = rng
         self._bindings: dict[tuple[str | int, ...], _Binding] = {}
@@ -327,6 +309,9 @@ class NATBox:
         models those that only count outbound traffic, which is what
         keep-alive intervals must be chosen for.
         """
+        if self.lose_inbound is not None and self.lose_inbound(source, destination):
+            self.stats.lost += 1
+            return None
         now = self._reactor.seconds()
         self._expire(now)
         binding = self._by_port.get(destination[1])

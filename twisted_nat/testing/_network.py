@@ -1,5 +1,6 @@
 """
-The simulated internet: hosts, their UDP ports, and the paths between them.
+The simulated internet: its address spaces, the paths between them, and the
+one clock they run on.
 
 Everything happens on one C{task.Clock} and every random choice comes from
 one seeded C{random.Random}, so a failing test fails the same way each time
@@ -16,31 +17,19 @@ way, or not.
 
 from __future__ import annotations
 
-import errno
 import random
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypedDict, TypeVar, Unpack
 
-import attrs
-from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError, InvalidAddressError, MessageLengthError
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IListeningPort,
-    IReactorTime,
-    IReactorUDP,
-    IUDPTransport,
-)
-from twisted.internet.protocol import AbstractDatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from twisted_nat.address import Address
 from twisted_nat.errors import TwistedNATError
+from twisted_nat.testing._host import NetworkStats, SimulatedHost
 from twisted_nat.testing._nat import (
     CLASSIC_NAT_TYPES,
     ClassicNATType,
@@ -48,16 +37,9 @@ from twisted_nat.testing._nat import (
     MappingBehavior,
     NATBox,
     PortAllocation,
-    _Realm,
 )
 
-Address = tuple[str, int]
 T = TypeVar("T")
-
-WILDCARD = "0.0.0.0"
-EPHEMERAL_PORTS = range(32768, 61000)
-"""Linux's default C{ip_local_port_range}: where port 0 binds land."""
-MAX_UDP_PAYLOAD = 65507
 
 
 class NATSettings(TypedDict, total=False):
@@ -76,250 +58,23 @@ class SimulationTimeout(TwistedNATError, TimeoutError):
     """L{SimulatedInternet.run_until} gave up on a Deferred that never fired."""
 
 
-@attrs.define
-class NetworkStats:
+class _Realm:
     """
-    What happened to every datagram sent on the simulated internet.
+    One address space: the public internet, or the inside of one NAT.
 
-    NAT-level fates (filtered, expired mapping, hairpinning refused) are
-    counted by each L{NATBox}; these are the path's and the hosts'.
-
-    @ivar sent: datagrams handed to a port's C{write}.
-    @ivar delivered: datagrams given to a protocol's C{datagramReceived}.
-    @ivar lost: datagrams the path lost (the internet's C{loss} setting).
-    @ivar unroutable: datagrams for an address no host or NAT owns.
-    @ivar unreachable: datagrams that reached their host after its port had
-        stopped listening, or for a port that never listened (a real host
-        would answer with ICMP port unreachable, which UDP ignores).
-    @ivar truncated: datagrams cut to the receiving port's C{maxPacketSize},
-        as C{recvfrom} does.
-    @ivar protocol_errors: exceptions raised by a protocol's
-        C{datagramReceived}, logged and otherwise ignored, like the reactor.
+    Private addresses repeat from one NAT to the next (every home is
+    10.0.0.0/8), so each realm has its own table of who owns which address.
     """
 
-    sent: int = 0
-    delivered: int = 0
-    lost: int = 0
-    unroutable: int = 0
-    unreachable: int = 0
-    truncated: int = 0
-    protocol_errors: int = 0
+    def __init__(self, nat: NATBox | None) -> None:
+        self.nat = nat
+        self.nodes: dict[str, SimulatedHost | NATBox] = {}
 
-
-@implementer(IListeningPort, IUDPTransport)
-class SimulatedPort:
-    """
-    A UDP port bound on a L{SimulatedHost}: the transport its protocol sees.
-
-    It behaves as C{twisted.internet.udp.Port} does where a protocol can
-    tell (errors for hostnames and oversized datagrams, C{getHost}, a
-    second C{stopListening} doing nothing), with two differences: it has no
-    C{socket} attribute, so code that reaches for the raw socket falls back
-    to C{write}, and C{stopListening} releases the port at once rather than
-    on the next reactor iteration.  Connected UDP is not simulated.
-    """
-
-    def __init__(
-        self,
-        host: SimulatedHost,
-        port: int,
-        protocol: AbstractDatagramProtocol,
-        interface: str,
-        maxPacketSize: int,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.protocol = protocol
-        self.interface = interface
-        self.maxPacketSize = maxPacketSize
-        self.listening = False
-        self._broadcast = False
-
-    def __repr__(self) -> str:
-        return f"<SimulatedPort {self.interface}:{self.port} {type(self.protocol).__name__}>"
-
-    def startListening(self) -> None:
-        """Bind, then connect the protocol, as C{listenUDP} does."""
-        self.port = self.host._bind(self)
-        self.listening = True
-        self.protocol.makeConnection(self)
-
-    def stopListening(self) -> Deferred[None]:
-        if not self.listening:
-            return defer.succeed(None)
-        self.listening = False
-        self.host._unbind(self)
-        self.protocol.doStop()
-        return defer.succeed(None)
-
-    loseConnection = stopListening
-
-    def write(self, packet: bytes, addr: Address | None = None) -> None:
-        if not self.listening:
-            raise OSError(errno.EBADF, "write on a port that has stopped listening")
-        if addr is None:
-            raise ValueError("an unconnected UDP port needs a destination for every datagram")
-        if not isinstance(packet, bytes):
-            raise TypeError(f"datagrams are bytes, not {type(packet).__name__}")
-        host, port = addr
-        if not isIPAddress(host):
-            raise InvalidAddressError(host, "write() only accepts IPv4 addresses here")
-        if not 0 < port < 65536:
-            raise ValueError(f"cannot send to port {port}")
-        if len(packet) > MAX_UDP_PAYLOAD:
-            raise MessageLengthError("message too long")
-        source = self.host.addresses[0] if self.interface == WILDCARD else self.interface
-        self.host.internet._send(self.host, (source, self.port), (host, port), packet)
-
-    def writeSequence(self, seq: Iterable[bytes], addr: Address) -> None:
-        self.write(b"".join(seq), addr)
-
-    def connect(self, host: str, port: int) -> None:
-        raise NotImplementedError("connected UDP is not simulated")
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", self.interface, self.port)
-
-    def setBroadcastAllowed(self, enabled: bool) -> None:
-        self._broadcast = enabled
-
-    def getBroadcastAllowed(self) -> bool:
-        return self._broadcast
-
-    def _receive(self, data: bytes, source: Address) -> None:
-        internet = self.host.internet
-        if len(data) > self.maxPacketSize:
-            internet.stats.truncated += 1
-            data = data[: self.maxPacketSize]
-        internet.stats.delivered += 1
-        try:
-            self.protocol.datagramReceived(data, source)
-        except Exception:
-            internet.stats.protocol_errors += 1
-            internet.log.failure(
-                "Unhandled error in {protocol} receiving a datagram from {source}",
-                protocol=self.protocol,
-                source=source,
-            )
-
-
-@implementer(IReactorUDP, IReactorTime)
-class SimulatedHost:
-    """
-    A machine on the simulated internet, and the reactor its code runs on:
-    pass it wherever a protocol wants an C{IReactorUDP} or C{IReactorTime}
-    (C{STUNClient(reactor=host)}, C{host.listenUDP(0, protocol)}).
-
-    Its clock is the internet's, shared by every host, so one C{advance}
-    moves the whole world.  Made by L{SimulatedInternet.add_host}.
-
-    @ivar addresses: its IPv4 addresses, in the address space of the NAT it
-        is behind (or the public internet); datagrams from a port bound to
-        every address leave from the first.
-    """
-
-    def __init__(
-        self,
-        internet: SimulatedInternet,
-        addresses: tuple[str, ...],
-        behind: NATBox | None,
-    ) -> None:
-        self.internet = internet
-        self.addresses = addresses
-        self.behind = behind
-        self._realm = behind._inside if behind is not None else internet._public
-        self._ports: dict[Address, SimulatedPort] = {}
-
-    def __repr__(self) -> str:
-        where = f" behind {self.behind.public_address}" if self.behind is not None else ""
-        return f"<SimulatedHost {', '.join(self.addresses)}{where}>"
-
-    # --- IReactorUDP ---
-
-    def listenUDP(
-        self,
-        port: int,
-        protocol: AbstractDatagramProtocol,
-        interface: str = "",
-        maxPacketSize: int = 8192,
-    ) -> SimulatedPort:
-        """
-        Bind C{port} (0 for a free ephemeral one) on C{interface} (one of
-        L{addresses}, or C{""} / C{"0.0.0.0"} for all of them).
-
-        @raise CannotListenError: the port is taken on that address, or the
-            address is not this host's, as a real bind would refuse.
-        """
-        listening = SimulatedPort(self, port, protocol, interface or WILDCARD, maxPacketSize)
-        listening.startListening()
-        return listening
-
-    def route_source(self, destination: str) -> str:
-        """
-        The address a port bound to every address sends from: what the
-        operating system's routing table answers for a real host.  Behaviour
-        discovery asks this to tell "no NAT" from "NAT" (see
-        L{twisted_nat.nat.route_source}).
-        """
-        return self.addresses[0]
-
-    def ports(self) -> list[SimulatedPort]:
-        """The ports listening now, for assertions about what is left bound."""
-        return sorted(self._ports.values(), key=lambda p: (p.port, p.interface))
-
-    def _bind(self, listening: SimulatedPort) -> int:
-        interface, port = listening.interface, listening.port
-        if interface != WILDCARD and interface not in self.addresses:
-            raise CannotListenError(
-                interface, port, OSError(errno.EADDRNOTAVAIL, "not an address of this host")
-            )
-        if not 0 <= port < 65536:
-            raise OverflowError("bind(): port must be 0-65535.")
-        if port == 0:
-            port = self._ephemeral(interface)
-        elif not self._free(interface, port):
-            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "in use"))
-        self._ports[(interface, port)] = listening
-        return port
-
-    def _unbind(self, listening: SimulatedPort) -> None:
-        self._ports.pop((listening.interface, listening.port), None)
-
-    def _free(self, interface: str, port: int) -> bool:
-        if interface == WILDCARD:
-            return all(p != port for _, p in self._ports)
-        return (interface, port) not in self._ports and (WILDCARD, port) not in self._ports
-
-    def _ephemeral(self, interface: str) -> int:
-        rng = self.internet._random
-        for _ in range(64):
-            port = rng.choice(EPHEMERAL_PORTS)
-            if self._free(interface, port):
-                return port
-        for port in EPHEMERAL_PORTS:
-            if self._free(interface, port):
-                return port
-        raise CannotListenError(interface, 0, OSError(errno.EADDRINUSE, "no ephemeral port left"))
-
-    def _deliver(self, data: bytes, source: Address, destination: Address) -> None:
-        listening = self._ports.get(destination) or self._ports.get((WILDCARD, destination[1]))
-        if listening is None:
-            self.internet.stats.unreachable += 1
-            return
-        listening._receive(data, source)
-
-    # --- IReactorTime, from the shared clock ---
-
-    def seconds(self) -> float:
-        return self.internet.clock.seconds()
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object
-    ) -> IDelayedCall:
-        return self.internet.clock.callLater(delay, callable, *args, **kwargs)
-
-    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
-        return self.internet.clock.getDelayedCalls()
+    def claim(self, address: str, node: SimulatedHost | NATBox) -> None:
+        if address in self.nodes:
+            where = f"behind {self.nat!r}" if self.nat is not None else "on the public internet"
+            raise ValueError(f"{address} is already in use {where}")
+        self.nodes[address] = node
 
 
 class SimulatedInternet:
@@ -366,7 +121,8 @@ class SimulatedInternet:
         self.reorder = reorder
         self.stats = NetworkStats()
         self._random = random.Random(seed)
-        self._public = _Realm(None)
+        # Each NAT's inside, and the public internet under None.
+        self._realms: dict[NATBox | None, _Realm] = {None: _Realm(None)}
 
     # --- building the network ---
 
@@ -387,12 +143,13 @@ class SimulatedInternet:
             _check_ipv4(address)
         if len(set(addresses)) != len(addresses):
             raise ValueError(f"duplicate address in {addresses}")
+        realm = self._realms[behind]
         host = SimulatedHost(self, addresses, behind)
         for address in addresses:
-            if address in host._realm.nodes:
+            if address in realm.nodes:
                 raise ValueError(f"{address} is already in use there")
         for address in addresses:
-            host._realm.claim(address, host)
+            realm.claim(address, host)
         return host
 
     def add_nat(
@@ -427,7 +184,7 @@ class SimulatedInternet:
         @param ports: the pool of public ports mappings are allocated from.
         """
         _check_ipv4(public_address)
-        outside = behind._inside if behind is not None else self._public
+        outside = self._realms[behind]
         nat = NATBox(
             public_address,
             mapping,
@@ -438,12 +195,12 @@ class SimulatedInternet:
             inbound_refresh,
             loss,
             ports,
-            outside,
             behind,
             self.clock,
             self._random,
         )
         outside.claim(public_address, nat)
+        self._realms[nat] = _Realm(nat)
         return nat
 
     def add_nat_of_type(
@@ -553,7 +310,7 @@ class SimulatedInternet:
         destination lives, then put the datagram in flight.
         """
         self.stats.sent += 1
-        realm = sender._realm
+        realm = self._realms[sender.behind]
         while True:
             nat = realm.nat
             if nat is not None and destination[0] == nat.public_address:
@@ -578,7 +335,7 @@ class SimulatedInternet:
             if translated is None:
                 return
             source = translated
-            realm = nat._outside
+            realm = self._realms[nat.behind]
 
     def _fly(
         self, node: SimulatedHost | NATBox, source: Address, destination: Address, data: bytes
@@ -603,7 +360,7 @@ class SimulatedInternet:
             if inside is None:
                 return
             destination = inside
-            found = node._inside.nodes.get(destination[0])
+            found = self._realms[node].nodes.get(destination[0])
             if found is None:
                 self.stats.unroutable += 1
                 return

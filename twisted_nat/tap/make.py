@@ -1,0 +1,183 @@
+"""
+L{makeService}: the service tree for the command and options given to
+C{twistd nat}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IReactorCore, IReactorTime, IReactorUDP
+
+from twisted_nat.address import Address, parse_port
+from twisted_nat.errors import ConfigurationError
+from twisted_nat.punch import birthday, meeting
+from twisted_nat.rendezvous import make_rendezvous_service
+from twisted_nat.service import NATTraversalService
+from twisted_nat.status import status_service
+from twisted_nat.tap.options import (
+    DEFAULT_ADDRESS,
+    DEFAULT_ALTERNATE_ADDRESS,
+    DEFAULT_ALTERNATE_PORT,
+    DEFAULT_PORT,
+    DemoOptions,
+    Options,
+)
+from twisted_nat.tap.services import ExitOnListenFailure, Greeter, STUNServerService
+from twisted_nat.turn.uri import TURNServer
+
+
+def _peer(
+    reactor: Any,
+    name: str,
+    rendezvous: str,
+    stun: list[tuple[str, int]],
+    connect: list[str],
+    port: int = 0,
+    interface: str = "0.0.0.0",
+    keepalive: bool = True,
+    interval: float = 25.0,
+    echo: bool = False,
+    greet_every: float = 0.0,
+    follow_lifetime: bool = False,
+    turn_servers: Sequence[TURNServer] = (),
+    birthday_sockets: int = birthday.DEFAULT_SOCKETS,
+    birthday_probes: int = birthday.DEFAULT_PROBES,
+    birthday_rate: float = birthday.DEFAULT_RATE,
+    meeting_sockets: int = meeting.DEFAULT_SOCKETS,
+) -> NATTraversalService:
+    service = NATTraversalService(
+        port,
+        stun,
+        enable_keepalive=keepalive,
+        keepalive_interval=interval,
+        reactor=reactor,
+        interface=interface,
+        name=name,
+        rendezvous=rendezvous,
+        protocol_factory=lambda connection: Greeter(connection, reactor, echo, greet_every),
+        connect_to=connect,
+        follow_lifetime=follow_lifetime,
+        turn_servers=turn_servers,
+        birthday_sockets=birthday_sockets,
+        birthday_probes=birthday_probes,
+        birthday_rate=birthday_rate,
+        meeting_sockets=meeting_sockets,
+    )
+    return service
+
+
+def makeService(config: Options, reactor: IReactorTime | None = None) -> IService:
+    """
+    Build the service tree for C{twistd nat}.
+
+    @param config: the parsed L{Options}.
+    @param reactor: what the services run on: timers, and once they start
+        UDP and TCP sockets, so it must also provide C{IReactorUDP} and
+        C{IReactorTCP}.  The global reactor if not given.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = cast(IReactorTime, global_reactor)
+    command = config.subCommand or "demo"
+    sub = config.subOptions if config.subCommand else DemoOptions()
+    if config.subCommand is None:
+        sub.parseOptions([])
+    top = ExitOnListenFailure()
+    try:
+        if command == "server":
+            alternate = None if sub["single"] else (sub["alternate-address"], sub["alternate-port"])
+            STUNServerService(
+                cast(IReactorUDP, reactor),
+                (sub["address"], sub["port"]),
+                alternate,
+                sub["software"] or None,
+            ).setServiceParent(top)
+            if not sub["no-rendezvous"]:
+                make_rendezvous_service(reactor, sub["rendezvous"]).setServiceParent(top)
+        elif command == "peer":
+            peer = _peer(
+                reactor,
+                sub["name"],
+                sub["rendezvous"],
+                sub["stun"],
+                sub["connect"],
+                sub["port"],
+                sub["interface"],
+                not sub["no-keepalive"],
+                sub["keepalive-interval"],
+                sub["echo"],
+                sub["greet-every"],
+                sub["follow-lifetime"],
+                sub["turn"],
+                birthday_sockets=sub["birthday-sockets"],
+                birthday_probes=sub["birthday-probes"],
+                birthday_rate=sub["birthday-rate"],
+                meeting_sockets=sub["meeting-sockets"],
+            )
+            peer.setServiceParent(top)
+            if sub["status"]:
+                status_service(sub["status"], peer, cast(IReactorCore, reactor)).setServiceParent(
+                    top
+                )
+        else:
+            demo_service(reactor, sub).setServiceParent(top)
+    except (ConfigurationError, ValueError) as e:
+        raise SystemExit(f"twistd nat: {e}") from None
+    return top
+
+
+def demo_service(
+    reactor: IReactorTime,
+    options: DemoOptions,
+    stun: tuple[Address, Address] = (
+        (DEFAULT_ADDRESS, DEFAULT_PORT),
+        (DEFAULT_ALTERNATE_ADDRESS, DEFAULT_ALTERNATE_PORT),
+    ),
+) -> MultiService:
+    """
+    The demonstration: an RFC 5780 STUN server, a rendezvous server, and
+    peers alice and bob that connect, all on loopback.
+
+    @param reactor: as for L{makeService}.
+    @param options: the parsed L{DemoOptions}.
+    @param stun: the STUN server's primary and alternate addresses; the
+        defaults are the server command's, other ports let a test run the
+        demonstration beside other servers.
+    """
+    demo = MultiService()
+    primary, alternate = stun
+    STUNServerService(
+        cast(IReactorUDP, reactor), primary, alternate, "twisted-nat"
+    ).setServiceParent(demo)
+    rendezvous = make_rendezvous_service(reactor, options["rendezvous"])
+    rendezvous.setServiceParent(demo)
+    port = _port_of(options["rendezvous"])
+    client_endpoint = f"tcp:host={DEFAULT_ADDRESS}:port={port}"
+    bob = _peer(reactor, "bob", client_endpoint, [primary], [], interface="127.0.0.1", echo=True)
+    alice = _peer(
+        reactor,
+        "alice",
+        client_endpoint,
+        [primary],
+        ["bob"],
+        interface="127.0.0.1",
+        greet_every=5.0,
+    )
+    bob.setServiceParent(demo)
+    alice.setServiceParent(demo)
+    if options["status"]:
+        status_service(options["status"], alice, cast(IReactorCore, reactor)).setServiceParent(demo)
+    return demo
+
+
+def _port_of(endpoint: str) -> int:
+    """The port of a C{tcp:PORT...} server endpoint string, for the demo's clients."""
+    parts = endpoint.split(":")
+    if len(parts) < 2 or parts[0] != "tcp":
+        raise ConfigurationError(f"the demo's rendezvous must be a tcp: endpoint, not {endpoint!r}")
+    port_text = parts[1].split("=")[-1]
+    return parse_port(port_text)
