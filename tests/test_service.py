@@ -293,7 +293,7 @@ def test_an_answer_waits_only_so_long_for_a_rediscovery_of_the_public_address():
     """
     from twisted_nat.candidates import Candidate
     from twisted_nat.rendezvous import new_offer
-    from twisted_nat.service import REFRESH_WAIT
+    from twisted_nat.service.punching import REFRESH_WAIT
 
     internet = sim.SimulatedInternet(seed=0, latency=0.005)
     nat = internet.add_nat_of_type("198.51.100.1", "port-restricted-cone")
@@ -311,13 +311,13 @@ def test_an_answer_waits_only_so_long_for_a_rediscovery_of_the_public_address():
     service.startService()
     internet.run_until(service.ready(), timeout=30)
     internet.advance(1.5)  # the first background attempt is under way
-    assert service._refreshing is not None
+    assert service.addresses.refreshing
     offered_at = internet.clock.seconds()
     offer = new_offer("alice", [Candidate(CandidateType.HOST, "203.0.113.50", 4000)])
     answer = internet.run_until(hub.peer("alice").connect("bob", offer), timeout=10)
     waited = internet.clock.seconds() - offered_at
     assert waited <= REFRESH_WAIT + 0.1, waited
-    assert service._refreshing is not None, "the rediscovery goes on in the background"
+    assert service.addresses.refreshing, "the rediscovery goes on in the background"
     assert [c.kind for c in answer.candidates] == [CandidateType.HOST]
     internet.advance(5.0)
     internet.run_until(service.stopService())

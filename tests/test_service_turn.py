@@ -32,8 +32,9 @@ from tests.support.coturn import (
 )
 from twisted_nat.bases import SHARED
 from twisted_nat.candidates import CandidateType
+from twisted_nat.punch import PunchSettings
 from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
-from twisted_nat.service import NATTraversalService
+from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.turn import TURNServer
 
 pytestmark = pytest.mark.interop
@@ -114,18 +115,18 @@ async def start_pair(
             return app
 
         service = NATTraversalService(
-            0,
             [coturn.address],
-            keepalive_interval=0.5,
-            keepalive_timeout=0.4,
             reactor=reactor,
-            interface=PRIMARY_HOST,
             name=name,
             signaling=signaling,
             protocol_factory=factory,
-            detect_behavior=False,
-            turn_servers=[turn_server(coturn, transport)],
-            punch_timeout=3.0,
+            settings=PeerSettings(
+                interface=PRIMARY_HOST,
+                detect_behavior=False,
+                turn_servers=[turn_server(coturn, transport)],
+                keepalive=KeepAliveSettings(interval=0.5, timeout=0.4),
+                punch=PunchSettings(timeout=3.0),
+            ),
         )
         service.startService()
         services[name] = service
@@ -201,20 +202,17 @@ async def test_a_wrong_turn_password_costs_a_warning_not_the_service(
 ) -> None:
     wrong = TURNServer(coturn.host, coturn.port, transport, False, USER, "not-the-password")
     service = NATTraversalService(
-        0,
         [coturn.address],
         reactor=reactor,
-        interface=PRIMARY_HOST,
-        detect_behavior=False,
-        turn_servers=[wrong],
+        settings=PeerSettings(interface=PRIMARY_HOST, detect_behavior=False, turn_servers=[wrong]),
     )
     service.startService()
     try:
         await service.ready()
-        assert service.relays == {}
+        assert service.relays.allocations == {}
         assert not any(c.kind is CandidateType.RELAYED for c in service.candidates)
         assert service.public is not None, "STUN on the same socket still worked"
-        assert service._turn_streams == [], "a refused stream is closed, not kept"
-        assert service._relay_retries, "and the relay is asked for again later"
+        assert service.relays.streams == [], "a refused stream is closed, not kept"
+        assert service.relays.retrying, "and the relay is asked for again later"
     finally:
         await service.stopService()

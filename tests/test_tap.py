@@ -77,7 +77,7 @@ def test_no_subcommand_means_the_loopback_demo():
     assert isinstance(children[1], RendezvousService)
     peers = [c for c in children if isinstance(c, NATTraversalService)]
     assert [p.peer_name for p in peers] == ["bob", "alice"]
-    assert peers[1].connect_to == ["bob"]
+    assert peers[1].settings.connect_to == ("bob",)
 
 
 def test_server_runs_stun_and_rendezvous():
@@ -105,7 +105,7 @@ def test_peer_options():
     assert isinstance(peer, NATTraversalService)
     assert peer.peer_name == "alice"
     assert peer.stun_servers == [("127.0.0.1", 3478), ("127.0.0.2", 3479)]
-    assert peer.connect_to == ["bob"]
+    assert peer.settings.connect_to == ("bob",)
     assert peer.keepalive_interval == 4.0
 
 
@@ -133,7 +133,7 @@ def test_peer_turn_servers_reach_the_service():
     service: Any = makeService(options, reactor=Clock())
     [peer] = list(service)
     assert isinstance(peer, NATTraversalService)
-    assert peer.turn_servers == expected
+    assert list(peer.settings.turn_servers) == expected
 
 
 def test_peer_defaults():
@@ -144,7 +144,7 @@ def test_peer_defaults():
     assert options.subOptions["greet-every"] == 0.0
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
     assert peer.keepalive_interval == 25.0
-    assert list(peer.turn_servers) == []
+    assert list(peer.settings.turn_servers) == []
 
 
 def test_peer_symmetric_nat_methods_reach_the_service():
@@ -155,10 +155,10 @@ def test_peer_symmetric_nat_methods_reach_the_service():
     )  # fmt: skip
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
     assert isinstance(peer, NATTraversalService)
-    assert peer.symmetric.birthday_sockets == 32
-    assert peer.symmetric.birthday_probes == 500
-    assert peer.symmetric.birthday_rate == 250.5
-    assert peer.symmetric.meeting_sockets == 16
+    assert peer.settings.symmetric.birthday_sockets == 32
+    assert peer.settings.symmetric.birthday_probes == 500
+    assert peer.settings.symmetric.birthday_rate == 250.5
+    assert peer.settings.symmetric.meeting_sockets == 16
 
 
 def test_peer_symmetric_nat_methods_default_to_the_library_defaults():
@@ -170,10 +170,10 @@ def test_peer_symmetric_nat_methods_default_to_the_library_defaults():
     assert sub["birthday-rate"] == birthday.DEFAULT_RATE
     assert sub["meeting-sockets"] == meeting.DEFAULT_SOCKETS
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
-    assert peer.symmetric.birthday_sockets == birthday.DEFAULT_SOCKETS
-    assert peer.symmetric.birthday_probes == birthday.DEFAULT_PROBES
-    assert peer.symmetric.birthday_rate == birthday.DEFAULT_RATE
-    assert peer.symmetric.meeting_sockets == meeting.DEFAULT_SOCKETS
+    assert peer.settings.symmetric.birthday_sockets == birthday.DEFAULT_SOCKETS
+    assert peer.settings.symmetric.birthday_probes == birthday.DEFAULT_PROBES
+    assert peer.settings.symmetric.birthday_rate == birthday.DEFAULT_RATE
+    assert peer.settings.symmetric.meeting_sockets == meeting.DEFAULT_SOCKETS
 
 
 def test_peer_symmetric_nat_methods_can_be_switched_off():
@@ -183,9 +183,9 @@ def test_peer_symmetric_nat_methods_can_be_switched_off():
     )
     [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
     assert (
-        peer.symmetric.birthday_sockets,
-        peer.symmetric.birthday_probes,
-        peer.symmetric.meeting_sockets,
+        peer.settings.symmetric.birthday_sockets,
+        peer.settings.symmetric.birthday_probes,
+        peer.settings.symmetric.meeting_sockets,
     ) == (0, 0, 0)
 
 

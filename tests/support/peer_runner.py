@@ -109,13 +109,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address, parse_hostport
+from twisted_nat.bases import SHARED
 from twisted_nat.connection import ConnectionClosed, PeerConnection
 from twisted_nat.errors import RendezvousUnavailable, UnknownPeer
-from twisted_nat.keeper import BindingLost
 from twisted_nat.nat import NATBehavior
-from twisted_nat.punch import PunchFailed, PunchResult
-from twisted_nat.rendezvous import Offer, RendezvousClient
-from twisted_nat.service import NATTraversalService
+from twisted_nat.punch import PunchFailed, PunchResult, PunchSettings
+from twisted_nat.rendezvous import RendezvousClient
+from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerEventsBase, PeerSettings
 from twisted_nat.turn import parse_turn_uri
 
 Address = tuple[str, int]
@@ -150,56 +150,51 @@ def _path(connection: PeerConnection) -> dict[str, Any]:
         "remote": connection.remote.kind.value,
         "remote_address": format_address(connection.remote_address),
         "relayed": connection.relayed,
-        "base": connection.base,
+        "base": None if connection.base is SHARED else str(connection.base),
     }
 
 
 class _ObservedService(NATTraversalService):
-    """
-    The service with its moments made visible: when a connection is made
-    or made again, when keep-alive gives a path up, when a punch the
-    service started itself fails.  Nothing in the service's decisions is
-    changed; each override reports and then does what the service does.
-    """
+    """The service, with when each connection started made visible (for its set-up time)."""
 
-    def __init__(self, instance: Instance, **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._instance = instance
-        self._connect_started: dict[str, float] = {}
-        self._offer_arrived: dict[str, float] = {}
+        self.connect_started: dict[str, float] = {}
 
     def connect(self, name: str) -> Deferred[PeerConnection]:
-        self._connect_started[name] = time.perf_counter()
+        self.connect_started[name] = time.perf_counter()
         return super().connect(name)
 
-    def _on_offer(self, offer: Offer) -> Any:
-        self._offer_arrived[offer.from_name] = time.perf_counter()
-        return super()._on_offer(offer)
 
-    def _connected(
-        self, peer: str, offer: Offer, result: PunchResult, controlling: bool
-    ) -> PeerConnection:
+class _Watcher(PeerEventsBase):
+    """Reports the moments of the service's life as the instance's events."""
+
+    def __init__(self, instance: Instance, service: _ObservedService) -> None:
+        self._instance = instance
+        self._service = service
+        self._offer_arrived: dict[str, float] = {}
+
+    def offer_received(self, peer: str) -> None:
+        self._offer_arrived[peer] = time.perf_counter()
+
+    def connected(
+        self, connection: PeerConnection, result: PunchResult, offerer: bool, again: bool
+    ) -> None:
         now = time.perf_counter()
-        existing = self.connections.get(peer)
-        repunch = existing is not None and not existing.closed
-        connection = super()._connected(peer, offer, result, controlling)
-        started = (self._connect_started if controlling else self._offer_arrived).pop(peer, None)
+        assert connection.peer is not None
+        started = (self._service.connect_started if offerer else self._offer_arrived).pop(
+            connection.peer, None
+        )
         setup = now - started if started is not None else result.elapsed
-        self._instance.connected(connection, result, controlling, repunch, setup)
-        return connection
+        self._instance.connected(connection, result, offerer, again, setup)
 
-    def _path_lost(self, failure: Failure, connection: PeerConnection) -> None:
-        if failure.check(BindingLost) and not connection.closed:
-            self._instance.emit("lost", peer=connection.peer, error=str(failure.value))
-        super()._path_lost(failure, connection)
+    def path_lost(self, connection: PeerConnection, reason: Failure) -> None:
+        self._instance.emit("lost", peer=connection.peer, error=str(reason.value))
 
-    def _punch_failed(self, failure: Failure, peer: str) -> None:
-        role = "offerer" if peer in self._offered else "answerer"
-        self._instance.failed(peer, role, failure)
-        super()._punch_failed(failure, peer)
+    def punch_failed(self, peer: str, offerer: bool, reason: Failure) -> None:
+        self._instance.failed(peer, "offerer" if offerer else "answerer", reason)
 
-    def _behavior_found(self, behavior: NATBehavior) -> None:
-        super()._behavior_found(behavior)
+    def nat_found(self, behavior: NATBehavior) -> None:
         self._instance.emit("nat", **behavior.as_json())
 
 
@@ -245,19 +240,23 @@ class Instance:
         self.received: dict[str, int] = {}
         self.sent: dict[str, int] = {}
         self.service = _ObservedService(
-            self,
             reactor=runner.reactor,
             stun_servers=options.stun,
-            enable_keepalive=not options.no_keepalive,
-            keepalive_interval=options.keepalive_interval,
-            keepalive_timeout=options.keepalive_timeout,
             name=name,
             rendezvous=options.rendezvous,
             protocol_factory=lambda connection: _Counter(self, connection),
-            detect_behavior=detect,
-            punch_timeout=options.punch_timeout,
-            turn_servers=options.turn,
+            settings=PeerSettings(
+                detect_behavior=detect,
+                turn_servers=options.turn,
+                keepalive=KeepAliveSettings(
+                    enabled=not options.no_keepalive,
+                    interval=options.keepalive_interval,
+                    timeout=options.keepalive_timeout,
+                ),
+                punch=PunchSettings(timeout=options.punch_timeout),
+            ),
         )
+        self.service.watch(_Watcher(self, self.service))
 
     def emit(self, event: str, **fields: Any) -> None:
         emit(event, **{**fields, "name": self.name, "instance": self.index})

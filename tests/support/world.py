@@ -27,10 +27,10 @@ from tests.fakes import Collector
 from twisted_nat import testing as sim
 from twisted_nat.address import Address
 from twisted_nat.bases import Base
-from twisted_nat.candidates import Candidate
+from twisted_nat.punch import PunchSettings, SymmetricSettings
 from twisted_nat.rendezvous import Answer, InMemorySignalingHub, ISignaling, Offer
 from twisted_nat.rendezvous.interfaces import OfferHandler
-from twisted_nat.service import NATTraversalService
+from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.stun.server import STUNServerGroup
 
 PRIMARY: Address = ("203.0.113.10", 3478)
@@ -49,15 +49,56 @@ Sent = list[tuple[float, bytes, Address]]
 T = TypeVar("T")
 
 
+_KEEPALIVE = {
+    "enable_keepalive": "enabled",
+    "keepalive_interval": "interval",
+    "keepalive_timeout": "timeout",
+    "follow_lifetime": "follow_lifetime",
+}
+_PUNCH = {"punch_timeout": "timeout", "punch_interval": "interval", "max_retries": "max_retries"}
+_SYMMETRIC = {"birthday_sockets", "birthday_probes", "birthday_rate", "meeting_sockets"}
+
+
+def peer_settings(**flat: Any) -> PeerSettings:
+    """
+    L{PeerSettings} from the flat names tests use: C{keepalive_interval},
+    C{punch_timeout}, C{birthday_sockets}, ... beside the top-level fields.
+    """
+    keepalive = {_KEEPALIVE[k]: flat.pop(k) for k in list(flat) if k in _KEEPALIVE}
+    punch = {_PUNCH[k]: flat.pop(k) for k in list(flat) if k in _PUNCH}
+    symmetric = {k: flat.pop(k) for k in list(flat) if k in _SYMMETRIC}
+    return PeerSettings(
+        keepalive=KeepAliveSettings(**keepalive),
+        punch=PunchSettings(**punch),
+        symmetric=SymmetricSettings(**symmetric),
+        **flat,
+    )
+
+
 def new_service(
-    reactor: Any, stun_servers: Sequence[Address], **options: Any
+    reactor: Any,
+    stun_servers: Sequence[Address],
+    *,
+    name: str | None = None,
+    signaling: ISignaling | None = None,
+    protocol_factory: Any = None,
+    rng: random.Random | None = None,
+    **settings: Any,
 ) -> NATTraversalService:
     """
     A service on an ephemeral port of C{reactor} (a simulated host, or a
     clock for a service that is never started), asking C{stun_servers};
-    C{options} are the service's keywords.
+    C{settings} are flat setting names (L{peer_settings}).
     """
-    return NATTraversalService(0, list(stun_servers), reactor=reactor, **options)
+    return NATTraversalService(
+        stun_servers,
+        reactor=reactor,
+        name=name,
+        signaling=signaling,
+        protocol_factory=protocol_factory,
+        settings=peer_settings(**settings),
+        rng=rng,
+    )
 
 
 @implementer(ISignaling)
@@ -270,15 +311,5 @@ def sockets_opened(service: NATTraversalService, record: Callable[[str, list[Bas
 def latest_ports(service: NATTraversalService) -> list[int]:
     """The port the NAT handed out last, as each of the service's predictions saw it."""
     seen: list[int] = []
-    candidates_for_punch = service._candidates_for_punch
-
-    async def spy(
-        remote: Sequence[Candidate] | None = None,
-    ) -> tuple[list[Candidate], int | None]:
-        candidates, latest = await candidates_for_punch(remote)
-        if latest is not None:
-            seen.append(latest)
-        return candidates, latest
-
-    service._candidates_for_punch = spy  # type: ignore[method-assign]
+    service.punching.prediction_listeners.append(seen.append)
     return seen

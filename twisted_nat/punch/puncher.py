@@ -215,6 +215,7 @@ class HolePuncher(DatagramProtocol):
         prober: Prober | None = None,
         on_settled: Callable[[Base | None], object] | None = None,
         spray_to: Sequence[Candidate] | None = None,
+        settings: PunchSettings | None = None,
     ) -> Deferred[PunchResult]:
         """
         Punch towards C{remote_candidates} for session C{punch_id}.
@@ -238,6 +239,8 @@ class HolePuncher(DatagramProtocol):
             (connected directly, or the timeout ended a relayed
             connection's search), and with None when it failed or was
             forgotten first: when the spray bases can go.
+        @param settings: all the session's settings at once, in place of
+            C{interval}, C{timeout} and C{max_retries}.
         @return: a Deferred firing with a L{PunchResult}, or failing with
             L{PunchFailed} saying what each pair saw.
         """
@@ -259,7 +262,7 @@ class HolePuncher(DatagramProtocol):
             controlling,
             local_candidates,
             remote_candidates,
-            _settings(interval, timeout, max_retries),
+            settings if settings is not None else _settings(interval, timeout, max_retries),
             self._reactor.seconds(),
             self.bases.relays(),
             bases,

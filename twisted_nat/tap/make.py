@@ -6,16 +6,16 @@ C{twistd nat}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore, IReactorTime, IReactorUDP
 
 from twisted_nat.address import Address, parse_port
 from twisted_nat.errors import ConfigurationError
-from twisted_nat.punch import birthday, meeting
+from twisted_nat.punch import SymmetricSettings, birthday, meeting
 from twisted_nat.rendezvous import make_rendezvous_service
-from twisted_nat.service import NATTraversalService
+from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.status import status_service
 from twisted_nat.tap.options import (
     DEFAULT_ADDRESS,
@@ -30,7 +30,7 @@ from twisted_nat.turn.uri import TURNServer
 
 
 def _peer(
-    reactor: Any,
+    reactor: IReactorTime,
     name: str,
     rendezvous: str,
     stun: list[tuple[str, int]],
@@ -48,23 +48,25 @@ def _peer(
     birthday_rate: float = birthday.DEFAULT_RATE,
     meeting_sockets: int = meeting.DEFAULT_SOCKETS,
 ) -> NATTraversalService:
-    service = NATTraversalService(
-        port,
-        stun,
-        enable_keepalive=keepalive,
-        keepalive_interval=interval,
-        reactor=reactor,
+    settings = PeerSettings(
+        local_port=port,
         interface=interface,
+        turn_servers=turn_servers,
+        connect_to=connect,
+        keepalive=KeepAliveSettings(
+            enabled=keepalive, interval=interval, follow_lifetime=follow_lifetime
+        ),
+        symmetric=SymmetricSettings(
+            birthday_sockets, birthday_probes, birthday_rate, meeting_sockets
+        ),
+    )
+    service = NATTraversalService(
+        stun,
+        reactor=reactor,
         name=name,
         rendezvous=rendezvous,
         protocol_factory=lambda connection: Greeter(connection, reactor, echo, greet_every),
-        connect_to=connect,
-        follow_lifetime=follow_lifetime,
-        turn_servers=turn_servers,
-        birthday_sockets=birthday_sockets,
-        birthday_probes=birthday_probes,
-        birthday_rate=birthday_rate,
-        meeting_sockets=meeting_sockets,
+        settings=settings,
     )
     return service
 

@@ -1,0 +1,90 @@
+"""
+What our NAT does, found in the background at start (RFC 5780 behaviour
+discovery) and, on request, how long it keeps an idle binding.  What we
+offer depends on it, so offers wait for it a little (L{BehaviorWatch.known}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_nat.address import Address
+from twisted_nat.nat import NATBehavior, detect_nat, measure_binding_lifetime
+from twisted_nat.service.events import IPeerEvents
+from twisted_nat.service.waiting import within
+
+BEHAVIOR_WAIT = 2.0
+"""How long an offer or answer waits for behaviour discovery still under way."""
+
+
+class BehaviorWatch:
+    """
+    Behaviour discovery for one service.
+
+    @param on_lifetime: called with the binding lifetime once measured
+        (only with C{follow_lifetime}, and only behind a NAT).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        interface: str,
+        follow_lifetime: bool,
+        on_lifetime: Callable[[float], object],
+        events: IPeerEvents,
+    ) -> None:
+        self._reactor = reactor
+        self._interface = interface
+        self._follow_lifetime = follow_lifetime
+        self._on_lifetime = on_lifetime
+        self._events = events
+        self.behavior: NATBehavior | None = None
+        self.binding_lifetime: float | None = None
+        self._detecting: Deferred[None] | None = None
+
+    def start(self, servers: Sequence[Address]) -> None:
+        detecting = detect_nat(cast(IReactorUDP, self._reactor), servers, self._interface)
+        self._detecting = detecting.addCallbacks(self._found, self._failed)
+        self._detecting.addBoth(self._done)
+
+    def known(self) -> Deferred[None]:
+        """Fires once discovery is over, or after L{BEHAVIOR_WAIT}."""
+        if self._detecting is None:
+            return succeed(None)
+        return within(self._reactor, self._detecting, BEHAVIOR_WAIT)
+
+    def _found(self, behavior: NATBehavior) -> None:
+        self.behavior = behavior
+        self.log.info(
+            "NAT type: {nat_type} ({mapping} mapping, {filtering} filtering)",
+            nat_type=behavior.nat_type.value,
+            mapping=behavior.mapping.value,
+            filtering=behavior.filtering.value,
+        )
+        self._events.nat_found(behavior)
+        if self._follow_lifetime and behavior.nat_present:
+            measuring = Deferred.fromCoroutine(
+                measure_binding_lifetime(
+                    cast(IReactorUDP, self._reactor), behavior.server, self._interface
+                )
+            )
+            measuring.addCallbacks(self._lifetime_found, self._failed)
+
+    def _lifetime_found(self, bounds: tuple[float, float]) -> None:
+        alive, _ = bounds
+        self.binding_lifetime = alive
+        self._on_lifetime(alive)
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.warn("NAT behaviour discovery failed: {error}", error=failure.value)
+
+    def _done(self, result: object) -> None:
+        self._detecting = None

@@ -1,0 +1,244 @@
+"""
+Offers and answers, and the punch each of them starts: what we offer (our
+candidates, the ports our NAT will hand out next, a hint of what it does),
+and the technique the hints of both sides call for (L{plan}).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, IReactorUDP
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_nat.address import format_address
+from twisted_nat.bases import Base
+from twisted_nat.candidates import Candidate, rank
+from twisted_nat.connection import PeerConnection
+from twisted_nat.errors import ConfigurationError
+from twisted_nat.nat import latest_port, predicted_candidates, prediction_step
+from twisted_nat.punch import (
+    ExtraSockets,
+    HolePuncher,
+    Prober,
+    PunchResult,
+    Technique,
+    hint_for,
+    plan,
+)
+from twisted_nat.rendezvous import Answer, ISignaling, Offer, answer_to, new_offer
+from twisted_nat.rendezvous.values import NATHint
+from twisted_nat.service.addresses import Addresses
+from twisted_nat.service.behavior import BehaviorWatch
+from twisted_nat.service.connections import Connections
+from twisted_nat.service.events import IPeerEvents
+from twisted_nat.service.relays import Relays
+from twisted_nat.service.settings import PeerSettings
+from twisted_nat.service.waiting import within
+
+REFRESH_WAIT = 2.0
+"""
+How long an answer waits for a rediscovery of our public address under
+way: behaviour discovery, this and the prediction hold an answer back a
+few seconds at most, well within what the offerer's rendezvous waits.
+"""
+
+
+class Punching:
+    """
+    The offers we make and answer, for one service.
+
+    @param ready: fires once our candidates are gathered; an offer that
+        arrives before must wait, or the answer lacks our public address.
+    @param shared_port: the shared socket's local port.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        settings: PeerSettings,
+        puncher: HolePuncher,
+        extra_sockets: ExtraSockets,
+        parts: tuple[Addresses, BehaviorWatch, Relays, Connections],
+        rng: random.Random,
+        ready: Callable[[], Deferred[None]],
+        shared_port: Callable[[], int],
+        events: IPeerEvents,
+    ) -> None:
+        self._reactor = reactor
+        self._settings = settings
+        self._puncher = puncher
+        self._extra_sockets = extra_sockets
+        self._addresses, self._watch, self._relays, self._connections = parts
+        self._rng = rng
+        self._ready = ready
+        self._shared_port = shared_port
+        self._events = events
+        self.prediction_listeners: list[Callable[[int], object]] = []
+        """Called with the port our NAT handed out last, whenever a prediction sees it."""
+
+    async def connect(self, signaling: ISignaling, ours: str, name: str) -> PeerConnection:
+        """Offer a connection to C{name} through C{signaling}, and punch it."""
+        await self._ready()
+        await self._watch.known()
+        candidates, latest = await self.candidates_for_punch()
+        offer = new_offer(ours, candidates, self._hint(latest))
+        self.log.info("offering a connection to {peer}", peer=name)
+        answer = await signaling.connect(name, offer)
+        self._connections.offered(name)
+        result = await self.punch(
+            offer, answer.candidates, controlling=True, ours=offer.nat, theirs=answer.nat
+        )
+        return self._connections.connected(name, offer, result, controlling=True)
+
+    def on_offer(self, offer: Offer) -> Deferred[Answer]:
+        """Answer an offer with our candidates, and punch at once."""
+        self.log.info("{peer} offers a connection", peer=offer.from_name)
+        self._events.offer_received(offer.from_name)
+        return Deferred.fromCoroutine(self._answer(offer))
+
+    async def _answer(self, offer: Offer) -> Answer:
+        await self._ready()
+        await self._watch.known()
+        if self._addresses.refreshing:
+            # Answer with our new public address if it comes in time.
+            await within(self._reactor, self._addresses.refresh(), REFRESH_WAIT)
+        candidates, latest = await self.candidates_for_punch(offer.candidates)
+        hint = self._hint(latest)
+        punching = self.punch(
+            offer, offer.candidates, controlling=False, ours=hint, theirs=offer.nat
+        )
+        punching.addCallback(
+            lambda result: self._connections.connected(
+                offer.from_name, offer, result, controlling=False
+            )
+        )
+        punching.addErrback(self._failed, offer.from_name)
+        return answer_to(offer, candidates, hint)
+
+    def _failed(self, failure: Failure, peer: str) -> None:
+        self.log.warn("could not connect to {peer}: {error}", peer=peer, error=failure.value)
+        self._events.punch_failed(peer, False, failure)
+
+    def _hint(self, latest: int | None) -> NATHint | None:
+        return hint_for(self._watch.behavior, self._settings.symmetric, latest)
+
+    async def candidates_for_punch(
+        self, remote: Sequence[Candidate] | None = None
+    ) -> tuple[list[Candidate], int | None]:
+        """
+        Our candidates for one punch: behind a NAT whose mapping depends on
+        the destination and which allocates ports in sequence, with the
+        ports it will hand out next (L{twisted_nat.nat.prediction}), shaped
+        after C{remote} when answering an offer, after our own candidates
+        when offering.
+
+        @return: the candidates, and the port the NAT handed out last when
+            the prediction saw it.
+        """
+        candidates = self._addresses.candidates
+        behavior = self._watch.behavior
+        step = None if behavior is None else prediction_step(behavior)
+        if behavior is None or step is None:
+            return candidates, None
+        reactor = cast(IReactorUDP, self._reactor)
+        mapped = await latest_port(reactor, behavior.server, self._settings.interface)
+        if mapped is None:
+            return candidates, None
+        latest = mapped[1]
+        for listener in self.prediction_listeners:
+            listener(latest)
+        predicted = predicted_candidates(mapped, step, candidates if remote is None else remote)
+        self.log.info(
+            "our NAT allocates ports in sequence: offering ports {first}-{last} too",
+            first=min((c.port for c in predicted), default=latest),
+            last=max((c.port for c in predicted), default=latest),
+        )
+        return rank([*candidates, *predicted]), latest
+
+    def punch(
+        self,
+        offer: Offer,
+        remote: Sequence[Candidate],
+        controlling: bool,
+        ours: NATHint | None = None,
+        theirs: NATHint | None = None,
+    ) -> Deferred[PunchResult]:
+        """
+        Punch towards C{remote}, with the technique the hints both sides
+        sent call for (C{ours} as sent, not as known now, so that both sides
+        decide alike).
+        """
+        self._relays.permit(remote)
+        session_id = offer.session_id
+        chosen = plan(ours, theirs, self._settings.symmetric, remote, controlling)
+        bases: list[Base] = []
+        prober: Prober | None = None
+        if chosen.technique is Technique.MEETING:
+            assert ours is not None and chosen.spray_to is not None
+            bases = self._extra_sockets.open(session_id, chosen.sockets, "meeting")
+            self.log.info(
+                "both NATs allocate in sequence: running {count} sockets from our port {ours}"
+                " to {peer}",
+                count=len(bases),
+                ours=ours.meet,
+                peer=format_address(chosen.spray_to[0].address),
+            )
+        elif chosen.technique is Technique.BIRTHDAY_SOCKETS:
+            bases = self._extra_sockets.open(session_id, chosen.sockets, "birthday")
+            self.log.info(
+                "our NAT is symmetric and the peer's a cone: punching from {count} more sockets",
+                count=len(bases),
+            )
+        elif chosen.technique is Technique.BIRTHDAY_PROBES:
+            assert chosen.probe_host is not None
+            symmetric = self._settings.symmetric
+            start = self._reactor.seconds() + chosen.probe_delay
+            prober = Prober(
+                chosen.probe_host,
+                symmetric.birthday_probes,
+                symmetric.birthday_rate,
+                start,
+                self._rng,
+            )
+
+        def settled(base: Base | None) -> None:
+            self._extra_sockets.settle(session_id, base)
+
+        def better(result: PunchResult) -> None:
+            self._connections.moved(session_id, result)
+
+        settings = self._settings.punch
+        try:
+            return self._puncher.punch_hole(
+                self._shared_port(),
+                remote,
+                session_id,
+                timeout=settings.timeout,
+                max_retries=settings.max_retries,
+                secret=offer.key,
+                controlling=controlling,
+                local_candidates=self._addresses.candidates,
+                interval=settings.interval,
+                on_better_path=better,
+                bases=bases,
+                prober=prober,
+                on_settled=settled if bases else None,
+                spray_to=chosen.spray_to,
+                settings=settings,
+            )
+        except BaseException:
+            self._extra_sockets.settle(session_id, None)
+            raise
+
+
+def need_signaling(signaling: ISignaling | None, name: str | None) -> tuple[ISignaling, str]:
+    if signaling is None or name is None:
+        raise ConfigurationError("connecting by name needs a name and a rendezvous")
+    return signaling, name

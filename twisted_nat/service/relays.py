@@ -1,0 +1,188 @@
+"""
+Relays: a TURN allocation on each configured server, each one more base of
+every punch and one more candidate we offer.  A relay is used only for the
+peers no direct path reaches; a server that cannot be reached, or refuses,
+costs a warning, not the service, and is asked again later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_nat.address import Address, format_address
+from twisted_nat.bases import Base, BaseRegistry, relay_base
+from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.errors import TURNAllocationClosed, TURNError, TwistedNATError
+from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.punch import RELAY_PAIRED_KINDS
+from twisted_nat.service.addresses import Addresses
+from twisted_nat.service.waiting import within
+from twisted_nat.stun.client import STUNClient
+from twisted_nat.turn import Allocation, TURNClient, TURNServer, connect_stream
+
+RELAY_WAIT = 5.0
+"""
+How long start-up waits for the relays before registering: an offer made
+without the relayed candidate cannot use the relay, but a TURN server that
+does not answer would hold the start for the whole of STUN's
+retransmissions.  A relay that comes later is offered from then on.
+"""
+
+RETRY = backoffPolicy(initialDelay=5.0, maxDelay=300.0, factor=2.0, jitter=lambda: 0.0)
+"""Pauses between attempts to get a relay again after an allocation failed or ended."""
+
+
+class Relays:
+    """
+    The allocations of one service.
+
+    @ivar allocations: the live allocations, by their base.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        servers: Sequence[TURNServer],
+        bases: BaseRegistry,
+        addresses: Addresses,
+        running: Callable[[], bool],
+    ) -> None:
+        self._reactor = reactor
+        self._servers = list(servers)
+        self._bases = bases
+        self._addresses = addresses
+        self._running = running
+        self.allocations: dict[Base, Allocation] = {}
+        self._udp: TURNClient | None = None
+        self._streams: list[TURNClient] = []
+        self._retries: dict[TURNServer, IDelayedCall] = {}
+
+    def attach(self, mux: UDPMultiplexer, stun: STUNClient) -> None:
+        """Allocate over the shared socket too (for C{turn:...?transport=udp} servers)."""
+        if any(server.transport == "udp" for server in self._servers):
+            self._udp = TURNClient.on_multiplexer(mux, self._reactor, stun=stun)
+
+    def start(self) -> Deferred[None]:
+        """Allocate on every server; fires when all answered, or after L{RELAY_WAIT}."""
+        allocating = DeferredList(
+            [Deferred.fromCoroutine(self._allocate(server, 0)) for server in self._servers]
+        )
+        return within(self._reactor, allocating, RELAY_WAIT)
+
+    @property
+    def streams(self) -> list[TURNClient]:
+        """The TURN clients on a stream (TCP or TLS) open now."""
+        return list(self._streams)
+
+    @property
+    def retrying(self) -> list[TURNServer]:
+        """The servers to be asked again later."""
+        return list(self._retries)
+
+    def relayed_addresses(self) -> list[Address]:
+        return [a.relayed_address for a in self.allocations.values() if a.active]
+
+    async def _allocate(self, server: TURNServer, attempt: int) -> None:
+        self._retries.pop(server, None)
+        stream: TURNClient | None = None
+        try:
+            if server.transport == "udp":
+                assert self._udp is not None
+                allocation = await self._udp.allocate(
+                    (server.host, server.port), server.username, server.password
+                )
+            else:
+                stream = await connect_stream(self._reactor, server.endpoint())
+                self._streams.append(stream)
+                allocation = await stream.allocate(None, server.username, server.password)
+        except (TwistedNATError, DNSLookupError) as e:
+            if stream is not None:
+                self._streams.remove(stream)
+                stream.close()
+            if self._running():  # stopping cancels an allocation under way: nothing to say
+                self.log.warn("no relay on {server}: {error}", server=server.uri(), error=e)
+                self._retry(server, attempt)
+            return
+        if not self._running():
+            allocation.close()
+            return
+        base = relay_base(allocation.relayed_address)
+        relay_mux = UDPMultiplexer()
+        allocation.attach(relay_mux)
+        self._bases.add(base, relay_mux)
+        self.allocations[base] = allocation
+        self._addresses.add(Candidate(CandidateType.RELAYED, *allocation.relayed_address))
+        self.log.info(
+            "relayed candidate {relayed} on {server}",
+            relayed=format_address(allocation.relayed_address),
+            server=server.uri(),
+        )
+        allocation.lost.addCallback(self._lost, server, base)
+
+    def _lost(self, reason: TURNError, server: TURNServer, base: Base) -> None:
+        allocation = self.allocations.pop(base, None)
+        self._bases.remove(base)
+        if allocation is not None:
+            self._addresses.remove(allocation.relayed_address)
+        if isinstance(reason, TURNAllocationClosed) or not self._running():
+            return
+        self.log.warn("{relay} lost: {reason}", relay=base, reason=reason)
+        self._retry(server, 0)
+
+    def _retry(self, server: TURNServer, attempt: int) -> None:
+        if not self._running():
+            return
+        self._retries[server] = self._reactor.callLater(
+            RETRY(attempt),
+            lambda: Deferred.fromCoroutine(self._allocate(server, attempt + 1)),
+        )
+
+    def permit(self, remote: Sequence[Candidate]) -> None:
+        """
+        Let the peer's public addresses reach our relays before punching:
+        a TURN server drops what comes from an address without permission.
+        """
+        hosts = sorted({c.host for c in remote if c.kind in RELAY_PAIRED_KINDS})
+        if not hosts:
+            return
+        for base, allocation in self.allocations.items():
+            allocation.create_permission(*hosts).addErrback(self._not_permitted, base)
+
+    def _not_permitted(self, failure: Failure, relay: Base) -> None:
+        if self._running():  # stopping cancels what is still asked, and nobody needs to know
+            self.log.warn("no permission on {relay}: {error}", relay=relay, error=failure.value)
+
+    def bind_channel(self, base: Base, peer: Address, name: str | None) -> None:
+        """
+        A channel to C{peer} on the relay C{base}, if it is one: a channel
+        costs 4 bytes a datagram, where a Send indication costs 36.
+        """
+        allocation = self.allocations.get(base)
+        if allocation is not None and allocation.active:
+            allocation.bind_channel(peer).addErrback(
+                lambda failure: self.log.info(
+                    "no channel to {peer}: {error}", peer=name, error=failure.value
+                )
+            )
+
+    def stop(self) -> None:
+        for retry in self._retries.values():
+            if retry.active():
+                retry.cancel()
+        self._retries.clear()
+        for allocation in list(self.allocations.values()):
+            # Deallocation is sent at once; nobody waits for its answer,
+            # since the server frees an allocation that expires anyway.
+            allocation.close()
+        for stream in self._streams:
+            stream.close()
+        self._streams.clear()

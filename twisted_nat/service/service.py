@@ -1,0 +1,308 @@
+"""
+The service that composes everything for one application: one UDP socket
+and its bases, our candidates, behaviour discovery, relays, the rendezvous,
+punching, keep-alive and the application's connections.
+
+    service = NATTraversalService(
+        stun_servers=[("stun.example.net", 3478)],
+        name="alice",
+        rendezvous="tcp:host=rendezvous.example.net:port=8765",
+        protocol_factory=lambda connection: MyPeerProtocol(),
+    )
+    service.startService()
+    connection = await service.connect("bob")
+    connection.write(b"hello")
+
+The socket is bound in C{privilegedStartService}; then the public address
+is discovered on that very socket (so it is the binding punching will use),
+candidates are gathered, and the name is registered.  Each part has a
+module of its own in this package; this class only wires them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, cast
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_nat.address import Address, format_address
+from twisted_nat.bases import BaseRegistry
+from twisted_nat.candidates import Candidate
+from twisted_nat.connection import AppDataRouter, PeerConnection
+from twisted_nat.errors import ConfigurationError
+from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.nat import NATBehavior
+from twisted_nat.punch import ExtraSockets, HolePuncher
+from twisted_nat.rendezvous import ISignaling, RendezvousClient
+from twisted_nat.service.addresses import Addresses
+from twisted_nat.service.behavior import BehaviorWatch
+from twisted_nat.service.connections import Connections, ProtocolFactory
+from twisted_nat.service.events import IPeerEvents, PeerEvents
+from twisted_nat.service.punching import Punching, need_signaling
+from twisted_nat.service.relays import Relays
+from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
+from twisted_nat.stun.client import DiscoveryResult, STUNClient
+from twisted_nat.stun.message import MessageClass, Method
+
+
+class NATTraversalService(MultiService):
+    """
+    NAT traversal for one application: the socket, its candidates, and its
+    peer connections.
+
+    @param stun_servers: C{(host, port)} STUN servers; the first RFC 5780
+        one also serves behaviour discovery.
+    @param reactor: the reactor to bind, time and connect with; the global
+        reactor when not given.
+    @param name: our name at the rendezvous.
+    @param rendezvous: a client endpoint string for the rendezvous server,
+        where C{name} is registered (again after every reconnection); or
+        pass C{signaling}, any L{ISignaling} already registered under
+        C{name}, to carry offers yourself.
+    @param protocol_factory: called with each new connection; the protocol
+        it returns gets the connection's datagrams.
+    @param settings: everything else (L{PeerSettings}).
+    @param rng: where the birthday method's probed ports come from (a
+        seeded generator makes a test repeat itself).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        stun_servers: Sequence[Address] = (),
+        *,
+        reactor: IReactorTime | None = None,
+        name: str | None = None,
+        rendezvous: str | None = None,
+        signaling: ISignaling | None = None,
+        protocol_factory: ProtocolFactory | None = None,
+        settings: PeerSettings = DEFAULT_SETTINGS,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        assert reactor is not None
+        if rendezvous is not None and signaling is not None:
+            raise ConfigurationError("give a rendezvous endpoint or a signaling channel, not both")
+        self._reactor: IReactorTime = reactor
+        self.settings = settings
+        self.stun_servers = list(stun_servers)
+        self.peer_name = name
+        self.signaling: ISignaling | None = signaling
+        if rendezvous is not None:
+            if name is None:
+                raise ConfigurationError("a rendezvous needs a name to register")
+            client = RendezvousClient(reactor, rendezvous, name)
+            client.setServiceParent(self)
+            self.signaling = client
+
+        self.port: IListeningPort | None = None
+        self.mux = UDPMultiplexer()
+        self.stun = STUNClient(self.stun_servers, reactor=reactor)
+        self.bases = BaseRegistry()
+        self.puncher = HolePuncher(reactor, self.bases)
+        self.router = AppDataRouter(self.bases)
+        # The reactor must provide IReactorUDP too; it is asked for sockets only once started.
+        udp = cast(IReactorUDP, reactor)
+        self.extra_sockets = ExtraSockets(udp, self.bases, settings.interface)
+        """The birthday method's and meeting runs' sockets open now."""
+        running = self._is_running
+        self.events = PeerEvents()
+        """Tells every watcher (L{watch}) what happens."""
+        self.addresses = Addresses(reactor, self.stun, bool(self.stun_servers), running)
+        self.relays = Relays(reactor, settings.turn_servers, self.bases, self.addresses, running)
+        self.links = Connections(
+            reactor,
+            self.puncher,
+            self.router,
+            self.extra_sockets,
+            self.relays,
+            settings.keepalive,
+            protocol_factory,
+            self.connect,
+            self.addresses.refresh,
+            running,
+            self.events,
+        )
+        self.nat = BehaviorWatch(
+            reactor,
+            settings.interface,
+            settings.keepalive.follow_lifetime,
+            self.links.lifetime_found,
+            self.events,
+        )
+        self.punching = Punching(
+            reactor,
+            settings,
+            self.puncher,
+            self.extra_sockets,
+            (self.addresses, self.nat, self.relays, self.links),
+            rng if rng is not None else random.Random(),
+            self.ready,
+            self._shared_port,
+            self.events,
+        )
+        self._gathered = False
+        self._waiting: list[Deferred[None]] = []
+
+    # --- what the parts found ---
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.addresses.candidates
+
+    @property
+    def public(self) -> DiscoveryResult | None:
+        return self.addresses.public
+
+    @property
+    def behavior(self) -> NATBehavior | None:
+        return self.nat.behavior
+
+    @property
+    def binding_lifetime(self) -> float | None:
+        return self.nat.binding_lifetime
+
+    @property
+    def keepalive_interval(self) -> float:
+        return self.links.keepalive_interval
+
+    @property
+    def connections(self) -> dict[str, PeerConnection]:
+        """The connections by peer name (read it; change it through L{connect} and L{close})."""
+        return self.links.by_peer
+
+    # --- life cycle ---
+
+    def privilegedStartService(self) -> None:
+        self.port = cast(IReactorUDP, self._reactor).listenUDP(
+            self.settings.local_port,
+            self.mux,  # type: ignore[arg-type]
+            self.settings.interface,
+            maxPacketSize=8192,
+        )
+        self.mux.add_stun(self.stun, [Method.BINDING], [MessageClass.SUCCESS, MessageClass.ERROR])
+        self.relays.attach(self.mux, self.stun)
+        self.puncher.attach(self.mux)
+        self.router.attach(self.mux)
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+        if self.signaling is not None:
+            self.signaling.set_offer_handler(self.punching.on_offer)
+        gathering = Deferred.fromCoroutine(self._gather())
+        gathering.addErrback(self._gathering_failed)
+
+    def _is_running(self) -> bool:
+        return bool(self.running)
+
+    def _shared_port(self) -> int:
+        assert self.port is not None
+        return self.port.getHost().port  # type: ignore[attr-defined,no-any-return]
+
+    async def _gather(self) -> None:
+        self.addresses.gather_hosts(
+            self._shared_port(), self.settings.interface, self.settings.host_addresses
+        )
+        await self.addresses.discover()
+        if self.stun_servers and self.settings.detect_behavior:
+            self.nat.start(self.stun_servers)
+        if self.settings.turn_servers:
+            await self.relays.start()
+        self._gathered = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+        if self.settings.connect_to and self.signaling is not None:
+            await self.signaling.when_registered()
+            for peer in self.settings.connect_to:
+                self.connect(peer).addErrback(self._connect_failed, peer)
+
+    def _gathering_failed(self, failure: Failure) -> None:
+        self.log.failure("gathering candidates failed", failure)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(failure)
+
+    def _connect_failed(self, failure: Failure, peer: str) -> None:
+        self.log.warn("could not connect to {peer}: {error}", peer=peer, error=failure.value)
+        self.events.punch_failed(peer, True, failure)
+
+    def watch(self, watcher: IPeerEvents) -> None:
+        """Tell C{watcher} what happens from now on (L{IPeerEvents})."""
+        self.events.watchers.append(watcher)
+
+    def ready(self) -> Deferred[None]:
+        """Fires once the socket is bound and candidates are gathered."""
+        if self._gathered:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        self.addresses.stop()
+        self.relays.stop()
+        self.links.stop()
+        self.extra_sockets.close_all()
+        stopping = super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            stopped = port.stopListening()
+            if stopped is not None:
+                return Deferred.fromCoroutine(_both(stopping, stopped))
+        return stopping  # type: ignore[no-any-return]
+
+    # --- connections ---
+
+    def connect(self, name: str) -> Deferred[PeerConnection]:
+        """Offer a connection to the peer called C{name} and punch it."""
+        return Deferred.fromCoroutine(self._connect(name))
+
+    async def _connect(self, name: str) -> PeerConnection:
+        signaling, ours = need_signaling(self.signaling, self.peer_name)
+        return await self.punching.connect(signaling, ours, name)
+
+    def close(self, peer: str) -> None:
+        """Close the connection to C{peer}."""
+        connection = self.links.by_peer.get(peer)
+        if connection is not None:
+            self.links.close(connection)
+
+    # --- what operators read ---
+
+    def status(self) -> dict[str, Any]:
+        """The state of this peer, as served by C{--status}."""
+        behavior = self.behavior
+        return {
+            "name": self.peer_name,
+            "local_port": self._shared_port() if self.port else None,
+            "public": format_address(self.public.mapped) if self.public else None,
+            "nat": behavior.as_json() if behavior else None,
+            "candidates": [c.as_json() for c in self.candidates],
+            "relays": sorted(format_address(a) for a in self.relays.relayed_addresses()),
+            "connections": self.links.status(),
+        }
+
+
+NATTraversalManager = NATTraversalService
+"""The name the first design gave the service; the same class, kept for its users."""
+
+
+async def _both(first: Any, second: Any) -> None:
+    if first is not None:
+        await first
+    await second

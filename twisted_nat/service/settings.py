@@ -1,0 +1,83 @@
+"""
+How a peer is configured, as values: one frozen object a service is built
+with, rather than a constructor of many loose arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from twisted_nat.errors import ConfigurationError
+from twisted_nat.punch import PunchSettings, SymmetricSettings
+from twisted_nat.turn import TURNServer
+
+
+def _servers(servers: Iterable[TURNServer]) -> tuple[TURNServer, ...]:
+    return tuple(servers)
+
+
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(names)
+
+
+def _addresses(addresses: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if addresses is None else tuple(addresses)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"{attribute.name} must be positive ({value})")
+
+
+@attrs.frozen
+class KeepAliveSettings:
+    """
+    @ivar enabled: keep every connection's NAT bindings open.
+    @ivar interval: seconds between KEEP_ALIVEs; with C{follow_lifetime},
+        replaced by half the binding lifetime measured.
+    @ivar timeout: how long a KEEP_ALIVE waits for its ACK (at most the
+        interval).
+    @ivar follow_lifetime: measure how long the NAT keeps an idle binding (in
+        the background; it takes about twice that lifetime) and then send
+        keep-alives at half of it instead of C{interval}.
+    """
+
+    enabled: bool = True
+    interval: float = attrs.field(default=25.0, validator=_positive)
+    timeout: float = attrs.field(default=5.0, validator=_positive)
+    follow_lifetime: bool = False
+
+
+@attrs.frozen
+class PeerSettings:
+    """
+    Everything a L{twisted_nat.service.NATTraversalService} is configured
+    with but its servers and its application.
+
+    @ivar local_port: the UDP port to bind (0 for any).
+    @ivar interface: the address to bind.
+    @ivar host_addresses: our interface addresses for host candidates
+        (found with C{ifaddr} when not given).
+    @ivar detect_behavior: discover what our NAT does (RFC 5780), with the
+        first STUN server; what we offer depends on it.
+    @ivar turn_servers: TURN servers to allocate a relayed candidate on
+        (see L{twisted_nat.turn.parse_turn_uri}); a relay is used only for
+        the peers no direct path reaches.
+    @ivar connect_to: peers to connect to as soon as we are ready and
+        registered at the rendezvous.
+    """
+
+    local_port: int = 0
+    interface: str = "0.0.0.0"
+    host_addresses: tuple[str, ...] | None = attrs.field(default=None, converter=_addresses)
+    detect_behavior: bool = True
+    turn_servers: tuple[TURNServer, ...] = attrs.field(default=(), converter=_servers)
+    connect_to: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    keepalive: KeepAliveSettings = attrs.field(factory=KeepAliveSettings)
+    punch: PunchSettings = attrs.field(factory=PunchSettings)
+    symmetric: SymmetricSettings = attrs.field(factory=SymmetricSettings)
+
+
+DEFAULT_SETTINGS = PeerSettings()
