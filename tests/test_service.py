@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from tests.support.world import ALTERNATE, PRIMARY, Kinds, World, build_world, new_service
 from twisted_nat import testing as sim
 from twisted_nat.candidates import CandidateType
 from twisted_nat.rendezvous import InMemorySignalingHub
-from twisted_nat.service import NATTraversalManager, NATTraversalService
+from twisted_nat.service import NATTraversalManager, NATTraversalService, PeerEventsBase
 from twisted_nat.stun.server import STUNServerGroup
 
 
@@ -91,6 +92,70 @@ def test_lost_binding_is_punched_again_through_the_rendezvous():
     w.internet.advance(0.1)
     assert [d for d, _ in w.apps["bob"][0].received] == [b"still here"]
     assert len(w.apps["bob"]) == 1, "the application kept its one protocol"
+
+
+class Watcher(PeerEventsBase):
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, ...]] = []
+
+    def offer_received(self, peer: str) -> None:
+        self.seen.append(("offer", peer))
+
+    def connected(self, connection: Any, result: Any, offerer: bool, again: bool) -> None:
+        self.seen.append(("connected", connection.peer, offerer, again, result.remote.kind))
+
+    def path_lost(self, connection: Any, reason: Any) -> None:
+        self.seen.append(("lost", connection.peer, type(reason.value).__name__))
+
+
+class Broken(PeerEventsBase):
+    def connected(self, connection: Any, result: Any, offerer: bool, again: bool) -> None:
+        raise RuntimeError("a watcher's bug")
+
+
+def test_watchers_see_offers_connections_and_lost_paths():
+    """A broken watcher costs a logged failure, not the others' events nor the connection."""
+    w = world(
+        {
+            "alice": ("port-restricted-cone", sim.PortAllocation.RANDOM),
+            "bob": ("port-restricted-cone", PRESERVE),
+        },
+        interval=4.0,
+        timeout=1.0,
+    )
+    watchers = {name: Watcher() for name in w.services}
+    for name, service in w.services.items():
+        service.watch(Broken())
+        service.watch(watchers[name])
+    failures: list[Any] = []
+
+    def observe(event: Any) -> None:
+        if "watcher" in event.get("log_format", "") and "log_failure" in event:
+            failures.append(event["log_failure"].value)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        watched(w, watchers)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    connected = [e for seen in watchers.values() for e in seen.seen if e[0] == "connected"]
+    assert len(connected) == 4
+    assert [type(f) for f in failures] == [RuntimeError] * len(connected)
+
+
+def watched(w: World, watchers: dict[str, Watcher]) -> None:
+    connection = w.internet.run_until(w.services["alice"].connect("bob"))
+    w.internet.advance(0.5)
+    srflx = CandidateType.SERVER_REFLEXIVE
+    assert watchers["alice"].seen == [("connected", "bob", True, False, srflx)]
+    assert watchers["bob"].seen[0] == ("offer", "alice")
+    assert watchers["bob"].seen[1][:4] == ("connected", "alice", False, False)
+    w.nats["alice"].flush()
+    w.internet.advance(12.0)
+    assert not connection.closed
+    assert ("lost", "bob", "BindingLost") in watchers["alice"].seen
+    assert watchers["alice"].seen[-1][:4] == ("connected", "bob", True, True)
+    assert watchers["bob"].seen[-1][:4] == ("connected", "alice", False, True)
 
 
 def test_the_old_name_is_the_same_class():
