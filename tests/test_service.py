@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
+from zope.interface import implementer
 
 from tests.support.world import ALTERNATE, PRIMARY, Kinds, World, build_world, new_service
 from twisted_nat import testing as sim
@@ -129,6 +130,7 @@ def test_watchers_see_offers_connections_and_lost_paths():
         service.watch(watchers[name])
     failures: list[Any] = []
 
+    @implementer(ILogObserver)
     def observe(event: Any) -> None:
         if "watcher" in event.get("log_format", "") and "log_failure" in event:
             failures.append(event["log_failure"].value)
