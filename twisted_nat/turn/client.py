@@ -102,6 +102,7 @@ from twisted_nat.stun.message import (
     with_integrity,
 )
 from twisted_nat.turn.attributes import (
+    TURN_ATTRIBUTES,
     ChannelNumber,
     Data,
     DontFragment,
@@ -947,6 +948,7 @@ class TURNClient(DatagramProtocol):
                 request(Method.ALLOCATE, [*attributes, *self._software()]),
                 server,
                 schedule=self.schedule,
+                table=TURN_ATTRIBUTES,
             )
         except STUNErrorResponse as e:
             if e.code != 401:
@@ -992,6 +994,7 @@ class TURNClient(DatagramProtocol):
                 request(Method.REFRESH, [Lifetime(0), *self._software()]),
                 server,
                 schedule=self.schedule,
+                table=TURN_ATTRIBUTES,
             )
             return
         except STUNErrorResponse as e:
@@ -1041,7 +1044,7 @@ class TURNClient(DatagramProtocol):
                 message, key = credentials.sign(message), credentials.key
             try:
                 response = await self._stun.request(
-                    message, server, key=key, schedule=self.schedule
+                    message, server, key=key, schedule=self.schedule, table=TURN_ATTRIBUTES
                 )
             except STUNErrorResponse as e:
                 if e.code == 438 and attempt == 1 and credentials is not None:
@@ -1094,7 +1097,7 @@ class TURNClient(DatagramProtocol):
             allocation._channel_data(channel_data.channel, channel_data.data)
             return
         try:
-            message = decode(datagram)
+            message = decode(datagram, table=TURN_ATTRIBUTES)
         except STUNDecodeError as e:
             self._malformed(addr, e)
             return
