@@ -201,7 +201,7 @@ _DECODE_ERRORS = (
 
 
 def decode(
-    data: bytes, allow_rfc3489: bool = False, *, table: AttributeTable = STUN_ATTRIBUTES
+    data: bytes, allow_rfc3489: bool = False, table: AttributeTable = STUN_ATTRIBUTES
 ) -> Message:
     """
     Parse one STUN message that fills C{data} exactly.
@@ -210,7 +210,8 @@ def decode(
     and FINGERPRINT are ignored (RFC 8489 14.5); nothing may follow
     FINGERPRINT, whose CRC is checked.  Without C{allow_rfc3489} a message
     lacking the magic cookie is refused.  Attribute types C{table} lacks
-    become L{UnknownAttribute}s.
+    become L{UnknownAttribute}s.  (C{table} is not keyword-only: a function
+    with keyword-only parameters is called through a slower path.)
 
     @raise STUNDecodeError: for any input that is not such a message.
     """
@@ -284,7 +285,7 @@ def decode(
             offset = (end + 3) & -4
         # Message(...) without its checks, all made already: the transaction
         # id came out of a 12-byte field and the attributes are a tuple.
-        split = KNOWN_TYPES.get(mtype)
+        split = _known_type(mtype)
         if split is None:
             split = split_message_type(mtype)
         message: Message = new_instance(Message)
@@ -301,6 +302,10 @@ def decode(
     except _DECODE_ERRORS as e:
         raise STUNDecodeError(f"malformed STUN message: {e}") from e
 
+
+# KNOWN_TYPES.get, bound once: Python 3.11 calls a method of an imported
+# name through a slower path than one of a module's own.
+_known_type = KNOWN_TYPES.get
 
 # Decoders build instances with these slot setters instead of calling the
 # classes: see attributes.base.slot_setter.
