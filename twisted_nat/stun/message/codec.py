@@ -210,11 +210,12 @@ def decode(
     and FINGERPRINT are ignored (RFC 8489 14.5); nothing may follow
     FINGERPRINT, whose CRC is checked.  Without C{allow_rfc3489} a message
     lacking the magic cookie is refused.  Attribute types C{table} lacks
-    become L{UnknownAttribute}s.  (C{table} is not keyword-only: a function
-    with keyword-only parameters is called through a slower path.)
+    become L{UnknownAttribute}s.
 
     @raise STUNDecodeError: for any input that is not such a message.
     """
+    # table is not keyword-only: Python 3.11 does not specialise calls of
+    # functions with keyword-only parameters.
     try:
         if type(data) is not bytes:
             data = bytes(data)
