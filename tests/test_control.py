@@ -71,3 +71,15 @@ def test_fast_keepalive_check_agrees_with_the_codec(
         assert fast[3] is not wrong_key
     else:
         assert not fast[3], "a changed byte under the MAC never verifies"
+
+
+def test_control_messages_are_decoded_with_their_own_table():
+    """A PUNCH's DESTINATION is typed by session_of, whatever was imported."""
+    keys = SessionKeys.derive(bytes(16), bytes(32), True)
+    _, datagram = control.punch(keys, ("192.0.2.7", 4000))
+    claimed = control.session_of(datagram)
+    assert claimed is not None
+    message, session = claimed
+    assert session == bytes(16)
+    assert message.get(control.Destination) == control.Destination("192.0.2.7", 4000)
+    assert control.verify(message, keys)

@@ -16,17 +16,19 @@ from twisted_nat.errors import (
     STUNTimeout,
     TransactionCancelled,
 )
-from twisted_nat.stun.attributes import MappedAddress, XorMappedAddress
+from twisted_nat.stun.attributes import MappedAddress, UnknownAttribute, XorMappedAddress
 from twisted_nat.stun.client import DiscoveryResult, Response, RetransmissionSchedule, STUNClient
 from twisted_nat.stun.message import (
     Message,
     MessageClass,
+    Method,
     decode,
     encode,
     error_response,
     request,
     response_to,
 )
+from twisted_nat.turn.attributes import TURN_ATTRIBUTES, Lifetime
 
 SERVER = ("192.0.2.10", 3478)
 OTHER = ("192.0.2.20", 3478)
@@ -103,6 +105,22 @@ def test_even_schedule_fits_a_window():
 def test_schedule_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         RetransmissionSchedule(**bad)
+
+
+def test_each_request_decodes_its_answer_with_its_own_table():
+    """
+    A client shared by STUN and TURN: a TURN request's answer is decoded
+    with the table it was sent with, a Binding answer with STUN's.
+    """
+    client, clock, transport = make_client()
+    binding = results(client.request(request(), SERVER))
+    allocate = results(client.request(request(Method.ALLOCATE), SERVER, table=TURN_ATTRIBUTES))
+    for data, _ in transport.written[:2]:
+        client.datagramReceived(encode(response_to(decode(data), [Lifetime(600)])), SERVER)
+    [binding_response], [allocate_response] = binding, allocate
+    assert isinstance(binding_response, Response) and isinstance(allocate_response, Response)
+    assert type(binding_response.message.attributes[0]) is UnknownAttribute
+    assert allocate_response.message.get(Lifetime) == Lifetime(600)
 
 
 def test_response_fires_and_cancels_timer():

@@ -17,12 +17,11 @@ import attrs
 import pytest
 
 from twisted_nat.errors import IntegrityError, STUNDecodeError
-from twisted_nat.stun import message as message_module
 from twisted_nat.stun.attributes import (
-    ATTRIBUTE_TYPES,
     MAGIC_COOKIE_BYTES,
     PASSWORD_ALGORITHM_MD5,
     PASSWORD_ALGORITHM_SHA256,
+    STUN_ATTRIBUTES,
     AlternateDomain,
     AlternateServer,
     Attribute,
@@ -75,11 +74,12 @@ from twisted_nat.stun.message import (
     split_message_type,
     verify_integrity,
 )
+from twisted_nat.stun.message.integrity import SHA1, SHA256, HMACStates, keyed_hmac
 
 TID = bytes(range(1, 13))
 KEY = b"a shared secret"
 
-# One or more values of every attribute class the codec registers, with the
+# One or more values of every attribute class of the STUN table, with the
 # corners of their encodings: both address families, values needing each
 # amount of padding, the extremes of numeric fields.
 SAMPLES: list[Attribute] = [
@@ -159,20 +159,14 @@ def test_attribute_round_trip(attribute: Attribute, pad: bytes) -> None:
     assert encode(decode(data), pad=pad) == data
 
 
-def test_samples_cover_every_registered_type() -> None:
+def test_samples_cover_every_stun_attribute() -> None:
     """
-    Every type C{twisted_nat.stun.attributes} registers is exercised, the
-    three computed ones by the tests below.  (Other modules, TURN, may
-    register more in the same registry; those are theirs to test.)
+    Every type of the STUN attribute table is exercised, the three computed
+    ones by the tests below.  (TURN and the control messages extend the
+    table with their own; those are theirs to test.)
     """
-    ours = {
-        code
-        for code, decoder in ATTRIBUTE_TYPES.items()
-        if getattr(getattr(decoder, "__self__", None), "__module__", None)
-        == "twisted_nat.stun.attributes"
-    }
     computed = {MessageIntegrity.TYPE, MessageIntegritySHA256.TYPE, Fingerprint.TYPE}
-    assert {type(a).TYPE for a in SAMPLES} | computed == ours
+    assert {type(a).TYPE for a in SAMPLES} | computed == set(STUN_ATTRIBUTES.decoders)
 
 
 def test_all_samples_in_one_message() -> None:
@@ -421,34 +415,24 @@ def test_verify_integrity_errors() -> None:
 
 def test_hmac_helper_matches_the_hmac_module() -> None:
     """
-    The codec writes HMAC out itself (see C{message._hmac}): it must agree
-    with the standard library for short, block-sized and long keys, for
-    both hashes, and after its cache of keyed states has been flushed.
+    The codec writes HMAC out itself (L{keyed_hmac}): it must agree with the
+    standard library for short, block-sized and long keys, for both hashes,
+    and after its cache of keyed states has been flushed.
     """
     data = bytes(range(200))
     for size in (0, 1, 20, 63, 64, 65, 200):
         key = bytes((i * 7) & 0xFF for i in range(size))
-        for name, factory, states in (
-            ("sha1", hashlib.sha1, message_module._SHA1_STATES),
-            ("sha256", hashlib.sha256, message_module._SHA256_STATES),
-        ):
+        for name, states in (("sha1", SHA1), ("sha256", SHA256)):
             for _ in range(2):  # computed, then from the cache
-                assert message_module._hmac(key, data, factory, states) == hmac.digest(
-                    key, data, name
-                )
-    for index in range(message_module._HMAC_STATES_MAX + 5):
+                assert keyed_hmac(key, data, states) == hmac.digest(key, data, name)
+    for index in range(HMACStates.LIMIT + 5):
         key = index.to_bytes(4, "big")
-        assert message_module._hmac(
-            key, data, hashlib.sha1, message_module._SHA1_STATES
-        ) == hmac.digest(key, data, "sha1")
-    assert len(message_module._SHA1_STATES) <= message_module._HMAC_STATES_MAX
+        assert keyed_hmac(key, data, SHA1) == hmac.digest(key, data, "sha1")
+    assert len(SHA1) <= HMACStates.LIMIT
     # Keys that are bytes-like but not bytes (unhashable) still work.
-    assert message_module._hmac(
-        bytearray(b"k"),  # type: ignore[arg-type]
-        data,
-        hashlib.sha1,
-        message_module._SHA1_STATES,
-    ) == hmac.digest(b"k", data, "sha1")
+    assert keyed_hmac(bytearray(b"k"), data, SHA1) == hmac.digest(  # type: ignore[arg-type]
+        b"k", data, "sha1"
+    )
 
 
 # --- unknown attributes ------------------------------------------------------------
@@ -722,52 +706,6 @@ def test_decoded_messages_equal_constructed_ones() -> None:
         username.value = "changed"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         decoded.method = 2  # type: ignore[misc]
-
-
-def test_register_refuses_subclasses_the_fast_decoders_would_build_wrong() -> None:
-    """
-    The address, text, PRIORITY and tie-breaker decoders build instances
-    without C{__init__}; a subclass with more fields, or a validator, must
-    bring its own decoder, and registering it without one fails loudly.
-    """
-    from twisted_nat.stun import attributes as module
-
-    @attrs.frozen
-    class Relayed(module.XorAddressAttribute):
-        TYPE = 0xFFF0
-
-    @attrs.frozen
-    class Labelled(module.XorAddressAttribute):
-        TYPE = 0xFFF1
-        label: str = ""
-
-    @attrs.frozen
-    class Checked(module._TextAttribute):
-        TYPE = 0xFFF2
-        value: str = attrs.field(validator=attrs.validators.max_len(4))
-
-    @attrs.frozen
-    class Overridden(module.XorAddressAttribute):
-        TYPE = 0xFFF3
-        label: str = ""
-
-        @classmethod
-        def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-            return cls(*module.unpack_xor_address(value, transaction_id), label="decoded")
-
-    try:
-        module.register(Relayed)
-        decoded = decode(encode(bare(Relayed("192.0.2.1", 5))))
-        assert decoded.attributes == (Relayed("192.0.2.1", 5),)
-        for kind in (Labelled, Checked):
-            with pytest.raises(TypeError, match="must override decode_value"):
-                module.register(kind)
-        module.register(Overridden)
-        decoded = decode(encode(bare(Overridden("192.0.2.1", 5))))
-        assert decoded.attributes == (Overridden("192.0.2.1", 5, "decoded"),)
-    finally:
-        for code in range(0xFFF0, 0xFFF4):
-            ATTRIBUTE_TYPES.pop(code, None)
 
 
 # --- credentials -------------------------------------------------------------------

@@ -11,7 +11,6 @@ well-formed messages, encoding and decoding must be inverses.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import socket
 import struct
@@ -21,10 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from twisted_nat.errors import STUNDecodeError
-from twisted_nat.stun import message as message_module
 from twisted_nat.stun.attributes import (
-    ATTRIBUTE_TYPES,
     MAGIC_COOKIE_BYTES,
+    STUN_ATTRIBUTES,
     AlternateDomain,
     AlternateServer,
     Attribute,
@@ -65,6 +63,7 @@ from twisted_nat.stun.message import (
     error_response,
     request,
 )
+from twisted_nat.stun.message.integrity import SHA1, SHA256, keyed_hmac
 
 KEY = b"fuzzing key"
 TID = bytes(range(12))
@@ -322,18 +321,17 @@ known_attributes: st.SearchStrategy[Attribute] = st.one_of(
     st.builds(Padding, st.binary(max_size=64)),
 )
 
-# Types nothing registers (or that the TURN layer may, which is why they
-# are kept out of this range: 0x000C..0x0019 and 0x8000..0x8001 are TURN's
-# and RFC 8489's neighbours).
+# Types the STUN table lacks (kept clear of TURN's 0x000C..0x0022 and of
+# RFC 8489's neighbours 0x8000..0x8001 as well).
 unknown_types = st.integers(0x0040, 0x7FFF) | st.integers(0x8030, 0xFFFF)
 
 
-def unregistered(code: int) -> bool:
-    return code not in ATTRIBUTE_TYPES
+def not_in_stun_table(code: int) -> bool:
+    return code not in STUN_ATTRIBUTES
 
 
 unknown_attributes = st.builds(
-    UnknownAttribute, unknown_types.filter(unregistered), st.binary(max_size=24)
+    UnknownAttribute, unknown_types.filter(not_in_stun_table), st.binary(max_size=24)
 )
 
 
@@ -406,9 +404,5 @@ def test_encode_inverts_decode(message: Message, data: st.DataObject) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=100), st.binary(max_size=300))
 def test_hmac_helper_agrees_with_hmac_module(key: bytes, data: bytes) -> None:
-    assert message_module._hmac(
-        key, data, hashlib.sha1, message_module._SHA1_STATES
-    ) == hmac.digest(key, data, "sha1")
-    assert message_module._hmac(
-        key, data, hashlib.sha256, message_module._SHA256_STATES
-    ) == hmac.digest(key, data, "sha256")
+    assert keyed_hmac(key, data, SHA1) == hmac.digest(key, data, "sha1")
+    assert keyed_hmac(key, data, SHA256) == hmac.digest(key, data, "sha256")

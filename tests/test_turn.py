@@ -65,6 +65,7 @@ from twisted_nat.stun.message import (
 )
 from twisted_nat.turn import (
     CHANNEL_NUMBERS,
+    TURN_ATTRIBUTES,
     AllocationState,
     ChannelData,
     ChannelNumber,
@@ -129,8 +130,8 @@ SAMPLES = [
 def test_turn_attribute_round_trip(attribute: Attribute) -> None:
     message = bare(attribute)
     data = encode(message)
-    assert decode(data) == message
-    assert encode(decode(data)) == data
+    assert decode(data, table=TURN_ATTRIBUTES) == message
+    assert encode(decode(data, table=TURN_ATTRIBUTES)) == data
 
 
 def test_turn_attribute_wire_layout() -> None:
@@ -164,7 +165,7 @@ def test_malformed_turn_attributes_are_decode_errors(code: int, value: bytes) ->
     body = struct.pack("!HH", code, len(value)) + value + b"\x00" * (-len(value) % 4)
     data = struct.pack("!HHI", 0x0003, len(body), 0x2112A442) + b"\x01" * 12 + body
     with pytest.raises(STUNDecodeError):
-        decode(data)
+        decode(data, table=TURN_ATTRIBUTES)
 
 
 # --- ChannelData ---------------------------------------------------------------------
@@ -288,7 +289,7 @@ class FakeTURNServer:
         if is_channel_data(packet):
             self.channel_data.append(decode_channel_data(packet))
             return
-        message = decode(packet)
+        message = decode(packet, table=TURN_ATTRIBUTES)
         if message.message_class == MessageClass.INDICATION:
             self.indications.append(message)
             return

@@ -36,16 +36,17 @@ import zlib
 
 import attrs
 
+from twisted_nat.address import Address
 from twisted_nat.errors import STUNDecodeError
 from twisted_nat.stun.attributes import (
     MAGIC_COOKIE_BYTES,
+    STUN_ATTRIBUTES,
     Attribute,
     Fingerprint,
     MessageIntegritySHA256,
     Username,
     XorAddressAttribute,
     XorMappedAddress,
-    register,
 )
 from twisted_nat.stun.message import (
     FINGERPRINT_XOR,
@@ -59,8 +60,6 @@ from twisted_nat.stun.message import (
     new_transaction_id,
 )
 
-Address = tuple[str, int]
-
 PUNCH = 0x0D0
 KEEPALIVE = 0x0D1
 APP_DATA = 0x04
@@ -70,7 +69,6 @@ TAG_LENGTH = 16
 FRAME_OVERHEAD = 1 + _SEQUENCE.size + TAG_LENGTH
 
 
-@register
 @attrs.frozen
 class Destination(XorAddressAttribute):
     """
@@ -79,6 +77,10 @@ class Destination(XorAddressAttribute):
     """
 
     TYPE = 0xC0D0
+
+
+CONTROL_ATTRIBUTES = STUN_ATTRIBUTES.extended(Destination)
+"""STUN's attribute table with L{Destination}: what control messages are decoded with."""
 
 
 @attrs.frozen
@@ -249,7 +251,7 @@ def session_of(datagram: bytes) -> tuple[Message, bytes] | None:
     L{verify} to say, with that session's keys.
     """
     try:
-        message = decode(datagram)
+        message = decode(datagram, table=CONTROL_ATTRIBUTES)
     except STUNDecodeError:
         return None
     username = message.get(Username)

@@ -14,7 +14,7 @@ import stringprep
 import unicodedata
 from collections.abc import Callable
 
-from twisted_nat.stun.attributes import PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORITHM_SHA256
+from twisted_nat.stun.attributes.integrity import PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORITHM_SHA256
 
 Preparation = Callable[[str], str]
 

@@ -26,37 +26,34 @@ from twisted.internet.interfaces import IListeningPort, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from twisted_nat.address import Address
 from twisted_nat.errors import STUNDecodeError
-from twisted_nat.stun.attributes import (
-    MAGIC_COOKIE_BYTES,
-    Attribute,
+from twisted_nat.stun.attributes.address import (
     ChangedAddress,
-    ChangeRequest,
-    Fingerprint,
     MappedAddress,
     OtherAddress,
     ResponseOrigin,
-    ResponsePort,
-    Software,
     SourceAddress,
-    UnknownAttributes,
     XorMappedAddress,
     pack_xor_address,
 )
-from twisted_nat.stun.message import (
+from twisted_nat.stun.attributes.base import MAGIC_COOKIE_BYTES, Attribute
+from twisted_nat.stun.attributes.error import UnknownAttributes
+from twisted_nat.stun.attributes.integrity import Fingerprint
+from twisted_nat.stun.attributes.rfc5780 import ChangeRequest, ResponsePort
+from twisted_nat.stun.attributes.text import Software
+from twisted_nat.stun.message.codec import decode, encode
+from twisted_nat.stun.message.value import (
     FINGERPRINT_XOR,
     HEADER_LENGTH,
     Message,
     MessageClass,
     Method,
-    decode,
-    encode,
     error_response,
     response_to,
     split_message_type,
 )
 
-Address = tuple[str, int]
 SOFTWARE = "twisted-nat"
 _HEAD = struct.Struct("!HH4s12s")
 _ATTR_HEAD = struct.Struct("!HH")
@@ -115,9 +112,9 @@ class BindingServer(DatagramProtocol):
         self.local = (host.host, host.port)
         self._plain_tail = self._encoded_tail()
         # A real UDP port's socket: answers go to addresses that recvfrom
-        # just produced, so the per-datagram address validation of
-        # Port.write (a third of our cost per answer) is skipped.  Test
-        # doubles and simulated networks have no socket and use write().
+        # just produced, so Port.write's per-datagram address validation is
+        # skipped.  Test doubles and simulated networks have no socket and
+        # use write().
         raw = getattr(self.transport, "socket", None)
         self._sendto = getattr(raw, "sendto", None)
 
@@ -175,9 +172,9 @@ class BindingServer(DatagramProtocol):
         The answer to the request nearly every client sends, a Binding
         request over IPv4 carrying at most SOFTWARE and FINGERPRINT, built
         without decoding it into objects; None for anything else, which
-        L{handle_any} then treats in full.  Both produce the same bytes
-        (a property test holds them to it); this one is three times faster,
-        which is what lets one Python process keep up with coturn.
+        L{handle_any} then treats in full.  Both produce the same bytes (a
+        property test holds them to it); this one skips building objects,
+        for the server's throughput.
         """
         size = len(datagram)
         if (

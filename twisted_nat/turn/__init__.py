@@ -5,13 +5,14 @@ A L{TURNClient} sits on the shared socket's multiplexer (or on a TCP or TLS
 stream, L{connect_stream}) and makes L{Allocation}s: a relayed address on a
 TURN server, permissions for peers, channels, and the timers that keep them
 alive.  L{parse_turn_uri} reads a server's RFC 7065 URI into a L{TURNServer}.
-Importing this package registers TURN's attributes with the STUN codec.
+L{TURN_ATTRIBUTES} is the attribute table TURN messages are decoded with.
 """
 
 from __future__ import annotations
 
 from twisted_nat.turn.allocation import Allocation
 from twisted_nat.turn.attributes import (
+    TURN_ATTRIBUTES,
     ChannelNumber,
     Data,
     DontFragment,
@@ -41,6 +42,7 @@ from twisted_nat.turn.uri import TURNServer, parse_turn_uri
 
 __all__ = [
     "CHANNEL_NUMBERS",
+    "TURN_ATTRIBUTES",
     "TURN_METHODS",
     "Allocation",
     "AllocationState",

@@ -1,14 +1,12 @@
 """
-The attributes TURN (RFC 8656) adds to STUN, registered in the STUN codec's
-one registry (L{twisted_nat.stun.attributes.ATTRIBUTE_TYPES}).
+The attributes TURN (RFC 8656) adds to STUN, and L{TURN_ATTRIBUTES}, the
+attribute table the TURN client decodes with (STUN's and these).
 
 They live here rather than in L{twisted_nat.stun.attributes} because plain
 STUN never needs them: a Binding client decodes any of them as an
-L{UnknownAttribute} and loses nothing.  Registration is an import side
-effect, and every module that speaks TURN (L{twisted_nat.turn} and what it
-imports) imports this one, so the codec knows them whenever TURN is used.
+L{UnknownAttribute} and loses nothing.
 
-As in the STUN module, value decoders raise C{ValueError} (or
+As in the STUN attributes, value decoders raise C{ValueError} (or
 C{struct.error}) for malformed values, which the message decoder turns into
 L{twisted_nat.errors.STUNDecodeError}.
 """
@@ -22,10 +20,10 @@ import attrs
 from twisted_nat.stun.attributes import (
     FAMILY_IPV4,
     FAMILY_IPV6,
+    STUN_ATTRIBUTES,
     Attribute,
     FixedIntegerAttribute,
     XorAddressAttribute,
-    register,
 )
 
 TRANSPORT_UDP = 17
@@ -36,7 +34,6 @@ _H2 = struct.Struct("!H2x")
 _B3 = struct.Struct("!B3x")
 
 
-@register
 @attrs.frozen
 class ChannelNumber(FixedIntegerAttribute):
     """
@@ -51,7 +48,6 @@ class ChannelNumber(FixedIntegerAttribute):
     number: int
 
 
-@register
 @attrs.frozen
 class Lifetime(FixedIntegerAttribute):
     """LIFETIME: seconds until the allocation expires; 0 in a Refresh deallocates."""
@@ -63,7 +59,6 @@ class Lifetime(FixedIntegerAttribute):
     seconds: int
 
 
-@register
 @attrs.frozen
 class XorPeerAddress(XorAddressAttribute):
     """XOR-PEER-ADDRESS: a peer's address as the relay sees it."""
@@ -71,7 +66,6 @@ class XorPeerAddress(XorAddressAttribute):
     TYPE = 0x0012
 
 
-@register
 @attrs.frozen
 class Data(Attribute):
     """DATA: the application datagram a Send or Data indication carries."""
@@ -87,7 +81,6 @@ class Data(Attribute):
         return cls(bytes(value))
 
 
-@register
 @attrs.frozen
 class XorRelayedAddress(XorAddressAttribute):
     """XOR-RELAYED-ADDRESS: the address the server allocated for us."""
@@ -95,7 +88,6 @@ class XorRelayedAddress(XorAddressAttribute):
     TYPE = 0x0016
 
 
-@register
 @attrs.frozen
 class RequestedAddressFamily(FixedIntegerAttribute):
     """
@@ -118,7 +110,6 @@ class RequestedAddressFamily(FixedIntegerAttribute):
         return decoded
 
 
-@register
 @attrs.frozen
 class EvenPort(Attribute):
     """
@@ -139,7 +130,6 @@ class EvenPort(Attribute):
         return cls(bool(value[0] & 0x80))
 
 
-@register
 @attrs.frozen
 class RequestedTransport(FixedIntegerAttribute):
     """REQUESTED-TRANSPORT: the relay's protocol; 17 (UDP) is what RFC 8656 defines."""
@@ -151,7 +141,6 @@ class RequestedTransport(FixedIntegerAttribute):
     protocol: int = TRANSPORT_UDP
 
 
-@register
 @attrs.frozen
 class DontFragment(Attribute):
     """DONT-FRAGMENT: ask the relay to set the DF bit towards the peer; no value."""
@@ -168,7 +157,6 @@ class DontFragment(Attribute):
         return cls()
 
 
-@register
 @attrs.frozen
 class ReservationToken(Attribute):
     """RESERVATION-TOKEN: 8 opaque bytes naming a relayed port held back by EVEN-PORT."""
@@ -186,10 +174,25 @@ class ReservationToken(Attribute):
         return cls(bytes(value))
 
 
+TURN_ATTRIBUTES = STUN_ATTRIBUTES.extended(
+    ChannelNumber,
+    Lifetime,
+    XorPeerAddress,
+    Data,
+    XorRelayedAddress,
+    RequestedAddressFamily,
+    EvenPort,
+    RequestedTransport,
+    DontFragment,
+    ReservationToken,
+)
+"""STUN's attribute table with TURN's attributes: what the TURN client decodes with."""
+
 __all__ = [
     "FAMILY_IPV4",
     "FAMILY_IPV6",
     "TRANSPORT_UDP",
+    "TURN_ATTRIBUTES",
     "ChannelNumber",
     "Data",
     "DontFragment",

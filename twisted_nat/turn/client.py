@@ -45,6 +45,7 @@ from twisted_nat.stun.client import SOFTWARE, RetransmissionSchedule, STUNClient
 from twisted_nat.stun.message import MessageClass, Method, decode
 from twisted_nat.turn.allocation import Allocation, ClientLink, Receiver
 from twisted_nat.turn.attributes import (
+    TURN_ATTRIBUTES,
     Data,
     EvenPort,
     Lifetime,
@@ -270,7 +271,7 @@ class TURNClient(DatagramProtocol):
             allocation.channel_data_received(channel_data.channel, channel_data.data)
             return
         try:
-            message = decode(datagram)
+            message = decode(datagram, table=TURN_ATTRIBUTES)
         except STUNDecodeError as e:
             self._malformed(addr, e)
             return

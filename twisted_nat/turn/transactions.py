@@ -30,7 +30,7 @@ from twisted_nat.errors import (
 from twisted_nat.stun.attributes import Attribute, Software
 from twisted_nat.stun.client import Response, RetransmissionSchedule, STUNClient
 from twisted_nat.stun.message import Message, Method, request
-from twisted_nat.turn.attributes import Lifetime
+from twisted_nat.turn.attributes import TURN_ATTRIBUTES, Lifetime
 from twisted_nat.turn.credentials import Credentials
 from twisted_nat.turn.stats import TURNStats
 
@@ -138,6 +138,7 @@ class TURNTransactions:
                 request(Method.ALLOCATE, [*attributes, *self._software()]),
                 server,
                 schedule=self.schedule,
+                table=TURN_ATTRIBUTES,
             )
         except STUNErrorResponse as e:
             if e.code != 401:
@@ -183,6 +184,7 @@ class TURNTransactions:
                 request(Method.REFRESH, [Lifetime(0), *self._software()]),
                 server,
                 schedule=self.schedule,
+                table=TURN_ATTRIBUTES,
             )
             return
         except STUNErrorResponse as e:
@@ -222,7 +224,9 @@ class TURNTransactions:
             if credentials is not None:
                 message, key = credentials.sign(message), credentials.key
             try:
-                response = await self.stun.request(message, server, key=key, schedule=self.schedule)
+                response = await self.stun.request(
+                    message, server, key=key, schedule=self.schedule, table=TURN_ATTRIBUTES
+                )
             except STUNErrorResponse as e:
                 if e.code == 438 and attempt == 1 and credentials is not None:
                     fresh = credentials.with_nonce(cast(Message, e.response))
