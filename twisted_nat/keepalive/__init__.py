@@ -1,0 +1,41 @@
+"""
+Keep-alive for a peer connection: when to probe, when the path is in
+trouble, when the binding is gone, and how good the link is meanwhile.
+
+  - L{quality}: round-trip, jitter and loss estimators (pure measurement).
+  - L{machine}: L{KeepAliveMachine}, the pure decision machine.
+  - L{timers}: the clock a machine runs on, and L{TimerQueue}, which puts
+    thousands of machines' timers on one reactor call.
+"""
+
+from twisted_nat.keepalive.machine import KeepAliveMachine, KeepAliveState, interval_for_lifetime
+from twisted_nat.keepalive.quality import (
+    JitterEstimator,
+    LinkQuality,
+    LossEstimator,
+    RTTEstimator,
+)
+from twisted_nat.keepalive.timers import (
+    Now,
+    ReactorCallables,
+    Schedule,
+    TimerHandle,
+    TimerQueue,
+    reactor_callables,
+)
+
+__all__ = [
+    "JitterEstimator",
+    "KeepAliveMachine",
+    "KeepAliveState",
+    "LinkQuality",
+    "LossEstimator",
+    "Now",
+    "RTTEstimator",
+    "ReactorCallables",
+    "Schedule",
+    "TimerHandle",
+    "TimerQueue",
+    "interval_for_lifetime",
+    "reactor_callables",
+]
