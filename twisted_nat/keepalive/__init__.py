@@ -6,8 +6,10 @@ trouble, when the binding is gone, and how good the link is meanwhile.
   - L{machine}: L{KeepAliveMachine}, the pure decision machine.
   - L{timers}: the clock a machine runs on, and L{TimerQueue}, which puts
     thousands of machines' timers on one reactor call.
+  - L{keeper}: L{Keeper}, the machines' I/O on every base of a service.
 """
 
+from twisted_nat.keepalive.keeper import BindingLost, Keeper, KeeperStats, KeptPath
 from twisted_nat.keepalive.machine import KeepAliveMachine, KeepAliveState, interval_for_lifetime
 from twisted_nat.keepalive.quality import (
     JitterEstimator,
@@ -25,9 +27,13 @@ from twisted_nat.keepalive.timers import (
 )
 
 __all__ = [
+    "BindingLost",
     "JitterEstimator",
     "KeepAliveMachine",
     "KeepAliveState",
+    "Keeper",
+    "KeeperStats",
+    "KeptPath",
     "LinkQuality",
     "LossEstimator",
     "Now",

@@ -25,7 +25,7 @@ from twisted_nat.candidates import Candidate
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.keepalive import KeepAliveMachine
-from twisted_nat.keeper import Keeper
+from twisted_nat.keepalive.keeper import Keeper
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.punch.birthday import Prober
 from twisted_nat.punch.session import PunchSession
@@ -177,7 +177,7 @@ class HolePuncher(DatagramProtocol):
 
         @return: a Deferred that fires with None when keep-alive is stopped
             (L{stop_binding}, L{forget}), or fails with
-            L{twisted_nat.keeper.BindingLost} when the peer stopped answering.
+            L{twisted_nat.keepalive.keeper.BindingLost} when the peer stopped answering.
         """
         session_id = connection.session_id
         running = self._running.get(session_id)

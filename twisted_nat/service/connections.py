@@ -19,7 +19,7 @@ from twisted_nat.address import Address, format_address
 from twisted_nat.connection import AppDataRouter, PeerConnection
 from twisted_nat.control import SessionKeys
 from twisted_nat.keepalive import interval_for_lifetime
-from twisted_nat.keeper import BindingLost
+from twisted_nat.keepalive.keeper import BindingLost
 from twisted_nat.punch import ExtraSockets, HolePuncher, PunchResult
 from twisted_nat.rendezvous import Offer
 from twisted_nat.service.events import IPeerEvents

@@ -24,7 +24,8 @@ from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import ConfigurationError, TwistedNATError
-from twisted_nat.keepalive import KeepAliveMachine, Schedule, TimerQueue
+from twisted_nat.keepalive.machine import KeepAliveMachine
+from twisted_nat.keepalive.timers import Schedule, TimerQueue
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.stun.message import MessageClass
 
