@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable
 
 import attrs
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 
 from twisted_nat.address import Address, format_address
-from twisted_nat.errors import ConfigurationError
+from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.mux import UDPMultiplexer
 
 
@@ -95,10 +96,12 @@ class BaseRegistry:
 
     A listener (L{listen}) names what it wants routed to it on a base's
     multiplexer (STUN methods, first bytes) and gets every such datagram
-    with the base it came by; L{writer} is where a datagram for a base
-    goes out.  The shared socket is registered by L{share}: its listeners
-    sit on its multiplexer themselves, as its ordinary protocols.
+    with the base it came by; L{send} sends from a base.  The shared
+    socket is registered by L{share}: its listeners sit on its multiplexer
+    themselves, as its ordinary protocols.
     """
+
+    log = Logger()
 
     def __init__(self) -> None:
         self._writers: dict[Base, UDPMultiplexer] = {}
@@ -135,9 +138,22 @@ class BaseRegistry:
         if base is not SHARED:
             self._writers.pop(base, None)
 
-    def writer(self, base: Base) -> UDPMultiplexer | None:
-        """Where a datagram leaving from C{base} goes; None for a base that is gone."""
-        return self._writers.get(base)
+    def send(self, data: bytes, to: Address, base: Base) -> bool:
+        """
+        Send C{data} from C{base}.  A base that is gone, or a relay that
+        cannot send there (no permission yet), loses the datagram as a
+        network would: logged, and False returned for the caller to count.
+        """
+        transport = self._writers.get(base)
+        if transport is None:
+            self.log.debug("no base {base} to send to {to} from", base=base, to=to)
+            return False
+        try:
+            transport.write(data, to)
+        except TwistedNATError as e:
+            self.log.debug("could not send to {to} via {base}: {error}", to=to, base=base, error=e)
+            return False
+        return True
 
     def __contains__(self, base: object) -> bool:
         return base in self._writers

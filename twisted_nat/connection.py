@@ -320,15 +320,9 @@ class AppDataRouter(DatagramProtocol):
         Send a frame on a base.  A relay that refuses (its allocation is
         gone) loses the datagram, as the network may: keep-alive notices.
         """
-        transport = self.bases.writer(base)
-        if transport is None:
+        if base not in self.bases:
             raise ConnectionClosed(f"no socket to send on ({base} closed)")
-        try:
-            transport.write(frame, address)
-        except TwistedNATError as e:
-            self.log.debug(
-                "could not send to {addr} via {base}: {error}", addr=address, base=base, error=e
-            )
+        self.bases.send(frame, address, base)
 
     def getHost(self) -> Any:
         assert self.transport is not None

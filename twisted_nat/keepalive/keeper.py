@@ -194,15 +194,7 @@ class Keeper(DatagramProtocol):
         self.log.warn("lost the path to {peer}", peer=format_address(kept.remote))
 
     def write(self, data: bytes, to: Address, base: Base) -> None:
-        """Send on a base; one that is gone, or refuses, loses the datagram as a network would."""
-        transport = self._bases.writer(base)
-        if transport is None:
-            self.log.debug("no base {base} to send to {to} from", base=base, to=to)
-            return
-        try:
-            transport.write(data, to)
-        except TwistedNATError as e:
-            self.log.debug("could not send to {to} via {base}: {error}", to=to, base=base, error=e)
+        self._bases.send(data, to, base)
 
     def _schedule(self, resolution: float) -> Schedule:
         schedule = self._schedules.get(resolution)

@@ -23,7 +23,7 @@ from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.candidates import Candidate
 from twisted_nat.control import SessionKeys
-from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.errors import ConfigurationError
 from twisted_nat.keepalive import KeepAliveMachine
 from twisted_nat.keepalive.keeper import Keeper
 from twisted_nat.mux import UDPMultiplexer
@@ -143,21 +143,9 @@ class HolePuncher(DatagramProtocol):
         self.keeper.attach(mux)
 
     def write(self, data: bytes, to: Address, base: Base = SHARED) -> None:
-        """
-        Send on a base.  A base that is gone, or a relay that cannot send
-        there (no permission yet), loses the datagram as a network would:
-        counted, logged, and retried by whoever retries.
-        """
-        transport = self.bases.writer(base)
-        if transport is None:
+        """Send on a base; what cannot leave is counted, and retried by whoever retries."""
+        if not self.bases.send(data, to, base):
             self.stats.unsendable += 1
-            self.log.debug("no base {base} to send to {to} from", base=base, to=to)
-            return
-        try:
-            transport.write(data, to)
-        except TwistedNATError as e:
-            self.stats.unsendable += 1
-            self.log.debug("could not send to {to} via {base}: {error}", to=to, base=base, error=e)
 
     def maintain_binding(
         self,
