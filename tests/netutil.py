@@ -52,3 +52,10 @@ def rfc5780_group(
     finally:
         for port in ports:
             port.stopListening()
+
+
+def free_tcp_port(host: str) -> int:
+    """A TCP port free on C{host} right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
