@@ -268,9 +268,14 @@ def test_attacker_without_the_key_gets_nothing_in(world: LabWorld, peers: Peers)
         assert connection["path"] == old["connections"][0]["path"]
         assert new["sessions"] == old["sessions"]
         puncher = _delta(old["stats"]["puncher"], new["stats"]["puncher"])
+        keeper = _delta(old["stats"]["keeper"], new["stats"]["keeper"])
         router = _delta(old["stats"]["router"], new["stats"]["router"])
-        assert puncher["dropped_bad_mac"] == sent["control"], (who, puncher)
-        assert puncher["dropped_unknown_session"] == sent["unknown_session"], (who, puncher)
+        # PUNCHes and their answers reach the puncher, KEEP_ALIVEs and theirs the keeper.
+        control = (puncher, keeper)
+        assert sum(c["dropped_bad_mac"] for c in control) == sent["control"], (who, control)
+        unknown = sum(c["dropped_unknown_session"] for c in control)
+        assert unknown == sent["unknown_session"], (who, control)
+        assert keeper["dropped_bad_mac"] > 0 and puncher["dropped_bad_mac"] > 0, (who, control)
         assert router["dropped_bad_tag"] == sent["data_spoofed"], (who, router)
         assert router["dropped_unknown_peer"] == sent["data_own"], (who, router)
         assert router["delivered"] == 0, (who, router)

@@ -400,6 +400,7 @@ class Instance:
         status["stats"] = {
             "mux": _stats(self.service.mux.stats),
             "puncher": _stats(self.service.puncher.stats),
+            "keeper": _stats(self.service.puncher.keeper.stats),
             "router": _stats(self.service.router.stats),
         }
         status["received"] = dict(self.received)
