@@ -166,6 +166,32 @@ def client_log():
     globalLogPublisher.removeObserver(observer)
 
 
+def test_offer_and_answer_wire_forms_key_by_key():
+    """The JSON a peer sends, in order; C{nat} only when there is a hint."""
+    session, key = bytes(range(16)), bytes(range(32))
+    candidates = [c.as_json() for c in ALICE_CANDIDATES]
+    hint = NATHint(MappingBehavior.ENDPOINT_INDEPENDENT, FilteringBehavior.ENDPOINT_INDEPENDENT)
+    offer = Offer("alice", session, key, ALICE_CANDIDATES)
+    answer = Answer(session, ALICE_CANDIDATES)
+    offer_keys = ["from", "session", "key", "candidates"]
+    assert list(offer.as_json()) == offer_keys
+    assert list(attrs.evolve(offer, nat=hint).as_json()) == [*offer_keys, "nat"]
+    assert offer.as_json() == {
+        "from": "alice",
+        "session": session.hex(),
+        "key": key.hex(),
+        "candidates": candidates,
+    }
+    assert answer.as_json() == {"session": session.hex(), "candidates": candidates}
+    assert attrs.evolve(answer, nat=hint).as_json() == {
+        "session": session.hex(),
+        "candidates": candidates,
+        "nat": hint.as_json(),
+    }
+    for value in (offer, answer, attrs.evolve(offer, nat=hint), attrs.evolve(answer, nat=hint)):
+        assert type(value).from_json(json.loads(json.dumps(value.as_json()))) == value
+
+
 def test_client_provides_isignaling():
     client = RendezvousClient(reactor, "tcp:host=127.0.0.1:port=9", "alice")
     assert verify.verifyObject(ISignaling, client)

@@ -46,6 +46,7 @@ from twisted_nat.stun.attributes import (
     PasswordAlgorithm,
     PasswordAlgorithms,
     Realm,
+    UseCandidate,
     Username,
     XorMappedAddress,
 )
@@ -166,6 +167,15 @@ def test_malformed_turn_attributes_are_decode_errors(code: int, value: bytes) ->
     data = struct.pack("!HHI", 0x0003, len(body), 0x2112A442) + b"\x01" * 12 + body
     with pytest.raises(STUNDecodeError):
         decode(data, table=TURN_ATTRIBUTES)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [(DontFragment, "DONT-FRAGMENT"), (UseCandidate, "USE-CANDIDATE")]
+)
+def test_flag_attributes_refuse_a_value_by_name(kind: type[Attribute], name: str) -> None:
+    """TURN's and ICE's flags share one decoder; its error names the attribute."""
+    with pytest.raises(ValueError, match=f"^{name} carries no value$"):
+        kind.decode_value(b"\x00", b"\x01" * 12)  # type: ignore[attr-defined]
 
 
 # --- ChannelData ---------------------------------------------------------------------

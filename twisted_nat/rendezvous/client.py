@@ -22,7 +22,7 @@ may no longer be valid by the time they went out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -50,6 +50,8 @@ from twisted_nat.rendezvous.values import Answer, Offer, check_name
 RetryPolicy = Callable[[int], float]
 
 DEFAULT_CALL_TIMEOUT = 30.0
+
+_T = TypeVar("_T")
 
 
 def default_retry_policy() -> RetryPolicy:
@@ -319,37 +321,39 @@ class RendezvousClient(Service):
             )
         return result
 
+    def _call(
+        self, name: str, call: Callable[[RendezvousClientProtocol], Deferred[_T]]
+    ) -> Deferred[_T]:
+        """
+        Make C{call}, a command naming the peer C{name}, on the connection:
+        it fails at once if the name is malformed or there is no connection,
+        and with L{RendezvousUnavailable} after C{call_timeout} seconds
+        without an answer.
+        """
+        try:
+            check_name(name)
+        except ValueError as e:
+            return defer.fail(MalformedSignal(str(e)))
+        protocol = self._protocol
+        if protocol is None:
+            return defer.fail(RendezvousUnavailable("not connected to the rendezvous server"))
+        d = call(protocol)
+        return d.addTimeout(self.call_timeout, self._reactor, onTimeoutCancel=self._call_failed)
+
     def register(self, name: str) -> Deferred[None]:
         """
         Change the name we are registered as; later reconnections register
         the new one.  If the server refuses it we keep the old name.
         """
-        try:
-            check_name(name)
-        except ValueError as e:
-            return defer.fail(MalformedSignal(str(e)))
-        protocol = self._protocol
-        if protocol is None:
-            return defer.fail(RendezvousUnavailable("not connected to the rendezvous server"))
 
         def renamed(result: None) -> None:
             self.peer_name = name
             self.log.info("Registered as {name} at the rendezvous server", name=name)
 
-        d = protocol.register(name)
-        d.addTimeout(self.call_timeout, self._reactor, onTimeoutCancel=self._call_failed)
-        return d.addCallback(renamed)
+        return self._call(name, lambda protocol: protocol.register(name)).addCallback(renamed)
 
     def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
-        try:
-            check_name(name)
-        except ValueError as e:
-            return defer.fail(MalformedSignal(str(e)))
-        protocol = self._protocol
-        if protocol is None:
-            return defer.fail(RendezvousUnavailable("not connected to the rendezvous server"))
-        d = protocol.connect(name, offer)
-        return d.addTimeout(self.call_timeout, self._reactor, onTimeoutCancel=self._call_failed)
+        return self._call(name, lambda protocol: protocol.connect(name, offer))
 
     def set_offer_handler(self, handler: OfferHandler | None) -> None:
         self._handler = handler

@@ -217,6 +217,19 @@ class NATHint:
         )
 
 
+_check_nat = attrs.validators.optional(attrs.validators.instance_of(NATHint))
+
+
+def _signal_json(
+    head: dict[str, object], candidates: tuple[Candidate, ...], nat: NATHint | None
+) -> dict[str, object]:
+    """C{head}, an offer's or an answer's own keys, with the candidates and hint both carry."""
+    head["candidates"] = [c.as_json() for c in candidates]
+    if nat is not None:
+        head["nat"] = nat.as_json()
+    return head
+
+
 def _nat_from_json(fields: dict[str, Any]) -> NATHint | None:
     value = fields.get("nat")
     return None if value is None else NATHint.from_json(value)
@@ -248,21 +261,16 @@ class Offer:
     candidates: tuple[Candidate, ...] = attrs.field(
         converter=_as_candidates, validator=_check_candidates
     )
-    nat: NATHint | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(NATHint))
-    )
+    nat: NATHint | None = attrs.field(default=None, validator=_check_nat)
 
     def as_json(self) -> dict[str, object]:
         """The wire form; C{nat} only when there is a hint, as a peer without one sends."""
-        value: dict[str, object] = {
+        head: dict[str, object] = {
             "from": self.from_name,
             "session": self.session_id.hex(),
             "key": self.key.hex(),
-            "candidates": [c.as_json() for c in self.candidates],
         }
-        if self.nat is not None:
-            value["nat"] = self.nat.as_json()
-        return value
+        return _signal_json(head, self.candidates, self.nat)
 
     @classmethod
     def from_json(cls, value: object) -> Offer:
@@ -290,19 +298,11 @@ class Answer:
     candidates: tuple[Candidate, ...] = attrs.field(
         converter=_as_candidates, validator=_check_candidates
     )
-    nat: NATHint | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(NATHint))
-    )
+    nat: NATHint | None = attrs.field(default=None, validator=_check_nat)
 
     def as_json(self) -> dict[str, object]:
         """The wire form; C{nat} only when there is a hint, as a peer without one sends."""
-        value: dict[str, object] = {
-            "session": self.session_id.hex(),
-            "candidates": [c.as_json() for c in self.candidates],
-        }
-        if self.nat is not None:
-            value["nat"] = self.nat.as_json()
-        return value
+        return _signal_json({"session": self.session_id.hex()}, self.candidates, self.nat)
 
     @classmethod
     def from_json(cls, value: object) -> Answer:

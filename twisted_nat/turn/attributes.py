@@ -22,7 +22,9 @@ from twisted_nat.stun.attributes import (
     FAMILY_IPV6,
     STUN_ATTRIBUTES,
     Attribute,
+    EmptyAttribute,
     FixedIntegerAttribute,
+    OpaqueAttribute,
     XorAddressAttribute,
 )
 
@@ -67,18 +69,10 @@ class XorPeerAddress(XorAddressAttribute):
 
 
 @attrs.frozen
-class Data(Attribute):
+class Data(OpaqueAttribute):
     """DATA: the application datagram a Send or Data indication carries."""
 
     TYPE = 0x0013
-    value: bytes
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return self.value
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        return cls(bytes(value))
 
 
 @attrs.frozen
@@ -142,19 +136,11 @@ class RequestedTransport(FixedIntegerAttribute):
 
 
 @attrs.frozen
-class DontFragment(Attribute):
+class DontFragment(EmptyAttribute):
     """DONT-FRAGMENT: ask the relay to set the DF bit towards the peer; no value."""
 
     TYPE = 0x001A
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return b""
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        if value:
-            raise ValueError("DONT-FRAGMENT carries no value")
-        return cls()
+    NAME = "DONT-FRAGMENT"
 
 
 @attrs.frozen

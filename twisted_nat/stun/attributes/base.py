@@ -88,6 +88,26 @@ class FixedIntegerAttribute(Attribute):
         return cls(cls.LAYOUT.unpack(value)[0])  # type: ignore[call-arg]
 
 
+@attrs.frozen
+class EmptyAttribute(Attribute):
+    """
+    A flag: the attribute's presence says it all and its value field is
+    empty (USE-CANDIDATE; TURN's DONT-FRAGMENT).  A subclass states its
+    C{NAME} for errors.
+    """
+
+    NAME: ClassVar[str]
+
+    def encode_value(self, transaction_id: bytes) -> bytes:
+        return b""
+
+    @classmethod
+    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
+        if value:
+            raise ValueError(f"{cls.NAME} carries no value")
+        return cls()
+
+
 # --- building values without __init__ ------------------------------------------------
 
 new_instance = object.__new__

@@ -8,6 +8,7 @@ import attrs
 
 from twisted_nat.stun.attributes.base import (
     Attribute,
+    EmptyAttribute,
     builds_unchecked,
     new_instance,
     slot_setter,
@@ -39,17 +40,9 @@ _set_priority = slot_setter(Priority, "priority")
 
 
 @attrs.frozen
-class UseCandidate(Attribute):
+class UseCandidate(EmptyAttribute):
     TYPE = 0x0025
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return b""
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes) -> Attribute:
-        if value:
-            raise ValueError("USE-CANDIDATE carries no value")
-        return cls()
+    NAME = "USE-CANDIDATE"
 
 
 @attrs.frozen

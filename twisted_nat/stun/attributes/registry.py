@@ -16,34 +16,8 @@ from typing import Any, NoReturn, cast
 
 import attrs
 
-from twisted_nat.stun.attributes.address import (
-    AlternateServer,
-    ChangedAddress,
-    MappedAddress,
-    OtherAddress,
-    ResponseOrigin,
-    SourceAddress,
-    XorMappedAddress,
-)
+from twisted_nat.stun.attributes import address, error, ice, integrity, rfc5780, text
 from twisted_nat.stun.attributes.base import Attribute, unchecked_fields
-from twisted_nat.stun.attributes.error import ErrorCode, UnknownAttributes
-from twisted_nat.stun.attributes.ice import IceControlled, IceControlling, Priority, UseCandidate
-from twisted_nat.stun.attributes.integrity import (
-    Fingerprint,
-    MessageIntegrity,
-    MessageIntegritySHA256,
-    PasswordAlgorithm,
-    PasswordAlgorithms,
-)
-from twisted_nat.stun.attributes.rfc5780 import ChangeRequest, Padding, ResponsePort
-from twisted_nat.stun.attributes.text import (
-    AlternateDomain,
-    Nonce,
-    Realm,
-    Software,
-    UserHash,
-    Username,
-)
 
 Decoder = Callable[[bytes, bytes], Attribute]
 """A class's C{decode_value}: value field and transaction id in."""
@@ -113,33 +87,33 @@ def _check_decoder(kind: type[Attribute]) -> None:
 
 STUN_ATTRIBUTES = AttributeTable(
     (
-        MappedAddress,
-        ChangeRequest,
-        SourceAddress,
-        ChangedAddress,
-        Username,
-        MessageIntegrity,
-        ErrorCode,
-        UnknownAttributes,
-        Realm,
-        Nonce,
-        MessageIntegritySHA256,
-        PasswordAlgorithm,
-        UserHash,
-        XorMappedAddress,
-        Priority,
-        UseCandidate,
-        Padding,
-        ResponsePort,
-        PasswordAlgorithms,
-        AlternateDomain,
-        Software,
-        AlternateServer,
-        Fingerprint,
-        IceControlled,
-        IceControlling,
-        ResponseOrigin,
-        OtherAddress,
+        address.MappedAddress,
+        rfc5780.ChangeRequest,
+        address.SourceAddress,
+        address.ChangedAddress,
+        text.Username,
+        integrity.MessageIntegrity,
+        error.ErrorCode,
+        error.UnknownAttributes,
+        text.Realm,
+        text.Nonce,
+        integrity.MessageIntegritySHA256,
+        integrity.PasswordAlgorithm,
+        text.UserHash,
+        address.XorMappedAddress,
+        ice.Priority,
+        ice.UseCandidate,
+        rfc5780.Padding,
+        rfc5780.ResponsePort,
+        integrity.PasswordAlgorithms,
+        text.AlternateDomain,
+        text.Software,
+        address.AlternateServer,
+        integrity.Fingerprint,
+        ice.IceControlled,
+        ice.IceControlling,
+        address.ResponseOrigin,
+        address.OtherAddress,
     )
 )
 """The attributes of STUN (RFC 8489), RFC 5780 and ICE (RFC 8445), by type code."""
