@@ -225,7 +225,7 @@ def test_the_runs_meet_at_ten_percent_loss(offerer: str, seed: int) -> None:
 
 def test_the_answerers_second_punch_makes_up_for_the_offerers_lost_ones() -> None:
     """
-    The design (L{twisted_nat.meeting}): the answerer's first PUNCHes are
+    The design (L{twisted_nat.punch.meeting}): the answerer's first PUNCHes are
     dropped, the offerer's pass, "and so does the answerer's second".  So
     losing both of the offerer's PUNCHes from its meeting socket should
     cost a round, not the meeting.

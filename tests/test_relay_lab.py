@@ -14,7 +14,7 @@ checks the path each trial ends on against what physics allows:
     a symmetric NAT (either allocation) with no NAT, a full cone or a
     restricted cone;
   - direct in every trial for two sequential symmetric NATs (meeting runs,
-    L{twisted_nat.meeting});
+    L{twisted_nat.punch.meeting});
   - for a symmetric NAT with a port-restricted cone, direct in at least
     90 % of trials within 5 s (port prediction for the sequential NAT, the
     birthday method for the random one), relayed in the rest;

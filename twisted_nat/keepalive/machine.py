@@ -44,7 +44,7 @@ def interval_for_lifetime(lifetime: float, safety: float = 0.5, floor: float = 1
     flood.
 
     @param lifetime: seconds an idle binding survived
-        (L{twisted_nat.behavior.measure_binding_lifetime}).
+        (L{twisted_nat.nat.measure_binding_lifetime}).
     @param safety: the fraction of the lifetime to use, in C{(0, 1]}.
     @param floor: the shortest interval ever returned.
     """

@@ -11,7 +11,7 @@ arbitrary amounts of data.
 
 Both may carry a L{NATHint}: what the sender's NAT does, so that the two
 peers agree, without another round trip, on whether the birthday method
-(L{twisted_nat.birthday}) is worth its packets.  It is optional: a value
+(L{twisted_nat.punch.birthday}) is worth its packets.  It is optional: a value
 from a peer that sends none has C{nat=None}, meaning "unknown".
 """
 
@@ -150,7 +150,7 @@ class NATHint:
         peer does not spend its own part for nothing.
     @ivar meet: behind a NAT that allocates in sequence, the public port
         the sender's run of extra sockets will hold towards the peer's own
-        C{meet} port (L{twisted_nat.meeting}); None when it runs none.
+        C{meet} port (L{twisted_nat.punch.meeting}); None when it runs none.
     """
 
     mapping: MappingBehavior = attrs.field(
