@@ -155,14 +155,13 @@ def keepalive_ack(keys: SessionKeys, transaction_id: bytes) -> bytes:
 
 # --- keep-alive, without the general codec ------------------------------------------
 #
-# Keep-alive is the only control traffic of a connection that is up: a node
-# with 10,000 peers sends and answers 800 of these messages a second, for as
-# long as it runs.  They always have the one layout below, so they are built
-# and recognised here at fixed offsets, in half the time that going through
-# Message, encode() and decode() takes.  The bytes are exactly what
-# control_message() produces, and a datagram that is not in this layout
-# (anything another implementation might send) still goes through decode(),
-# so what is accepted and what is dropped does not change.
+# Keep-alive is the only control traffic of a connection that is up, and a
+# node with many peers sends and answers it for as long as it runs.  It always
+# has the one layout below, so it is built and recognised here at fixed
+# offsets, cheaper than going through Message, encode() and decode().  The
+# bytes are exactly what control_message() produces, and a datagram that is
+# not in this layout (anything another implementation might send) still goes
+# through decode(), so what is accepted and what is dropped does not change.
 #
 #    0  header: type, length 80, magic cookie, transaction id
 #   20  USERNAME, 32 bytes: the session id in lower-case hex
