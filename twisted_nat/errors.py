@@ -185,3 +185,34 @@ class TURNNoPermission(TURNError):
 
 class ChannelDataDecodeError(TwistedNATError, ValueError):
     """Bytes are not a well-formed TURN ChannelData message (RFC 8656 12.4)."""
+
+
+class TrustError(TwistedNATError):
+    """Base of the errors about peer keys and names."""
+
+
+class BadKey(TrustError, ValueError):
+    """
+    A printed peer key that is not one: wrong prefix, length or alphabet,
+    or a checksum that does not match (a typo).
+    """
+
+
+class KeyFileError(TrustError, ConfigurationError):
+    """A key file that cannot be used: unreadable, malformed, or readable by others."""
+
+
+class KeyMismatch(TrustError):
+    """
+    A peer presented another key than the one expected for it: pinned in
+    the known peers, given by the application, or held by an existing
+    connection.  The message says which name and which keys.
+    """
+
+
+class BadSignature(TrustError):
+    """An offer, answer or registration whose signature does not verify."""
+
+
+class PeerRefused(TrustError):
+    """Our accept policy refused an offer from this peer (its key is not known)."""
