@@ -11,7 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks import bench_codec, bench_detect, bench_scale, bench_server, bench_turn
+from benchmarks import (
+    bench_aead,
+    bench_codec,
+    bench_detect,
+    bench_scale,
+    bench_server,
+    bench_turn,
+)
 from tests.support.natlab import lab_unavailable_reason
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -21,6 +28,8 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     print("== STUN codec: ours against aioice ==", flush=True)
     status = bench_codec.main(["--json", str(RESULTS / "codec.json")])
+    print("\n== Application datagrams: ChaCha20-Poly1305 against HMAC frames ==", flush=True)
+    status |= bench_aead.main(["--json", str(RESULTS / "aead.json")])
     print("\n== STUN server: ours against coturn ==", flush=True)
     status |= bench_server.main(["--json", str(RESULTS / "server.json")])
     print("\n== TURN relay through coturn: ours against aioice ==", flush=True)

@@ -37,7 +37,9 @@ they would be decoded from each peer's offer.  The phases:
      spread evenly over one interval, so that the estimators hold samples
      as in steady state and the probes of the 20,000 ends are spread over
      the interval as independently made connections' would be (set-up
-     makes them in bursts);
+     makes them in bursts); with C{--data}, every end then also sends one
+     application datagram, so that each holds the ChaCha20-Poly1305
+     ciphers of both directions, as a connection carrying data does;
   4. memory: RSS difference from a baseline taken after the sockets were
      opened and a few warm-up sessions made, after C{gc.collect()};
      everything counts, the allocator's slack included;
@@ -263,6 +265,21 @@ async def first_probes(reactor: Any, ends: Sequence[PeerConnection], spread: flo
     await deferLater(reactor, SETTLE, lambda: None)
 
 
+async def send_data(reactor: Any, ends: Sequence[PeerConnection], spread: float) -> None:
+    """
+    Every end sends one 100-byte datagram, the ends spread evenly over
+    C{spread} seconds so that no socket buffer overflows, then wait for them
+    to land.
+    """
+    chunks = max(1, min(len(ends), int(spread * 20)))
+    size = -(-len(ends) // chunks)
+    for chunk in range(chunks):
+        await deferLater(reactor, spread / chunks, lambda: None)
+        for end in ends[chunk * size : (chunk + 1) * size]:
+            end.write(bytes(100))
+    await deferLater(reactor, SETTLE, lambda: None)
+
+
 def rss_bytes() -> int | None:
     """The resident set size now (not the peak that getrusage gives), where Linux says it."""
     try:
@@ -337,6 +354,9 @@ async def measure(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     sessions = len(ends) // 2
     say(f"set up {sessions} sessions in {setup_wall:.1f} s; first probes over {interval:.0f} s")
     await first_probes(reactor, ends, interval)
+    if args.data:
+        say("every end sends one application datagram")
+        await send_data(reactor, ends, 1.0)
 
     gc.collect()
     rss_after = rss_bytes()
@@ -344,6 +364,8 @@ async def measure(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
         "included": INCLUDED,
         "gc_objects_per_end": (len(gc.get_objects()) - objects_before) / len(ends),
     }
+    if args.data:
+        memory["data_delivered"] = sum(e.router.stats.delivered for e in grid.endpoints)
     if rss_before is not None and rss_after is not None:
         memory["rss"] = _sizes(rss_after - rss_before, len(ends))
     if traced is not None:
@@ -474,6 +496,11 @@ def report(results: dict[str, Any]) -> str:
             f"    {size:7.1f} B  {place}" for place, size in traced["by_place_per_end"].items()
         )
     lines.append(f"gc-tracked objects: {memory['gc_objects_per_end']:.1f} per end")
+    if "data_delivered" in memory:
+        lines.append(
+            f"with one datagram sent by every end: {memory['data_delivered']} delivered"
+            f" of {results['connection_ends']}"
+        )
     per_probe = steady["cpu_us_per_probe_and_ack"]
     lines.append(
         f"steady state: {steady['cpu_fraction_of_one_core'] * 100:.2f} % of one core over"
@@ -515,6 +542,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=25.0, help="keep-alive interval")
     parser.add_argument(
         "--traced", type=int, default=1000, help="sessions measured with tracemalloc (0: none)"
+    )
+    parser.add_argument(
+        "--data",
+        action="store_true",
+        help="every end sends one application datagram before memory is measured",
     )
     parser.add_argument(
         "--detail",

@@ -92,7 +92,6 @@ def birthday_world(
     loss: float = 0.0,
     hard: str = "symmetric",
     easy: str = "port-restricted-cone",
-    strip_hints: bool = False,
     **options: Any,
 ) -> World:
     """
@@ -108,7 +107,6 @@ def birthday_world(
         loss=loss,
         nat={"ports": POOL},
         signaling_delay=SIGNALING_DELAY,
-        strip_hints=strip_hints,
         seeded_probes=True,
         **options,
     )
@@ -287,7 +285,8 @@ def test_either_side_can_switch_the_method_off_for_both(sockets: int, probes: in
 
 
 def test_a_peer_without_hints_is_punched_as_before() -> None:
-    w = birthday_world(seed=0, strip_hints=True, punch_timeout=2.0)
+    """Peers that do not know their NATs send no hints, and spend nothing on the birthday method."""
+    w = birthday_world(seed=0, detect_behavior=False, punch_timeout=2.0)
     with pytest.raises(PunchFailed):
         w.connect("hard")
     assert w.services["easy"].puncher.stats.probes_sent == 0

@@ -1,4 +1,8 @@
-"""Application data over a punched path: sealed frames, replay refusal, many peers."""
+"""
+Application data over a punched path: encrypted and authenticated frames,
+nothing of the payload on the wire, forgeries and replays refused, many
+peers.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,12 @@ from tests.fakes import Collector
 from tests.test_punch import Peer, make_internet, make_peer
 from twisted_nat import control
 from twisted_nat.bases import SHARED, relay_base
-from twisted_nat.connection import AppDataRouter, ConnectionClosed, PeerConnection
+from twisted_nat.connection import (
+    AppDataRouter,
+    ConnectionClosed,
+    PeerConnection,
+    SequenceExhausted,
+)
 from twisted_nat.control import SessionKeys
 
 
@@ -79,14 +88,15 @@ def test_forged_and_replayed_frames_are_dropped():
     internet, conn_a, conn_b, app_a, app_b, routers = connected_pair()
     router_b = routers[1]
     # an attacker spoofing alice's address, without the key
-    forged = control.seal(os.urandom(32), 1, b"evil")
+    stranger = SessionKeys.derive(conn_a.session_id, os.urandom(32), True)
+    forged = control.encrypt_frame(stranger.send_cipher(), 1, b"evil")
     router_b.datagramReceived(forged, conn_b.remote_address)
     # a frame alice really sent, captured and replayed
-    genuine = control.seal(conn_a.keys.send, 77, b"once")
+    genuine = control.encrypt_frame(conn_a.keys.send_cipher(), 77, b"once")
     router_b.datagramReceived(genuine, conn_b.remote_address)
     router_b.datagramReceived(genuine, conn_b.remote_address)
-    # bob's own frame reflected back at him
-    reflected = control.seal(conn_b.keys.send, 78, b"mirror")
+    # bob's own frame reflected back at him: the other direction's key
+    reflected = control.encrypt_frame(conn_b.keys.send_cipher(), 78, b"mirror")
     router_b.datagramReceived(reflected, conn_b.remote_address)
     # from nobody we know
     router_b.datagramReceived(genuine, ("203.0.113.99", 1))
@@ -94,6 +104,75 @@ def test_forged_and_replayed_frames_are_dropped():
     assert router_b.stats.dropped_bad_tag == 2
     assert router_b.stats.dropped_replay == 1
     assert router_b.stats.dropped_unknown_peer == 1
+
+
+def test_nothing_of_the_payload_is_on_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every datagram the simulated internet carries, captured: no 8 bytes of the plaintext."""
+    c = connected()
+    wire: list[bytes] = []
+    send = c.internet._send
+
+    def capture(sender: Any, source: Any, destination: Any, data: bytes) -> None:
+        wire.append(data)
+        send(sender, source, destination, data)
+
+    monkeypatch.setattr(c.internet, "_send", capture)
+    secret = b"attack at dawn; the password is hunter2, and the vault code 0451. " * 3
+    c.conn_a.write(secret)
+    c.conn_b.write(secret[::-1])
+    c.internet.advance(0.1)
+    assert [d for d, _ in c.app_b.received] == [secret]
+    assert [d for d, _ in c.app_a.received] == [secret[::-1]]
+    assert len(wire) == 2
+    windows = {text[i : i + 8] for text in (secret, secret[::-1]) for i in range(len(text) - 7)}
+    for datagram in wire:
+        assert len(datagram) == len(secret) + control.FRAME_OVERHEAD
+        assert secret not in datagram
+        assert not any(window in datagram for window in windows)
+
+
+def test_tampered_frames_are_dropped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = connected()
+    router_b = c.routers[1]
+    wire: list[bytes] = []
+    monkeypatch.setattr(c.routers[0], "send", lambda frame, *where: wire.append(frame))
+    c.conn_a.write(b"the genuine article")
+    [frame] = wire
+    header_bit = bytes([frame[0]]) + bytes([frame[1] ^ 0x80]) + frame[2:]
+    ciphertext_bit = frame[:12] + bytes([frame[12] ^ 0x01]) + frame[13:]
+    for tampered in (header_bit, ciphertext_bit, frame[:-1], frame[:-16], frame[:9]):
+        router_b.datagramReceived(tampered, c.conn_b.remote_address)
+    assert c.app_b.received == []
+    assert router_b.stats.dropped_bad_tag == 5
+    router_b.datagramReceived(frame, c.conn_b.remote_address)
+    router_b.datagramReceived(frame, c.conn_b.remote_address)
+    assert [d for d, _ in c.app_b.received] == [b"the genuine article"]
+    assert router_b.stats.dropped_replay == 1, "refused once it had verified"
+
+
+def test_a_keepalive_reflected_to_its_sender_is_not_answered() -> None:
+    c = connected()
+    keeper = c.alice.puncher.keeper
+    _, own = control.keepalive(c.conn_a.keys)
+    keeper.datagramReceived(own, c.conn_a.remote_address)
+    assert keeper.stats.dropped_bad_mac == 1
+    _, bobs = control.keepalive(c.conn_b.keys)
+    keeper.datagramReceived(bobs, c.conn_a.remote_address)
+    assert keeper.stats.dropped_bad_mac == 1, "bob's own KEEP_ALIVE is taken"
+
+
+def test_sending_stops_before_a_sequence_number_could_repeat() -> None:
+    c = connected()
+    c.conn_a._sequence = control.MAX_SEQUENCE - 1
+    c.conn_a.write(b"the last")
+    with pytest.raises(SequenceExhausted):
+        c.conn_a.write(b"one too many")
+    c.internet.advance(0.1)
+    assert [d for d, _ in c.app_b.received] == [b"the last"]
+    c.conn_a.rebind(
+        SessionKeys.derive(os.urandom(16), os.urandom(32), True), c.conn_a.remote, None, 0.01, 0.5
+    )
+    c.conn_a.write(b"new keys, new numbers")
 
 
 def test_close_stops_sending_and_delivery():

@@ -44,6 +44,8 @@ from twisted_nat.rendezvous import Offer
 from twisted_nat.rendezvous.values import NATHint
 from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.client import STUNClient
+from twisted_nat.trust import Identity
+from twisted_nat.trust.handshake import Offering
 
 SEQUENTIAL = sim.PortAllocation.SEQUENTIAL
 RANDOM = sim.PortAllocation.RANDOM
@@ -498,7 +500,7 @@ def test_the_meeting_port_travels_in_the_hint() -> None:
     without = attrs.evolve(SEQ, meet=None)
     assert "meet" not in without.as_json(), "a hint without a run reads as an older version's"
     assert NATHint.from_json(without.as_json()).meet is None
-    offer = Offer("alice", bytes(16), bytes(32), [], SEQ)
+    offer = Offering(Identity.generate(), "alice", [], SEQ, "bob").offer
     assert Offer.from_json(json.loads(json.dumps(offer.as_json()))).nat == SEQ
 
 
@@ -507,10 +509,9 @@ def test_a_meeting_port_that_is_no_port_is_refused(bad: object) -> None:
     """A peer's meeting port is punched at: only a port number is taken from the wire."""
     with pytest.raises(ValueError):
         NATHint.from_json({**SEQ.as_json(), "meet": bad})
+    offer = Offering(Identity.generate(), "alice", [], None, "bob").offer
     with pytest.raises(ValueError):
-        Offer.from_json(
-            {**Offer("alice", bytes(16), bytes(32), []).as_json(), "nat": {"meet": bad}}
-        )
+        Offer.from_json({**offer.as_json(), "nat": {"meet": bad}})
 
 
 # --- one session's run ---

@@ -185,6 +185,29 @@ def test_attacker_without_the_key_is_ignored() -> None:
     assert sink.received == [], "no ACK went to the attacker"
 
 
+def test_a_punch_reflected_to_its_sender_is_dropped() -> None:
+    """
+    An attacker who echoes alice's own PUNCH back at her, from where bob
+    would be, does not get it taken for bob's: her control key is not his.
+    """
+    internet = make_internet()
+    alice = make_peer(internet, "none", 1)
+    session, secret = os.urandom(16), os.urandom(32)
+    bob = ("203.0.113.102", PORT)
+    alice.puncher.punch_hole(
+        PORT, [Candidate(CandidateType.HOST, *bob)], session, secret=secret,
+        controlling=True, timeout=1.0,
+    ).addErrback(lambda failure: None)  # fmt: skip
+    alices = SessionKeys.derive(session, secret, offerer=True)
+    _, reflected = punch(alices, ("203.0.113.101", PORT))
+    alice.puncher.datagramReceived(reflected, bob)
+    assert alice.puncher.stats.dropped_bad_mac == 1
+    bobs = SessionKeys.derive(session, secret, offerer=False)
+    alice.puncher.datagramReceived(punch(bobs, ("203.0.113.101", PORT))[1], bob)
+    assert alice.puncher.stats.dropped_bad_mac == 1, "bob's own PUNCH is taken"
+    internet.advance(2.0)
+
+
 def sim_sink(host: Any) -> Any:
     from tests.fakes import Collector
 

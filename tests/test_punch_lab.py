@@ -324,7 +324,7 @@ def attack(plan_json: str) -> int:
                 ("unknown_session", control.punch(stranger, to)[1]),
             ]
         frames = [
-            control.seal(os.urandom(32), sequence, b"forged application data")
+            control.encrypt_frame(wrong.send_cipher(), sequence, b"forged application data")
             for sequence in range(1, plan["count"] + 1)
         ]
         for kind, message in forged:

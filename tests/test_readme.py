@@ -135,10 +135,24 @@ def test_stun_client_example_prints_the_public_address(example, demo, tmp_path):
     ), line
 
 
+@pytest.fixture(scope="module")
+def carols_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """
+    Where the service examples run: carol's key file stays there, so each
+    run is the same carol to the demo's rendezvous, which binds the name
+    to the first key that registers it.
+    """
+    return tmp_path_factory.mktemp("carol")
+
+
 @runs("NATTraversalService(")
-def test_service_example_connects_to_the_demo_bob_and_swaps_a_datagram(example, demo, tmp_path):
-    lines = run(with_demo(example, demo, README_STUN, README_RENDEZVOUS), tmp_path)
-    candidates, path, answer = lines
+def test_service_example_connects_to_the_demo_bob_and_swaps_a_datagram(
+    example, demo, carols_directory
+):
+    lines = run(with_demo(example, demo, README_STUN, README_RENDEZVOUS), carols_directory)
+    key, candidates, path, answer = lines
+    assert re.fullmatch(r"carol is tn-[a-z2-7]{56}", key), key
+    assert oct((carols_directory / "carol.key").stat().st_mode & 0o777) == "0o600"
     kinds = candidates.split()[2:]
     assert candidates.startswith("our candidates ") and "srflx" in kinds
     assert "relay" not in kinds
@@ -148,7 +162,7 @@ def test_service_example_connects_to_the_demo_bob_and_swaps_a_datagram(example, 
 
 @pytest.mark.interop
 @runs("NATTraversalService(")
-def test_service_example_with_a_turn_relay(example, demo, tmp_path):
+def test_service_example_with_a_turn_relay(example, demo, carols_directory):
     """
     With TWISTED_NAT_TURN_PASSWORD set, the example allocates a relay
     (coturn here) and offers it, but takes the direct path.
@@ -161,8 +175,8 @@ def test_service_example_with_a_turn_relay(example, demo, tmp_path):
         program = with_demo(example, demo, README_STUN, README_RENDEZVOUS).replace(
             README_TURN, f"turn:{coturn.host}:{coturn.port}"
         )
-        lines = run(program, tmp_path, TWISTED_NAT_TURN_PASSWORD="readme-password")
-    candidates, path, answer = lines
+        lines = run(program, carols_directory, TWISTED_NAT_TURN_PASSWORD="readme-password")
+    key, candidates, path, answer = lines
     assert "relay" in candidates.split()[2:]
     assert path.endswith(" direct"), path
     assert answer == "bob says b'echo: hello bob'"

@@ -1,6 +1,7 @@
 """
-Rendezvous: offers and answers between two peers, through our server over
-loopback TCP, through the in-memory hub, and what happens when things fail.
+Rendezvous: names bound to keys, and signed offers and answers between two
+peers, through our server over loopback TCP and through the in-memory hub,
+and what happens when things fail.
 """
 
 from __future__ import annotations
@@ -45,12 +46,12 @@ from twisted_nat.rendezvous import (
     Offer,
     RendezvousClient,
     RendezvousService,
-    answer_to,
     make_rendezvous_service,
-    new_offer,
 )
-from twisted_nat.rendezvous.protocol import AnswerArgument, OfferArgument
+from twisted_nat.rendezvous.protocol import AnswerArgument, OfferArgument, registration_transcript
 from twisted_nat.rendezvous.values import MAX_CANDIDATES, NATHint, check_name
+from twisted_nat.trust import Identity, PeerKey
+from twisted_nat.trust.handshake import Offering, answer_offer
 
 reactor: Any = global_reactor
 
@@ -65,6 +66,35 @@ BOB_CANDIDATES = (
     Candidate(CandidateType.SERVER_REFLEXIVE, "198.51.100.9", 52000),
     Candidate(CandidateType.HOST, "fd00::5", 41000),
 )
+HINT = NATHint(
+    MappingBehavior.ADDRESS_AND_PORT_DEPENDENT,
+    FilteringBehavior.ADDRESS_AND_PORT_DEPENDENT,
+    predictable=False,
+    birthday=True,
+)
+KEYS = {name: Identity.generate() for name in ("alice", "bob", "carol", "mallory", "raw")}
+"""One key per name, so that a name reconnecting is the same peer."""
+
+
+def offer_from(
+    sender: str = "alice",
+    to: str | None = "bob",
+    candidates: tuple[Candidate, ...] = ALICE_CANDIDATES,
+    nat: NATHint | None = None,
+    to_key: PeerKey | None = None,
+    identity: Identity | None = None,
+) -> Offer:
+    """A signed offer from C{sender} (with its key from L{KEYS}, unless given)."""
+    return Offering(identity or KEYS[sender], sender, candidates, nat, to, to_key).offer
+
+
+def answer_for(
+    offer: Offer,
+    name: str = "bob",
+    candidates: tuple[Candidate, ...] = BOB_CANDIDATES,
+    nat: NATHint | None = None,
+) -> Answer:
+    return answer_offer(KEYS[name], name, offer, candidates, nat)[0]
 
 
 def results(d: Deferred[Any]) -> list[Any]:
@@ -73,13 +103,13 @@ def results(d: Deferred[Any]) -> list[Any]:
     return out
 
 
-def answering(candidates=BOB_CANDIDATES, received=None):
-    """An offer handler that records each offer and answers with C{candidates}."""
+def answering(candidates=BOB_CANDIDATES, received=None, name="bob"):
+    """An offer handler that records each offer and answers as C{name} with C{candidates}."""
 
     def handler(offer: Offer) -> Answer:
         if received is not None:
             received.append(offer)
-        return answer_to(offer, candidates)
+        return answer_for(offer, name, candidates)
 
     return handler
 
@@ -88,9 +118,13 @@ def answering(candidates=BOB_CANDIDATES, received=None):
 
 
 def start_server(
-    endpoint: str = "tcp:0:interface=127.0.0.1", relay_timeout: float = 2.0
+    endpoint: str = "tcp:0:interface=127.0.0.1",
+    relay_timeout: float = 2.0,
+    registry: str | None = None,
 ) -> RendezvousService:
-    service = make_rendezvous_service(reactor, endpoint, relay_timeout=relay_timeout)
+    service = make_rendezvous_service(
+        reactor, endpoint, relay_timeout=relay_timeout, registry=registry
+    )
     service.startService()
     return service
 
@@ -118,9 +152,11 @@ class Peers:
         self.servers.append(service)
         return service
 
-    def client(self, endpoint: str, name: str, **kwargs: Any) -> RendezvousClient:
+    def client(
+        self, endpoint: str, name: str, identity: Identity | None = None, **kwargs: Any
+    ) -> RendezvousClient:
         kwargs.setdefault("retry_policy", FAST_RETRY)
-        client = RendezvousClient(reactor, endpoint, name, **kwargs)
+        client = RendezvousClient(reactor, endpoint, name, identity or KEYS[name], **kwargs)
         client.startService()
         self.clients.append(client)
         return client
@@ -167,33 +203,49 @@ def client_log():
 
 
 def test_offer_and_answer_wire_forms_key_by_key():
-    """The JSON a peer sends, in order; C{nat} only when there is a hint."""
-    session, key = bytes(range(16)), bytes(range(32))
-    candidates = [c.as_json() for c in ALICE_CANDIDATES]
+    """The JSON a peer sends; C{nat}, C{to} and C{to_key} only when there are some."""
     hint = NATHint(MappingBehavior.ENDPOINT_INDEPENDENT, FilteringBehavior.ENDPOINT_INDEPENDENT)
-    offer = Offer("alice", session, key, ALICE_CANDIDATES)
-    answer = Answer(session, ALICE_CANDIDATES)
-    offer_keys = ["from", "session", "key", "candidates"]
-    assert list(offer.as_json()) == offer_keys
-    assert list(attrs.evolve(offer, nat=hint).as_json()) == [*offer_keys, "nat"]
-    assert offer.as_json() == {
-        "from": "alice",
-        "session": session.hex(),
-        "key": key.hex(),
-        "candidates": candidates,
+    offer = offer_from()
+    assert set(offer.as_json()) == {
+        "from",
+        "from_key",
+        "to",
+        "session",
+        "ephemeral",
+        "candidates",
+        "signature",
     }
-    assert answer.as_json() == {"session": session.hex(), "candidates": candidates}
-    assert attrs.evolve(answer, nat=hint).as_json() == {
-        "session": session.hex(),
-        "candidates": candidates,
-        "nat": hint.as_json(),
+    by_key = offer_from(to=None, to_key=KEYS["bob"].public, nat=hint)
+    assert set(by_key.as_json()) == {
+        "from",
+        "from_key",
+        "to_key",
+        "session",
+        "ephemeral",
+        "candidates",
+        "nat",
+        "signature",
     }
-    for value in (offer, answer, attrs.evolve(offer, nat=hint), attrs.evolve(answer, nat=hint)):
+    assert offer.as_json()["from_key"] == KEYS["alice"].public.text
+    assert offer.as_json()["candidates"] == [c.as_json() for c in ALICE_CANDIDATES]
+    answer = answer_for(offer)
+    assert set(answer.as_json()) == {
+        "session",
+        "from",
+        "from_key",
+        "ephemeral",
+        "candidates",
+        "signature",
+    }
+    for value in (offer, by_key, answer, answer_for(offer, nat=hint)):
         assert type(value).from_json(json.loads(json.dumps(value.as_json()))) == value
+    # The signature covers everything else, and only that.
+    assert b"signature" not in offer.signed_part()
+    assert offer.signed_part() != attrs.evolve(offer, candidates=()).signed_part()
 
 
 def test_client_provides_isignaling():
-    client = RendezvousClient(reactor, "tcp:host=127.0.0.1:port=9", "alice")
+    client = RendezvousClient(reactor, "tcp:host=127.0.0.1:port=9", "alice", KEYS["alice"])
     assert verify.verifyObject(ISignaling, client)
     assert verify.verifyObject(ISignaling, InMemorySignalingHub().peer())
 
@@ -206,12 +258,30 @@ async def test_offer_reaches_target_and_answer_comes_back(pair):
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
     assert server.factory.names() == ["alice", "bob"]
 
-    offer = new_offer("alice", ALICE_CANDIDATES)
-    answer = await alice.connect("bob", offer)
+    offering = Offering(KEYS["alice"], "alice", ALICE_CANDIDATES, None, "bob")
+    answer = await alice.connect(offering.offer)
 
-    assert received == [offer]  # key and candidates intact
-    assert answer == Answer(offer.session_id, BOB_CANDIDATES)
+    assert received == [offering.offer]  # every byte intact
+    assert answer.from_key == KEYS["bob"].public and answer.candidates == BOB_CANDIDATES
+    assert len(offering.finish(answer)) == 32
     assert server.factory.stats.offers_relayed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_are_looked_up_and_peers_reached_by_key_alone(pair):
+    server, alice, bob = pair
+    bob.set_offer_handler(answering())
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+    assert await alice.lookup("Bob") == KEYS["bob"].public  # normalised on the way
+    with pytest.raises(UnknownPeer, match="carol"):
+        await alice.lookup("carol")
+    answer = await alice.connect(offer_from(to=None, to_key=KEYS["bob"].public))
+    assert answer.from_name == "bob"
+    # A name and a key that do not belong together reach nobody.
+    with pytest.raises(UnknownPeer):
+        await alice.connect(offer_from(to="bob", to_key=KEYS["carol"].public))
+    with pytest.raises(UnknownPeer):
+        await alice.connect(offer_from(to=None, to_key=KEYS["carol"].public))
 
 
 @pytest_twisted.ensureDeferred
@@ -219,12 +289,11 @@ async def test_handler_may_answer_later(pair):
     server, alice, bob = pair
 
     def later(offer: Offer) -> Deferred[Answer]:
-        return deferLater(reactor, 0.05, answer_to, offer, BOB_CANDIDATES[:1])
+        return deferLater(reactor, 0.05, answer_for, offer, "bob", BOB_CANDIDATES[:1])
 
     bob.set_offer_handler(later)
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
-    offer = new_offer("alice", ALICE_CANDIDATES)
-    answer = await alice.connect("bob", offer)
+    answer = await alice.connect(offer_from())
     assert answer.candidates == BOB_CANDIDATES[:1]
 
 
@@ -233,34 +302,78 @@ async def test_unknown_peer(pair):
     server, alice, bob = pair
     await alice.when_registered()
     with pytest.raises(UnknownPeer, match="carol"):
-        await alice.connect("carol", new_offer("alice", ALICE_CANDIDATES))
+        await alice.connect(offer_from(to="carol"))
 
 
 @pytest_twisted.ensureDeferred
-async def test_offer_must_come_from_our_own_name(pair):
+async def test_offer_must_come_from_our_own_name_and_key(pair):
     server, alice, bob = pair
     bob.set_offer_handler(answering())
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
     with pytest.raises(MalformedSignal, match="mallory"):
-        await alice.connect("bob", new_offer("mallory", ALICE_CANDIDATES))
+        await alice.connect(offer_from("mallory"))
+    with pytest.raises(MalformedSignal, match="alice"):
+        await alice.connect(offer_from("alice", identity=KEYS["mallory"]))
 
 
 @pytest_twisted.ensureDeferred
-async def test_duplicate_name_is_refused_until_the_holder_leaves(peers):
+async def test_a_bound_name_is_never_taken_by_another_key(peers):
+    """
+    Mallory can neither take a name that is bound, nor take it while its
+    owner is away, nor keep its owner from coming back; the owner's own key
+    from a new connection takes over from its older one.
+    """
     server = peers.server()
     endpoint = client_endpoint(server)
-    first = peers.client(endpoint, "alice")
-    await first.when_registered()
-    second = peers.client(endpoint, "alice")
+    bob = peers.client(endpoint, "bob")
+    await bob.when_registered()
+    mallory = peers.client(endpoint, "bob", identity=KEYS["mallory"])
+    with pytest.raises(DuplicateName, match="another key"):
+        await mallory.when_registered()
+    await bob.close()  # bob's blip
     with pytest.raises(DuplicateName):
-        await second.when_registered()
-    assert first.registered and not second.registered
+        await mallory.when_registered()
+    assert server.factory.names() == []
+    again = peers.client(endpoint, "bob")
+    await again.when_registered()
+    assert server.factory.names() == ["bob"]
+    newest = peers.client(endpoint, "bob")
+    await newest.when_registered()
+    await deferLater(reactor, 0.05, lambda: None)
+    holder = server.factory.directory.by_key[KEYS["bob"].public]
+    assert holder.transport is not None and len(server.factory.directory.by_key) == 1
+    assert server.factory.stats.refused >= 2
 
-    # The server forgets a name when its connection drops; the second
-    # client keeps trying and gets it.
-    await first.close()
-    await second.when_registered()
-    assert server.factory.names() == ["alice"]
+
+@pytest_twisted.ensureDeferred
+async def test_bindings_outlive_a_server_restart_with_a_registry(peers, tmp_path):
+    registry = str(tmp_path / "names.db")
+    server = peers.server(registry=registry)
+    port = port_of(server)
+    endpoint = client_endpoint(server)
+    bob = peers.client(endpoint, "bob")
+    await bob.when_registered()
+    await bob.close()
+    await server.stopService()
+    peers.server(f"tcp:{port}:interface=127.0.0.1", registry=registry)
+    mallory = peers.client(endpoint, "bob", identity=KEYS["mallory"])
+    with pytest.raises(DuplicateName):
+        await mallory.when_registered()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_owner_releases_a_name_with_a_signature(peers):
+    server = peers.server()
+    endpoint = client_endpoint(server)
+    carol = peers.client(endpoint, "carol")
+    await carol.when_registered()
+    await carol.register("carolyn")
+    await carol.release("carol")
+    mallory = peers.client(endpoint, "carol", identity=KEYS["mallory"])
+    await mallory.when_registered()  # the name was free again
+    assert server.factory.names() == ["carol", "carolyn"]
+    with pytest.raises(DuplicateName):
+        await mallory.release("carolyn")
 
 
 @pytest_twisted.ensureDeferred
@@ -270,11 +383,13 @@ async def test_register_renames_and_keeps_the_old_name_when_refused(pair):
     with pytest.raises(DuplicateName):
         await alice.register("bob")
     assert alice.peer_name == "alice"
-    await alice.register("alicia")
+    await alice.register("Alicia")
     assert alice.peer_name == "alicia"
     assert server.factory.names() == ["alicia", "bob"]
     with pytest.raises(MalformedSignal):
         await alice.register("two words")
+    with pytest.raises(MalformedSignal, match="Latin and Cyrillic"):
+        await alice.register("b\u043eb")
 
 
 @pytest_twisted.ensureDeferred
@@ -284,14 +399,14 @@ async def test_failing_handlers_give_peer_unavailable(pair):
 
     # no handler at all
     with pytest.raises(PeerUnavailable):
-        await alice.connect("bob", new_offer("alice", ()))
+        await alice.connect(offer_from(candidates=()))
 
     def broken(offer: Offer) -> Answer:
         raise RuntimeError("secret internals")
 
     bob.set_offer_handler(broken)
     with pytest.raises(PeerUnavailable) as raised:
-        await alice.connect("bob", new_offer("alice", ()))
+        await alice.connect(offer_from(candidates=()))
     assert "secret internals" not in str(raised.value)
 
     def failing_later(offer: Offer) -> Deferred[Answer]:
@@ -299,27 +414,34 @@ async def test_failing_handlers_give_peer_unavailable(pair):
 
     bob.set_offer_handler(failing_later)
     with pytest.raises(PeerUnavailable):
-        await alice.connect("bob", new_offer("alice", ()))
+        await alice.connect(offer_from(candidates=()))
 
     def wrong_session(offer: Offer) -> Answer:
-        return answer_to(new_offer("bob", ()), ())
+        return answer_for(offer_from(candidates=()))
 
     bob.set_offer_handler(wrong_session)
     with pytest.raises(PeerUnavailable):
-        await alice.connect("bob", new_offer("alice", ()))
+        await alice.connect(offer_from(candidates=()))
+
+    def someone_else(offer: Offer) -> Answer:
+        return answer_for(offer, "carol")
+
+    bob.set_offer_handler(someone_else)
+    with pytest.raises(PeerUnavailable, match="another key"):
+        await alice.connect(offer_from(candidates=()))
 
     def busy(offer: Offer) -> Answer:
         raise PeerUnavailable("busy, try later")
 
     bob.set_offer_handler(busy)
     with pytest.raises(PeerUnavailable, match="busy, try later"):
-        await alice.connect("bob", new_offer("alice", ()))
+        await alice.connect(offer_from(candidates=()))
 
     # bob's connection survived all of that
     bob.set_offer_handler(answering())
-    answer = await alice.connect("bob", new_offer("alice", ()))
+    answer = await alice.connect(offer_from(candidates=()))
     assert answer.candidates == BOB_CANDIDATES
-    assert server.factory.stats.relays_failed == 5
+    assert server.factory.stats.relays_failed == 6
 
 
 @pytest_twisted.ensureDeferred
@@ -331,7 +453,7 @@ async def test_relay_times_out(peers):
     bob.set_offer_handler(lambda offer: Deferred())
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
     with pytest.raises(PeerUnavailable, match=r"did not answer within 0\.2 s"):
-        await alice.connect("bob", new_offer("alice", ()))
+        await alice.connect(offer_from(candidates=()))
 
 
 @pytest_twisted.ensureDeferred
@@ -341,7 +463,13 @@ async def test_calls_while_disconnected_fail_at_once(peers):
     await probe.stopService()  # nothing listens there now
 
     client = peers.client(endpoint, "alice")
-    for d in (client.connect("bob", new_offer("alice", ())), client.register("alicia")):
+    calls = (
+        client.connect(offer_from(candidates=())),
+        client.register("alicia"),
+        client.lookup("bob"),
+        client.release("alice"),
+    )
+    for d in calls:
         out = results(d)
         assert len(out) == 1, "failed at once, not queued"
         assert isinstance(out[0], Failure)
@@ -358,11 +486,11 @@ async def test_connection_lost_mid_call(peers):
     bob.set_offer_handler(lambda offer: Deferred())  # never answers
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
 
-    call = alice.connect("bob", new_offer("alice", ()))
+    call = alice.connect(offer_from(candidates=()))
     await deferLater(reactor, 0.05, lambda: None)
     assert not call.called
     # alice's connection breaks (the server's end is cut), bob's does not
-    server.factory.directory.peers["alice"].transport.abortConnection()
+    server.factory.directory.by_key[KEYS["alice"].public].transport.abortConnection()
     with pytest.raises(RendezvousUnavailable):
         await call
     assert not alice.registered
@@ -383,14 +511,14 @@ async def test_server_restart_clients_reconnect_and_register_again(peers, client
     await deferLater(reactor, 0.01, lambda: None)
     assert not alice.registered and not bob.registered
     with pytest.raises(RendezvousUnavailable):
-        await alice.connect("bob", new_offer("alice", ()))
+        await alice.connect(offer_from(candidates=()))
 
     # Let a few reconnection attempts fail before the server is back.
     await deferLater(reactor, 0.3, lambda: None)
     restarted = peers.server(f"tcp:{port}:interface=127.0.0.1")
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
     assert restarted.factory.names() == ["alice", "bob"]
-    answer = await alice.connect("bob", new_offer("alice", ALICE_CANDIDATES))
+    answer = await alice.connect(offer_from())
     assert answer.candidates == BOB_CANDIDATES
 
     text = "\n".join(client_log)
@@ -426,8 +554,25 @@ async def error_code(d: Deferred[Any]) -> bytes:
     raise AssertionError("the server accepted it")
 
 
+async def raw_register(
+    raw: RawPeer, name: bytes = b"raw", identity: Identity | None = None, action: str = "register"
+) -> Any:
+    """Register (or release) C{name} by hand, signing the server's challenge."""
+    identity = identity or KEYS["raw"]
+    challenge = await raw.callRemoteString(b"Challenge")
+    proof = registration_transcript(
+        challenge[b"server"], challenge[b"nonce"], action, name.decode()
+    )
+    return await raw.callRemoteString(
+        action.capitalize().encode(),
+        name=name,
+        key=identity.public.text.encode(),
+        signature=identity.sign(proof),
+    )
+
+
 def offer_json(**changes: Any) -> bytes:
-    value = new_offer("raw", ALICE_CANDIDATES).as_json()
+    value = offer_from("raw").as_json()
     value.update(changes)
     return json.dumps(value).encode()
 
@@ -439,14 +584,29 @@ async def test_malformed_commands_are_refused_and_server_keeps_serving(pair):
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
     raw = await raw_client(server)
     call = raw.callRemoteString
+    key = KEYS["raw"].public.text.encode()
 
     # before registering
-    assert await error_code(call(b"Connect", to=b"bob", offer=offer_json())) == b"NOT_REGISTERED"
-    for name in (b"", b"two words", b"x" * 65, b"\xff\xfe", b"tab\there", b"nul\x00"):
-        assert await error_code(call(b"Register", name=name)) == b"MALFORMED"
-    assert await error_code(call(b"Register")) == b"MALFORMED"  # no name at all
-    assert await error_code(call(b"Register", name=b"alice")) == b"DUPLICATE_NAME"
-    await call(b"Register", name=b"raw")
+    assert await error_code(call(b"Connect", offer=offer_json())) == b"NOT_REGISTERED"
+    # without a challenge, or with a signature that is not over it
+    signed = {"name": b"raw", "key": key, "signature": KEYS["raw"].sign(b"raw")}
+    assert await error_code(call(b"Register", **signed)) == b"REGISTRATION_REFUSED"
+    await call(b"Challenge")
+    assert await error_code(call(b"Register", **signed)) == b"REGISTRATION_REFUSED"
+    for name in (b"", b"two words", b"x" * 65, b"\xff\xfe", b"tab\there", b"nul\x00", b"Raw"):
+        assert await error_code(call(b"Register", **{**signed, "name": name})) == b"MALFORMED"
+    for bad_key in (b"", b"tn-", key[:-1], key[:-1] + (b"a" if key[-1:] != b"a" else b"b")):
+        assert await error_code(call(b"Register", **{**signed, "key": bad_key})) == b"MALFORMED"
+    assert await error_code(call(b"Register")) == b"MALFORMED"  # no arguments at all
+    # a signature for another action, or another name, is no good
+    challenge = await call(b"Challenge")
+    proof = registration_transcript(challenge[b"server"], challenge[b"nonce"], "release", "raw")
+    wrong = {**signed, "signature": KEYS["raw"].sign(proof)}
+    assert await error_code(call(b"Register", **wrong)) == b"REGISTRATION_REFUSED"
+    with pytest.raises(amp.RemoteAmpError) as taken:
+        await raw_register(raw, b"alice")
+    assert taken.value.errorCode == b"DUPLICATE_NAME"
+    await raw_register(raw)
 
     bad_offers = [
         b"",
@@ -455,9 +615,12 @@ async def test_malformed_commands_are_refused_and_server_keeps_serving(pair):
         b'"a string"',
         offer_json(session="00" * 15),
         offer_json(session="zz" * 16),
-        offer_json(key="00" * 31),
-        offer_json(key="AB" * 32),
+        offer_json(ephemeral="00" * 31),
+        offer_json(ephemeral="AB" * 32),
+        offer_json(signature="00" * 63),
+        offer_json(from_key="tn-nope"),
         offer_json(**{"from": "two words"}),
+        offer_json(to="Bob"),
         offer_json(candidates=[ALICE_CANDIDATES[0].as_json()] * (MAX_CANDIDATES + 1)),
         offer_json(candidates=[{"type": "host", "host": "not-an-ip", "port": 1, "priority": 1}]),
         offer_json(candidates=[{"type": "host", "host": "10.0.0.1", "port": 0, "priority": 1}]),
@@ -465,19 +628,19 @@ async def test_malformed_commands_are_refused_and_server_keeps_serving(pair):
         offer_json(extra=1),
     ]
     for offer in bad_offers:
-        assert await error_code(call(b"Connect", to=b"bob", offer=offer)) == b"MALFORMED", offer
-    assert await error_code(call(b"Connect", to=b"bob")) == b"MALFORMED"
+        assert await error_code(call(b"Connect", offer=offer)) == b"MALFORMED", offer
+    assert await error_code(call(b"Connect")) == b"MALFORMED"
     # claiming to be someone else
-    spoofed = json.dumps(new_offer("alice", ()).as_json()).encode()
-    assert await error_code(call(b"Connect", to=b"bob", offer=spoofed)) == b"MALFORMED"
+    spoofed = json.dumps(offer_from("alice").as_json()).encode()
+    assert await error_code(call(b"Connect", offer=spoofed)) == b"MALFORMED"
     assert await error_code(call(b"NoSuchCommand")) == b"UNHANDLED"
 
     assert server.factory.stats.refused_malformed >= len(bad_offers)
     # The raw connection is still up and can do the real thing.
-    response = await call(b"Connect", to=b"bob", offer=offer_json())
+    response = await call(b"Connect", offer=offer_json())
     assert Answer.from_json(json.loads(response[b"answer"])).candidates == BOB_CANDIDATES
     # So can everyone else.
-    answer = await alice.connect("bob", new_offer("alice", ALICE_CANDIDATES))
+    answer = await alice.connect(offer_from())
     assert answer.candidates == BOB_CANDIDATES
 
 
@@ -486,9 +649,9 @@ async def test_malformed_answer_from_a_peer_is_peer_unavailable(pair):
     server, alice, bob = pair
     await alice.when_registered()
     raw = await raw_client(server)
-    await raw.callRemoteString(b"Register", name=b"raw")
+    await raw_register(raw)
     with pytest.raises(PeerUnavailable, match="malformed answer"):
-        await alice.connect("raw", new_offer("alice", ()))
+        await alice.connect(offer_from(to="raw"))
 
 
 # --- TLS, which needs no code of ours ---
@@ -512,7 +675,7 @@ async def test_over_tls(peers):
     bob = peers.client(endpoint, "bob")
     bob.set_offer_handler(answering())
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
-    answer = await alice.connect("bob", new_offer("alice", ALICE_CANDIDATES))
+    answer = await alice.connect(offer_from())
     assert answer.candidates == BOB_CANDIDATES
 
 
@@ -521,9 +684,9 @@ async def test_over_tls(peers):
 
 def test_bad_configuration_is_one_clear_error():
     with pytest.raises(ConfigurationError):
-        RendezvousClient(reactor, "tcp:host=127.0.0.1:port=9", "two words")
+        RendezvousClient(reactor, "tcp:host=127.0.0.1:port=9", "two words", KEYS["alice"])
     with pytest.raises(ConfigurationError):
-        RendezvousClient(reactor, "nonsense:foo", "alice")
+        RendezvousClient(reactor, "nonsense:foo", "alice", KEYS["alice"])
     with pytest.raises(ConfigurationError):
         make_rendezvous_service(reactor, "nonsense:foo")
 
@@ -539,59 +702,68 @@ def test_a_port_in_use_fails_start_at_once(peers):
 # --- the in-memory hub ---
 
 
+def hub_peer(hub: InMemorySignalingHub, name: str) -> LoopbackSignaling:
+    return hub.peer(name, KEYS[name])
+
+
 def test_in_memory_peers_reach_each_other_synchronously():
     hub = InMemorySignalingHub()
-    alice, bob = hub.peer("alice"), hub.peer("bob")
+    alice, bob = hub_peer(hub, "alice"), hub_peer(hub, "bob")
     received: list[Offer] = []
     bob.set_offer_handler(answering(received=received))
-    offer = new_offer("alice", ALICE_CANDIDATES)
-    (answer,) = results(alice.connect("bob", offer))
-    assert answer == Answer(offer.session_id, BOB_CANDIDATES)
+    offer = offer_from()
+    (answer,) = results(alice.connect(offer))
+    assert answer.session_id == offer.session_id and answer.candidates == BOB_CANDIDATES
     assert received == [offer]
     assert hub.names() == ["alice", "bob"]
+    assert results(alice.lookup("BOB")) == [KEYS["bob"].public]
+    (by_key,) = results(alice.connect(offer_from(to=None, to_key=KEYS["bob"].public)))
+    assert by_key.from_name == "bob"
 
 
 def test_in_memory_errors_match_the_server():
     hub = InMemorySignalingHub()
-    alice, bob = hub.peer("alice"), hub.peer("bob")
-    stranger = LoopbackSignaling(hub)
+    alice, bob = hub_peer(hub, "alice"), hub_peer(hub, "bob")
+    stranger = LoopbackSignaling(hub, KEYS["mallory"])
 
     def failure_of(d: Deferred[Any]) -> type[BaseException]:
         (out,) = results(d)
         assert isinstance(out, Failure) and out.value is not None
         return type(out.value)
 
-    assert failure_of(alice.connect("carol", new_offer("alice", ()))) is UnknownPeer
-    assert failure_of(alice.connect("bob", new_offer("alice", ()))) is PeerUnavailable
-    assert failure_of(alice.connect("bob", new_offer("mallory", ()))) is MalformedSignal
-    assert failure_of(stranger.connect("bob", new_offer("x", ()))) is NotRegistered
+    assert failure_of(alice.connect(offer_from(to="carol"))) is UnknownPeer
+    assert failure_of(alice.lookup("carol")) is UnknownPeer
+    assert failure_of(alice.connect(offer_from())) is PeerUnavailable
+    assert failure_of(alice.connect(offer_from("mallory"))) is MalformedSignal
+    assert failure_of(stranger.connect(offer_from("mallory"))) is NotRegistered
     assert failure_of(stranger.register("bob")) is DuplicateName
     assert failure_of(stranger.register("")) is MalformedSignal
     with pytest.raises(DuplicateName):
-        hub.peer("alice")
+        hub.peer("alice")  # another key
 
     def broken(offer: Offer) -> Answer:
         raise RuntimeError("boom")
 
     bob.set_offer_handler(broken)
-    assert failure_of(alice.connect("bob", new_offer("alice", ()))) is PeerUnavailable
+    assert failure_of(alice.connect(offer_from())) is PeerUnavailable
 
     results(bob.close())
     assert hub.names() == ["alice"]
-    assert failure_of(alice.connect("bob", new_offer("alice", ()))) is UnknownPeer
+    assert failure_of(alice.connect(offer_from())) is UnknownPeer
     assert failure_of(bob.register("bob")) is RendezvousUnavailable
-    # the name is free again
-    assert results(stranger.register("bob")) == [None]
-    assert stranger.peer_name == "bob"
+    # the name stays bob's key's: a stranger cannot have it, bob's key can
+    assert failure_of(stranger.register("bob")) is DuplicateName
+    again = hub_peer(hub, "bob")
+    assert again.peer_name == "bob"
 
 
 def test_in_memory_when_registered_fires_once_the_name_is_ours():
     """C{when_registered}, part of L{ISignaling}, as the rendezvous client has it."""
     hub = InMemorySignalingHub()
-    alice = hub.peer("alice")
+    alice = hub_peer(hub, "alice")
     assert results(alice.when_registered()) == [None]  # at once: registered already
 
-    bob = LoopbackSignaling(hub)
+    bob = LoopbackSignaling(hub, KEYS["bob"])
     waiting = results(bob.when_registered())
     assert waiting == []
     assert results(bob.register("bob")) == [None]
@@ -599,7 +771,7 @@ def test_in_memory_when_registered_fires_once_the_name_is_ours():
     assert results(bob.when_registered()) == [None]
 
     # A refused registration fails whoever waits for it, with the refusal.
-    stranger = LoopbackSignaling(hub)
+    stranger = LoopbackSignaling(hub, KEYS["mallory"])
     refused = results(stranger.when_registered())
     results(stranger.register("alice"))
     assert isinstance(refused[0], Failure) and refused[0].check(DuplicateName)
@@ -618,15 +790,15 @@ def test_in_memory_when_registered_fires_once_the_name_is_ours():
 def test_in_memory_with_a_clock_delivers_a_turn_later_and_times_out():
     clock = Clock()
     hub = InMemorySignalingHub(clock, relay_timeout=3.0)
-    alice, bob = hub.peer("alice"), hub.peer("bob")
+    alice, bob = hub_peer(hub, "alice"), hub_peer(hub, "bob")
     bob.set_offer_handler(answering())
-    out = results(alice.connect("bob", new_offer("alice", ())))
+    out = results(alice.connect(offer_from()))
     assert out == []
     clock.advance(0)
     assert isinstance(out[0], Answer)
 
     bob.set_offer_handler(lambda offer: Deferred())
-    out = results(alice.connect("bob", new_offer("alice", ())))
+    out = results(alice.connect(offer_from()))
     clock.advance(2.9)
     assert out == []
     clock.advance(0.1)
@@ -637,14 +809,15 @@ def test_in_memory_with_a_clock_delivers_a_turn_later_and_times_out():
 # --- values ---
 
 
-def test_values_round_trip_and_keep_the_key_out_of_repr():
-    offer = new_offer("alice", ALICE_CANDIDATES)
-    assert len(offer.session_id) == 16 and len(offer.key) == 32
-    assert new_offer("alice", ()).session_id != offer.session_id
+def test_values_round_trip_and_keep_the_signature_out_of_repr():
+    offer = offer_from()
+    assert len(offer.session_id) == 16 and len(offer.ephemeral) == 32
+    assert offer_from().session_id != offer.session_id
+    assert offer_from().ephemeral != offer.ephemeral
     assert Offer.from_json(json.loads(json.dumps(offer.as_json()))) == offer
-    answer = answer_to(offer, BOB_CANDIDATES)
+    answer = answer_for(offer)
     assert Answer.from_json(json.loads(json.dumps(answer.as_json()))) == answer
-    assert offer.key.hex() not in repr(offer) and repr(offer.key) not in repr(offer)
+    assert offer.signature.hex() not in repr(offer)
     assert OfferArgument().fromString(OfferArgument().toString(offer)) == offer
     assert AnswerArgument().fromString(AnswerArgument().toString(answer)) == answer
 
@@ -655,7 +828,8 @@ def test_values_round_trip_and_keep_the_key_out_of_repr():
         ("alice", True),
         ("a", True),
         ("x" * 64, True),
-        ("Zoë-42_@home", True),
+        ("zoë-42_home", True),
+        ("Alice", False),  # not normalised: a peer sends "alice"
         ("", False),
         ("x" * 65, False),
         ("two words", False),
@@ -663,10 +837,11 @@ def test_values_round_trip_and_keep_the_key_out_of_repr():
         ("new\nline", False),
         ("nbsp\u00a0", False),
         ("bell\x07", False),
+        ("b\u043eb", False),
         (b"bytes", False),
     ],
 )
-def test_names(name, valid):
+def test_names_on_the_wire(name, valid):
     if valid:
         assert check_name(name) == name
     else:
@@ -675,15 +850,19 @@ def test_names(name, valid):
 
 
 def test_values_refuse_bad_sizes_and_too_many_candidates():
+    offer = offer_from()
     with pytest.raises(ValueError):
-        Offer("alice", b"\0" * 15, b"\0" * 32, ())
+        attrs.evolve(offer, session_id=b"\0" * 15)
     with pytest.raises(ValueError):
-        Offer("alice", b"\0" * 16, b"\0" * 31, ())
+        attrs.evolve(offer, ephemeral=b"\0" * 31)
     with pytest.raises(ValueError):
-        Answer(b"\0" * 16, ALICE_CANDIDATES[:1] * (MAX_CANDIDATES + 1))
+        attrs.evolve(offer, to_name=None, to_key=None)
+    answer = answer_for(offer)
     with pytest.raises(ValueError):
-        Answer(b"\0" * 16, ("10.0.0.1",))  # type: ignore[arg-type]
-    assert len(Answer(b"\0" * 16, ALICE_CANDIDATES[:1] * MAX_CANDIDATES).candidates) == 32
+        attrs.evolve(answer, candidates=ALICE_CANDIDATES[:1] * (MAX_CANDIDATES + 1))
+    with pytest.raises(ValueError):
+        attrs.evolve(answer, candidates=("10.0.0.1",))  # type: ignore[arg-type]
+    assert len(attrs.evolve(answer, candidates=ALICE_CANDIDATES[:1] * 32).candidates) == 32
 
 
 json_values = st.recursive(
@@ -697,7 +876,7 @@ json_values = st.recursive(
 
 def offer_like() -> st.SearchStrategy[Any]:
     """Mostly-valid offers with one part replaced by anything, to get past the first checks."""
-    valid = new_offer("alice", ALICE_CANDIDATES).as_json()
+    valid = offer_from(nat=HINT).as_json()
     return st.sampled_from(sorted(valid)).flatmap(
         lambda key: json_values.map(lambda v: {**valid, key: v})
     )
@@ -718,109 +897,35 @@ def test_decoding_nearly_valid_offers_raises_only_malformed_signal(value):
         OfferArgument().fromString(json.dumps(value).encode())
 
 
-# --- NAT hints: beside the offer and the answer, for readers old and new ---
-
-HINT = NATHint(
-    MappingBehavior.ADDRESS_AND_PORT_DEPENDENT,
-    FilteringBehavior.ADDRESS_AND_PORT_DEPENDENT,
-    predictable=False,
-    birthday=True,
-)
-OLD_OFFER_KEYS = {"from", "session", "key", "candidates"}
+# --- NAT hints ---
 
 
 def test_hints_round_trip_and_are_absent_from_values_without_one():
-    offer = new_offer("alice", ALICE_CANDIDATES, HINT)
-    answer = answer_to(offer, BOB_CANDIDATES, HINT)
+    offer = offer_from(nat=HINT)
+    answer = answer_for(offer, nat=HINT)
     assert Offer.from_json(json.loads(json.dumps(offer.as_json()))) == offer
     assert Answer.from_json(json.loads(json.dumps(answer.as_json()))) == answer
     assert OfferArgument().fromString(OfferArgument().toString(offer)) == offer
-    assert set(new_offer("alice", ()).as_json()) == OLD_OFFER_KEYS
-    assert set(answer_to(offer, ()).as_json()) == {"session", "candidates"}
-    assert Offer.from_json(new_offer("alice", ()).as_json()).nat is None
+    assert "nat" not in offer_from().as_json()
+    assert "nat" not in answer_for(offer).as_json()
+    assert Offer.from_json(offer_from().as_json()).nat is None
     with pytest.raises(ValueError):
         Offer.from_json({**offer.as_json(), "nat": "symmetric"})
-
-
-def test_a_hint_rides_in_an_amp_key_of_its_own():
-    """
-    AMP readers skip keys they do not know, where an offer's own JSON may
-    have no key it does not know: so a peer or server from before hints
-    reads the offer and passes over the hint.
-    """
-    offer = new_offer("alice", ALICE_CANDIDATES, HINT)
-    box: dict[bytes, bytes] = {}
-    OfferArgument().toBox(b"offer", box, {"offer": offer}, None)
-    assert set(box) == {b"offer", b"offer-nat"}
-    assert set(json.loads(box[b"offer"])) == OLD_OFFER_KEYS
-    assert Offer.from_json(json.loads(box[b"offer"])) == attrs.evolve(offer, nat=None)
-    objects: dict[str, Any] = {}
-    OfferArgument().fromBox(b"offer", dict(box), objects, None)
-    assert objects == {"offer": offer}
-    # From an old peer: no hint.
-    objects = {}
-    OfferArgument().fromBox(b"offer", {b"offer": box[b"offer"]}, objects, None)
-    assert objects["offer"].nat is None
-    # Without a hint, nothing beside it.
-    plain: dict[bytes, bytes] = {}
-    AnswerArgument().toBox(b"answer", plain, {"answer": answer_to(offer, ())}, None)
-    assert set(plain) == {b"answer"}
-    for bad in (b"not json", b"[]", b'{"predictable": "no"}'):
-        with pytest.raises(MalformedSignal):
-            OfferArgument().fromBox(b"offer", {**box, b"offer-nat": bad}, {}, None)
 
 
 @pytest_twisted.ensureDeferred
 async def test_hints_travel_through_the_server(pair):
     server, alice, bob = pair
     received: list[Offer] = []
+    theirs = attrs.evolve(HINT, predictable=True)
 
     def handler(offer: Offer) -> Answer:
         received.append(offer)
-        return answer_to(offer, BOB_CANDIDATES, attrs.evolve(HINT, predictable=True))
+        return answer_for(offer, nat=theirs)
 
     bob.set_offer_handler(handler)
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
-    offer = new_offer("alice", ALICE_CANDIDATES, HINT)
-    answer = await alice.connect("bob", offer)
+    offer = offer_from(nat=HINT)
+    answer = await alice.connect(offer)
     assert received == [offer]
-    assert answer.nat == attrs.evolve(HINT, predictable=True)
-
-
-class OldPeer(amp.AMP):
-    """A peer from before hints: its offers carry none, and it reads only the offer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.boxes: list[amp.AmpBox] = []
-
-    def amp_DELIVEROFFER(self, box: amp.AmpBox) -> amp.AmpBox:
-        self.boxes.append(box)
-        fields = json.loads(box[b"offer"])
-        assert set(fields) == OLD_OFFER_KEYS, "what an old peer's strict reader accepts"
-        answer = {"session": fields["session"], "candidates": []}
-        return amp.AmpBox(answer=json.dumps(answer).encode())
-
-
-@pytest_twisted.ensureDeferred
-async def test_old_peers_and_new_ones_understand_each_other(pair):
-    server, alice, bob = pair
-    received: list[Offer] = []
-    bob.set_offer_handler(answering(received=received))
-    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
-    old = OldPeer()
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(server))
-    await endpoints.connectProtocol(endpoint, old)
-    await old.callRemoteString(b"Register", name=b"old")
-    # new -> old: the old peer reads the offer and answers without a hint
-    answer = await alice.connect("old", new_offer("alice", ALICE_CANDIDATES, HINT))
-    assert answer.candidates == () and answer.nat is None
-    assert old.boxes[0][b"offer-nat"] == json.dumps(HINT.as_json(), separators=(",", ":")).encode()
-    # old -> new: the offer arrives without a hint
-    raw = new_offer("old", ALICE_CANDIDATES)
-    response = await old.callRemoteString(
-        b"Connect", to=b"bob", offer=json.dumps(raw.as_json()).encode()
-    )
-    assert received == [raw] and received[0].nat is None
-    assert b"answer-nat" not in response
-    old.transport.loseConnection()
+    assert answer.nat == theirs

@@ -281,11 +281,11 @@ def test_punching_again_retries_until_the_rendezvous_is_back():
     attempts: list[str] = []
     working = alice.signaling.connect
 
-    def flaky(name: str, offer: Any) -> Any:
-        attempts.append(name)
+    def flaky(offer: Any) -> Any:
+        attempts.append(offer.to_name)
         if len(attempts) <= 2:  # the router's reboot took the rendezvous with it
             return defer.fail(RendezvousUnavailable("no connection to the rendezvous server"))
-        return working(name, offer)
+        return working(offer)
 
     alice.signaling.connect = flaky
     w.nats["alice"].flush()
@@ -359,8 +359,8 @@ def test_an_answer_waits_only_so_long_for_a_rediscovery_of_the_public_address():
     answer that comes after the offerer gave up leaves us punching alone.
     """
     from twisted_nat.candidates import Candidate
-    from twisted_nat.rendezvous import new_offer
     from twisted_nat.service.punching import REFRESH_WAIT
+    from twisted_nat.trust.handshake import Offering
 
     internet = sim.SimulatedInternet(seed=0, latency=0.005)
     nat = internet.add_nat_of_type("198.51.100.1", "port-restricted-cone")
@@ -380,8 +380,10 @@ def test_an_answer_waits_only_so_long_for_a_rediscovery_of_the_public_address():
     internet.advance(1.5)  # the first background attempt is under way
     assert service.addresses.refreshing
     offered_at = internet.clock.seconds()
-    offer = new_offer("alice", [Candidate(CandidateType.HOST, "203.0.113.50", 4000)])
-    answer = internet.run_until(hub.peer("alice").connect("bob", offer), timeout=10)
+    alice = hub.peer("alice")
+    candidates = [Candidate(CandidateType.HOST, "203.0.113.50", 4000)]
+    offer = Offering(alice.identity, "alice", candidates, None, "bob").offer
+    answer = internet.run_until(alice.connect(offer), timeout=10)
     waited = internet.clock.seconds() - offered_at
     assert waited <= REFRESH_WAIT + 0.1, waited
     assert service.addresses.refreshing, "the rediscovery goes on in the background"

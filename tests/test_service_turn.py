@@ -15,12 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet import task
-from twisted.internet.defer import Deferred
 
 from tests.fakes import Collector
 from tests.support.coturn import (
@@ -30,10 +27,11 @@ from tests.support.coturn import (
     require_tool,
     running_coturn,
 )
+from tests.support.polling import until
 from twisted_nat.bases import SHARED
 from twisted_nat.candidates import CandidateType
 from twisted_nat.punch import PunchSettings
-from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
+from twisted_nat.rendezvous import InMemorySignalingHub
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.turn import TURNServer
 
@@ -53,47 +51,6 @@ def coturn() -> Iterator[CoturnInstance]:
         yield server
 
 
-def relayed_only(candidates: Any) -> tuple[Any, ...]:
-    return tuple(c for c in candidates if c.kind is CandidateType.RELAYED)
-
-
-@attrs.define
-class RelayOnlySignaling:
-    """An L{ISignaling} that passes on only relayed candidates, both ways."""
-
-    inner: Any
-
-    def register(self, name: str) -> Deferred[None]:
-        return self.inner.register(name)  # type: ignore[no-any-return]
-
-    def when_registered(self) -> Deferred[None]:
-        return self.inner.when_registered()  # type: ignore[no-any-return]
-
-    def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
-        stripped = attrs.evolve(offer, candidates=relayed_only(offer.candidates))
-        answering: Deferred[Answer] = self.inner.connect(name, stripped)
-        return answering.addCallback(
-            lambda answer: attrs.evolve(answer, candidates=relayed_only(answer.candidates))
-        )
-
-    def set_offer_handler(self, handler: Any) -> None:
-        if handler is None:
-            self.inner.set_offer_handler(None)
-            return
-
-        def strip(offer: Offer) -> Deferred[Answer]:
-            stripped = attrs.evolve(offer, candidates=relayed_only(offer.candidates))
-            answering: Deferred[Answer] = handler(stripped)
-            return answering.addCallback(
-                lambda answer: attrs.evolve(answer, candidates=relayed_only(answer.candidates))
-            )
-
-        self.inner.set_offer_handler(strip)
-
-    def close(self) -> Deferred[None]:
-        return self.inner.close()  # type: ignore[no-any-return]
-
-
 def turn_server(coturn: CoturnInstance, transport: str) -> TURNServer:
     return TURNServer(coturn.host, coturn.port, transport, False, USER, PASSWORD)
 
@@ -106,8 +63,6 @@ async def start_pair(
     apps: dict[str, list[Collector]] = {"alice": [], "bob": []}
     for name in ("alice", "bob"):
         signaling: Any = hub.peer(name)
-        if relay_only:
-            signaling = RelayOnlySignaling(signaling)
 
         def factory(connection: Any, name: str = name) -> Collector:
             app = Collector()
@@ -123,6 +78,7 @@ async def start_pair(
             settings=PeerSettings(
                 interface=PRIMARY_HOST,
                 detect_behavior=False,
+                relay_only=relay_only,
                 turn_servers=[turn_server(coturn, transport)],
                 keepalive=KeepAliveSettings(interval=0.5, timeout=0.4),
                 punch=PunchSettings(timeout=3.0),
@@ -138,14 +94,6 @@ async def start_pair(
 async def stop(services: dict[str, NATTraversalService]) -> None:
     for service in services.values():
         await service.stopService()
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    waited = 0.0
-    while not condition():
-        assert waited < timeout, "condition not met in time"
-        await task.deferLater(reactor, 0.02, lambda: None)
-        waited += 0.02
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

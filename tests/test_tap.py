@@ -23,11 +23,13 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from tests.netutil import free_udp_ports
 from twisted_nat.cli import discovery_json
 from twisted_nat.punch import birthday, meeting
-from twisted_nat.rendezvous import RendezvousService
+from twisted_nat.rendezvous import RendezvousService, SQLiteRegistry
 from twisted_nat.service import NATTraversalService
 from twisted_nat.status import StatusSite
 from twisted_nat.stun.client import DiscoveryResult
 from twisted_nat.tap import DemoOptions, Options, STUNServerService, demo_service, makeService
+from twisted_nat.trust import Identity
+from twisted_nat.trust.target import Target
 from twisted_nat.turn import TURNServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +79,7 @@ def test_no_subcommand_means_the_loopback_demo():
     assert isinstance(children[1], RendezvousService)
     peers = [c for c in children if isinstance(c, NATTraversalService)]
     assert [p.peer_name for p in peers] == ["bob", "alice"]
-    assert peers[1].settings.connect_to == ("bob",)
+    assert peers[1].settings.connect_to == (Target("bob"),)
 
 
 def test_server_runs_stun_and_rendezvous():
@@ -105,11 +107,67 @@ def test_peer_options():
     assert isinstance(peer, NATTraversalService)
     assert peer.peer_name == "alice"
     assert peer.stun_servers == [("127.0.0.1", 3478), ("127.0.0.2", 3479)]
-    assert peer.settings.connect_to == ("bob",)
+    assert peer.settings.connect_to == (Target("bob"),)
     assert peer.keepalive_interval == 4.0
 
 
 PEER = ["peer", "--name", "alice", "--rendezvous", "tcp:host=127.0.0.1:port=8765"]
+BOB = Identity.generate().public
+TYPO = BOB.text[:-1] + ("a" if BOB.text[-1] != "a" else "b")
+
+
+def test_peer_keys_targets_and_known_peers(tmp_path):
+    """--key makes a key file once and keeps it; --connect takes names, keys or both."""
+    key, known = tmp_path / "alice.key", tmp_path / "known_peers"
+    known.write_text(f"# pinned by hand\nbob {BOB.text}\n")
+    args = [*PEER, "--key", str(key), "--known-peers", str(known), "--accept", "known",
+            "--connect", "bob", "--connect", f"carol={BOB.text}",
+            "--connect", BOB.text]  # fmt: skip
+    options = Options()
+    options.parseOptions(args)
+    [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert peer.settings.connect_to == (Target("bob"), Target("carol", BOB), Target(None, BOB))
+    assert peer.trust.known.key_for("bob") == BOB
+    assert not peer.trust.known.accepts("mallory", Identity.generate().public)
+    again = Options()
+    again.parseOptions(args)
+    [same] = list(makeService(again, reactor=Clock()))  # type: ignore[call-overload]
+    assert same.key == peer.key
+
+
+def test_a_key_file_others_can_read_is_refused_in_one_line(tmp_path):
+    key = tmp_path / "alice.key"
+    options = Options()
+    options.parseOptions([*PEER, "--key", str(key)])
+    makeService(options, reactor=Clock())
+    key.chmod(0o644)
+    with pytest.raises(SystemExit) as raised:
+        makeService(options, reactor=Clock())
+    message = str(raised.value.code)
+    assert message.startswith("twistd nat: ") and "\n" not in message
+    assert str(key) in message and "chmod 600" in message
+
+
+def test_a_registry_that_is_no_database_ends_the_server_in_one_line(tmp_path):
+    bad = tmp_path / "names.db"
+    bad.write_bytes(b"this is not a database, " * 100)
+    options = Options()
+    options.parseOptions(["server", "--registry", str(bad)])
+    with pytest.raises(SystemExit) as raised:
+        makeService(options, reactor=Clock())
+    message = str(raised.value.code)
+    assert message.startswith("twistd nat: cannot open the name registry") and "\n" not in message
+
+
+def test_server_keeps_its_registry_in_the_file_given(tmp_path):
+    options = Options()
+    options.parseOptions(["server", "--registry", str(tmp_path / "names.db")])
+    stun, rendezvous = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert isinstance(rendezvous.factory.directory.registry, SQLiteRegistry)
+    rendezvous.stopService()
+
+
 TURN_PASSWORD = "hunter2-Zq"
 
 
@@ -279,6 +337,10 @@ def test_bad_turn_options_end_in_one_line(args, message):
         (["peer", "--name", "a"], "a peer needs --rendezvous"),
         (["peer", "--name", "a", "--rendezvous", "x", "--stun", "h:0x"], "not a port number"),
         (["peer", "--name", "a", "--rendezvous", "x", "--keepalive-interval", "0"], "positive"),
+        (["peer", "--name", "a", "--rendezvous", "x", "--accept", "friends"], "anyone or known"),
+        (["peer", "--name", "a", "--rendezvous", "x", "--connect", "bob=tn-abc"], "--connect bob"),
+        (["peer", "--name", "a", "--rendezvous", "x", "--connect", "two words"], "--connect"),
+        (["peer", "--name", "a", "--rendezvous", "x", "--connect", TYPO], "checksum"),
     ],
 )
 def test_bad_peer_options_end_in_one_line(args, message):

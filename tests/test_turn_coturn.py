@@ -28,6 +28,7 @@ from tests.support.coturn import (
     require_tool,
     running_coturn,
 )
+from tests.support.polling import until
 from twisted_nat.errors import (
     TURNAllocationClosed,
     TURNAuthenticationError,
@@ -102,16 +103,6 @@ async def sockets() -> AsyncIterator[Sockets]:
     opened = Sockets()
     yield opened
     await opened.close()
-
-
-async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait, on the reactor, until C{condition()} holds."""
-    waited = 0.0
-    while not condition():
-        if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await task.deferLater(reactor, 0.02)
-        waited += 0.02
 
 
 def collector() -> tuple[list[tuple[bytes, tuple[str, int]]], Callable[[bytes, Any], None]]:

@@ -7,7 +7,16 @@ prints this machine's public (server-reflexive) address as JSON;
 
     twisted-nat detect --stun HOST[:PORT] [--stun ...] [--json]
 
-discovers the NAT behaviour (RFC 5780) and prints it readably or as JSON.
+discovers the NAT behaviour (RFC 5780) and prints it readably or as JSON;
+
+    twisted-nat key new PATH
+
+creates a key file (an identity: a peer is its key) that only its owner
+may read, and prints its public key; it never overwrites a file;
+
+    twisted-nat key show PATH
+
+prints the public key of the key file at PATH, for giving to others.
 Every failure ends with one line on stderr and a non-zero exit status.
 """
 
@@ -27,6 +36,7 @@ from twisted_nat.address import format_address, parse_hostport
 from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.nat import detect_nat
 from twisted_nat.stun.client import DEFAULT_STUN_PORT, DiscoveryResult, STUNClient
+from twisted_nat.trust import create_identity, load_identity
 
 
 class StunOptions(usage.Options):
@@ -85,16 +95,56 @@ class DetectOptions(usage.Options):
             raise usage.UsageError("--timeout must be positive")
 
 
+class _KeyFileOptions(usage.Options):
+    synopsis = "PATH"
+    command = ""
+
+    def parseArgs(self, *paths: str) -> None:
+        if len(paths) != 1:
+            raise usage.UsageError(f"name one key file: twisted-nat key {self.command} PATH")
+        self["path"] = paths[0]
+
+
+class KeyNewOptions(_KeyFileOptions):
+    command = "new"
+    longdesc = (
+        "Create a new key file at PATH, readable by its owner only, and print its public "
+        "key. An existing file is never overwritten."
+    )
+
+
+class KeyShowOptions(_KeyFileOptions):
+    command = "show"
+    longdesc = "Print the public key of the key file at PATH, for giving to other peers."
+
+
+class KeyOptions(usage.Options):
+    synopsis = "<new|show> PATH"
+    longdesc = (
+        "A peer is its key: a key file holds our private key, and its public key is what "
+        "other peers know us by."
+    )
+    subCommands = [
+        ["new", None, KeyNewOptions, "Create a key file and print its public key."],
+        ["show", None, KeyShowOptions, "Print the public key of a key file."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("name a key command: new, show")
+
+
 class Options(usage.Options):
     synopsis = "<command> [options]"
     subCommands = [
         ["stun", None, StunOptions, "Print this host's public address as JSON."],
         ["detect", None, DetectOptions, "Discover the NAT type and behaviour (RFC 5780)."],
+        ["key", None, KeyOptions, "Create a key file, or show the public key of one."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: stun, detect")
+            raise usage.UsageError("name a command: stun, detect, key")
 
 
 def discovery_json(result: DiscoveryResult) -> str:
@@ -141,6 +191,12 @@ async def _detect(reactor: object, options: DetectOptions) -> None:
         print(behavior.describe())
 
 
+def _key(options: KeyOptions) -> None:
+    path = options.subOptions["path"]
+    identity = create_identity(path) if options.subCommand == "new" else load_identity(path)
+    print(identity.public.text)
+
+
 async def _stop(listening: IListeningPort) -> None:
     result = listening.stopListening()
     if isinstance(result, Deferred):
@@ -154,6 +210,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))
     except usage.UsageError as e:
         sys.exit(f"twisted-nat: {e}")
+
+    if options.subCommand == "key":
+        # Files only: no reactor to start.
+        try:
+            _key(options.subOptions)
+        except TwistedNATError as e:
+            sys.stderr.write(f"twisted-nat: {e}\n")
+            raise SystemExit(1) from None
+        return
 
     async def run(reactor: object) -> None:
         try:

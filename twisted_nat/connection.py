@@ -2,16 +2,25 @@
 The peer connection: what an application holds once a hole is punched.
 
 A L{PeerConnection} carries the application's own datagrams to one peer,
-over the shared socket, in frames that only that peer can have produced
-(L{twisted_nat.control.seal}).  The application gives it a
+over the shared socket, each encrypted and authenticated with
+ChaCha20-Poly1305 under the session's key for its direction
+(L{twisted_nat.control.encrypt_frame}).  The application gives it a
 C{DatagramProtocol}; the protocol's transport writes to the peer, and its
-C{datagramReceived} sees only verified payloads from the peer.
+C{datagramReceived} sees only payloads that the peer sent under this
+session, each once.
+
+What is protected: the payload's confidentiality and integrity, that a
+frame comes from the peer (not from an attacker spoofing its address, nor
+reflected from ourselves), and that it is new (a replayed frame, or one
+older than the replay window, is dropped).  What is not: the size and
+timing of every datagram, its sequence number, the addresses and ports of
+both ends, and loss or reordering, which the application sees as UDP's.
 
 L{AppDataRouter} is the one protocol for application frames on every base
 (L{twisted_nat.bases}): it finds the connection by the sender's address
-and the base it arrived on, checks the tag and the replay window, and
-hands the payload on.  Several connections to several peers share the
-socket this way.
+and the base it arrived on; the connection decrypts the frame, checks the
+replay window, and hands the payload on.  Several connections to several
+peers share the socket this way.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import AbstractDatagramProtocol, DatagramProtocol
@@ -34,12 +44,21 @@ from twisted_nat.control import ReplayWindow, SessionKeys
 from twisted_nat.errors import TwistedNATError
 from twisted_nat.keepalive import KeepAliveMachine, LinkQuality
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.trust.keys import PeerKey
 
 PathKey = tuple[Base, Address]
 
 
 class ConnectionClosed(TwistedNATError):
     """The peer connection was closed; nothing more can be sent on it."""
+
+
+class SequenceExhausted(ConnectionClosed):
+    """
+    The connection sent its last sequence number under its keys: each is a
+    nonce, so nothing more can be sent until a new punch rebinds it with
+    new keys.
+    """
 
 
 @attrs.define
@@ -81,9 +100,10 @@ class _ConnectionTransport:
 
 class PeerConnection:
     """
-    One authenticated UDP path to one peer.
+    One encrypted and authenticated UDP path to one peer.
 
     @ivar peer: the peer's name, when it came through a rendezvous.
+    @ivar peer_key: the peer's key, which the session's handshake proved.
     @ivar remote: the peer's candidate in use (its kind says host,
         server-reflexive, peer-reflexive or relayed).
     @ivar local_kind: which of our candidates the peer reached, if known.
@@ -93,6 +113,11 @@ class PeerConnection:
     """
 
     log = Logger()
+    # Each AEAD holds native cipher state: made at the first datagram of its
+    # direction, so that a connection that carries none (kept alive, idle)
+    # has none, not even an attribute of its own.
+    _encrypting: ChaCha20Poly1305 | None = None
+    _decrypting: ChaCha20Poly1305 | None = None
 
     def __init__(
         self,
@@ -105,8 +130,10 @@ class PeerConnection:
         peer: str | None = None,
         base: Base = SHARED,
         relayed: bool = False,
+        peer_key: PeerKey | None = None,
     ) -> None:
         self.router = router
+        self.peer_key = peer_key
         self.base = base
         self.relayed = relayed
         self.keys = keys
@@ -173,12 +200,24 @@ class PeerConnection:
         protocol.makeConnection(_ConnectionTransport(self))
 
     def write(self, data: bytes) -> None:
-        """Send one datagram to the peer, sealed under this session's key."""
+        """
+        Send one datagram to the peer, encrypted and authenticated under
+        this session's key for our direction.
+
+        @raise ConnectionClosed: the connection is closed.
+        @raise SequenceExhausted: every sequence number of these keys is used.
+        """
         if self.closed:
             raise ConnectionClosed("the peer connection is closed")
+        if self._sequence >= control.MAX_SEQUENCE:
+            raise SequenceExhausted("every sequence number of this session's keys is used")
+        if self._encrypting is None:
+            self._encrypting = self.keys.send_cipher()
         self._sequence += 1
         self.router.send(
-            control.seal(self.keys.send, self._sequence, data), self.remote.address, self.base
+            control.encrypt_frame(self._encrypting, self._sequence, data),
+            self.remote.address,
+            self.base,
         )
         if self.keepalive is not None:
             self.keepalive.traffic_sent()
@@ -203,6 +242,7 @@ class PeerConnection:
         self.setup_time = setup_time
         self._sequence = 0
         self._replay = ReplayWindow()
+        self._encrypting = self._decrypting = None
         self.reconnecting = False
         self._path_changed()
 
@@ -243,7 +283,13 @@ class PeerConnection:
         self.router.add(self)
 
     def frame_received(self, frame: bytes) -> None:
-        opened = control.open_frame(self.keys.receive, frame)
+        """
+        A frame from the peer's address: decrypt it, then (only once it
+        authenticates) check the replay window, and deliver the payload.
+        """
+        if self._decrypting is None:
+            self._decrypting = self.keys.receive_cipher()
+        opened = control.decrypt_frame(self._decrypting, frame)
         if opened is None:
             self.router.stats.dropped_bad_tag += 1
             self.log.debug("dropped data failing its tag from {addr}", addr=self.remote.address)

@@ -12,29 +12,45 @@ STUN codec and its tests serve them:
     KEEP_ALIVE_ACK method KEEPALIVE, class success
 
 Each carries USERNAME = the session id (hex), MESSAGE-INTEGRITY-SHA256
-under a key derived from the session key, and FINGERPRINT.  A PUNCH names
-the candidate address it was sent to (so the receiver learns which of its
-candidates was reached), an ACK the address the PUNCH came from.
+under the sender's control key, and FINGERPRINT.  A PUNCH names the
+candidate address it was sent to (so the receiver learns which of its
+candidates was reached), an ACK the address the PUNCH came from.  Control
+messages are authenticated, not encrypted: the session id, the addresses
+and the transaction ids are in clear.
 
 Application datagrams carry a frame of their own, whose first byte (4) no
 STUN, ChannelData, DTLS, RTP or QUIC packet can start with (RFC 7983, RFC
 9443):
 
-    0x04 | sequence number (8 bytes) | payload | HMAC-SHA256 tag (16 bytes)
+    0x04 | sequence number (8 bytes, big endian) | ciphertext | tag (16 bytes)
 
-The tag is keyed per direction, and the receiver keeps a sliding window of
-sequence numbers seen, so an attacker who can spoof the peer's address but
-does not know the session key can neither inject nor replay data.
+The payload is encrypted and authenticated with ChaCha20-Poly1305 (RFC
+8439) under the sender's data key, with the 9-byte header as associated
+data and the sequence number, after 4 zero bytes, as the nonce.
+
+What this protects, against anyone who does not hold the session secret
+and can see, spoof, drop or replay datagrams: the payload's
+confidentiality and integrity, and the authenticity of every frame and
+control message (each direction has keys of its own, derived with
+HKDF-SHA256 from the secret, so nothing can be reflected back to its
+sender as if the peer had sent it); the receiver's sliding window of
+sequence numbers refuses replays.  What it does not hide: the size of
+every datagram, when it is sent, its sequence number, both peers'
+addresses and ports, the session id, and that two peers talk.  Nor does
+it stop datagrams being dropped, delayed or reordered within the window.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 import zlib
 
 import attrs
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from twisted_nat.address import Address
 from twisted_nat.errors import STUNDecodeError
@@ -64,9 +80,13 @@ PUNCH = 0x0D0
 KEEPALIVE = 0x0D1
 APP_DATA = 0x04
 
+_HEADER = struct.Struct("!BQ")
+_NONCE = struct.Struct("!4xQ")
 _SEQUENCE = struct.Struct("!Q")
 TAG_LENGTH = 16
-FRAME_OVERHEAD = 1 + _SEQUENCE.size + TAG_LENGTH
+FRAME_OVERHEAD = _HEADER.size + TAG_LENGTH
+MAX_SEQUENCE = 2**64 - 1
+"""The last sequence number a data key may send under: each number is a nonce, used once."""
 
 
 @attrs.frozen
@@ -83,26 +103,62 @@ CONTROL_ATTRIBUTES = STUN_ATTRIBUTES.extended(Destination)
 """STUN's attribute table with L{Destination}: what control messages are decoded with."""
 
 
+_OFFERER_TO_ANSWERER = b"offerer->answerer"
+_ANSWERER_TO_OFFERER = b"answerer->offerer"
+
+
 @attrs.frozen
 class SessionKeys:
     """
-    The keys derived from one session's 32-byte secret: one for control
-    messages, one per direction for data, so that a frame cannot be
-    reflected back to its sender as if the peer had sent it.
+    One side's keys of a session, derived from its 32-byte secret: a key
+    per direction for control messages and another per direction for
+    application data, so that nothing can be reflected back to its sender
+    as if the peer had sent it, and no key serves two purposes.
+
+    @ivar control_send: MACs the control messages we send.
+    @ivar control_receive: verifies the control messages the peer sends.
+    @ivar send: encrypts the application data we send.
+    @ivar receive: decrypts the application data the peer sends.
     """
 
     session_id: bytes
-    control: bytes
+    control_send: bytes
+    control_receive: bytes
     send: bytes
     receive: bytes
 
     @classmethod
     def derive(cls, session_id: bytes, secret: bytes, offerer: bool) -> SessionKeys:
-        def key(label: bytes) -> bytes:
-            return hmac.new(secret, b"twisted-nat " + label + session_id, hashlib.sha256).digest()
+        """
+        Each key with HKDF-SHA256 (RFC 5869): the secret as input keying
+        material, the session id as salt, and a label naming the key's use
+        and direction as info.  The offerer's sending keys are the
+        answerer's receiving keys.
+        """
 
-        ours, theirs = (b"offerer data", b"answerer data")[:: 1 if offerer else -1]
-        return cls(session_id, key(b"control"), key(ours), key(theirs))
+        def key(use: bytes, direction: bytes) -> bytes:
+            info = b"twisted-nat v1 " + use + b" " + direction
+            return HKDF(algorithm=SHA256(), length=32, salt=session_id, info=info).derive(secret)
+
+        ours, theirs = (_OFFERER_TO_ANSWERER, _ANSWERER_TO_OFFERER)[:: 1 if offerer else -1]
+        return cls(
+            session_id,
+            key(b"control", ours),
+            key(b"control", theirs),
+            key(b"data", ours),
+            key(b"data", theirs),
+        )
+
+    def send_cipher(self) -> ChaCha20Poly1305:
+        """
+        The AEAD that encrypts our data under L{send}: a new object at each
+        call, for the connection to keep while it sends.
+        """
+        return ChaCha20Poly1305(self.send)
+
+    def receive_cipher(self) -> ChaCha20Poly1305:
+        """The AEAD that decrypts the peer's data under L{receive}, as L{send_cipher}."""
+        return ChaCha20Poly1305(self.receive)
 
     @property
     def username(self) -> str:
@@ -116,14 +172,14 @@ def control_message(
     transaction_id: bytes | None = None,
     extra: tuple[Attribute, ...] = (),
 ) -> bytes:
-    """One signed control message."""
+    """One control message, MACed under our sending control key."""
     message = Message(
         method,
         message_class,
         transaction_id or new_transaction_id(),
         (Username(keys.username), *extra, MessageIntegritySHA256(), Fingerprint()),
     )
-    return encode(message, key=keys.control)
+    return encode(message, key=keys.control_send)
 
 
 def punch(keys: SessionKeys, destination: Address) -> tuple[bytes, bytes]:
@@ -200,7 +256,7 @@ def _keepalive_message(keys: SessionKeys, mtype: int, transaction_id: bytes) -> 
         32,
         keys.username.encode("ascii"),
     )
-    mac = hmac.digest(keys.control, kind + rest, "sha256")
+    mac = hmac.digest(keys.control_send, kind + rest, "sha256")
     message = kind + _LENGTH_TO_FINGERPRINT + rest[2:] + _INTEGRITY_HEAD + mac
     crc = zlib.crc32(message) ^ FINGERPRINT_XOR
     return message + _FINGERPRINT_HEAD + _CRC.pack(crc)
@@ -239,7 +295,7 @@ def keepalive_fields(datagram: bytes) -> tuple[bytes, MessageClass, bytes] | Non
 def verify_keepalive(datagram: bytes, keys: SessionKeys) -> bool:
     """L{verify} for a datagram L{keepalive_fields} accepted, in constant time."""
     covered = datagram[:2] + _LENGTH_TO_INTEGRITY + datagram[4:_KEEPALIVE_SIGNED]
-    mac = hmac.digest(keys.control, covered, "sha256")
+    mac = hmac.digest(keys.control_receive, covered, "sha256")
     return hmac.compare_digest(mac, datagram[_KEEPALIVE_SIGNED + 4 : _KEEPALIVE_FINGERPRINTED])
 
 
@@ -263,27 +319,47 @@ def session_of(datagram: bytes) -> tuple[Message, bytes] | None:
 
 
 def verify(message: Message, keys: SessionKeys) -> bool:
-    """Constant-time check of the message's MESSAGE-INTEGRITY-SHA256."""
-    return message.integrity_offsets[1] >= 0 and check_integrity(message, keys.control)
+    """
+    Constant-time check of the message's MESSAGE-INTEGRITY-SHA256 under
+    the peer's control key: our own messages, reflected back, fail it.
+    """
+    return message.integrity_offsets[1] >= 0 and check_integrity(message, keys.control_receive)
 
 
 # --- application data ----------------------------------------------------------
 
 
-def seal(key: bytes, sequence: int, payload: bytes) -> bytes:
-    """Frame and tag one application datagram."""
-    head = bytes((APP_DATA,)) + _SEQUENCE.pack(sequence) + payload
-    return head + hmac.new(key, head, hashlib.sha256).digest()[:TAG_LENGTH]
+def encrypt_frame(cipher: ChaCha20Poly1305, sequence: int, payload: bytes) -> bytes:
+    """
+    One application datagram, encrypted and authenticated under C{cipher}
+    (L{SessionKeys.send_cipher}).  C{sequence} is the nonce: the caller
+    must never use a number twice under one key.
+
+    @raise ValueError: C{sequence} is not in 0 to L{MAX_SEQUENCE}.
+    """
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise ValueError(f"sequence number {sequence} out of range")
+    header = _HEADER.pack(APP_DATA, sequence)
+    return header + cipher.encrypt(_NONCE.pack(sequence), payload, header)
 
 
-def open_frame(key: bytes, frame: bytes) -> tuple[int, bytes] | None:
-    """(sequence, payload) of a frame whose tag verifies under C{key}, else None."""
+def decrypt_frame(cipher: ChaCha20Poly1305, frame: bytes) -> tuple[int, bytes] | None:
+    """
+    (sequence, payload) of a frame that decrypts and authenticates under
+    C{cipher} (L{SessionKeys.receive_cipher}); None for anything else,
+    never an exception.  Whether the sequence number is new is for the
+    caller's L{ReplayWindow} to say, after this.
+    """
     if len(frame) < FRAME_OVERHEAD or frame[0] != APP_DATA:
         return None
-    head, tag = frame[:-TAG_LENGTH], frame[-TAG_LENGTH:]
-    if not hmac.compare_digest(hmac.new(key, head, hashlib.sha256).digest()[:TAG_LENGTH], tag):
+    sequence = _SEQUENCE.unpack_from(frame, 1)[0]
+    try:
+        payload = cipher.decrypt(
+            _NONCE.pack(sequence), frame[_HEADER.size :], frame[: _HEADER.size]
+        )
+    except InvalidTag:
         return None
-    return _SEQUENCE.unpack_from(head, 1)[0], head[1 + _SEQUENCE.size :]
+    return sequence, payload
 
 
 class ReplayWindow:

@@ -16,6 +16,14 @@ class ConfigurationError(TwistedNATError):
     """A user-supplied setting (address, port, server) cannot be used."""
 
 
+class RegistryError(ConfigurationError):
+    """
+    The rendezvous server's name registry cannot be used: its database file
+    is unreadable, corrupt, another program's or of a newer schema, or the
+    registry is closed.  The message is one line, fit for an operator.
+    """
+
+
 class STUNDecodeError(TwistedNATError, ValueError):
     """
     Bytes are not a well-formed STUN message.
@@ -84,7 +92,14 @@ class UnknownPeer(RendezvousError):
 
 
 class DuplicateName(RendezvousError):
-    """Another live connection has already registered this name."""
+    """The name is bound to another key at the rendezvous server, for good."""
+
+
+class RegistrationRefused(RendezvousError):
+    """
+    The rendezvous server refused a registration or release: its signature
+    does not verify, or no challenge was asked for first.
+    """
 
 
 class NotRegistered(RendezvousError):

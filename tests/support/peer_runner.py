@@ -116,6 +116,7 @@ from twisted_nat.nat import NATBehavior
 from twisted_nat.punch import PunchFailed, PunchResult, PunchSettings
 from twisted_nat.rendezvous import RendezvousClient
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerEventsBase, PeerSettings
+from twisted_nat.trust import PeerKey
 from twisted_nat.turn import parse_turn_uri
 
 Address = tuple[str, int]
@@ -161,9 +162,12 @@ class _ObservedService(NATTraversalService):
         super().__init__(**options)
         self.connect_started: dict[str, float] = {}
 
-    def connect(self, name: str) -> Deferred[PeerConnection]:
-        self.connect_started[name] = time.perf_counter()
-        return super().connect(name)
+    def connect(
+        self, name: str | None = None, key: PeerKey | None = None
+    ) -> Deferred[PeerConnection]:
+        if name is not None:
+            self.connect_started[name] = time.perf_counter()
+        return super().connect(name, key)
 
 
 class _Watcher(PeerEventsBase):

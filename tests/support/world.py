@@ -32,6 +32,8 @@ from twisted_nat.rendezvous import Answer, InMemorySignalingHub, ISignaling, Off
 from twisted_nat.rendezvous.interfaces import OfferHandler
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.stun.server import STUNServerGroup
+from twisted_nat.trust import Identity, PeerKey
+from twisted_nat.trust.known import KnownPeers
 
 PRIMARY: Address = ("203.0.113.10", 3478)
 ALTERNATE: Address = ("203.0.113.11", 3479)
@@ -83,6 +85,7 @@ def new_service(
     signaling: ISignaling | None = None,
     protocol_factory: Any = None,
     rng: random.Random | None = None,
+    known_peers: KnownPeers | None = None,
     **settings: Any,
 ) -> NATTraversalService:
     """
@@ -98,6 +101,7 @@ def new_service(
         protocol_factory=protocol_factory,
         settings=peer_settings(**settings),
         rng=rng,
+        known_peers=known_peers,
     )
 
 
@@ -106,16 +110,22 @@ class SlowSignaling:
     """
     A hub peer whose offers and answers take C{delay} each way, as through
     a server, and which keeps every offer it sent with the answer it got
-    (L{sent}); with C{strip}, it also drops the NAT hints it carries, as a
-    peer from before hints would neither send nor read them.
+    (L{sent}).
     """
 
-    def __init__(self, inner: Any, clock: IReactorTime, delay: float, strip: bool = False) -> None:
+    def __init__(self, inner: Any, clock: IReactorTime, delay: float) -> None:
         self.inner = inner
         self.clock = clock
         self.delay = delay
-        self.strip = strip
         self.sent: list[tuple[Offer, Answer]] = []
+
+    @property
+    def identity(self) -> Identity:
+        return self.inner.identity  # type: ignore[no-any-return]
+
+    @property
+    def peer_name(self) -> str | None:
+        return self.inner.peer_name  # type: ignore[no-any-return]
 
     def register(self, name: str) -> Deferred[None]:
         return self.inner.register(name)  # type: ignore[no-any-return]
@@ -123,16 +133,15 @@ class SlowSignaling:
     def when_registered(self) -> Deferred[None]:
         return self.inner.when_registered()  # type: ignore[no-any-return]
 
-    def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
-        if self.strip:
-            offer = attrs.evolve(offer, nat=None)
+    def lookup(self, name: str) -> Deferred[PeerKey]:
+        return self.inner.lookup(name)  # type: ignore[no-any-return]
+
+    def connect(self, offer: Offer) -> Deferred[Answer]:
         answered: Deferred[Answer] = deferLater(
-            self.clock, self.delay, lambda: self.inner.connect(name, offer)
+            self.clock, self.delay, lambda: self.inner.connect(offer)
         )
 
         def back(answer: Answer) -> Deferred[Answer]:
-            if self.strip:
-                answer = attrs.evolve(answer, nat=None)
             return deferLater(self.clock, self.delay, lambda: answer)
 
         def keep(answer: Answer) -> Answer:
@@ -142,14 +151,7 @@ class SlowSignaling:
         return answered.addCallback(back).addCallback(keep)
 
     def set_offer_handler(self, handler: OfferHandler | None) -> None:
-        if handler is None or not self.strip:
-            self.inner.set_offer_handler(handler)
-            return
-
-        def stripped(offer: Offer) -> Any:
-            return handler(attrs.evolve(offer, nat=None))
-
-        self.inner.set_offer_handler(stripped)
+        self.inner.set_offer_handler(handler)
 
     def close(self) -> Deferred[None]:
         return self.inner.close()  # type: ignore[no-any-return]
@@ -202,10 +204,10 @@ def build_world(
     loss: float = 0.0,
     nat: sim.NATSettings | None = None,
     signaling_delay: float | None = None,
-    strip_hints: bool = False,
     busy_neighbours: bool = False,
     seeded_probes: bool = False,
     peer_options: Mapping[str, Mapping[str, Any]] | None = None,
+    hub_type: type[InMemorySignalingHub] = InMemorySignalingHub,
     **options: Any,
 ) -> W:
     """
@@ -216,19 +218,21 @@ def build_world(
 
     @param world_type: L{World}, or a subclass whose own fields have defaults.
     @param signaling_delay: when given, each service's signaling is a
-        L{SlowSignaling} (C{strip_hints} passed on) taking this long each
-        way; else the hub's peer itself.
+        L{SlowSignaling} taking this long each way; else the hub's peer
+        itself.
     @param busy_neighbours: give each NAT a quiet L{Busy} neighbour at
         L{BUSY_HOST}.
     @param seeded_probes: give each service a generator seeded from
         C{seed} for the ports it probes.
     @param peer_options: each peer's own service keywords, beside the
         common C{options}.
+    @param hub_type: the rendezvous the peers meet at: the honest one, or
+        a subclass that lies.
     """
     internet = sim.SimulatedInternet(seed=seed, latency=0.005)
     server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
     STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
-    hub = InMemorySignalingHub(reactor=internet.clock)
+    hub = hub_type(reactor=internet.clock)
     w = world_type(internet, hub)
     for index, (name, (kind, allocation)) in enumerate(kinds.items(), start=1):
         classic: Any = kind
@@ -248,7 +252,7 @@ def build_world(
         signaling: ISignaling = hub.peer(name)
         if signaling_delay is not None:
             signaling = w.signaling[name] = SlowSignaling(
-                signaling, internet.clock, signaling_delay, strip_hints
+                signaling, internet.clock, signaling_delay
             )
         if seeded_probes:
             # Not the internet's seed: the probes would pick the very

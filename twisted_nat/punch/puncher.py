@@ -210,7 +210,8 @@ class HolePuncher(DatagramProtocol):
 
         @param local_port: the shared socket's port; checked, since a punch
             from any other socket would open the wrong binding.
-        @param secret: the session's 32-byte secret from the offer.
+        @param secret: the 32-byte session secret the offer and answer agreed
+            (L{twisted_nat.trust.handshake}).
         @param controlling: True for the offering peer, which picks the path.
         @param on_better_path: called with a new L{PunchResult} when a
             session connected over a relay moves to a direct pair.

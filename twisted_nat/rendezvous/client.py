@@ -2,15 +2,16 @@
 The rendezvous client: a peer's lasting connection to the rendezvous
 server, providing L{ISignaling}.
 
-    client = RendezvousClient(reactor, "tls:rendezvous.example.com:8765", "alice")
+    client = RendezvousClient(reactor, "tls:rendezvous.example.com:8765", "alice", identity)
     client.set_offer_handler(answer_them)
     client.startService()           # or client.setServiceParent(application)
-    answer = await client.connect("bob", new_offer("alice", candidates))
+    answer = await client.connect(offering.offer)
 
 The connection is kept by a C{ClientService}, which reconnects with
 exponential backoff whenever it drops; every new connection registers the
-name again before it is used, so the server (which forgets a name when its
-connection drops) always knows us after a reconnect.
+name again before it is used (signing the server's fresh challenge with
+our key), so the server, which forgets a connection when it drops but
+never the binding of our name to our key, routes offers to us again.
 
 Calls never wait for a connection: while there is no registered connection
 they fail at once with L{RendezvousUnavailable}, and a connection lost
@@ -44,8 +45,19 @@ from twisted_nat.errors import (
     RendezvousUnavailable,
 )
 from twisted_nat.rendezvous.interfaces import ISignaling, OfferHandler, run_offer_handler
-from twisted_nat.rendezvous.protocol import Connect, DeliverOffer, Register, SignalingAMP
-from twisted_nat.rendezvous.values import Answer, Offer, check_name
+from twisted_nat.rendezvous.protocol import (
+    Challenge,
+    Connect,
+    DeliverOffer,
+    Lookup,
+    Register,
+    Release,
+    SignalingAMP,
+    registration_transcript,
+)
+from twisted_nat.rendezvous.values import Answer, Offer
+from twisted_nat.trust.keys import Identity, PeerKey
+from twisted_nat.trust.names import normalise_name
 
 RetryPolicy = Callable[[int], float]
 
@@ -113,14 +125,36 @@ class RendezvousClientProtocol(SignalingAMP):
 
         return self._answer_offer(offer).addCallback(response)
 
-    def register(self, name: str) -> Deferred[None]:
-        """Register C{name}; fails with our exceptions only."""
-        d = self.callRemote(Register, name=name)
+    def _signed(self, command: type[amp.Command], name: str, identity: Identity) -> Deferred[None]:
+        """Ask for a challenge, then send C{command} with our signature over it."""
+        action = command.__name__.lower()
+
+        def challenged(response: dict[str, Any]) -> Deferred[Any]:
+            proof = registration_transcript(response["server"], response["nonce"], action, name)
+            sent: Deferred[Any] = self.callRemote(
+                command, name=name, key=identity.public, signature=identity.sign(proof)
+            )
+            return sent
+
+        d = self.callRemote(Challenge).addCallback(challenged)
         d.addCallback(lambda response: None)
         return d.addErrback(_translate)  # type: ignore[no-any-return]
 
-    def connect(self, to: str, offer: Offer) -> Deferred[Answer]:
-        """Send C{offer} to C{to} through the server; fails with our exceptions only."""
+    def register(self, name: str, identity: Identity) -> Deferred[None]:
+        """Register C{name} for our key; fails with our exceptions only."""
+        return self._signed(Register, name, identity)
+
+    def release(self, name: str, identity: Identity) -> Deferred[None]:
+        """Unbind C{name} from our key for good; fails with our exceptions only."""
+        return self._signed(Release, name, identity)
+
+    def lookup(self, name: str) -> Deferred[PeerKey]:
+        """The key C{name} is bound to; fails with our exceptions only."""
+        d = self.callRemote(Lookup, name=name).addCallback(lambda response: response["key"])
+        return d.addErrback(_translate)  # type: ignore[no-any-return]
+
+    def connect(self, offer: Offer) -> Deferred[Answer]:
+        """Send C{offer} through the server; fails with our exceptions only."""
 
         def answered(response: dict[str, Any]) -> Answer:
             answer = response["answer"]
@@ -129,7 +163,7 @@ class RendezvousClientProtocol(SignalingAMP):
                 raise MalformedSignal("the answer is for another session")
             return answer
 
-        d = self.callRemote(Connect, to=to, offer=offer)
+        d = self.callRemote(Connect, offer=offer)
         return d.addCallback(answered).addErrback(_translate)  # type: ignore[no-any-return]
 
 
@@ -159,7 +193,9 @@ class RendezvousClient(Service):
     @param endpoint: a client endpoint string: C{"tcp:host=H:port=P"}, or
         C{"tls:H:P"} to check the server's certificate and keep the
         session keys of offers private on the way.
-    @param name: the name other peers reach us by.
+    @param name: the name other peers reach us by (normalised here).
+    @param identity: our key: the name is registered for it, and the
+        offers we send must be signed by it.
     @param retry_policy: seconds to wait before reconnection attempt n
         (as for C{ClientService}); L{default_retry_policy} if not given.
         A connection whose registration is refused is dropped, and the
@@ -177,11 +213,12 @@ class RendezvousClient(Service):
         reactor: IReactorTime,
         endpoint: str,
         name: str,
+        identity: Identity,
         retry_policy: RetryPolicy | None = None,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         try:
-            check_name(name)
+            name = normalise_name(name)
         except ValueError as e:
             raise ConfigurationError(str(e)) from None
         try:
@@ -189,6 +226,7 @@ class RendezvousClient(Service):
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigurationError(f"bad rendezvous server endpoint {endpoint!r}: {e}") from None
         self.peer_name = name
+        self.identity = identity
         self.endpoint = endpoint
         self.call_timeout = call_timeout
         self._reactor = reactor
@@ -250,7 +288,7 @@ class RendezvousClient(Service):
             name=self.peer_name,
         )
         name = self.peer_name
-        d = protocol.register(name)
+        d = protocol.register(name, self.identity)
         d.addTimeout(self.call_timeout, self._reactor)
         d.addCallbacks(
             self._registered,
@@ -321,19 +359,12 @@ class RendezvousClient(Service):
             )
         return result
 
-    def _call(
-        self, name: str, call: Callable[[RendezvousClientProtocol], Deferred[_T]]
-    ) -> Deferred[_T]:
+    def _call(self, call: Callable[[RendezvousClientProtocol], Deferred[_T]]) -> Deferred[_T]:
         """
-        Make C{call}, a command naming the peer C{name}, on the connection:
-        it fails at once if the name is malformed or there is no connection,
-        and with L{RendezvousUnavailable} after C{call_timeout} seconds
-        without an answer.
+        Make C{call} on the connection: it fails at once if there is no
+        connection, and with L{RendezvousUnavailable} after C{call_timeout}
+        seconds without an answer.
         """
-        try:
-            check_name(name)
-        except ValueError as e:
-            return defer.fail(MalformedSignal(str(e)))
         protocol = self._protocol
         if protocol is None:
             return defer.fail(RendezvousUnavailable("not connected to the rendezvous server"))
@@ -345,15 +376,36 @@ class RendezvousClient(Service):
         Change the name we are registered as; later reconnections register
         the new one.  If the server refuses it we keep the old name.
         """
+        try:
+            name = normalise_name(name)
+        except ValueError as e:
+            return defer.fail(MalformedSignal(str(e)))
 
         def renamed(result: None) -> None:
             self.peer_name = name
             self.log.info("Registered as {name} at the rendezvous server", name=name)
 
-        return self._call(name, lambda protocol: protocol.register(name)).addCallback(renamed)
+        return self._call(lambda protocol: protocol.register(name, self.identity)).addCallback(
+            renamed
+        )
 
-    def connect(self, name: str, offer: Offer) -> Deferred[Answer]:
-        return self._call(name, lambda protocol: protocol.connect(name, offer))
+    def release(self, name: str) -> Deferred[None]:
+        """Unbind C{name} from our key at the server, for good, so another key may take it."""
+        try:
+            name = normalise_name(name)
+        except ValueError as e:
+            return defer.fail(MalformedSignal(str(e)))
+        return self._call(lambda protocol: protocol.release(name, self.identity))
+
+    def lookup(self, name: str) -> Deferred[PeerKey]:
+        try:
+            name = normalise_name(name)
+        except ValueError as e:
+            return defer.fail(MalformedSignal(str(e)))
+        return self._call(lambda protocol: protocol.lookup(name))
+
+    def connect(self, offer: Offer) -> Deferred[Answer]:
+        return self._call(lambda protocol: protocol.connect(offer))
 
     def set_offer_handler(self, handler: OfferHandler | None) -> None:
         self._handler = handler

@@ -1,25 +1,27 @@
 """
-The rendezvous protocol on the wire: three AMP commands over one TCP (or
-TLS) connection from each peer to the server, and the AMP base that both
-ends share.
+The rendezvous protocol on the wire: AMP commands over one TCP (or TLS)
+connection from each peer to the server, and the AMP base that both ends
+share.
 
-    client -> server   Register(name)          -> {}
-    client -> server   Connect(to, offer)      -> {answer}
-    server -> client   DeliverOffer(offer)     -> {answer}
+    client -> server   Challenge()                     -> {server, nonce}
+    client -> server   Register(name, key, signature)  -> {}
+    client -> server   Release(name, key, signature)   -> {}
+    client -> server   Lookup(name)                    -> {key}
+    client -> server   Connect(offer)                  -> {answer}
+    server -> client   DeliverOffer(offer)             -> {answer}
 
-The server (L{twisted_nat.rendezvous.server}) relays a C{Connect} to the
-connection registered as C{to} as a C{DeliverOffer}, and that peer's answer
-back as the C{Connect}'s answer; the client's end is in
-L{twisted_nat.rendezvous.client}.  AMP already pairs every answer with its
-question and fails whatever is outstanding when a connection drops, which
-is all the bookkeeping a relay needs.
+A peer proves it holds the key it registers a name for by signing the
+server's fresh nonce with the server's id and the name
+(L{registration_transcript}); the server binds
+the name to the first key that does so, for good.  It relays a C{Connect}
+to the connection holding the offer's recipient as a C{DeliverOffer}, and
+that peer's answer back; offers and answers are signed end to end, so the
+server relays what it cannot change.  AMP already pairs every answer with
+its question and fails whatever is outstanding when a connection drops,
+which is all the bookkeeping a relay needs.
 
-Offers and answers travel as JSON in one AMP value each, and their NAT
-hint, if any, as JSON in a key of its own beside it (C{offer-nat},
-C{answer-nat}): AMP skips keys it does not know, where an offer's JSON
-may have none, so peers and servers that know no hints read the offer and
-pass over the hint (such a server relays offers without it).  Everything
-is checked while the box is parsed: anything malformed from the network is
+Offers and answers travel as JSON in one AMP value each.  Everything is
+checked while the box is parsed: anything malformed from the network is
 refused with a C{MALFORMED} error and never reaches a responder, and the
 connection stays up.  Every refusal is one of the exceptions of
 L{twisted_nat.errors}, mapped to an AMP error code, so the caller's
@@ -41,16 +43,31 @@ from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
 from twisted_nat.errors import (
+    BadKey,
     DuplicateName,
     MalformedSignal,
     NotRegistered,
     PeerUnavailable,
+    RegistrationRefused,
     UnknownPeer,
 )
 from twisted_nat.rendezvous.values import Answer, Offer, check_name
+from twisted_nat.trust.keys import PeerKey
 
 MALFORMED = b"MALFORMED"
 _MAX_DESCRIPTION = 200
+_REGISTER_LABEL = b"twisted-nat/1 register\x00"
+
+
+def registration_transcript(server_id: bytes, nonce: bytes, action: str, name: str) -> bytes:
+    """
+    What a peer signs to register (or release) C{name} at the server whose
+    id is C{server_id}, answering its fresh C{nonce}: valid once, at that
+    server, for that name.
+    """
+    return _REGISTER_LABEL + b"\x00".join(
+        (server_id.hex().encode(), nonce.hex().encode(), action.encode(), name.encode("utf-8"))
+    )
 
 
 def _loads(data: bytes) -> object:
@@ -74,46 +91,34 @@ class NameArgument(amp.Unicode):
             raise MalformedSignal(str(e)) from None
 
 
-_HINT = b"-nat"
-"""What the name of a hint's key adds to the name of its offer's or answer's."""
+class KeyArgument(amp.Unicode):
+    """A peer key in its printed form, refused while parsing unless it is one."""
+
+    def fromString(self, inString: bytes) -> PeerKey:
+        try:
+            return PeerKey.parse(super().fromString(inString))
+        except (BadKey, UnicodeDecodeError) as e:
+            raise MalformedSignal(str(e)) from None
+
+    def toString(self, inObject: PeerKey) -> bytes:
+        return super().toString(inObject.text)  # type: ignore[no-any-return]
 
 
 class _SignalArgument(amp.Argument):
-    """An L{Offer} or L{Answer} as JSON, and its NAT hint under a key of its own."""
+    """An L{Offer} or L{Answer} as JSON."""
 
     what = "signal"
     parse: Callable[[object], Offer | Answer]
     """The value's C{from_json}: it raises C{ValueError} for anything malformed."""
 
     def fromString(self, inString: bytes) -> Offer | Answer:
-        return self._parse(_loads(inString))
-
-    def toString(self, inObject: Offer | Answer) -> bytes:
-        return _dumps(inObject)
-
-    def _parse(self, value: object) -> Offer | Answer:
         try:
-            return self.parse(value)
+            return self.parse(_loads(inString))
         except ValueError as e:
             raise MalformedSignal(f"malformed {self.what}: {e}") from None
 
-    def toBox(
-        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any
-    ) -> None:
-        fields = objects.pop(name.decode("ascii")).as_json()
-        hint = fields.pop("nat", None)
-        strings[name] = json.dumps(fields, separators=(",", ":")).encode("ascii")
-        if hint is not None:
-            strings[name + _HINT] = json.dumps(hint, separators=(",", ":")).encode("ascii")
-
-    def fromBox(
-        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, Any], proto: Any
-    ) -> None:
-        fields = _loads(strings.pop(name))  # a KeyError: refused as a missing argument
-        hint = strings.pop(name + _HINT, None)
-        if hint is not None and isinstance(fields, dict):
-            fields["nat"] = _loads(hint)
-        objects[name.decode("ascii")] = self._parse(fields)
+    def toString(self, inObject: Offer | Answer) -> bytes:
+        return _dumps(inObject)
 
 
 class OfferArgument(_SignalArgument):
@@ -130,18 +135,52 @@ class AnswerArgument(_SignalArgument):
     parse = staticmethod(Answer.from_json)
 
 
+class Challenge(amp.Command):
+    """Ask for a fresh nonce to sign, and the server's id, before registering or releasing."""
+
+    arguments = []
+    response = [(b"server", amp.String()), (b"nonce", amp.String())]
+
+
+_REGISTRATION_ERRORS: dict[type[Exception], bytes] = {
+    DuplicateName: b"DUPLICATE_NAME",
+    RegistrationRefused: b"REGISTRATION_REFUSED",
+    MalformedSignal: MALFORMED,
+}
+
+
 class Register(amp.Command):
-    """Make this connection reachable as C{name} (replacing any name it had)."""
+    """
+    Bind C{name} to C{key} (if it is free, or bound to C{key} already) and
+    make this connection reachable as both, proven by C{signature} over
+    the last challenge.
+    """
+
+    arguments = [(b"name", NameArgument()), (b"key", KeyArgument()), (b"signature", amp.String())]
+    response = []
+    errors = _REGISTRATION_ERRORS
+
+
+class Release(amp.Command):
+    """Unbind C{name} from C{key}, proven by C{signature} over the last challenge."""
+
+    arguments = [(b"name", NameArgument()), (b"key", KeyArgument()), (b"signature", amp.String())]
+    response = []
+    errors = _REGISTRATION_ERRORS
+
+
+class Lookup(amp.Command):
+    """The key C{name} is bound to, for a peer to pin before it connects."""
 
     arguments = [(b"name", NameArgument())]
-    response = []
-    errors = {DuplicateName: b"DUPLICATE_NAME", MalformedSignal: MALFORMED}
+    response = [(b"key", KeyArgument())]
+    errors = {UnknownPeer: b"UNKNOWN_PEER", MalformedSignal: MALFORMED}
 
 
 class Connect(amp.Command):
-    """Relay C{offer} to the peer registered as C{to}; its answer comes back."""
+    """Relay C{offer} to the peer it is for; its answer comes back."""
 
-    arguments = [(b"to", NameArgument()), (b"offer", OfferArgument())]
+    arguments = [(b"offer", OfferArgument())]
     response = [(b"answer", AnswerArgument())]
     errors = {
         UnknownPeer: b"UNKNOWN_PEER",

@@ -1,53 +1,60 @@
 """
-The rendezvous server: a directory of names, each held by one live
-connection, and a relay of offers between them.
+The rendezvous server: names bound to peer keys, the live connection of
+each key, and a relay of signed offers between them.
 
-    service = make_rendezvous_service(reactor, "tcp:8765")
+    service = make_rendezvous_service(reactor, "tcp:8765", registry="names.db")
     service.setServiceParent(application)
 
-It listens on a Twisted server endpoint string, so TLS is a matter of the
-string (C{"ssl:8765:privateKey=key.pem:certKey=cert.pem"}) and needs no
-code here; use it, because offers carry the session keys of the peers.
-The server keeps no state beyond its connections: restarting it loses
-nothing that the clients do not restore by registering again when they
-reconnect.
+A name belongs to the first key that proves it holds it, for good (the
+registry, L{twisted_nat.rendezvous.registry}, keeps the bindings across
+restarts); the newest connection of a key is the one offers reach.  The
+server never holds a secret: offers and answers are signed end to end and
+carry public keys only, so it can refuse service but not read or
+redirect a session.  It listens on a Twisted server endpoint string, so
+TLS is a matter of the string (C{"ssl:8765:privateKey=key.pem:certKey=cert.pem"}),
+which hides who talks to whom from the network, not from the server.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionClosed
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_nat.address import format_address
 from twisted_nat.errors import (
-    ConfigurationError,
     DuplicateName,
     MalformedSignal,
     NotRegistered,
     PeerUnavailable,
+    RegistrationRefused,
     RendezvousError,
     UnknownPeer,
 )
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.protocol import (
+    Challenge,
     Connect,
     DeliverOffer,
+    Lookup,
     Register,
+    Release,
     SignalingAMP,
     peer_address,
+    registration_transcript,
 )
+from twisted_nat.rendezvous.registry import INameRegistry, MemoryRegistry
 from twisted_nat.rendezvous.values import Offer
+from twisted_nat.trust.keys import PeerKey
+
+NONCE_SIZE = 32
 
 
 @attrs.define
@@ -63,23 +70,55 @@ class ServerStats:
 
 class PeerDirectory:
     """
-    The names registered at one server and the connections holding them.
-
-    A name belongs to a live connection and to nothing else: when the
-    connection drops, the name is free again.
+    The live connections of one server, by peer key, and the registry of
+    names bound to keys.
     """
 
-    def __init__(self, reactor: IReactorTime, relay_timeout: float) -> None:
+    def __init__(
+        self, reactor: IReactorTime, relay_timeout: float, registry: INameRegistry
+    ) -> None:
         self.reactor = reactor
         self.relay_timeout = relay_timeout
-        self.peers: dict[str, RendezvousServerProtocol] = {}
+        self.registry = registry
+        self.by_key: dict[PeerKey, RendezvousServerProtocol] = {}
         self.connections: set[RendezvousServerProtocol] = set()
         self.stats = ServerStats()
+        self._server_id: bytes | None = None
+
+    def server_id(self) -> Deferred[bytes]:
+        """The registry's id, asked once."""
+        if self._server_id is not None:
+            return defer.succeed(self._server_id)
+
+        def keep(server_id: bytes) -> bytes:
+            self._server_id = server_id
+            return server_id
+
+        return self.registry.server_id().addCallback(keep)
+
+    def hold(self, connection: RendezvousServerProtocol, key: PeerKey) -> None:
+        """Make C{connection} the one that reaches C{key}; an older one is dropped."""
+        old = self.by_key.get(key)
+        if old is not None and old is not connection:
+            self.log.warn(
+                "{key} registered again from {peer}: dropping its older connection from {old}",
+                key=key.short,
+                peer=peer_address(connection),
+                old=peer_address(old),
+            )
+            old.key = None
+            if old.transport is not None:
+                old.transport.loseConnection()
+        if connection.key is not None and connection.key != key:
+            self.release(connection)
+        self.by_key[key] = connection
 
     def release(self, connection: RendezvousServerProtocol) -> None:
-        name = connection.name
-        if name is not None and self.peers.get(name) is connection:
-            del self.peers[name]
+        key = connection.key
+        if key is not None and self.by_key.get(key) is connection:
+            del self.by_key[key]
+
+    log = Logger()
 
 
 class RendezvousServerProtocol(SignalingAMP):
@@ -91,7 +130,9 @@ class RendezvousServerProtocol(SignalingAMP):
         super().__init__()
         self.directory = directory
         self.name: str | None = None
+        self.key: PeerKey | None = None
         self.closed: Deferred[None] = Deferred()
+        self._challenge: tuple[bytes, bytes] | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -100,9 +141,14 @@ class RendezvousServerProtocol(SignalingAMP):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         peer = peer_address(self)
         self.directory.connections.discard(self)
-        if self.name is not None and self.directory.peers.get(self.name) is self:
+        if self.key is not None and self.directory.by_key.get(self.key) is self:
             self.directory.release(self)
-            self.log.info("Peer {name} ({peer}) disconnected", name=self.name, peer=peer)
+            self.log.info(
+                "Peer {name} ({key}, {peer}) disconnected",
+                name=self.name,
+                key=self.key.short,
+                peer=peer,
+            )
         super().connectionLost(reason)
         self.closed.callback(None)
 
@@ -113,44 +159,117 @@ class RendezvousServerProtocol(SignalingAMP):
         self.directory.stats.refused += 1
         return error
 
+    @Challenge.responder
+    def challenge(self) -> Deferred[dict[str, object]]:
+        nonce = os.urandom(NONCE_SIZE)
+
+        def issued(server_id: bytes) -> dict[str, object]:
+            self._challenge = (server_id, nonce)
+            return {"server": server_id, "nonce": nonce}
+
+        return self.directory.server_id().addCallback(issued)
+
+    def _prove(self, action: str, name: str, key: PeerKey, signature: bytes) -> None:
+        """Check C{signature} over our last challenge, which it uses up."""
+        challenge, self._challenge = self._challenge, None
+        if challenge is None:
+            raise self._refuse(RegistrationRefused("ask for a challenge first"))
+        server_id, nonce = challenge
+        if not key.verify(signature, registration_transcript(server_id, nonce, action, name)):
+            self.log.warn(
+                "Refused to {action} {name} for {key} from {peer}: bad signature",
+                action=action,
+                name=name,
+                key=key.short,
+                peer=peer_address(self),
+            )
+            raise self._refuse(RegistrationRefused(f"the signature to {action} {name!r} is wrong"))
+
     @Register.responder
-    def register(self, name: str) -> dict[str, object]:
-        holder = self.directory.peers.get(name)
-        if holder is not None and holder is not self:
-            raise self._refuse(DuplicateName(f"{name!r} is registered by another connection"))
-        self.directory.release(self)
-        self.directory.peers[name] = self
-        self.name = name
-        self.directory.stats.registrations += 1
-        self.log.info(
-            "Peer {name} registered from {peer}",
-            name=name,
-            peer=peer_address(self),
-        )
-        return {}
+    def register(self, name: str, key: PeerKey, signature: bytes) -> Deferred[dict[str, object]]:
+        self._prove("register", name, key, signature)
+
+        def claimed(ours: bool) -> dict[str, object]:
+            if not ours:
+                self.log.warn(
+                    "Refused {name} to {key} from {peer}: the name belongs to another key",
+                    name=name,
+                    key=key.short,
+                    peer=peer_address(self),
+                )
+                raise self._refuse(DuplicateName(f"{name!r} belongs to another key"))
+            if self.transport is None:  # gone while the registry answered
+                return {}
+            self.directory.hold(self, key)
+            self.name, self.key = name, key
+            self.directory.stats.registrations += 1
+            self.log.info(
+                "Peer {name} ({key}) registered from {peer}",
+                name=name,
+                key=key.short,
+                peer=peer_address(self),
+            )
+            return {}
+
+        return self.directory.registry.claim(name, key).addCallback(claimed)
+
+    @Release.responder
+    def release(self, name: str, key: PeerKey, signature: bytes) -> Deferred[dict[str, object]]:
+        self._prove("release", name, key, signature)
+
+        def released(was: bool) -> dict[str, object]:
+            if not was:
+                raise self._refuse(DuplicateName(f"{name!r} is not bound to that key"))
+            self.log.info("{key} released the name {name}", key=key.short, name=name)
+            if self.name == name and self.key == key:
+                self.name = None
+            return {}
+
+        return self.directory.registry.release(name, key).addCallback(released)
+
+    @Lookup.responder
+    def lookup(self, name: str) -> Deferred[dict[str, object]]:
+        def found(key: PeerKey | None) -> dict[str, object]:
+            if key is None:
+                raise self._refuse(UnknownPeer(f"no key is bound to {name!r}"))
+            return {"key": key}
+
+        return self.directory.registry.lookup(name).addCallback(found)
 
     @Connect.responder
-    def connect(self, to: str, offer: Offer) -> Deferred[dict[str, object]]:
-        if self.name is None:
+    def connect(self, offer: Offer) -> Deferred[dict[str, object]]:
+        if self.key is None or self.name is None:
             raise self._refuse(NotRegistered("register a name before sending offers"))
-        if offer.from_name != self.name:
+        if offer.from_key != self.key or offer.from_name != self.name:
             raise self._refuse(
                 MalformedSignal(
-                    f"the offer claims to be from {offer.from_name!r}, "
-                    f"but this connection is {self.name!r}"
+                    f"the offer claims to be from {offer.from_name!r} ({offer.from_key.short}), "
+                    f"but this connection is {self.name!r} ({self.key.short})"
                 )
             )
-        target = self.directory.peers.get(to)
+        to = offer.to_name or offer.to_key.short  # type: ignore[union-attr]
+        if offer.to_name is None:
+            return self._relay(offer, offer.to_key, to)
+
+        def bound(key: PeerKey | None) -> Deferred[dict[str, object]]:
+            if key is None or (offer.to_key is not None and key != offer.to_key):
+                raise self._refuse(UnknownPeer(f"no peer {to!r} with that key is registered"))
+            return self._relay(offer, key, to)
+
+        return self.directory.registry.lookup(offer.to_name).addCallback(bound)
+
+    def _relay(self, offer: Offer, key: PeerKey | None, to: str) -> Deferred[dict[str, object]]:
+        target = self.directory.by_key.get(key) if key is not None else None
         if target is None:
-            raise self._refuse(UnknownPeer(f"no peer is registered as {to!r}"))
+            raise self._refuse(UnknownPeer(f"{to!r} is not connected"))
         timeout = self.directory.relay_timeout
         relay: Deferred[dict[str, Any]] = target.callRemote(DeliverOffer, offer=offer)
         relay.addTimeout(timeout, self.directory.reactor)
 
         def answered(response: dict[str, Any]) -> dict[str, object]:
             answer = response["answer"]
-            if answer.session_id != offer.session_id:
-                raise PeerUnavailable(f"{to} answered another session")
+            if answer.session_id != offer.session_id or answer.from_key != key:
+                raise PeerUnavailable(f"{to} answered another session, or with another key")
             self.directory.stats.offers_relayed += 1
             self.log.debug("Relayed an offer from {source} to {to}", source=self.name, to=to)
             return {"answer": answer}
@@ -186,20 +305,28 @@ class RendezvousServerFactory(ServerFactory):
     @param reactor: the clock for relay timeouts.
     @param relay_timeout: how long a peer may take to answer an offer
         relayed to it before the sender gets L{PeerUnavailable}.
+    @param registry: the names bound to keys; a new in-memory one if not given.
     """
 
     noisy = False
 
-    def __init__(self, reactor: IReactorTime, relay_timeout: float = DEFAULT_RELAY_TIMEOUT) -> None:
-        self.directory = PeerDirectory(reactor, relay_timeout)
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        relay_timeout: float = DEFAULT_RELAY_TIMEOUT,
+        registry: INameRegistry | None = None,
+    ) -> None:
+        self.directory = PeerDirectory(
+            reactor, relay_timeout, registry if registry is not None else MemoryRegistry()
+        )
 
     @property
     def stats(self) -> ServerStats:
         return self.directory.stats
 
     def names(self) -> list[str]:
-        """The names registered right now."""
-        return sorted(self.directory.peers)
+        """The names of the peers connected right now."""
+        return sorted(c.name for c in self.directory.by_key.values() if c.name is not None)
 
     def buildProtocol(self, addr: IAddress | None) -> RendezvousServerProtocol:
         protocol = RendezvousServerProtocol(self.directory)
@@ -218,123 +345,3 @@ class RendezvousServerFactory(ServerFactory):
             if connection.transport is not None:
                 connection.transport.loseConnection()
         return defer.gatherResults(closed).addCallback(lambda _: None)
-
-
-class RendezvousService(Service):
-    """
-    Serves rendezvous on a server endpoint string while running.
-
-    The socket is bound in C{privilegedStartService}, so that twistd can
-    bind a low port before dropping privileges, and a listening failure that
-    is known at once is raised from there (for TCP it always is), so that a
-    bad port ends the process instead of leaving a server that serves
-    nothing.  L{when_listening} gives the port, for tests that listen on
-    port 0.
-
-    @param reactor: listens (so it provides what the endpoint needs, such
-        as C{IReactorTCP}) and times relays out.
-    @param endpoint: a server endpoint string, e.g. C{"tcp:8765"}.
-    @param relay_timeout: as for L{RendezvousServerFactory}.
-    @param factory: the factory to serve, if not a new one.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        endpoint: str,
-        relay_timeout: float = DEFAULT_RELAY_TIMEOUT,
-        factory: RendezvousServerFactory | None = None,
-    ) -> None:
-        try:
-            self._endpoint = serverFromString(reactor, endpoint)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigurationError(f"bad rendezvous server endpoint {endpoint!r}: {e}") from None
-        self.endpoint = endpoint
-        self.factory = factory or RendezvousServerFactory(reactor, relay_timeout)
-        self.port: IListeningPort | None = None
-        self._started = False
-        self._listen_error: Failure | None = None
-        self._waiters: list[Deferred[IListeningPort]] = []
-
-    def privilegedStartService(self) -> None:
-        self._listen()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        if not self._started:
-            self._listen()
-        super().startService()
-
-    def _listen(self) -> None:
-        self._started = True
-        self._listen_error = None
-        self._endpoint.listen(self.factory).addCallbacks(self._listened, self._listen_failed)
-        if self._listen_error is not None:
-            error, self._listen_error = self._listen_error, None
-            self._started = False
-            error.raiseException()
-
-    def _listened(self, port: IListeningPort) -> None:
-        if not self._started:  # stopped while the endpoint was still binding
-            port.stopListening()
-            return
-        self.port = port
-        host = port.getHost()
-        self.log.info(
-            "Rendezvous server listening on {address}",
-            address=(
-                format_address((host.host, host.port))
-                if isinstance(host, IPv4Address | IPv6Address)
-                else str(host)
-            ),
-        )
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(port)
-
-    def _listen_failed(self, failure: Failure) -> None:
-        self.log.error(
-            "The rendezvous server cannot listen on {endpoint}: {error}",
-            endpoint=self.endpoint,
-            error=failure.getErrorMessage(),
-        )
-        self._listen_error = failure
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(failure)
-
-    def when_listening(self) -> Deferred[IListeningPort]:
-        """The listening port, once the endpoint has bound it."""
-        if self.port is not None:
-            return defer.succeed(self.port)
-        if self._listen_error is not None:
-            return defer.fail(self._listen_error)
-        if not self._started:
-            return defer.fail(ConfigurationError("the rendezvous service is not running"))
-        waiter: Deferred[IListeningPort] = Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self._started = False
-        port, self.port = self.port, None
-        stopping = [self.factory.disconnect_all()]
-        if port is not None:
-            stopped = port.stopListening()
-            if stopped is not None:
-                stopping.append(stopped)
-        return defer.gatherResults(stopping).addCallback(lambda _: None)
-
-
-def make_rendezvous_service(
-    reactor: IReactorTime, endpoint: str, relay_timeout: float = DEFAULT_RELAY_TIMEOUT
-) -> RendezvousService:
-    """
-    A rendezvous server on C{endpoint} (a server endpoint string such as
-    C{"tcp:8765:interface=127.0.0.1"}), to be started or given a parent;
-    C{reactor} as for L{RendezvousService}.
-    """
-    return RendezvousService(reactor, endpoint, relay_timeout)

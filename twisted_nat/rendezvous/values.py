@@ -17,7 +17,7 @@ from a peer that sends none has C{nat=None}, meaning "unknown".
 
 from __future__ import annotations
 
-import os
+import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,11 +25,13 @@ from typing import Any
 import attrs
 
 from twisted_nat.candidates import Candidate
+from twisted_nat.errors import BadKey
 from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior
+from twisted_nat.trust.keys import SIGNATURE_SIZE, PeerKey
+from twisted_nat.trust.names import normalise_name
 
 SESSION_ID_SIZE = 16
-KEY_SIZE = 32
-MAX_NAME_LENGTH = 64
+EPHEMERAL_SIZE = 32
 MAX_CANDIDATES = 32
 
 _HEX = re.compile(r"[0-9a-f]*")
@@ -37,18 +39,14 @@ _HEX = re.compile(r"[0-9a-f]*")
 
 def check_name(name: object) -> str:
     """
-    Return C{name} if it can name a peer, else raise C{ValueError}.
-
-    Names are shown in logs and typed by people, so they are short, printable
-    and free of whitespace (which would also make log lines ambiguous).
+    Return C{name} if it can name a peer on the wire, else raise
+    C{ValueError}: a name L{normalise_name} accepts and leaves as it is, so
+    that one name has one spelling in every signature and registry.
     """
-    if not isinstance(name, str):
-        raise ValueError(f"a peer name must be a string, not {type(name).__name__}")
-    if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        raise ValueError(f"a peer name must have 1 to {MAX_NAME_LENGTH} characters")
-    if not name.isprintable() or any(c.isspace() for c in name):
-        raise ValueError(f"a peer name must be printable, without whitespace: {name!r}")
-    return name
+    normal = normalise_name(name)
+    if normal != name:
+        raise ValueError(f"a peer name on the wire must be normalised: {normal!r}, not {name!r}")
+    return normal
 
 
 def _check_name(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -220,6 +218,29 @@ class NATHint:
 _check_nat = attrs.validators.optional(attrs.validators.instance_of(NATHint))
 
 
+def _check_key(instance: object, attribute: attrs.Attribute[PeerKey], value: object) -> None:
+    if not isinstance(value, PeerKey):
+        raise ValueError(f"{attribute.name} must be a PeerKey")
+
+
+_optional_key = attrs.validators.optional(attrs.validators.instance_of(PeerKey))
+_optional_name = attrs.validators.optional(_check_name)
+
+
+def _key_from_json(value: object, what: str) -> PeerKey:
+    try:
+        return PeerKey.parse(value)  # type: ignore[arg-type]
+    except BadKey as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+def _canonical(fields: dict[str, object]) -> bytes:
+    """The one byte form of a signal's fields that signatures cover."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+        "ascii"
+    )
+
+
 def _signal_json(
     head: dict[str, object], candidates: tuple[Candidate, ...], nat: NATHint | None
 ) -> dict[str, object]:
@@ -235,91 +256,143 @@ def _nat_from_json(fields: dict[str, Any]) -> NATHint | None:
     return None if value is None else NATHint.from_json(value)
 
 
-_OPTIONAL = frozenset({"nat"})
-
-
 @attrs.frozen
 class Offer:
     """
-    What a peer sends to the one it wants to reach.
+    What a peer sends to the one it wants to reach, signed by its key.
 
-    @ivar from_name: the name the sender registered; the rendezvous server
-        refuses an offer claiming any other, so the receiver can trust it.
-    @ivar session_id: identifies this attempt; the answer must repeat it, so
-        a late answer to an abandoned attempt cannot be taken for a new one.
-    @ivar key: the secret both ends will use to authenticate their punching
-        packets.  Whoever relays the offer sees it, which is why the
-        rendezvous server should be reached over TLS and trusted.  It is
-        left out of C{repr} so that it does not end up in logs.
+    Everything but the signature is covered by the signature (L{signed_part}),
+    so whoever relays the offer can drop it but not change it.
+
+    @ivar from_name: the name the sender registered with C{from_key}.
+    @ivar from_key: the sender's long-term key, which signed the offer.
+    @ivar to_name: the name of the peer it is for, when the sender dialled a
+        name; None when it dialled a key alone.
+    @ivar to_key: the key of the peer it is for, when the sender knows it
+        (pinned, given, or looked up); the receiver refuses an offer for
+        another key.
+    @ivar session_id: identifies this attempt; the answer repeats it.
+    @ivar ephemeral: the sender's fresh X25519 public key for this session.
     @ivar candidates: the sender's addresses, best first.
     @ivar nat: what the sender's NAT does, if it knows and says.
+    @ivar signature: C{from_key}'s Ed25519 signature over L{signed_part}.
     """
 
     from_name: str = attrs.field(validator=_check_name)
+    from_key: PeerKey = attrs.field(validator=_check_key)
+    to_name: str | None = attrs.field(validator=_optional_name)
+    to_key: PeerKey | None = attrs.field(validator=_optional_key)
     session_id: bytes = attrs.field(validator=_sized(SESSION_ID_SIZE))
-    key: bytes = attrs.field(validator=_sized(KEY_SIZE), repr=False)
+    ephemeral: bytes = attrs.field(validator=_sized(EPHEMERAL_SIZE))
     candidates: tuple[Candidate, ...] = attrs.field(
         converter=_as_candidates, validator=_check_candidates
     )
     nat: NATHint | None = attrs.field(default=None, validator=_check_nat)
+    signature: bytes = attrs.field(
+        default=bytes(SIGNATURE_SIZE), validator=_sized(SIGNATURE_SIZE), repr=False
+    )
 
-    def as_json(self) -> dict[str, object]:
-        """The wire form; C{nat} only when there is a hint, as a peer without one sends."""
+    def __attrs_post_init__(self) -> None:
+        if self.to_name is None and self.to_key is None:
+            raise ValueError("an offer is for a name, a key, or both")
+
+    def _unsigned(self) -> dict[str, object]:
         head: dict[str, object] = {
             "from": self.from_name,
+            "from_key": self.from_key.text,
             "session": self.session_id.hex(),
-            "key": self.key.hex(),
+            "ephemeral": self.ephemeral.hex(),
         }
+        if self.to_name is not None:
+            head["to"] = self.to_name
+        if self.to_key is not None:
+            head["to_key"] = self.to_key.text
         return _signal_json(head, self.candidates, self.nat)
+
+    def signed_part(self) -> bytes:
+        """The bytes the signature covers."""
+        return _canonical(self._unsigned())
+
+    def as_json(self) -> dict[str, object]:
+        """The wire form."""
+        return {**self._unsigned(), "signature": self.signature.hex()}
 
     @classmethod
     def from_json(cls, value: object) -> Offer:
         """The inverse of L{as_json}; raises C{ValueError} for anything malformed."""
-        fields = _object(value, {"from", "session", "key", "candidates"}, _OPTIONAL)
+        fields = _object(
+            value,
+            {"from", "from_key", "session", "ephemeral", "candidates", "signature"},
+            frozenset({"nat", "to", "to_key"}),
+        )
+        to_name, to_key = fields.get("to"), fields.get("to_key")
         return cls(
             check_name(fields["from"]),
+            _key_from_json(fields["from_key"], "from_key"),
+            None if to_name is None else check_name(to_name),
+            None if to_key is None else _key_from_json(to_key, "to_key"),
             _bytes_from_hex(fields["session"], SESSION_ID_SIZE, "session"),
-            _bytes_from_hex(fields["key"], KEY_SIZE, "key"),
+            _bytes_from_hex(fields["ephemeral"], EPHEMERAL_SIZE, "ephemeral"),
             _candidates_from_json(fields["candidates"]),
             _nat_from_json(fields),
+            _bytes_from_hex(fields["signature"], SIGNATURE_SIZE, "signature"),
         )
 
 
 @attrs.frozen
 class Answer:
     """
-    The reply of the peer an L{Offer} reached: its own candidates for the
-    same session.  The offer's key is shared already, so none is sent back.
+    The reply of the peer an L{Offer} reached, signed by its key: its own
+    name, key, ephemeral key and candidates for the same session.
 
     @ivar nat: what the answering peer's NAT does, if it knows and says.
+    @ivar signature: C{from_key}'s signature over L{signed_part}, which
+        also covers the offer (L{twisted_nat.trust.handshake}).
     """
 
     session_id: bytes = attrs.field(validator=_sized(SESSION_ID_SIZE))
+    from_name: str = attrs.field(validator=_check_name)
+    from_key: PeerKey = attrs.field(validator=_check_key)
+    ephemeral: bytes = attrs.field(validator=_sized(EPHEMERAL_SIZE))
     candidates: tuple[Candidate, ...] = attrs.field(
         converter=_as_candidates, validator=_check_candidates
     )
     nat: NATHint | None = attrs.field(default=None, validator=_check_nat)
+    signature: bytes = attrs.field(
+        default=bytes(SIGNATURE_SIZE), validator=_sized(SIGNATURE_SIZE), repr=False
+    )
+
+    def _unsigned(self) -> dict[str, object]:
+        head: dict[str, object] = {
+            "session": self.session_id.hex(),
+            "from": self.from_name,
+            "from_key": self.from_key.text,
+            "ephemeral": self.ephemeral.hex(),
+        }
+        return _signal_json(head, self.candidates, self.nat)
+
+    def signed_part(self) -> bytes:
+        """The bytes of the answer itself that the signature covers."""
+        return _canonical(self._unsigned())
 
     def as_json(self) -> dict[str, object]:
-        """The wire form; C{nat} only when there is a hint, as a peer without one sends."""
-        return _signal_json({"session": self.session_id.hex()}, self.candidates, self.nat)
+        """The wire form."""
+        return {**self._unsigned(), "signature": self.signature.hex()}
 
     @classmethod
     def from_json(cls, value: object) -> Answer:
         """The inverse of L{as_json}; raises C{ValueError} for anything malformed."""
-        fields = _object(value, {"session", "candidates"}, _OPTIONAL)
+        fields = _object(
+            value,
+            {"session", "from", "from_key", "ephemeral", "candidates", "signature"},
+            frozenset({"nat"}),
+        )
         return cls(
             _bytes_from_hex(fields["session"], SESSION_ID_SIZE, "session"),
+            check_name(fields["from"]),
+            _key_from_json(fields["from_key"], "from_key"),
+            _bytes_from_hex(fields["ephemeral"], EPHEMERAL_SIZE, "ephemeral"),
             _candidates_from_json(fields["candidates"]),
             _nat_from_json(fields),
+            _bytes_from_hex(fields["signature"], SIGNATURE_SIZE, "signature"),
         )
-
-
-def new_offer(from_name: str, candidates: Iterable[Candidate], nat: NATHint | None = None) -> Offer:
-    """An offer with a fresh random session id and key."""
-    return Offer(from_name, os.urandom(SESSION_ID_SIZE), os.urandom(KEY_SIZE), candidates, nat)
-
-
-def answer_to(offer: Offer, candidates: Iterable[Candidate], nat: NATHint | None = None) -> Answer:
-    """The answer to C{offer} carrying C{candidates}, for offer handlers."""
-    return Answer(offer.session_id, candidates, nat)

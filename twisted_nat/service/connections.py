@@ -18,13 +18,14 @@ from twisted.python.failure import Failure
 from twisted_nat.address import Address, format_address
 from twisted_nat.connection import AppDataRouter, PeerConnection
 from twisted_nat.control import SessionKeys
+from twisted_nat.errors import KeyMismatch
 from twisted_nat.keepalive import interval_for_lifetime
 from twisted_nat.keepalive.keeper import BindingLost
 from twisted_nat.punch import ExtraSockets, HolePuncher, PunchResult
-from twisted_nat.rendezvous import Offer
 from twisted_nat.service.events import IPeerEvents
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import KeepAliveSettings
+from twisted_nat.trust.keys import PeerKey
 
 ProtocolFactory = Callable[[PeerConnection], AbstractDatagramProtocol | None]
 
@@ -78,19 +79,39 @@ class Connections:
         self._offered: set[str] = set()
         self._retries: dict[str, IDelayedCall] = {}
 
-    def offered(self, peer: str) -> None:
+    def offered(self, peer: str, key: PeerKey) -> None:
         """We made an offer to C{peer}: when a path to it is lost, we punch again."""
+        self.check_key(peer, key)
         self._offered.add(peer)
 
+    def check_key(self, peer: str, key: PeerKey) -> None:
+        """
+        L{KeyMismatch} if an open connection to C{peer} is with another
+        key: no offer or answer may move a connection to a different peer.
+        """
+        existing = self.by_peer.get(peer)
+        if existing is not None and not existing.closed and existing.peer_key != key:
+            theirs = existing.peer_key.short if existing.peer_key is not None else "no key"
+            raise KeyMismatch(f"{peer} is connected with key {theirs}, not {key.short}")
+
     def connected(
-        self, peer: str, offer: Offer, result: PunchResult, controlling: bool
+        self,
+        peer: str,
+        peer_key: PeerKey,
+        session_id: bytes,
+        secret: bytes,
+        result: PunchResult,
+        controlling: bool,
     ) -> PeerConnection:
         """
-        A punch for C{offer} succeeded: a new connection, or the peer's
-        existing one rebound to the new path and keys (the application's
-        protocol stays attached).
+        A punch of the session C{session_id} with C{peer_key} succeeded: a
+        new connection, or the peer's existing one (with the same key)
+        rebound to the new path and session keys, its protocol still
+        attached.  The punch proved that the peer holds the session secret,
+        which only the holder of C{peer_key} can have agreed.
         """
-        keys = SessionKeys.derive(offer.session_id, offer.key, offerer=controlling)
+        self.check_key(peer, peer_key)
+        keys = SessionKeys.derive(session_id, secret, offerer=controlling)
         existing = self.by_peer.get(peer)
         again = existing is not None and not existing.closed
         if existing is not None and again:
@@ -116,6 +137,7 @@ class Connections:
                 peer=peer,
                 base=result.base,
                 relayed=result.relayed,
+                peer_key=peer_key,
             )
             self.by_peer[peer] = connection
             if self._protocol_factory is not None:
@@ -124,8 +146,9 @@ class Connections:
                     connection.set_protocol(protocol)
         rtt = f"{result.rtt * 1000:.1f} ms" if result.rtt is not None else "unknown"
         self.log.info(
-            "connected to {peer} via {path} in {setup:.0f} ms, round trip {rtt}",
+            "connected to {peer} ({key}) via {path} in {setup:.0f} ms, round trip {rtt}",
             peer=peer,
+            key=peer_key.short,
             path=connection.describe_path(),
             setup=result.elapsed * 1000,
             rtt=rtt,
@@ -249,6 +272,7 @@ class Connections:
             rows.append(
                 {
                     "peer": peer,
+                    "peer_key": connection.peer_key.text if connection.peer_key else None,
                     "path": {
                         "local": connection.local_kind.value if connection.local_kind else None,
                         "remote": connection.remote.kind.value,

@@ -10,16 +10,16 @@ import random
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
 from twisted_nat.bases import Base
-from twisted_nat.candidates import Candidate, rank
+from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.connection import PeerConnection
-from twisted_nat.errors import ConfigurationError
+from twisted_nat.errors import ConfigurationError, PeerUnavailable, TrustError
 from twisted_nat.nat import latest_port, predicted_candidates, prediction_step
 from twisted_nat.punch import (
     ExtraSockets,
@@ -30,15 +30,17 @@ from twisted_nat.punch import (
     hint_for,
     plan,
 )
-from twisted_nat.rendezvous import Answer, ISignaling, Offer, answer_to, new_offer
-from twisted_nat.rendezvous.values import NATHint
+from twisted_nat.rendezvous import Answer, ISignaling, NATHint, Offer
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
 from twisted_nat.service.connections import Connections
 from twisted_nat.service.events import IPeerEvents
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import PeerSettings
+from twisted_nat.service.trust import PeerTrust
 from twisted_nat.service.waiting import within
+from twisted_nat.trust.handshake import Offering, answer_offer
+from twisted_nat.trust.keys import PeerKey
 
 REFRESH_WAIT = 2.0
 """
@@ -55,6 +57,8 @@ class Punching:
     @param ready: fires once our candidates are gathered; an offer that
         arrives before must wait, or the answer lacks our public address.
     @param shared_port: the shared socket's local port.
+    @param trust: whose offers we answer, and whose keys we expect.
+    @param our_name: the name we are registered as now.
     """
 
     log = Logger()
@@ -70,6 +74,8 @@ class Punching:
         ready: Callable[[], Deferred[None]],
         shared_port: Callable[[], int],
         events: IPeerEvents,
+        trust: PeerTrust,
+        our_name: Callable[[], str | None],
     ) -> None:
         self._reactor = reactor
         self._settings = settings
@@ -80,26 +86,61 @@ class Punching:
         self._ready = ready
         self._shared_port = shared_port
         self._events = events
+        self._trust = trust
+        self._our_name = our_name
         self.prediction_listeners: list[Callable[[int], object]] = []
         """Called with the port our NAT handed out last, whenever a prediction sees it."""
 
-    async def connect(self, signaling: ISignaling, ours: str, name: str) -> PeerConnection:
-        """Offer a connection to C{name} through C{signaling}, and punch it."""
+    async def connect(
+        self, signaling: ISignaling, ours: str, name: str | None, key: PeerKey | None
+    ) -> PeerConnection:
+        """
+        Offer a connection to the peer called C{name} and/or holding C{key}
+        through C{signaling}, and punch it.
+        """
         await self._ready()
         await self._watch.known()
+        expected = await self._trust.expected_key(signaling, name, key)
         candidates, latest = await self.candidates_for_punch()
-        offer = new_offer(ours, candidates, self._hint(latest))
-        self.log.info("offering a connection to {peer}", peer=name)
-        answer = await signaling.connect(name, offer)
-        self._connections.offered(name)
-        result = await self.punch(
-            offer, answer.candidates, controlling=True, ours=offer.nat, theirs=answer.nat
+        offering = Offering(
+            self._trust.identity, ours, candidates, self._hint(latest), name, expected
         )
-        return self._connections.connected(name, offer, result, controlling=True)
+        offer = offering.offer
+        self.log.info(
+            "offering a connection to {peer}",
+            peer=_who(name, expected),
+        )
+        answer = await signaling.connect(offer)
+        try:
+            secret = offering.finish(answer)
+        except TrustError as e:
+            self._trust.refused(e, answer.from_name, answer.from_key)
+            raise
+        self._trust.answered(answer)
+        peer = answer.from_name
+        self._connections.offered(peer, answer.from_key)
+        result = await self.punch(
+            offer.session_id,
+            secret,
+            answer.candidates,
+            controlling=True,
+            ours=offer.nat,
+            theirs=answer.nat,
+        )
+        return self._connections.connected(
+            peer, answer.from_key, offer.session_id, secret, result, controlling=True
+        )
 
     def on_offer(self, offer: Offer) -> Deferred[Answer]:
-        """Answer an offer with our candidates, and punch at once."""
-        self.log.info("{peer} offers a connection", peer=offer.from_name)
+        """Answer an offer we accept with our candidates, and punch at once."""
+        try:
+            self._trust.check_offer(offer, self._our_name())
+            self._connections.check_key(offer.from_name, offer.from_key)
+        except TrustError as e:
+            return fail(PeerUnavailable(f"the peer refused the offer: {e}"))
+        self.log.info(
+            "{peer} ({key}) offers a connection", peer=offer.from_name, key=offer.from_key.short
+        )
         self._events.offer_received(offer.from_name)
         return Deferred.fromCoroutine(self._answer(offer))
 
@@ -111,16 +152,26 @@ class Punching:
             await within(self._reactor, self._addresses.refresh(), REFRESH_WAIT)
         candidates, latest = await self.candidates_for_punch(offer.candidates)
         hint = self._hint(latest)
+        our_name = self._our_name()
+        assert our_name is not None  # an offer reaches only a registered peer
+        answer, secret = answer_offer(self._trust.identity, our_name, offer, candidates, hint)
         punching = self.punch(
-            offer, offer.candidates, controlling=False, ours=hint, theirs=offer.nat
+            offer.session_id,
+            secret,
+            offer.candidates,
+            controlling=False,
+            ours=hint,
+            theirs=offer.nat,
         )
-        punching.addCallback(
-            lambda result: self._connections.connected(
-                offer.from_name, offer, result, controlling=False
-            )
-        )
+        punching.addCallback(self._answered_connected, offer, secret)
         punching.addErrback(self._failed, offer.from_name)
-        return answer_to(offer, candidates, hint)
+        return answer
+
+    def _answered_connected(self, result: PunchResult, offer: Offer, secret: bytes) -> None:
+        self._trust.offer_connected(offer)
+        self._connections.connected(
+            offer.from_name, offer.from_key, offer.session_id, secret, result, controlling=False
+        )
 
     def _failed(self, failure: Failure, peer: str) -> None:
         self.log.warn("could not connect to {peer}: {error}", peer=peer, error=failure.value)
@@ -143,6 +194,8 @@ class Punching:
             the prediction saw it.
         """
         candidates = self._addresses.candidates
+        if self._settings.relay_only:
+            return [c for c in candidates if c.kind is CandidateType.RELAYED], None
         behavior = self._watch.behavior
         step = None if behavior is None else prediction_step(behavior)
         if behavior is None or step is None:
@@ -164,7 +217,8 @@ class Punching:
 
     def punch(
         self,
-        offer: Offer,
+        session_id: bytes,
+        secret: bytes,
         remote: Sequence[Candidate],
         controlling: bool,
         ours: NATHint | None = None,
@@ -176,7 +230,6 @@ class Punching:
         decide alike).
         """
         self._relays.permit(remote)
-        session_id = offer.session_id
         chosen = plan(ours, theirs, self._settings.symmetric, remote, controlling)
         bases: list[Base] = []
         prober: Prober | None = None
@@ -222,7 +275,7 @@ class Punching:
                 session_id,
                 timeout=settings.timeout,
                 max_retries=settings.max_retries,
-                secret=offer.key,
+                secret=secret,
                 controlling=controlling,
                 local_candidates=self._addresses.candidates,
                 interval=settings.interval,
@@ -240,5 +293,11 @@ class Punching:
 
 def need_signaling(signaling: ISignaling | None, name: str | None) -> tuple[ISignaling, str]:
     if signaling is None or name is None:
-        raise ConfigurationError("connecting by name needs a name and a rendezvous")
+        raise ConfigurationError("connecting needs a name of our own and a rendezvous")
     return signaling, name
+
+
+def _who(name: str | None, key: PeerKey | None) -> str:
+    if key is None:
+        return str(name)
+    return key.short if name is None else f"{name} ({key.short})"

@@ -6,7 +6,9 @@ punching, keep-alive and the application's connections.
     service = NATTraversalService(
         stun_servers=[("stun.example.net", 3478)],
         name="alice",
-        rendezvous="tcp:host=rendezvous.example.net:port=8765",
+        rendezvous="tls:rendezvous.example.net:8765",
+        identity=load_identity("alice.key"),
+        known_peers=KnownPeers("known_peers"),
         protocol_factory=lambda connection: MyPeerProtocol(),
     )
     service.startService()
@@ -47,8 +49,12 @@ from twisted_nat.service.events import IPeerEvents, PeerEvents
 from twisted_nat.service.punching import Punching, need_signaling
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
+from twisted_nat.service.trust import PeerTrust
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 from twisted_nat.stun.message import MessageClass, Method
+from twisted_nat.trust.keys import Identity, PeerKey
+from twisted_nat.trust.known import KnownPeers
+from twisted_nat.trust.names import normalise_name
 
 
 class NATTraversalService(MultiService):
@@ -70,6 +76,11 @@ class NATTraversalService(MultiService):
     @param settings: everything else (L{PeerSettings}).
     @param rng: where the birthday method's probed ports come from (a
         seeded generator makes a test repeat itself).
+    @param identity: our long-term key, which our name is bound to and
+        which signs our offers and answers; the C{signaling}'s own when
+        one is given; a new one (logged) when neither is.
+    @param known_peers: the keys pinned to names, and whom we answer; an
+        in-memory store answering anyone when not given.
     """
 
     log = Logger()
@@ -85,6 +96,8 @@ class NATTraversalService(MultiService):
         protocol_factory: ProtocolFactory | None = None,
         settings: PeerSettings = DEFAULT_SETTINGS,
         rng: random.Random | None = None,
+        identity: Identity | None = None,
+        known_peers: KnownPeers | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -97,12 +110,20 @@ class NATTraversalService(MultiService):
         self._reactor: IReactorTime = reactor
         self.settings = settings
         self.stun_servers = list(stun_servers)
+        if name is not None:
+            try:
+                name = normalise_name(name)
+            except ValueError as e:
+                raise ConfigurationError(str(e)) from None
         self.peer_name = name
+        identity = _identity(identity, signaling)
+        self.trust = PeerTrust(identity, known_peers if known_peers is not None else KnownPeers())
+        """Our key, the keys we have pinned, and whose offers we answer."""
         self.signaling: ISignaling | None = signaling
         if rendezvous is not None:
             if name is None:
                 raise ConfigurationError("a rendezvous needs a name to register")
-            client = RendezvousClient(reactor, rendezvous, name)
+            client = RendezvousClient(reactor, rendezvous, name, identity)
             client.setServiceParent(self)
             self.signaling = client
 
@@ -151,11 +172,18 @@ class NATTraversalService(MultiService):
             self.ready,
             self._shared_port,
             self.events,
+            self.trust,
+            self._our_name,
         )
         self._gathered = False
         self._waiting: list[Deferred[None]] = []
 
     # --- what the parts found ---
+
+    @property
+    def key(self) -> PeerKey:
+        """Our public key: who we are to other peers."""
+        return self.trust.key
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -206,6 +234,11 @@ class NATTraversalService(MultiService):
         gathering = Deferred.fromCoroutine(self._gather())
         gathering.addErrback(self._gathering_failed)
 
+    def _our_name(self) -> str | None:
+        if self.signaling is not None and self.signaling.peer_name is not None:
+            return self.signaling.peer_name  # type: ignore[no-any-return]
+        return self.peer_name
+
     def _is_running(self) -> bool:
         return bool(self.running)
 
@@ -228,8 +261,9 @@ class NATTraversalService(MultiService):
             d.callback(None)
         if self.settings.connect_to and self.signaling is not None:
             await self.signaling.when_registered()
-            for peer in self.settings.connect_to:
-                self.connect(peer).addErrback(self._connect_failed, peer)
+            for target in self.settings.connect_to:
+                connecting = self.connect(target.name, target.key)
+                connecting.addErrback(self._connect_failed, str(target))
 
     def _gathering_failed(self, failure: Failure) -> None:
         self.log.failure("gathering candidates failed", failure)
@@ -268,13 +302,31 @@ class NATTraversalService(MultiService):
 
     # --- connections ---
 
-    def connect(self, name: str) -> Deferred[PeerConnection]:
-        """Offer a connection to the peer called C{name} and punch it."""
-        return Deferred.fromCoroutine(self._connect(name))
+    def connect(
+        self, name: str | None = None, key: PeerKey | None = None
+    ) -> Deferred[PeerConnection]:
+        """
+        Offer a connection to the peer called C{name}, or holding C{key},
+        or both, and punch it.
 
-    async def _connect(self, name: str) -> PeerConnection:
-        signaling, ours = need_signaling(self.signaling, self.peer_name)
-        return await self.punching.connect(signaling, ours, name)
+        By name alone, the peer's key is the one pinned for the name in
+        our known peers, or else the one the rendezvous says, pinned once
+        the peer's signed answer proves it.  With C{key}, that key, which
+        must agree with a pin for C{name}.  A peer that answers with
+        another key fails the connection with L{KeyMismatch}.
+        """
+        return Deferred.fromCoroutine(self._connect(name, key))
+
+    async def _connect(self, name: str | None, key: PeerKey | None) -> PeerConnection:
+        signaling, ours = need_signaling(self.signaling, self._our_name())
+        if name is None and key is None:
+            raise ConfigurationError("connect to a name, a key, or both")
+        if name is not None:
+            try:
+                name = normalise_name(name)
+            except ValueError as e:
+                raise ConfigurationError(str(e)) from None
+        return await self.punching.connect(signaling, ours, name, key)
 
     def close(self, peer: str) -> None:
         """Close the connection to C{peer}."""
@@ -288,14 +340,33 @@ class NATTraversalService(MultiService):
         """The state of this peer, as served by C{--status}."""
         behavior = self.behavior
         return {
-            "name": self.peer_name,
+            "name": self._our_name(),
+            "key": self.key.text,
             "local_port": self._shared_port() if self.port else None,
             "public": format_address(self.public.mapped) if self.public else None,
             "nat": behavior.as_json() if behavior else None,
             "candidates": [c.as_json() for c in self.candidates],
             "relays": sorted(format_address(a) for a in self.relays.relayed_addresses()),
             "connections": self.links.status(),
+            "refused": self.trust.stats.as_json(),
         }
+
+
+def _identity(identity: Identity | None, signaling: ISignaling | None) -> Identity:
+    """The key a service signs with: given, the signalling channel's, or a new one."""
+    if signaling is not None:
+        theirs: Identity = signaling.identity
+        if identity is not None and identity.public != theirs.public:
+            raise ConfigurationError("the signalling channel is registered with another key")
+        return theirs
+    if identity is not None:
+        return identity
+    identity = Identity.generate()
+    NATTraversalService.log.info(
+        "no key given: this peer is {key} until it stops (give a key file to keep one)",
+        key=identity.public.text,
+    )
+    return identity
 
 
 NATTraversalManager = NATTraversalService

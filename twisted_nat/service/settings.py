@@ -11,6 +11,7 @@ import attrs
 
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import PunchSettings, SymmetricSettings
+from twisted_nat.trust.target import Target
 from twisted_nat.turn import TURNServer
 
 
@@ -18,8 +19,11 @@ def _servers(servers: Iterable[TURNServer]) -> tuple[TURNServer, ...]:
     return tuple(servers)
 
 
-def _names(names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(names)
+def _targets(targets: Iterable[str | Target]) -> tuple[Target, ...]:
+    try:
+        return tuple(t if isinstance(t, Target) else Target.parse(t) for t in targets)
+    except ValueError as e:
+        raise ConfigurationError(f"bad peer to connect to: {e}") from None
 
 
 def _addresses(addresses: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -65,8 +69,13 @@ class PeerSettings:
     @ivar turn_servers: TURN servers to allocate a relayed candidate on
         (see L{twisted_nat.turn.parse_turn_uri}); a relay is used only for
         the peers no direct path reaches.
+    @ivar relay_only: offer and answer with our relayed candidates only, so
+        that a connection runs through the relay when the peer does the
+        same: to prove a relay, or where direct paths are not wanted.  It
+        hides no address: our punches still reach the peer's candidates.
     @ivar connect_to: peers to connect to as soon as we are ready and
-        registered at the rendezvous.
+        registered at the rendezvous: L{Target}s, or strings for
+        L{Target.parse} (C{"bob"}, C{"bob=tn-..."}, C{"tn-..."}).
     """
 
     local_port: int = 0
@@ -74,7 +83,8 @@ class PeerSettings:
     host_addresses: tuple[str, ...] | None = attrs.field(default=None, converter=_addresses)
     detect_behavior: bool = True
     turn_servers: tuple[TURNServer, ...] = attrs.field(default=(), converter=_servers)
-    connect_to: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    relay_only: bool = False
+    connect_to: tuple[Target, ...] = attrs.field(default=(), converter=_targets)
     keepalive: KeepAliveSettings = attrs.field(factory=KeepAliveSettings)
     punch: PunchSettings = attrs.field(factory=PunchSettings)
     symmetric: SymmetricSettings = attrs.field(factory=SymmetricSettings)

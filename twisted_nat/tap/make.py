@@ -10,11 +10,13 @@ from typing import cast
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore, IReactorTime, IReactorUDP
+from twisted.logger import Logger
 
 from twisted_nat.address import Address, parse_port
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import SymmetricSettings, birthday, meeting
 from twisted_nat.rendezvous import make_rendezvous_service
+from twisted_nat.rendezvous.registry import check_registry
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.status import status_service
 from twisted_nat.tap.options import (
@@ -26,7 +28,23 @@ from twisted_nat.tap.options import (
     Options,
 )
 from twisted_nat.tap.services import ExitOnListenFailure, Greeter, STUNServerService
+from twisted_nat.trust import Identity
+from twisted_nat.trust.keyfile import load_or_create_identity
+from twisted_nat.trust.known import Accept, KnownPeers
+from twisted_nat.trust.target import Target
 from twisted_nat.turn.uri import TURNServer
+
+_log = Logger()
+
+
+def _identity(path: str | None) -> Identity | None:
+    """Our key from C{path}, made there if missing; None (a key for this run) without one."""
+    if path is None:
+        return None
+    identity, created = load_or_create_identity(path)
+    if created:
+        _log.info("made a new key {key} in {path}", key=identity.public.text, path=path)
+    return identity
 
 
 def _peer(
@@ -34,7 +52,7 @@ def _peer(
     name: str,
     rendezvous: str,
     stun: list[tuple[str, int]],
-    connect: list[str],
+    connect: list[Target],
     port: int = 0,
     interface: str = "0.0.0.0",
     keepalive: bool = True,
@@ -47,6 +65,9 @@ def _peer(
     birthday_probes: int = birthday.DEFAULT_PROBES,
     birthday_rate: float = birthday.DEFAULT_RATE,
     meeting_sockets: int = meeting.DEFAULT_SOCKETS,
+    key: str | None = None,
+    known_peers: str | None = None,
+    accept: Accept = Accept.ANYONE,
 ) -> NATTraversalService:
     settings = PeerSettings(
         local_port=port,
@@ -67,6 +88,8 @@ def _peer(
         rendezvous=rendezvous,
         protocol_factory=lambda connection: Greeter(connection, reactor, echo, greet_every),
         settings=settings,
+        identity=_identity(key),
+        known_peers=KnownPeers(known_peers, accept),
     )
     return service
 
@@ -99,7 +122,11 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 sub["software"] or None,
             ).setServiceParent(top)
             if not sub["no-rendezvous"]:
-                make_rendezvous_service(reactor, sub["rendezvous"]).setServiceParent(top)
+                if sub["registry"] is not None:
+                    check_registry(sub["registry"])
+                make_rendezvous_service(
+                    reactor, sub["rendezvous"], registry=sub["registry"]
+                ).setServiceParent(top)
         elif command == "peer":
             peer = _peer(
                 reactor,
@@ -119,6 +146,9 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 birthday_probes=sub["birthday-probes"],
                 birthday_rate=sub["birthday-rate"],
                 meeting_sockets=sub["meeting-sockets"],
+                key=sub["key"],
+                known_peers=sub["known-peers"],
+                accept=sub["accept"],
             )
             peer.setServiceParent(top)
             if sub["status"]:
@@ -165,7 +195,7 @@ def demo_service(
         "alice",
         client_endpoint,
         [primary],
-        ["bob"],
+        [Target("bob")],
         interface="127.0.0.1",
         greet_every=5.0,
     )

@@ -15,6 +15,8 @@ from twisted_nat.address import parse_hostport, parse_ip, parse_port
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import birthday, meeting
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
+from twisted_nat.trust.known import Accept
+from twisted_nat.trust.target import Target
 from twisted_nat.turn.uri import TURNServer, parse_turn_uri
 
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -54,6 +56,13 @@ class ServerOptions(usage.Options):
             "r",
             DEFAULT_RENDEZVOUS,
             "Server endpoint of the rendezvous server (e.g. tcp:8765, tls:...).",
+        ],
+        [
+            "registry",
+            None,
+            None,
+            "SQLite file keeping which key each name belongs to, across restarts "
+            "(default: memory only, forgotten when the server stops).",
         ],
     ]
 
@@ -97,6 +106,21 @@ class PeerOptions(usage.Options):
     ]
     optParameters = [
         ["name", "n", None, "Our name at the rendezvous server."],
+        [
+            "key",
+            "k",
+            None,
+            "Our key file (made, mode 0600, if missing); without it a new key is made "
+            "for this run only, and peers that pinned us refuse the next one.",
+        ],
+        [
+            "known-peers",
+            None,
+            None,
+            "File of the keys pinned to peer names, one 'NAME KEY' per line (default: "
+            "memory only).",
+        ],
+        ["accept", None, "anyone", "Whose offers to answer: anyone, or known (pinned) peers."],
         [
             "rendezvous",
             "r",
@@ -162,8 +186,11 @@ class PeerOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def opt_connect(self, peer: str) -> None:
-        """Connect to this peer once ready (repeatable)."""
-        self["connect"].append(peer)
+        """Connect to this peer once ready: NAME, NAME=KEY or KEY (repeatable)."""
+        try:
+            self["connect"].append(Target.parse(peer))
+        except ValueError as e:
+            raise usage.UsageError(f"--connect {peer}: {e}") from None
 
     def opt_turn(self, uri: str) -> None:
         """A TURN server, turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]."""
@@ -185,6 +212,12 @@ class PeerOptions(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["keepalive-interval"] <= 0:
             raise usage.UsageError("--keepalive-interval must be positive")
+        try:
+            self["accept"] = Accept(self["accept"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--accept must be anyone or known, not {self['accept']!r}"
+            ) from None
         self["turn"] = self._turn_servers()
 
     def _turn_servers(self) -> list[TURNServer]:

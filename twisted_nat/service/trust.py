@@ -1,0 +1,123 @@
+"""
+Whom a service talks to: the key it expects behind a name, the offers it
+answers, and the keys it pins once a handshake proves them.
+
+Every refusal is counted by reason and logged at warning with the key
+involved: a refused offer is either a misconfiguration the operator must
+see (a peer with a new key) or an attack (a relay that redirects offers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+from twisted.logger import Logger
+
+from twisted_nat.errors import BadSignature, KeyMismatch, PeerRefused, TrustError
+from twisted_nat.rendezvous import Answer, ISignaling, Offer
+from twisted_nat.trust.handshake import check_addressed, check_offer
+from twisted_nat.trust.keys import Identity, PeerKey
+from twisted_nat.trust.known import KnownPeers
+from twisted_nat.trust.names import normalise_name
+
+
+@attrs.define
+class TrustStats:
+    """Offers and answers refused, by reason."""
+
+    bad_signature: int = 0
+    key_mismatch: int = 0
+    not_accepted: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+class PeerTrust:
+    """
+    The trust decisions of one service.
+
+    @param identity: our key.
+    @param known: the keys pinned to names, and whom we answer.
+    """
+
+    log = Logger()
+
+    def __init__(self, identity: Identity, known: KnownPeers) -> None:
+        self.identity = identity
+        self.known = known
+        self.stats = TrustStats()
+
+    @property
+    def key(self) -> PeerKey:
+        return self.identity.public
+
+    async def expected_key(
+        self, signaling: ISignaling, name: str | None, key: PeerKey | None
+    ) -> PeerKey | None:
+        """
+        The key a connection to C{name} and/or C{key} must reach: the one
+        given (which must agree with a pin for the name), else the pinned
+        one, else what the signalling channel says the name is bound to (a
+        claim, pinned only once the peer's signed answer proves it).
+        """
+        if name is not None:
+            if key is not None:
+                self._checked(self.known.check, name, key)
+                return key
+            pinned = self.known.key_for(name)
+            if pinned is not None:
+                return pinned
+            looked_up: PeerKey = await signaling.lookup(name)
+            return looked_up
+        return key
+
+    def answered(self, answer: Answer) -> None:
+        """
+        A handshake we offered completed: the answer's name must agree with
+        its pinned key (when we dialled a key alone, the name is news), and
+        is pinned from now on.
+        """
+        self._checked(self.known.pin, answer.from_name, answer.from_key)
+
+    def check_offer(self, offer: Offer, our_name: str | None) -> None:
+        """
+        Raise unless we answer C{offer}: its signature verifies, it is for
+        us, its name is not pinned to another key, and our policy accepts it.
+        """
+        try:
+            check_offer(offer)
+            check_addressed(offer, our_name, self.key)
+            self.known.check(offer.from_name, offer.from_key)
+            if not self.known.accepts(offer.from_name, offer.from_key):
+                raise PeerRefused(f"{offer.from_name} ({offer.from_key.short}) is not a known peer")
+        except TrustError as e:
+            self.refused(e, offer.from_name, offer.from_key)
+            raise
+
+    def offer_connected(self, offer: Offer) -> None:
+        """An offer we answered became a connection: pin its key to its name."""
+        self._checked(self.known.pin, offer.from_name, offer.from_key)
+
+    def _checked(self, check: Callable[[str, PeerKey], None], name: str, key: PeerKey) -> None:
+        try:
+            check(normalise_name(name), key)
+        except TrustError as e:
+            self.refused(e, name, key)
+            raise
+
+    def refused(self, error: TrustError, name: str | None, key: PeerKey | None) -> None:
+        """Count and log a refusal of C{name} with C{key}."""
+        if isinstance(error, BadSignature):
+            self.stats.bad_signature += 1
+        elif isinstance(error, KeyMismatch):
+            self.stats.key_mismatch += 1
+        else:
+            self.stats.not_accepted += 1
+        self.log.warn(
+            "refused {name} ({key}): {error}",
+            name=name or "a peer",
+            key=key.text if key is not None else "no key",
+            error=error,
+        )
