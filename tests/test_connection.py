@@ -16,6 +16,8 @@ from tests.fakes import Collector
 from tests.test_punch import Peer, make_internet, make_peer
 from twisted_nat import control
 from twisted_nat.bases import SHARED, relay_base
+from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.ciphers import CipherCache
 from twisted_nat.connection import (
     AppDataRouter,
     ConnectionClosed,
@@ -82,6 +84,29 @@ def test_datagrams_flow_both_ways_and_only_payloads_reach_the_app():
     assert [d for d, _ in app_a.received] == [b"hello alice"]
     assert app_b.received[0][1] == conn_b.remote_address
     assert routers[1].stats.delivered == 1
+
+
+def test_data_flows_on_when_the_router_keeps_fewer_ciphers_than_it_has_connections():
+    c = connected()
+    for router in c.routers:
+        router.ciphers = CipherCache(capacity=1)
+    # A second connection on bob's router, with keys of its own, takes turns with the first.
+    other = PeerConnection(
+        c.routers[1], SessionKeys.derive(os.urandom(16), os.urandom(32), True),
+        Candidate(CandidateType.HOST, "203.0.113.9", 4000), peer="carol",
+    )  # fmt: skip
+    for n in range(3):
+        c.conn_a.write(b"to bob %d" % n)
+        c.internet.advance(0.05)
+        c.conn_b.write(b"to alice %d" % n)
+        other.write(b"to carol")
+        c.internet.advance(0.05)
+    assert [d for d, _ in c.app_b.received] == [b"to bob 0", b"to bob 1", b"to bob 2"]
+    assert [d for d, _ in c.app_a.received] == [b"to alice 0", b"to alice 1", b"to alice 2"]
+    assert len(c.routers[1].ciphers) == 1
+    other.close()
+    c.conn_b.close()
+    assert len(c.routers[1].ciphers) == 0
 
 
 def test_forged_and_replayed_frames_are_dropped():

@@ -102,7 +102,6 @@ def test_an_offer_for_someone_else_is_refused():
 ANSWER_CHANGES: dict[str, Any] = {
     "candidates": OURS,
     "nat": None,
-    "from_name": "mallory",
     "ephemeral": bytes(range(32)),
 }
 
@@ -120,6 +119,21 @@ def test_an_answer_from_another_key_is_a_key_mismatch():
     answer, _ = answer_offer(MALLORY, "bob", offering.offer, THEIRS)
     with pytest.raises(KeyMismatch, match="not tn-"):
         offering.finish(answer)
+
+
+def test_an_answer_under_another_name_is_refused():
+    """
+    Dialled by name alone, the rendezvous routed alice's offer to carol, who
+    answers honestly as herself: alice does not take carol for bob.
+    """
+    offering, answer, _ = handshake(to_key=False)
+    carol = Identity.generate()
+    honest, _ = answer_offer(carol, "carol", offering.offer, THEIRS)
+    with pytest.raises(KeyMismatch, match=r"carol .* answered an offer for bob"):
+        offering.finish(honest)
+    renamed = attrs.evolve(answer, from_name="mallory")
+    with pytest.raises(KeyMismatch):
+        offering.finish(renamed)
 
 
 def test_an_answer_to_another_offer_is_refused():

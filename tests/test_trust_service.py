@@ -151,8 +151,9 @@ def test_an_offer_cannot_move_an_existing_connection_to_another_key():
     with pytest.raises(DuplicateName):
         w.internet.run_until(taker.register("bob"))
     forged = Offering(MALLORY, "bob", NOWHERE, None, "alice", alice.key).offer
-    refused = alice.signaling._receive(forged)
-    assert isinstance(failure_of(w, refused), PeerUnavailable)
+    refused = failure_of(w, alice.signaling._receive(forged))
+    assert isinstance(refused, PeerUnavailable)
+    assert str(refused) == "the peer refused the offer", "why is for alice's log only"
     w.internet.advance(5.0)
     assert alice.connections["bob"] is connection
     assert (connection.remote_address, connection.keys) == (path, keys)

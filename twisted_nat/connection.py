@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import AbstractDatagramProtocol, DatagramProtocol
@@ -40,6 +39,7 @@ from twisted_nat import control
 from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.ciphers import CipherCache
 from twisted_nat.control import ReplayWindow, SessionKeys
 from twisted_nat.errors import TwistedNATError
 from twisted_nat.keepalive import KeepAliveMachine, LinkQuality
@@ -113,11 +113,6 @@ class PeerConnection:
     """
 
     log = Logger()
-    # Each AEAD holds native cipher state: made at the first datagram of its
-    # direction, so that a connection that carries none (kept alive, idle)
-    # has none, not even an attribute of its own.
-    _encrypting: ChaCha20Poly1305 | None = None
-    _decrypting: ChaCha20Poly1305 | None = None
 
     def __init__(
         self,
@@ -211,11 +206,10 @@ class PeerConnection:
             raise ConnectionClosed("the peer connection is closed")
         if self._sequence >= control.MAX_SEQUENCE:
             raise SequenceExhausted("every sequence number of this session's keys is used")
-        if self._encrypting is None:
-            self._encrypting = self.keys.send_cipher()
+        cipher = self.router.ciphers.encryptor(self, self.keys)
         self._sequence += 1
         self.router.send(
-            control.encrypt_frame(self._encrypting, self._sequence, data),
+            control.encrypt_frame(cipher, self._sequence, data),
             self.remote.address,
             self.base,
         )
@@ -242,7 +236,7 @@ class PeerConnection:
         self.setup_time = setup_time
         self._sequence = 0
         self._replay = ReplayWindow()
-        self._encrypting = self._decrypting = None
+        self.router.ciphers.forget(self)
         self.reconnecting = False
         self._path_changed()
 
@@ -287,9 +281,8 @@ class PeerConnection:
         A frame from the peer's address: decrypt it, then (only once it
         authenticates) check the replay window, and deliver the payload.
         """
-        if self._decrypting is None:
-            self._decrypting = self.keys.receive_cipher()
-        opened = control.decrypt_frame(self._decrypting, frame)
+        cipher = self.router.ciphers.decryptor(self, self.keys)
+        opened = control.decrypt_frame(cipher, frame)
         if opened is None:
             self.router.stats.dropped_bad_tag += 1
             self.log.debug("dropped data failing its tag from {addr}", addr=self.remote.address)
@@ -311,6 +304,7 @@ class PeerConnection:
             return
         self.closed = True
         self.router.remove(self)
+        self.router.ciphers.forget(self)
         if self.protocol is not None:
             self.protocol.doStop()
         closing, self._closing = self._closing, None
@@ -342,6 +336,8 @@ class AppDataRouter(DatagramProtocol):
 
     def __init__(self, bases: BaseRegistry | None = None) -> None:
         self.stats = RouterStats()
+        self.ciphers = CipherCache()
+        """The AEAD objects of the connections that carried data lately."""
         self.bases = bases if bases is not None else BaseRegistry()
         self._connections: dict[PathKey, PeerConnection] = {}
         self.bases.listen(self.received, _route)

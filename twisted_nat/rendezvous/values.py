@@ -269,7 +269,7 @@ class Offer:
     @ivar to_name: the name of the peer it is for, when the sender dialled a
         name; None when it dialled a key alone.
     @ivar to_key: the key of the peer it is for, when the sender knows it
-        (pinned, given, or looked up); the receiver refuses an offer for
+        (pinned or given); the receiver refuses an offer for
         another key.
     @ivar session_id: identifies this attempt; the answer repeats it.
     @ivar ephemeral: the sender's fresh X25519 public key for this session.

@@ -100,7 +100,7 @@ class Punching:
         """
         await self._ready()
         await self._watch.known()
-        expected = await self._trust.expected_key(signaling, name, key)
+        expected = self._trust.expected_key(name, key)
         candidates, latest = await self.candidates_for_punch()
         offering = Offering(
             self._trust.identity, ours, candidates, self._hint(latest), name, expected
@@ -134,10 +134,11 @@ class Punching:
     def on_offer(self, offer: Offer) -> Deferred[Answer]:
         """Answer an offer we accept with our candidates, and punch at once."""
         try:
-            self._trust.check_offer(offer, self._our_name())
-            self._connections.check_key(offer.from_name, offer.from_key)
-        except TrustError as e:
-            return fail(PeerUnavailable(f"the peer refused the offer: {e}"))
+            self._trust.check_offer(offer, self._our_name(), self._connections.check_key)
+        except TrustError:
+            # Why stays in our log: the sender may be an attacker, and the
+            # reason names keys we pinned and where we keep them.
+            return fail(PeerUnavailable("the peer refused the offer"))
         self.log.info(
             "{peer} ({key}) offers a connection", peer=offer.from_name, key=offer.from_key.short
         )

@@ -116,7 +116,7 @@ class NATTraversalService(MultiService):
             except ValueError as e:
                 raise ConfigurationError(str(e)) from None
         self.peer_name = name
-        identity = _identity(identity, signaling)
+        identity = _identity(identity, signaling, name)
         self.trust = PeerTrust(identity, known_peers if known_peers is not None else KnownPeers())
         """Our key, the keys we have pinned, and whose offers we answer."""
         self.signaling: ISignaling | None = signaling
@@ -310,8 +310,9 @@ class NATTraversalService(MultiService):
         or both, and punch it.
 
         By name alone, the peer's key is the one pinned for the name in
-        our known peers, or else the one the rendezvous says, pinned once
-        the peer's signed answer proves it.  With C{key}, that key, which
+        our known peers; for a new name, the key that answers under that
+        name (the rendezvous routes the offer), pinned once the peer's
+        signed answer proves it.  With C{key}, that key, which
         must agree with a pin for C{name}.  A peer that answers with
         another key fails the connection with L{KeyMismatch}.
         """
@@ -352,7 +353,9 @@ class NATTraversalService(MultiService):
         }
 
 
-def _identity(identity: Identity | None, signaling: ISignaling | None) -> Identity:
+def _identity(
+    identity: Identity | None, signaling: ISignaling | None, name: str | None
+) -> Identity:
     """The key a service signs with: given, the signalling channel's, or a new one."""
     if signaling is not None:
         theirs: Identity = signaling.identity
@@ -363,7 +366,8 @@ def _identity(identity: Identity | None, signaling: ISignaling | None) -> Identi
         return identity
     identity = Identity.generate()
     NATTraversalService.log.info(
-        "no key given: this peer is {key} until it stops (give a key file to keep one)",
+        "no key given: {name} is {key} until it stops (give a key file to keep one)",
+        name=name or "this peer",
         key=identity.public.text,
     )
     return identity

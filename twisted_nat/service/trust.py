@@ -15,7 +15,7 @@ import attrs
 from twisted.logger import Logger
 
 from twisted_nat.errors import BadSignature, KeyMismatch, PeerRefused, TrustError
-from twisted_nat.rendezvous import Answer, ISignaling, Offer
+from twisted_nat.rendezvous import Answer, Offer
 from twisted_nat.trust.handshake import check_addressed, check_offer
 from twisted_nat.trust.keys import Identity, PeerKey
 from twisted_nat.trust.known import KnownPeers
@@ -53,24 +53,20 @@ class PeerTrust:
     def key(self) -> PeerKey:
         return self.identity.public
 
-    async def expected_key(
-        self, signaling: ISignaling, name: str | None, key: PeerKey | None
-    ) -> PeerKey | None:
+    def expected_key(self, name: str | None, key: PeerKey | None) -> PeerKey | None:
         """
         The key a connection to C{name} and/or C{key} must reach: the one
-        given (which must agree with a pin for the name), else the pinned
-        one, else what the signalling channel says the name is bound to (a
-        claim, pinned only once the peer's signed answer proves it).
+        given (which must agree with a pin for the name), else the one
+        pinned for the name; None when the name is new to us, and the
+        rendezvous routes the offer by name.  Its word for the key is then
+        no more than a lookup would be, and costs no round trip: the key
+        the peer's signed answer proves is pinned (L{answered}).
         """
+        if name is not None and key is not None:
+            self._checked(self.known.check, name, key)
+            return key
         if name is not None:
-            if key is not None:
-                self._checked(self.known.check, name, key)
-                return key
-            pinned = self.known.key_for(name)
-            if pinned is not None:
-                return pinned
-            looked_up: PeerKey = await signaling.lookup(name)
-            return looked_up
+            return self.known.key_for(name)
         return key
 
     def answered(self, answer: Answer) -> None:
@@ -81,15 +77,23 @@ class PeerTrust:
         """
         self._checked(self.known.pin, answer.from_name, answer.from_key)
 
-    def check_offer(self, offer: Offer, our_name: str | None) -> None:
+    def check_offer(
+        self,
+        offer: Offer,
+        our_name: str | None,
+        connected_key: Callable[[str, PeerKey], None],
+    ) -> None:
         """
         Raise unless we answer C{offer}: its signature verifies, it is for
-        us, its name is not pinned to another key, and our policy accepts it.
+        us, its name is not pinned to another key nor connected with one
+        (C{connected_key} raises L{KeyMismatch} then), and our policy
+        accepts it.
         """
         try:
             check_offer(offer)
             check_addressed(offer, our_name, self.key)
             self.known.check(offer.from_name, offer.from_key)
+            connected_key(offer.from_name, offer.from_key)
             if not self.known.accepts(offer.from_name, offer.from_key):
                 raise PeerRefused(f"{offer.from_name} ({offer.from_key.short}) is not a known peer")
         except TrustError as e:

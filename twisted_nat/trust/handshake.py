@@ -132,14 +132,18 @@ class Offering:
 
     def finish(self, answer: Answer) -> bytes:
         """
-        The session secret, once C{answer} proves to come from the key the
-        offer was for (L{KeyMismatch} if another key answered, whether the
-        offer named one or was looked up by the caller and checked there)
-        and to answer this very offer (L{BadSignature}).
+        The session secret, once C{answer} proves to come from the peer the
+        offer was for (L{KeyMismatch} if another key, or another name,
+        answered) and to answer this very offer (L{BadSignature}).
         """
         offer = self.offer
         if answer.session_id != offer.session_id:
             raise BadSignature("the answer is for another session")
+        if offer.to_name is not None and answer.from_name != offer.to_name:
+            raise KeyMismatch(
+                f"{answer.from_name} ({answer.from_key.short}) answered an offer for "
+                f"{offer.to_name}"
+            )
         if offer.to_key is not None and answer.from_key != offer.to_key:
             raise KeyMismatch(
                 f"{offer.to_name or offer.to_key.short} answered with key "

@@ -1,6 +1,6 @@
 """
 L{Target}: whom to connect to, as a user writes it: a name (its key
-looked up and pinned), a name and the key it must have (C{bob=tn-...}),
+pinned at first contact), a name and the key it must have (C{bob=tn-...}),
 or a key alone (C{tn-...}).
 """
 
