@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -241,6 +241,11 @@ class SignalingAMP(amp.AMP):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # Each box is a whole question or answer, written at once: Nagle's
+        # algorithm would only hold one back for the peer's delayed ACK of
+        # the one before (40 ms on Linux), in the middle of a set-up.
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
         self.log.debug("Connection with {peer} made", peer=peer_address(self))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
