@@ -7,7 +7,8 @@ import os
 import pytest
 
 from twisted_nat import control
-from twisted_nat.ciphers import CipherCache
+from twisted_nat.ciphers import SHARED, CipherCache
+from twisted_nat.connection import AppDataRouter
 from twisted_nat.control import SessionKeys
 
 
@@ -43,3 +44,9 @@ def test_forgotten_owners_hold_nothing_and_a_cache_holds_someone():
     assert len(cache) == 0
     with pytest.raises(ValueError):
         CipherCache(capacity=0)
+
+
+def test_routers_share_one_cache_unless_given_their_own():
+    assert AppDataRouter().ciphers is SHARED
+    own = CipherCache(capacity=8)
+    assert AppDataRouter(ciphers=own).ciphers is own

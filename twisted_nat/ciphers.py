@@ -7,7 +7,7 @@ which is more than everything else a connection keeps; making one costs
 about a microsecond.  So the objects are kept for the connections that
 are busy now, and a connection that falls out of the cache makes its
 ciphers again at its next datagram: memory stays bounded however many
-connections a process holds, and the cost of a rebuild is paid only by
+connections a process holds (routers share L{SHARED}), and the cost of a rebuild is paid only by
 connections that went quiet.
 """
 
@@ -70,6 +70,17 @@ class CipherCache:
             cipher = pair[1] = keys.receive_cipher()
         return cipher
 
+    def holds(self, owner: object) -> bool:
+        """Whether C{owner}'s ciphers are held now."""
+        return owner in self._held
+
     def forget(self, owner: object) -> None:
         """Drop C{owner}'s ciphers: its keys changed, or it closed."""
         self._held.pop(owner, None)
+
+
+SHARED = CipherCache()
+"""
+The cache every router uses unless given its own: the bound is on the
+process's memory, however many sockets and routers carry connections.
+"""

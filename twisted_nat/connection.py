@@ -39,6 +39,7 @@ from twisted_nat import control
 from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.ciphers import SHARED as SHARED_CIPHERS
 from twisted_nat.ciphers import CipherCache
 from twisted_nat.control import ReplayWindow, SessionKeys
 from twisted_nat.errors import TwistedNATError
@@ -329,14 +330,18 @@ class AppDataRouter(DatagramProtocol):
 
     @param bases: the registry of bases to carry frames on; one of its own
         when not given.
+    @param ciphers: where its connections keep their AEAD objects; the
+        process's L{twisted_nat.ciphers.SHARED} cache when not given.
     """
 
     log = Logger()
     noisy = False
 
-    def __init__(self, bases: BaseRegistry | None = None) -> None:
+    def __init__(
+        self, bases: BaseRegistry | None = None, ciphers: CipherCache | None = None
+    ) -> None:
         self.stats = RouterStats()
-        self.ciphers = CipherCache()
+        self.ciphers = ciphers if ciphers is not None else SHARED_CIPHERS
         """The AEAD objects of the connections that carried data lately."""
         self.bases = bases if bases is not None else BaseRegistry()
         self._connections: dict[PathKey, PeerConnection] = {}
