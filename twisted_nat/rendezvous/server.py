@@ -74,6 +74,8 @@ class PeerDirectory:
     names bound to keys.
     """
 
+    log = Logger()
+
     def __init__(
         self, reactor: IReactorTime, relay_timeout: float, registry: INameRegistry
     ) -> None:
@@ -100,7 +102,7 @@ class PeerDirectory:
         """Make C{connection} the one that reaches C{key}; an older one is dropped."""
         old = self.by_key.get(key)
         if old is not None and old is not connection:
-            self.log.warn(
+            self.log.info(
                 "{key} registered again from {peer}: dropping its older connection from {old}",
                 key=key.short,
                 peer=peer_address(connection),
@@ -117,8 +119,6 @@ class PeerDirectory:
         key = connection.key
         if key is not None and self.by_key.get(key) is connection:
             del self.by_key[key]
-
-    log = Logger()
 
 
 class RendezvousServerProtocol(SignalingAMP):
