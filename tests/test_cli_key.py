@@ -6,26 +6,17 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.umask import usual_umask  # noqa: F401 (an autouse fixture)
 from twisted_nat.cli import main
 from twisted_nat.trust import PeerKey, create_identity, load_identity
 
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="key file modes are POSIX")
-
-
-@pytest.fixture(autouse=True)
-def usual_umask() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -7,7 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from tests.support.umask import usual_umask  # noqa: F401 (an autouse fixture)
 from twisted_nat.errors import ConfigurationError, KeyFileError
 from twisted_nat.trust import (
     Identity,
@@ -31,15 +32,6 @@ from twisted_nat.trust import (
 )
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="key file modes are POSIX")
-
-
-@pytest.fixture(autouse=True)
-def usual_umask() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode_of(path: Path) -> int:
