@@ -23,12 +23,10 @@ open what it framed and refuse a wrong key and a changed byte.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import hmac
 import importlib.metadata
-import json
 import os
 import platform
 import struct
@@ -39,6 +37,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from benchmarks.bench_codec import report_main
+from benchmarks.bench_scale import rss_bytes
 from twisted_nat import control
 from twisted_nat.control import SessionKeys
 
@@ -141,15 +141,6 @@ def best_rate(operation: Operation, number: int, repeat: int) -> float:
     return number / best
 
 
-def rss_bytes() -> int | None:
-    """The resident set size now, where Linux says it."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def cipher_memory(count: int) -> float | None:
     """Resident bytes per ChaCha20-Poly1305 object, its 32-byte key included."""
     gc.collect()
@@ -211,19 +202,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n\n")[0])
-    parser.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH")
-    parser.add_argument("--number", type=int, default=50000, help="operations per repeat")
-    parser.add_argument("--repeat", type=int, default=7, help="repeats; the best counts")
-    args = parser.parse_args(argv)
-    report = run(args.number, args.repeat)
-    print(format_table(report))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    return 0
+    return report_main(argv, __doc__, run, format_table, 50000)
 
 
 if __name__ == "__main__":

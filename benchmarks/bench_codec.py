@@ -237,10 +237,21 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def report_main(
+    argv: list[str] | None,
+    doc: str | None,
+    run: Callable[[int, int], dict[str, Any]],
+    format_table: Callable[[dict[str, Any]], str],
+    number: int,
+) -> int:
+    """
+    The command line of a micro-benchmark: C{--number} operations a repeat,
+    the best of C{--repeat}; the table, then the JSON report (also to
+    C{--json PATH}).
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     parser.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH")
-    parser.add_argument("--number", type=int, default=20000, help="operations per repeat")
+    parser.add_argument("--number", type=int, default=number, help="operations per repeat")
     parser.add_argument("--repeat", type=int, default=7, help="repeats; the best counts")
     args = parser.parse_args(argv)
     report = run(args.number, args.repeat)
@@ -251,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_main(argv, __doc__, run, format_table, 20000)
 
 
 if __name__ == "__main__":

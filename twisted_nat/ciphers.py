@@ -2,18 +2,19 @@
 L{CipherCache}: the AEAD objects of the peer connections that carried data
 most recently, for a bounded number of connections.
 
-A ChaCha20-Poly1305 object holds about 2.3 KB of native cipher state,
-which is more than everything else a connection keeps; making one costs
-about a microsecond.  So the objects are kept for the connections that
-are busy now, and a connection that falls out of the cache makes its
-ciphers again at its next datagram: memory stays bounded however many
-connections a process holds (routers share L{SHARED}), and the cost of a rebuild is paid only by
-connections that went quiet.
+A ChaCha20-Poly1305 object holds native cipher state larger than
+everything else a connection keeps, and making one is cheap next to a
+datagram's round trip (benchmarks/README.md has both).  So the objects
+are kept for the connections that are busy now, and a connection that
+falls out of the cache makes its ciphers again at its next datagram:
+memory stays bounded however many connections a process holds (routers
+share L{SHARED}), and only connections that went quiet pay for a rebuild.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -44,31 +45,29 @@ class CipherCache:
     def __len__(self) -> int:
         return len(self._held)
 
-    def _pair(self, owner: object) -> list[ChaCha20Poly1305 | None]:
+    def _cipher(
+        self, owner: object, direction: int, make: Callable[[], ChaCha20Poly1305]
+    ) -> ChaCha20Poly1305:
+        """C{owner}'s cipher of C{direction} (0 sending, 1 receiving), made if not held."""
         pair = self._held.get(owner)
         if pair is not None:
             self._held.move_to_end(owner)
-            return pair
-        if len(self._held) >= self.capacity:
-            self._held.popitem(last=False)
-        pair = self._held[owner] = [None, None]
-        return pair
+        else:
+            if len(self._held) >= self.capacity:
+                self._held.popitem(last=False)
+            pair = self._held[owner] = [None, None]
+        cipher = pair[direction]
+        if cipher is None:
+            cipher = pair[direction] = make()
+        return cipher
 
     def encryptor(self, owner: object, keys: _Keys) -> ChaCha20Poly1305:
         """C{owner}'s AEAD for what it sends, made from C{keys} if not held."""
-        pair = self._pair(owner)
-        cipher = pair[0]
-        if cipher is None:
-            cipher = pair[0] = keys.send_cipher()
-        return cipher
+        return self._cipher(owner, 0, keys.send_cipher)
 
     def decryptor(self, owner: object, keys: _Keys) -> ChaCha20Poly1305:
         """C{owner}'s AEAD for what it receives, made from C{keys} if not held."""
-        pair = self._pair(owner)
-        cipher = pair[1]
-        if cipher is None:
-            cipher = pair[1] = keys.receive_cipher()
-        return cipher
+        return self._cipher(owner, 1, keys.receive_cipher)
 
     def holds(self, owner: object) -> bool:
         """Whether C{owner}'s ciphers are held now."""
