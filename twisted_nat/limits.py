@@ -1,0 +1,111 @@
+"""
+Rate limits for what strangers can make us do: act (answer, probe, accept)
+and log.  Pure objects; the caller passes the time, so they are tested
+without a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+K = TypeVar("K", bound=Hashable)
+
+
+class TokenBucket:
+    """
+    The token bucket of traffic shaping: C{burst} actions at once, then
+    C{rate} a second on average.  A refused action takes no token.
+    """
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float = 0.0) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"a bucket needs rate > 0 and burst >= 1, not {rate}, {burst}")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Whether an action costing C{cost} may happen at C{now}; if so, pay for it."""
+        if now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+        if self._tokens < cost:
+            return False
+        self._tokens -= cost
+        return True
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket has refilled completely: forgetting it changes nothing."""
+        return self._tokens + (now - self._stamp) * self.rate >= self.burst
+
+
+class KeyedBuckets(Generic[K]):
+    """
+    One L{TokenBucket} per key (a peer key, a source address), at most
+    C{max_keys} of them: when full, the least recently used bucket that has
+    refilled is forgotten; if none has, the new key is refused, so a flood
+    of fresh keys cannot reset anyone's limit or grow memory.
+    """
+
+    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[K, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: K, now: float, cost: float = 1.0) -> bool:
+        """Whether C{key} may act at C{now}; if so, it pays C{cost}."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys and not self._forget_one(now):
+                return False
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now, cost)
+
+    def _forget_one(self, now: float) -> bool:
+        for key, bucket in self._buckets.items():
+            if bucket.full(now):
+                del self._buckets[key]
+                return True
+        return False
+
+
+class DropLog:
+    """
+    Counts input dropped by reason, and logs it at a bounded rate: at most
+    C{burst} lines at once and C{rate} a second after that, each saying how
+    many drops went unlogged since the last line.  Malformed or hostile
+    input can then cost neither memory nor log space beyond a fixed amount.
+    """
+
+    def __init__(
+        self, log: Logger, clock: IReactorTime, rate: float = 0.2, burst: float = 5
+    ) -> None:
+        self.log = log
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self._bucket = TokenBucket(rate, burst, clock.seconds())
+        self._unlogged = 0
+
+    def drop(self, reason: str, format: str, **fields: Any) -> None:
+        """Count one drop for C{reason}; log C{format} with C{fields} if the rate allows."""
+        self.counts[reason] += 1
+        if not self._bucket.take(self.clock.seconds()):
+            self._unlogged += 1
+            return
+        unlogged, self._unlogged = self._unlogged, 0
+        suffix = f" ({unlogged} more dropped since the last report)" if unlogged else ""
+        self.log.warn(format + "{suffix}", suffix=suffix, **fields)
