@@ -414,12 +414,13 @@ def test_a_settled_session_keeps_only_the_ids_of_its_path() -> None:
     s = hard_session(controlling=False)
     punches = [x for i in range(3) for x in sends(s.tick(0.2 * i))]
     ordinary = len([x for x in punches if x.base is SHARED])
+    spray = next(x for x in punches if x.base == SPRAY[0])
+    assert s.ack_received(0.45, ack_for(spray, False), EASY_SRFLX.address, SPRAY[0]) == []
     [connected] = s.confirm_received(0.5, EASY_SRFLX.address, SPRAY[0])
     assert isinstance(connected, Connected)
     assert not s.searching
     # the ordinary PUNCHes' ids, and the two sent from the chosen socket
     assert s.remembered == ordinary + SPRAY_PUNCHES
-    spray = next(x for x in punches if x.base == SPRAY[0])
     late = ack_for(spray, controlling=False)
     assert s.owns(late.transaction_id)
     other_spray = next(x for x in punches if x.base == SPRAY[1])

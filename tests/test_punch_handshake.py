@@ -126,7 +126,10 @@ def connected(alice: PunchSession, bob: PunchSession) -> tuple[list[Any], list[A
     candidates; returns each one's first round of PUNCHes.
     """
     alices, bobs = alice.tick(0.0), bob.tick(0.0)
-    [ack] = deliver(sent_to(alices, BOB_SRFLX.address), bob, 0.01, ALICE_SRFLX.address)
+    ack, check = deliver(sent_to(alices, BOB_SRFLX.address), bob, 0.01, ALICE_SRFLX.address)
+    # bob checks the pair at once (ICE's triggered check), so that he can take the CONFIRM.
+    [answer] = deliver(check, alice, 0.015, BOB_SRFLX.address)
+    assert deliver(answer, bob, 0.02, ALICE_SRFLX.address) == []
     deliver(ack, alice, 0.02, BOB_SRFLX.address)
     confirm = sent_to(alice.grace_over(0.04), BOB_SRFLX.address)
     deliver(confirm, bob, 0.05, ALICE_SRFLX.address)
@@ -162,7 +165,10 @@ def test_a_punch_is_acknowledged_on_the_base_it_arrived_on(base: Base) -> None:
     alice, bob = offerer(), answerer([RELAY])
     punch = sent_to(alice.tick(0.0), BOB_SRFLX.address)
     actions = deliver(punch, bob, 0.01, ALICE_SRFLX.address, base)
-    assert what(actions) == [("ACK", ALICE_SRFLX.address, base)]
+    assert what(actions) == [
+        ("ACK", ALICE_SRFLX.address, base),
+        ("PUNCH", ALICE_SRFLX.address, base),
+    ], "and a PUNCH back, to check the pair for himself"
     ack = read(actions[0])
     assert ack.transaction_id == read(punch).transaction_id
     mapped = ack.get(XorMappedAddress)
@@ -178,7 +184,7 @@ def test_an_ack_makes_a_valid_pair_and_the_offerer_waits_a_grace(rtt: float, del
     """
     alice, bob = offerer(), answerer()
     punch = sent_to(alice.tick(0.0), BOB_SRFLX.address)
-    [ack] = deliver(punch, bob, rtt / 2, ALICE_SRFLX.address)
+    ack, _ = deliver(punch, bob, rtt / 2, ALICE_SRFLX.address)
     [grace] = deliver(ack, alice, rtt, BOB_SRFLX.address)
     assert isinstance(grace, StartGrace) and grace.delay == pytest.approx(delay)
     assert alice.chosen is None and alice.searching
@@ -211,7 +217,7 @@ def test_an_ack_for_a_punch_never_sent_is_ignored() -> None:
 def test_after_the_grace_the_offerer_confirms_its_pair_and_is_connected() -> None:
     alice, bob = offerer(), answerer()
     punch = sent_to(alice.tick(0.0), BOB_SRFLX.address)
-    [ack] = deliver(punch, bob, 0.01, ALICE_SRFLX.address)
+    ack, _ = deliver(punch, bob, 0.01, ALICE_SRFLX.address)
     deliver(ack, alice, 0.02, BOB_SRFLX.address)
     actions = alice.grace_over(0.04)
     assert what(actions) == [
@@ -294,7 +300,7 @@ def test_of_two_working_pairs_the_better_ranked_is_chosen(host_first: bool) -> N
         arrivals.reverse()
     graces = []
     for i, (theirs, ours) in enumerate(arrivals):
-        [ack] = deliver(sent_to(first, theirs.address), bob, 0.002 + 0.001 * i, ours.address)
+        ack, _ = deliver(sent_to(first, theirs.address), bob, 0.002 + 0.001 * i, ours.address)
         graces.append(deliver(ack, alice, 0.004 + 0.001 * i, theirs.address))
     assert [what(g) for g in graces] == [[("StartGrace", 0.008)], []], "one grace, from the first"
     assert what(alice.grace_over(0.02)) == [
@@ -357,7 +363,7 @@ def test_a_punch_from_an_unknown_address_is_punched_back_at_once() -> None:
     assert what(actions) == [("ACK", BOB_FRESH, SHARED), ("PUNCH", BOB_FRESH, SHARED)]
     destination = read(actions[1]).get(Destination)
     assert destination is not None and destination.address == BOB_FRESH
-    [ack] = deliver(actions[1], bob, 0.012, ALICE_SRFLX.address)
+    ack, _ = deliver(actions[1], bob, 0.012, ALICE_SRFLX.address)
     assert what(deliver(ack, alice, 0.015, BOB_FRESH)) == [("StartGrace", 0.01)]
     again = sent_to(bob.tick(0.02), ALICE_SRFLX.address)
     assert what(deliver(again, alice, 0.021, BOB_FRESH)) == [("ACK", BOB_FRESH, SHARED)]
@@ -400,13 +406,13 @@ def test_a_late_punch_is_answered_after_success() -> None:
 def test_a_late_ack_brings_the_confirm_again_on_the_chosen_path_only() -> None:
     alice, bob = offerer(), answerer()
     first = alice.tick(0.0)
-    [ack] = deliver(sent_to(first, BOB_SRFLX.address), bob, 0.01, ALICE_SRFLX.address)
+    ack, _ = deliver(sent_to(first, BOB_SRFLX.address), bob, 0.01, ALICE_SRFLX.address)
     deliver(ack, alice, 0.02, BOB_SRFLX.address)
     alice.grace_over(0.04)
     assert what(deliver(ack, alice, 0.5, BOB_SRFLX.address)) == [
         ("CONFIRM", BOB_SRFLX.address, SHARED)
     ]
-    [host_ack] = deliver(sent_to(first, BOB_HOST.address), bob, 0.5, ALICE_HOST.address)
+    host_ack, _ = deliver(sent_to(first, BOB_HOST.address), bob, 0.5, ALICE_HOST.address)
     assert deliver(host_ack, alice, 0.51, BOB_HOST.address) == [], "not the chosen path"
     bobs = SessionKeys.derive(SESSION, SECRET, offerer=False)
     unknown = Send(control.punch_ack(bobs, bytes(12), ALICE_SRFLX.address), ALICE_SRFLX.address)

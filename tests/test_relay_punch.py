@@ -32,7 +32,7 @@ from twisted_nat.punch import (
     SessionState,
     StartGrace,
 )
-from twisted_nat.stun.message import Message
+from twisted_nat.stun.message import Message, MessageClass
 
 RELAY_HOST = "203.0.113.200"
 OTHER_RELAY_HOST = "203.0.113.201"
@@ -225,11 +225,16 @@ def test_session_settles_on_the_relay_when_time_runs_out() -> None:
 
 def test_controlled_session_moves_from_a_relay_only_to_a_direct_path() -> None:
     s = session(controlling=False)
-    s.tick(0.0)
+    first = sends(s.tick(0.0))
+    assert s.ack_received(0.05, ack_for(first[2], False), THEIR_RELAY.address) == []
     [connected] = s.confirm_received(0.1, THEIR_RELAY.address)
     assert isinstance(connected, Connected) and connected.result.relayed
+    assert s.ack_received(0.15, ack_for(first[1], False), DIRECT.address, RELAY) == []
     assert s.confirm_received(0.2, DIRECT.address, RELAY) == [], "relay to relay: no gain"
-    [moved] = s.confirm_received(0.3, DIRECT.address)
+    # Named before it worked for us: checked at once, taken when its ACK comes.
+    [check] = s.confirm_received(0.3, DIRECT.address)
+    assert isinstance(check, Send) and (check.base, check.to) == (SHARED, DIRECT.address)
+    [moved] = s.ack_received(0.35, ack_for(check, False), DIRECT.address)
     assert isinstance(moved, Connected) and not moved.result.relayed
     assert s.chosen == (SHARED, DIRECT.address)
     assert s.confirm_received(0.4, THEIR_RELAY.address) == []
@@ -247,3 +252,59 @@ def test_answers_leave_on_the_base_the_punch_came_in_on() -> None:
     # and the unknown source is punched back, on the same base
     assert (actions[1].base, actions[1].to) == (RELAY, source)
     assert candidate_priority(CandidateType.PEER_REFLEXIVE) > DIRECT.priority
+
+
+def arrival(send: Send) -> tuple[Any, Base]:
+    """
+    Where a datagram C{send} of one of two L{session}s arrives at the
+    other, which names the same candidates: (source, base).
+    """
+    from_relay, to_relay = send.base == RELAY, send.to == THEIR_RELAY.address
+    return (THEIR_RELAY.address if from_relay else DIRECT.address), (RELAY if to_relay else SHARED)
+
+
+def hand(send: Any, to: PunchSession, now: float) -> list[Any]:
+    """Deliver C{send} to the session C{to}, as its puncher would."""
+    assert isinstance(send, Send), send
+    claimed = control.session_of(send.data)
+    assert claimed is not None and control.verify(claimed[0], to.keys)
+    message = claimed[0]
+    source, base = arrival(send)
+    if message.message_class is MessageClass.REQUEST:
+        return to.punch_received(now, message, source, base)
+    if message.message_class is MessageClass.SUCCESS:
+        return to.ack_received(now, message, source, base)
+    return to.confirm_received(now, source, base)
+
+
+def test_a_move_to_a_direct_path_survives_a_lost_confirm() -> None:
+    """
+    Both connected over the relay; the offerer finds a direct path and
+    moves, but its one CONFIRM is lost.  The answerer's next PUNCH on the
+    direct pair brings the ACK and the CONFIRM again, and it moves too.
+    """
+    alice, bob = session(controlling=True), session(controlling=False)
+    alices = sends(alice.tick(0.0))
+    relayed = next(x for x in alices if (x.base, x.to) == (SHARED, THEIR_RELAY.address))
+    ack, check = hand(relayed, bob, 0.05)
+    [answer] = hand(check, alice, 0.07)
+    assert hand(answer, bob, 0.09) == []
+    assert hand(ack, alice, 0.1) == [StartGrace(0.5)]
+    confirm, connected = alice.grace_over(0.6)
+    assert isinstance(connected, Connected) and connected.result.relayed
+    [bob_connected] = hand(confirm, bob, 0.65)
+    assert isinstance(bob_connected, Connected) and bob_connected.result.relayed
+    # A direct PUNCH gets through and alice moves; her CONFIRM and bob's
+    # check are lost.
+    direct = next(x for x in sends(alice.tick(1.0)) if x.to == DIRECT.address)
+    ack, _lost_check = hand(direct, bob, 1.05)
+    _lost_confirm, moved = hand(ack, alice, 1.1)
+    assert isinstance(moved, Connected) and not moved.result.relayed
+    assert not alice.searching
+    # bob keeps punching the direct pair; alice answers with the CONFIRM again.
+    [punch] = [x for x in sends(bob.tick(1.2)) if (x.base, x.to) == (SHARED, DIRECT.address)]
+    ack, confirm = hand(punch, alice, 1.25)
+    assert hand(ack, bob, 1.3) == []
+    [bob_moved] = hand(confirm, bob, 1.3)
+    assert isinstance(bob_moved, Connected) and not bob_moved.result.relayed
+    assert bob.chosen == alice.chosen == (SHARED, DIRECT.address)

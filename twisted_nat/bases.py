@@ -16,6 +16,7 @@ import enum
 from collections.abc import Callable, Iterable
 
 import attrs
+from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -140,8 +141,9 @@ class BaseRegistry:
 
     def send(self, data: bytes, to: Address, base: Base) -> bool:
         """
-        Send C{data} from C{base}.  A base that is gone, or a relay that
-        cannot send there (no permission yet), loses the datagram as a
+        Send C{data} from C{base}.  A base that is gone, a relay that
+        cannot send there (no permission yet), or a socket that refuses the
+        address (another family, a full buffer) loses the datagram as a
         network would: logged, and False returned for the caller to count.
         """
         transport = self._writers.get(base)
@@ -150,7 +152,7 @@ class BaseRegistry:
             return False
         try:
             transport.write(data, to)
-        except TwistedNATError as e:
+        except (TwistedNATError, InvalidAddressError, MessageLengthError, OSError) as e:
             self.log.debug("could not send to {to} via {base}: {error}", to=to, base=base, error=e)
             return False
         return True

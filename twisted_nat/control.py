@@ -364,12 +364,16 @@ def decrypt_frame(cipher: ChaCha20Poly1305, frame: bytes) -> tuple[int, bytes] |
 
 class ReplayWindow:
     """
-    The last 64 sequence numbers seen, as a bitmask (the IPsec / DTLS
-    scheme): a datagram older than the window, or seen before, is refused.
+    The last 64 sequence numbers seen, as a bitmask (RFC 4303 section
+    3.4.3's sliding window, as DTLS uses it): a datagram older than the
+    window, or seen before, is refused.  A jump of a window or more clears
+    the mask rather than shifting it, so any sequence number costs the
+    same time and memory.
     """
 
     __slots__ = ("_highest", "_seen")
     SIZE = 64
+    _MASK = (1 << SIZE) - 1
 
     def __init__(self) -> None:
         self._highest = 0
@@ -381,7 +385,10 @@ class ReplayWindow:
             return False
         if sequence > self._highest:
             shift = sequence - self._highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << self.SIZE) - 1)
+            if shift >= self.SIZE:
+                self._seen = 1
+            else:
+                self._seen = ((self._seen << shift) | 1) & self._MASK
             self._highest = sequence
             return True
         age = self._highest - sequence

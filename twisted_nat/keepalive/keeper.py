@@ -278,7 +278,6 @@ class Keeper(DatagramProtocol):
                 kept.machine.probe_received()
         elif message_class == MessageClass.SUCCESS and kept is not None:
             kept.machine.ack_received(transaction_id)
-            kept.machine.traffic_received()
 
     def doStop(self) -> None:
         for session_id in list(self._kept):

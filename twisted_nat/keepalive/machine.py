@@ -79,16 +79,19 @@ class KeepAliveMachine:
     the warning (at 10% random loss, five in a row are a hundred times
     rarer than three): 25 s, near RFC 7675's 30 s consent timeout.
 
-    A streak ends on proof that the path works: an ACK (L{ack_received}),
-    the peer's probe (L{probe_received}) or any authenticated datagram
-    (L{traffic_received}).  A late ACK, for a probe already counted lost,
-    is ignored, so no loss is counted twice.  Outbound traffic
-    (L{traffic_sent}) postpones probes, since most NATs refresh a binding
-    on outbound packets (RFC 4787 REQ-6), but only while the peer is heard
-    too: the next probe is due C{interval} after the older of the last
-    datagram sent and heard, so a connection sending to a vanished peer
-    still finds out.  Inbound traffic alone postpones nothing: many NATs
-    do not refresh a binding on it.
+    A streak ends only on an ACK to one of our own probes in flight
+    (L{ack_received}), as RFC 7675's consent freshness counts only
+    responses to fresh requests: the peer's probes (L{probe_received}) and
+    its data (L{traffic_received}) prove nothing, since a captured probe
+    can be replayed by anyone on the path.  A late ACK, for a probe
+    already counted lost, is ignored, so no loss is counted twice.
+    Outbound traffic (L{traffic_sent}) postpones probes, since most NATs
+    refresh a binding on outbound packets (RFC 4787 REQ-6), but only while
+    fresh data comes back too (the owner reports only data that passed its
+    replay window): the next probe is due C{interval} after the older of
+    the last datagram sent and heard, so a connection sending to a
+    vanished peer still finds out.  Inbound traffic alone postpones
+    nothing: many NATs do not refresh a binding on it.
 
     The owner supplies C{send_probe() -> probe id} (ids are compared with
     C{==} and unique among probes in flight; the ACK is never delivered
@@ -360,21 +363,21 @@ class KeepAliveMachine:
 
     def traffic_received(self) -> None:
         """
-        An authenticated datagram came from the peer: the path works
-        inbound and the peer is alive, so the failure streak ends.  Probes
-        are not postponed (see the class docstring).
+        Fresh authenticated data came from the peer (past the owner's
+        replay window): with traffic sent, it postpones probes (see the
+        class docstring).  It ends no streak: only an ACK proves that our
+        own datagrams still arrive.
         """
         if self._state is KeepAliveState.RUNNING:
-            self._heard(self._now())
+            self._last_heard = self._now()
 
     def probe_received(self) -> None:
         """
-        The peer sent us a probe (which the owner answers): as
-        L{traffic_received}, and counted.
+        The peer sent us a probe (which the owner answers): counted, and
+        nothing more, as anyone on the path can replay one.
         """
         if self._state is KeepAliveState.RUNNING:
             self._probes_received += 1
-            self._heard(self._now())
 
     def traffic_sent(self) -> None:
         """

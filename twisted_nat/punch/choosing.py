@@ -29,6 +29,10 @@ class Pair:
     acks_received: int = 0
     rtt: float | None = None
     last_sent: float = -math.inf
+    nominated: bool = False
+    """The controlling peer named this pair before it worked for us (ICE's USE-CANDIDATE)."""
+    triggered: int = 0
+    """PUNCHes sent at once in answer to the peer, beyond the rounds' own."""
 
     @property
     def key(self) -> PairKey:
@@ -71,7 +75,8 @@ class Choosing:
     @ivar local: our candidates, a tuple scanned (a peer has a handful, and
         a PUNCH naming one arrives a few times per session).
     @ivar pairs: one per base and remote candidate.
-    @ivar sent: when each PUNCH left, by transaction id, for the RTT of its ACK.
+    @ivar sent: when each PUNCH left and to which pair, by transaction id:
+        for the RTT of its ACK, and to take the ACK only from there.
     @ivar valid: the pairs that have worked both ways, in order.
     @ivar local_kind: which of our candidates the peer reached, once known.
     @ivar guesses: the spray bases and probes, in a session that uses them.
@@ -82,7 +87,7 @@ class Choosing:
     def __init__(self, local: tuple[Candidate, ...], guesses: Guesses | None = None) -> None:
         self.local = local
         self.pairs: dict[PairKey, Pair] = {}
-        self.sent: dict[bytes, float] = {}
+        self.sent: dict[bytes, tuple[float, PairKey]] = {}
         self.valid: tuple[PairKey, ...] = ()
         self.local_kind: CandidateType | None = None
         self.guesses = guesses

@@ -32,9 +32,11 @@ from twisted_nat.punch.session import PunchSession
 from twisted_nat.punch.values import (
     Action,
     Connected,
+    PunchError,
     PunchFailed,
     PunchResult,
     PunchSettings,
+    Refused,
     Send,
     StartGrace,
 )
@@ -72,6 +74,8 @@ class PuncherStats:
     dropped_malformed: int = 0
     dropped_unknown_session: int = 0
     dropped_bad_mac: int = 0
+    dropped_off_path: int = 0
+    """Authenticated, but from where it proves nothing: an ACK or CONFIRM off its path."""
     unsendable: int = 0
     probes_sent: int = 0
 
@@ -325,14 +329,11 @@ class HolePuncher(DatagramProtocol):
             return
         now = self._reactor.seconds()
         if message.message_class == MessageClass.REQUEST:
-            actions = session.punch_received(now, message, addr, base)
+            self._decide(session_id, lambda: session.punch_received(now, message, addr, base))
         elif message.message_class == MessageClass.SUCCESS:
-            actions = session.ack_received(now, message, addr, base)
+            self._decide(session_id, lambda: session.ack_received(now, message, addr, base))
         elif message.message_class == MessageClass.INDICATION:
-            actions = session.confirm_received(now, addr, base)
-        else:
-            actions = []
-        self._carry_out(session_id, actions)
+            self._decide(session_id, lambda: session.confirm_received(now, addr, base))
 
     def doStop(self) -> None:
         for punch_id in list(self._running):
@@ -346,7 +347,8 @@ class HolePuncher(DatagramProtocol):
         if running is None:
             return
         running.ticker = None
-        self._carry_out(punch_id, running.session.tick(self._reactor.seconds()))
+        session = running.session
+        self._decide(punch_id, lambda: session.tick(self._reactor.seconds()))
         if running.session.searching and punch_id in self._running:
             # The first rounds come quicker (20, 40, 80, 160 ms): the peer
             # starts punching half a rendezvous round trip before we do, and
@@ -364,7 +366,27 @@ class HolePuncher(DatagramProtocol):
         running = self._running.get(punch_id)
         if running is not None:
             running.grace = None
-            self._carry_out(punch_id, running.session.grace_over(self._reactor.seconds()))
+            session = running.session
+            self._decide(punch_id, lambda: session.grace_over(self._reactor.seconds()))
+
+    def _decide(self, punch_id: bytes, decide: Callable[[], list[Action]]) -> None:
+        """
+        Carry out what the session decides; an error on the way (a bug, or
+        input no check foresaw) ends this punch, never the caller's loop.
+        """
+        try:
+            self._carry_out(punch_id, decide())
+        except Exception as e:
+            self.log.failure("punch {session} ended by an error", session=punch_id.hex())
+            running = self._running.pop(punch_id, None)
+            if running is None:
+                return
+            self._cancel_timers(running)
+            elapsed = self._reactor.seconds() - running.session.started
+            deferred, running.deferred = running.deferred, None
+            if deferred is not None and not deferred.called:
+                deferred.errback(PunchError(elapsed, e))
+            self._follow_up(punch_id)
 
     def _carry_out(self, punch_id: bytes, actions: list[Action]) -> None:
         running = self._running[punch_id]
@@ -392,6 +414,11 @@ class HolePuncher(DatagramProtocol):
                     deferred.callback(result)
                 elif running.on_better_path is not None:
                     running.on_better_path(result)
+            elif isinstance(action, Refused):
+                self.stats.dropped_off_path += 1
+                self.log.debug(
+                    "{session}: dropped {reason}", session=punch_id.hex(), reason=action.reason
+                )
             else:
                 self._cancel_timers(running)
                 del self._running[punch_id]
@@ -415,10 +442,15 @@ class HolePuncher(DatagramProtocol):
         running = self._running.get(punch_id)
         if running is None:
             return
-        actions = running.session.probe(self._reactor.seconds())
-        self.stats.probes_sent += len(actions)
-        self._carry_out(punch_id, actions)
-        self._schedule_probe(punch_id, running.session)
+        session = running.session
+
+        def probes() -> list[Action]:
+            actions = session.probe(self._reactor.seconds())
+            self.stats.probes_sent += len(actions)
+            return actions
+
+        self._decide(punch_id, probes)
+        self._schedule_probe(punch_id, session)
 
     def _follow_up(self, punch_id: bytes) -> None:
         """

@@ -40,6 +40,7 @@ from twisted_nat.punch.values import (
     PunchFailed,
     PunchResult,
     PunchSettings,
+    Refused,
     Send,
     StartGrace,
 )
@@ -220,7 +221,11 @@ class PunchSession:
     def punch_received(
         self, now: float, message: Message, source: Address, base: Base = SHARED
     ) -> list[Action]:
-        """A valid PUNCH: answer it, and punch back at an address we did not know."""
+        """
+        A valid PUNCH: answer it, and punch back at an address we did not
+        know (a peer-reflexive candidate, learnt only from a request) or,
+        controlled, on a pair that has not worked for us yet.
+        """
         actions: list[Action] = [
             Send(control.punch_ack(self.keys, message.transaction_id, source), source, base)
         ]
@@ -243,6 +248,11 @@ class PunchSession:
                 # A probe found this socket's mapping: punch back at once
                 # (ICE's triggered check), as its spray PUNCHes are spent.
                 actions.append(self._punch(pair, now))
+            elif not self.controlling and key not in choosing.valid and self._may_take(pair):
+                # ICE's triggered check: the controlled peer takes a CONFIRM
+                # only on a pair that worked for it, so it checks this one
+                # now, before the CONFIRM comes.
+                actions += self._trigger(pair, now)
             pair.punches_received += 1
         # Connected: the peer has not heard our CONFIRM, or not its ACK yet.
         if self._chosen == key and self.controlling:
@@ -252,7 +262,12 @@ class PunchSession:
     def ack_received(
         self, now: float, message: Message, source: Address, base: Base = SHARED
     ) -> list[Action]:
-        """A PUNCH_ACK for one of ours: that path works both ways."""
+        """
+        A PUNCH_ACK for one of ours: that path works both ways.  It counts
+        only from where its PUNCH went (RFC 8445 section 7.2.5.2.1): one
+        from elsewhere is a replay, or a path the peer's own PUNCHes will
+        show us.
+        """
         key = (base, source)
         choosing = self._choosing
         if choosing is None:  # settled: only a CONFIRM again, if this is the path
@@ -261,14 +276,16 @@ class PunchSession:
             if self.controlling and self._chosen == key:
                 return [Send(control.punch_confirm(self.keys), source, base)]
             return []
-        when = choosing.sent.get(message.transaction_id)
-        if when is None and choosing.guesses is not None:
-            guess = choosing.guesses.sent.get(message.transaction_id)
-            when = guess[0] if guess is not None else None
-        if when is None:
+        sent = choosing.sent.get(message.transaction_id)
+        if sent is None and choosing.guesses is not None:
+            sent = choosing.guesses.sent.get(message.transaction_id)
+        if sent is None:
             return []
+        when, sent_to = sent
+        if sent_to != key:
+            return [Refused("a PUNCH_ACK from elsewhere than its PUNCH went")]
         pair = choosing.pairs.get(key)
-        if pair is None:  # answered from elsewhere than we sent to: use where it came from
+        if pair is None:  # a probe's answer: the probe went there
             pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
         pair.acks_received += 1
         if pair.rtt is None:
@@ -281,6 +298,8 @@ class PunchSession:
         if not pair.relayed:
             choosing.stop_probing()
         if not self.controlling:
+            if pair.nominated and self._may_take(pair):
+                return self._connect(key, now)  # named before it worked for us
             return []
         if self.state is SessionState.CONNECTED:
             if self._chosen == key:
@@ -311,18 +330,25 @@ class PunchSession:
         return self._nominate(best, now)
 
     def confirm_received(self, now: float, source: Address, base: Base = SHARED) -> list[Action]:
-        """The controlling peer named this path: use it."""
+        """
+        The controlling peer named this path: use it, once it has worked
+        for us too (an ACK to our own PUNCH there); until then it is
+        remembered and checked at once, as ICE nominates only valid pairs.
+        """
         key = (base, source)
         choosing = self._choosing
         if self.controlling or choosing is None or key == self._chosen:
             return []
-        pair = choosing.pairs.get(key)
-        if pair is None:
-            pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
-        if self.state is SessionState.CONNECTED and pair.relayed:
-            return []  # on a relay already; only a direct path is worth a move
         if self.state is SessionState.FAILED:
             return []
+        pair = choosing.pairs.get(key)
+        if pair is None:
+            return [Refused("a PUNCH_CONFIRM from an address that never sent a PUNCH")]
+        if not self._may_take(pair):
+            return []  # on a relay already; only a direct path is worth a move
+        if key not in choosing.valid:
+            pair.nominated = True
+            return self._trigger(pair, now)
         return self._connect(key, now)
 
     # --- helpers ---
@@ -336,6 +362,19 @@ class PunchSession:
             source[1],
             candidate_priority(CandidateType.PEER_REFLEXIVE),
         )
+
+    def _may_take(self, pair: Pair) -> bool:
+        """Whether the controlled peer may take C{pair} now: any, or a direct one after a relay."""
+        return self.state is SessionState.PUNCHING or (
+            self.state is SessionState.CONNECTED and not pair.relayed
+        )
+
+    def _trigger(self, pair: Pair, now: float) -> list[Action]:
+        """A PUNCH at once in answer to the peer, at most C{max_retries} per pair."""
+        if pair.triggered >= self.settings.max_retries:
+            return []
+        pair.triggered += 1
+        return [self._punch(pair, now)]
 
     @property
     def remembered(self) -> int:
@@ -360,7 +399,7 @@ class PunchSession:
         if choosing.guesses is not None and choosing.sprays(pair):
             choosing.guesses.sent[tid] = (now, pair.key)
         else:
-            choosing.sent[tid] = now
+            choosing.sent[tid] = (now, pair.key)
         pair.sent += 1
         pair.last_sent = now
         return Send(data, pair.remote.address, pair.base)

@@ -107,6 +107,15 @@ class PunchFailed(TwistedNATError):
         self.pairs = pairs
 
 
+class PunchError(PunchFailed):
+    """The punch ended on an error of ours, not the network's: C{error} says which."""
+
+    def __init__(self, elapsed: float, error: Exception) -> None:
+        super().__init__(elapsed, ())
+        self.args = (f"hole punching ended by an error after {elapsed:.1f}s: {error!r}",)
+        self.error = error
+
+
 # --- actions: what a session asks its owner to do ---
 
 
@@ -132,4 +141,11 @@ class Failed:
     error: PunchFailed
 
 
-Action = Send | StartGrace | Connected | Failed
+@attrs.frozen
+class Refused:
+    """An authenticated message that proves nothing where it came from (a replay, say)."""
+
+    reason: str
+
+
+Action = Send | StartGrace | Connected | Failed | Refused

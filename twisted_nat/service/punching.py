@@ -30,6 +30,7 @@ from twisted_nat.punch import (
     hint_for,
     plan,
 )
+from twisted_nat.punch.admission import admit
 from twisted_nat.rendezvous import Answer, ISignaling, NATHint, Offer
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
@@ -230,6 +231,14 @@ class Punching:
         sent call for (C{ours} as sent, not as known now, so that both sides
         decide alike).
         """
+        admitted = admit(remote, self._addresses.candidates)
+        for candidate, reason in admitted.skipped:
+            self.log.debug(
+                "skipped the peer's candidate {address}: {reason}",
+                address=format_address(candidate.address),
+                reason=reason,
+            )
+        remote = admitted.kept
         self._relays.permit(remote)
         chosen = plan(ours, theirs, self._settings.symmetric, remote, controlling)
         bases: list[Base] = []
