@@ -11,8 +11,10 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from tests.test_punch import PORT, make_internet, make_peer
-from twisted_nat.candidates import Candidate, CandidateType
+from tests.test_service import PRESERVE, SEQUENTIAL, world
+from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.punch import PunchError, PunchFailed, PunchResult, PunchSession
+from twisted_nat.rendezvous.values import MAX_CANDIDATES
 
 IPV6 = Candidate(CandidateType.SERVER_REFLEXIVE, "2001:db8::7", 40000)
 
@@ -94,3 +96,23 @@ def test_an_error_inside_a_punch_ends_that_punch_only(monkeypatch: pytest.Monkey
         local_candidates=bob.candidates,
     )  # fmt: skip
     assert isinstance(internet.run_until(da), PunchResult)
+
+
+def test_an_answer_fits_its_limit_whatever_the_offer_held() -> None:
+    """
+    Behind a NAT that allocates in sequence, an answer holds predicted
+    ports as many as the offer's candidates ranked above them, plus 16:
+    an offer of 32 host candidates made an answer that could not be sent
+    while the punch had already begun.  The predictions are cut to fit.
+    """
+    w = world({"alice": ("symmetric", SEQUENTIAL), "bob": ("port-restricted-cone", PRESERVE)})
+    alice = w.services["alice"]
+    many = [
+        Candidate(CandidateType.HOST, f"10.0.{i}.1", 5000, candidate_priority(CandidateType.HOST))
+        for i in range(MAX_CANDIDATES)
+    ]
+    answering = Deferred.fromCoroutine(alice.punching.candidates_for_punch(many))
+    candidates, latest = w.internet.run_until(answering)
+    assert latest is not None, "the prediction ran"
+    assert len(candidates) == MAX_CANDIDATES
+    assert set(alice.candidates) <= set(candidates), "every candidate we found is kept"

@@ -32,6 +32,7 @@ from twisted_nat.punch import (
 )
 from twisted_nat.punch.admission import admit
 from twisted_nat.rendezvous import Answer, ISignaling, NATHint, Offer
+from twisted_nat.rendezvous.values import MAX_CANDIDATES
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
 from twisted_nat.service.connections import Connections
@@ -210,6 +211,9 @@ class Punching:
         for listener in self.prediction_listeners:
             listener(latest)
         predicted = predicted_candidates(mapped, step, candidates if remote is None else remote)
+        # Within an offer's limit by construction: the predictions are ours
+        # to drop (the last ones first), the candidates we found are not.
+        predicted = predicted[: max(0, MAX_CANDIDATES - len(candidates))]
         self.log.info(
             "our NAT allocates ports in sequence: offering ports {first}-{last} too",
             first=min((c.port for c in predicted), default=latest),
