@@ -14,6 +14,7 @@ from twisted_nat.errors import ConfigurationError
 from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior
 from twisted_nat.punch import PunchPlan, SymmetricSettings, Technique, hint_for, plan
 from twisted_nat.punch.birthday import ANSWER_DELAY
+from twisted_nat.punch.plan import confine
 from twisted_nat.rendezvous.values import NATHint
 
 SETTINGS = SymmetricSettings()
@@ -180,3 +181,44 @@ def test_the_hint_names_a_meeting_port_only_with_a_prediction() -> None:
     assert hint is not None and hint.meet == 40000 + 2 * SETTINGS.meeting_sockets
     no_run = hint_for(sequential, SymmetricSettings(meeting_sockets=0), latest=40000)
     assert no_run is not None and no_run.meet is None
+
+
+# --- aimed only where the rendezvous saw the peer ---
+
+STRANGER = Candidate(CandidateType.SERVER_REFLEXIVE, "100.64.0.9", 40000)
+
+
+def test_birthday_sockets_spray_only_the_peers_attested_address() -> None:
+    chosen = plan(SYMMETRIC, PORT_RESTRICTED, SETTINGS, [*REMOTE, STRANGER], True)
+    assert chosen.technique is HARD
+    confined = confine(chosen, [*REMOTE, STRANGER], PEER_PUBLIC.host)
+    assert isinstance(confined, PunchPlan) and confined.spray_to == (PEER_PUBLIC,)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs", [(SYMMETRIC, PORT_RESTRICTED), (PORT_RESTRICTED, SYMMETRIC)]
+)
+def test_no_expensive_technique_towards_an_address_the_rendezvous_did_not_see(
+    ours: NATHint, theirs: NATHint
+) -> None:
+    """The candidates are the peer's claim: a stranger may name any address."""
+    chosen = plan(ours, theirs, SETTINGS, [STRANGER], True)
+    assert chosen.technique is not ORDINARY
+    assert confine(chosen, [STRANGER], "203.0.113.66") == (
+        "the peer's public address is not 203.0.113.66, where the rendezvous saw it"
+    )
+    assert isinstance(confine(chosen, [STRANGER], None), str)
+    assert isinstance(confine(chosen, [STRANGER], STRANGER.host), PunchPlan)
+
+
+def test_a_meeting_run_only_to_the_attested_address() -> None:
+    chosen = plan(SEQ, SEQ, SETTINGS, REMOTE, True)
+    assert chosen.technique is Technique.MEETING
+    assert confine(chosen, REMOTE, PEER_PUBLIC.host) == chosen
+    assert isinstance(confine(chosen, REMOTE, "203.0.113.66"), str)
+
+
+def test_the_ordinary_handshake_needs_no_attestation() -> None:
+    assert confine(plan(None, None, SETTINGS, REMOTE, True), REMOTE, None) == plan(
+        None, None, SETTINGS, REMOTE, True
+    )

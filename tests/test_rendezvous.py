@@ -261,10 +261,19 @@ async def test_offer_reaches_target_and_answer_comes_back(pair):
     offering = Offering(KEYS["alice"], "alice", ALICE_CANDIDATES, None, "bob")
     answer = await alice.connect(offering.offer)
 
-    assert received == [offering.offer]  # every byte intact
+    # Every signed byte intact; the server adds only where each side connects from.
+    assert received == [attrs.evolve(offering.offer, seen_from="127.0.0.1")]
+    assert answer.seen_from == "127.0.0.1"
     assert answer.from_key == KEYS["bob"].public and answer.candidates == BOB_CANDIDATES
     assert len(offering.finish(answer)) == 32
     assert server.factory.stats.offers_relayed == 1
+    # What a peer claims about where it connects from is the server's to say.
+    lying = attrs.evolve(
+        Offering(KEYS["alice"], "alice", ALICE_CANDIDATES, None, "bob").offer,
+        seen_from="198.51.100.99",
+    )
+    await alice.connect(lying)
+    assert received[-1].seen_from == "127.0.0.1"
 
 
 @pytest_twisted.ensureDeferred
@@ -927,5 +936,5 @@ async def test_hints_travel_through_the_server(pair):
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
     offer = offer_from(nat=HINT)
     answer = await alice.connect(offer)
-    assert received == [offer]
+    assert received == [attrs.evolve(offer, seen_from="127.0.0.1")]
     assert answer.nat == theirs

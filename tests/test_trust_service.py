@@ -14,7 +14,7 @@ from tests.support.world import Kinds, World, build_world, record_writes
 from twisted_nat import testing as sim
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.errors import DuplicateName, KeyMismatch, PeerUnavailable, UnknownPeer
-from twisted_nat.rendezvous import Answer, InMemorySignalingHub, Offer
+from twisted_nat.rendezvous import Answer, InMemorySignalingHub, LoopbackSignaling, Offer
 from twisted_nat.trust import Identity
 from twisted_nat.trust.handshake import Offering, answer_offer
 from twisted_nat.trust.known import Accept, KnownPeers
@@ -94,11 +94,11 @@ class RedirectingHub(InMemorySignalingHub):
 
     redirect = False
 
-    def _deliver(self, offer: Offer) -> Deferred[Answer]:
+    def _deliver(self, offer: Offer, sender: LoopbackSignaling) -> Deferred[Answer]:
         if self.redirect and offer.to_name == "bob" and offer.from_name != "mallory":
             target = next(p for p in self._peers.values() if p.peer_name == "mallory")
             return target._receive(offer)
-        return super()._deliver(offer)
+        return super()._deliver(offer, sender)
 
 
 def test_a_redirecting_rendezvous_gets_no_connection_and_both_sides_say_so():

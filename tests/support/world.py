@@ -249,7 +249,7 @@ def build_world(
             apps.append(app)
             return app
 
-        signaling: ISignaling = hub.peer(name)
+        signaling: ISignaling = hub.peer(name, address=box.public_address)
         if signaling_delay is not None:
             signaling = w.signaling[name] = SlowSignaling(
                 signaling, internet.clock, signaling_delay

@@ -176,3 +176,30 @@ def _meets(ours: NATHint, theirs: NATHint) -> bool:
 
 def _hard_meets_easy(hard: NATHint, easy: NATHint) -> bool:
     return hard.unpredictable and easy.endpoint_independent and easy.filtering in _NEEDS_PROBES
+
+
+def confine(
+    chosen: PunchPlan, remote: Sequence[Candidate], seen_from: str | None
+) -> PunchPlan | str:
+    """
+    C{chosen}, aimed only at C{seen_from}, the address the rendezvous
+    server saw the peer connect from; or why it cannot be.  A peer's
+    candidates are its claim, and keys cost nothing: an expensive technique
+    aimed anywhere else would spend our sockets and probes on whatever
+    address a stranger names.
+    """
+    if chosen.technique is Technique.ORDINARY:
+        return chosen
+    if seen_from is None:
+        return "the rendezvous did not say where the peer connects from"
+    if chosen.technique is Technique.BIRTHDAY_SOCKETS:
+        there = tuple(c for c in remote if c.kind in SPRAY_PAIRED_KINDS and c.host == seen_from)
+        if there:
+            return attrs.evolve(chosen, spray_to=there)
+    elif chosen.technique is Technique.MEETING:
+        assert chosen.spray_to is not None
+        if all(c.host == seen_from for c in chosen.spray_to):
+            return chosen
+    elif chosen.probe_host == seen_from:
+        return chosen
+    return f"the peer's public address is not {seen_from}, where the rendezvous saw it"

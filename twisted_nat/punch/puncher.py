@@ -9,7 +9,7 @@ CONFIRM.  Keep-alive on the paths it punched is its L{Keeper}'s job.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -294,6 +294,10 @@ class HolePuncher(DatagramProtocol):
         """The session punching, or kept after it connected, for C{punch_id}."""
         running = self._running.get(punch_id)
         return running.session if running is not None else None
+
+    def sessions(self) -> Iterator[PunchSession]:
+        """The sessions punching or kept, oldest first."""
+        return (running.session for running in self._running.values())
 
     def session_ids(self) -> list[bytes]:
         """The sessions punching or kept, oldest first."""

@@ -93,6 +93,7 @@ class PunchSession:
         "_choosing",
         "_chosen",
         "_sent_ids",
+        "_unanswered_left",
         "controlling",
         "keys",
         "result",
@@ -140,6 +141,7 @@ class PunchSession:
         # end (12 bytes each, rather than 56 for an object in a tuple).
         self._sent_ids = b""
         self._chosen: PairKey | None = None
+        self._unanswered_left = settings.unanswered_budget
 
     def _choices(self) -> Choosing:
         choosing = self._choosing
@@ -186,7 +188,7 @@ class PunchSession:
                 # quicker pace of the first rounds: a peer whose own run
                 # starts a rendezvous trip later must still find one of them.
                 limit = SPRAY_PUNCHES if guessing and pair.last_sent <= spaced else 0
-            if pair.sent < limit and not (direct_only and pair.relayed):
+            if pair.sent < limit and not (direct_only and pair.relayed) and self._affords(pair):
                 actions.append(self._punch(pair, now))
         return actions
 
@@ -238,7 +240,9 @@ class PunchSession:
             pair = choosing.pairs.get(key)
             if pair is None:
                 pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
-                if self.state is SessionState.PUNCHING or not pair.relayed:
+                if (self.state is SessionState.PUNCHING or not pair.relayed) and self._affords(
+                    pair
+                ):
                     actions.append(self._punch(pair, now))
                 if not pair.relayed:
                     # The peer reached us from an address we did not know:
@@ -371,7 +375,7 @@ class PunchSession:
 
     def _trigger(self, pair: Pair, now: float) -> list[Action]:
         """A PUNCH at once in answer to the peer, at most C{max_retries} per pair."""
-        if pair.triggered >= self.settings.max_retries:
+        if pair.triggered >= self.settings.max_retries or not self._affords(pair):
             return []
         pair.triggered += 1
         return [self._punch(pair, now)]
@@ -392,6 +396,15 @@ class PunchSession:
                 return True
             found = ids.find(transaction_id, found + 1)
         return False
+
+    def _affords(self, pair: Pair) -> bool:
+        """Whether a PUNCH to C{pair} is within the budget (and if so, spend it)."""
+        if pair.acks_received or self._choices().sprays(pair):
+            return True
+        if self._unanswered_left <= 0:
+            return False
+        self._unanswered_left -= 1
+        return True
 
     def _punch(self, pair: Pair, now: float) -> Send:
         tid, data = control.punch(self.keys, pair.remote.address)

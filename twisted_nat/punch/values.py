@@ -45,6 +45,11 @@ class PunchSettings:
         relayed: a direct path often needs a few rounds more (each NAT
         opens only once its own peer punched), and connecting on the relay
         only to leave it a moment later costs the application a path change.
+    @ivar unanswered_budget: PUNCHes one session sends, in all, to pairs
+        that have not answered (no ACK yet), so that an offer naming
+        addresses that never answer costs a fixed budget (RFC 7675's
+        consent: only an answering address gets more).  The spray bases'
+        guesses are budgeted by their technique instead.
     """
 
     interval: float = 0.2
@@ -52,6 +57,7 @@ class PunchSettings:
     max_retries: int = 30
     grace: float = 0.03
     relay_grace: float = 0.5
+    unanswered_budget: int = 100
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -70,12 +71,19 @@ class InMemorySignalingHub:
         self.registry = MemoryRegistry()
         self._peers: dict[PeerKey, LoopbackSignaling] = {}
 
-    def peer(self, name: str | None = None, identity: Identity | None = None) -> LoopbackSignaling:
+    def peer(
+        self,
+        name: str | None = None,
+        identity: Identity | None = None,
+        address: str | None = None,
+    ) -> LoopbackSignaling:
         """
         A new peer of this hub with C{identity} (a new one if not given),
-        already registered as C{name} if given.
+        already registered as C{name} if given, seen to connect from
+        C{address} (a rendezvous server's word on offers and answers).
         """
         peer = LoopbackSignaling(self, identity if identity is not None else Identity.generate())
+        peer.address = address
         if name is not None:
             failures: list[Failure] = []
             peer.register(name).addErrback(failures.append)
@@ -103,7 +111,8 @@ class InMemorySignalingHub:
     def _lookup(self, name: str) -> PeerKey | None:
         return _result(self.registry.lookup(name))
 
-    def _deliver(self, offer: Offer) -> Deferred[Answer]:
+    def _deliver(self, offer: Offer, sender: LoopbackSignaling) -> Deferred[Answer]:
+        offer = attrs.evolve(offer, seen_from=sender.address)
         key = offer.to_key
         if offer.to_name is not None:
             bound = self._lookup(offer.to_name)
@@ -138,6 +147,8 @@ class LoopbackSignaling:
         self.hub = hub
         self.identity = identity
         self.peer_name: str | None = None
+        self.address: str | None = None
+        """Where the hub says this peer connects from."""
         self.closed = False
         self._handler: OfferHandler | None = None
         self._waiters: list[Deferred[None]] = []
@@ -197,7 +208,7 @@ class LoopbackSignaling:
                     f"we are {self.peer_name!r} ({self.identity.public.short})"
                 )
             )
-        return self.hub._deliver(offer)
+        return self.hub._deliver(offer, self)
 
     def set_offer_handler(self, handler: OfferHandler | None) -> None:
         self._handler = handler
@@ -213,4 +224,5 @@ class LoopbackSignaling:
     def _receive(self, offer: Offer) -> Deferred[Answer]:
         if self.closed:
             return defer.fail(PeerUnavailable("the peer has closed"))
-        return run_offer_handler(self._handler, offer, self.log)
+        answering = run_offer_handler(self._handler, offer, self.log)
+        return answering.addCallback(attrs.evolve, seen_from=self.address)

@@ -17,6 +17,7 @@ which hides who talks to whom from the network, not from the server.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -152,6 +153,16 @@ class RendezvousServerProtocol(SignalingAMP):
         super().connectionLost(reason)
         self.closed.callback(None)
 
+    @property
+    def address(self) -> str | None:
+        """The IP address this peer connects from (None when not IP)."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        try:
+            return str(ipaddress.ip_address(host)) if isinstance(host, str) else None
+        except ValueError:
+            return None
+
     def malformed_refused(self, command: bytes) -> None:
         self.directory.stats.refused_malformed += 1
 
@@ -263,6 +274,8 @@ class RendezvousServerProtocol(SignalingAMP):
         if target is None:
             raise self._refuse(UnknownPeer(f"{to!r} is not connected"))
         timeout = self.directory.relay_timeout
+        # Our word on where each side connects from, for the peers' budgets.
+        offer = attrs.evolve(offer, seen_from=self.address)
         relay: Deferred[dict[str, Any]] = target.callRemote(DeliverOffer, offer=offer)
         relay.addTimeout(timeout, self.directory.reactor)
 
@@ -272,7 +285,7 @@ class RendezvousServerProtocol(SignalingAMP):
                 raise PeerUnavailable(f"{to} answered another session, or with another key")
             self.directory.stats.offers_relayed += 1
             self.log.debug("Relayed an offer from {source} to {to}", source=self.name, to=to)
-            return {"answer": answer}
+            return {"answer": attrs.evolve(answer, seen_from=target.address)}
 
         def failed(failure: Failure) -> Failure:
             self.directory.stats.relays_failed += 1

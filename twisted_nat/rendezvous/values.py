@@ -17,6 +17,7 @@ from a peer that sends none has C{nat=None}, meaning "unknown".
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -75,6 +76,23 @@ def _check_candidates(
     for candidate in value:
         if not isinstance(candidate, Candidate):
             raise ValueError(f"not a Candidate: {candidate!r}")
+
+
+def _check_seen_from(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError("seen_from must be an IP address")
+    if value is not None:
+        ipaddress.ip_address(value)
+
+
+def _seen_from_json(fields: dict[str, Any]) -> str | None:
+    value = fields.get("seen_from")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("seen_from must be an IP address")
+    ipaddress.ip_address(value)
+    return value
 
 
 def _bytes_from_hex(value: object, size: int, what: str) -> bytes:
@@ -276,6 +294,9 @@ class Offer:
     @ivar candidates: the sender's addresses, best first.
     @ivar nat: what the sender's NAT does, if it knows and says.
     @ivar signature: C{from_key}'s Ed25519 signature over L{signed_part}.
+    @ivar seen_from: the IP address the rendezvous server saw the sender
+        connect from: the server's word, set by the server when it relays,
+        outside the signature.
     """
 
     from_name: str = attrs.field(validator=_check_name)
@@ -291,6 +312,7 @@ class Offer:
     signature: bytes = attrs.field(
         default=bytes(SIGNATURE_SIZE), validator=_sized(SIGNATURE_SIZE), repr=False
     )
+    seen_from: str | None = attrs.field(default=None, validator=_check_seen_from)
 
     def __attrs_post_init__(self) -> None:
         if self.to_name is None and self.to_key is None:
@@ -315,7 +337,9 @@ class Offer:
 
     def as_json(self) -> dict[str, object]:
         """The wire form."""
-        return {**self._unsigned(), "signature": self.signature.hex()}
+        return _with_seen_from(
+            {**self._unsigned(), "signature": self.signature.hex()}, self.seen_from
+        )
 
     @classmethod
     def from_json(cls, value: object) -> Offer:
@@ -323,7 +347,7 @@ class Offer:
         fields = _object(
             value,
             {"from", "from_key", "session", "ephemeral", "candidates", "signature"},
-            frozenset({"nat", "to", "to_key"}),
+            frozenset({"nat", "to", "to_key", "seen_from"}),
         )
         to_name, to_key = fields.get("to"), fields.get("to_key")
         return cls(
@@ -336,6 +360,7 @@ class Offer:
             _candidates_from_json(fields["candidates"]),
             _nat_from_json(fields),
             _bytes_from_hex(fields["signature"], SIGNATURE_SIZE, "signature"),
+            _seen_from_json(fields),
         )
 
 
@@ -348,6 +373,7 @@ class Answer:
     @ivar nat: what the answering peer's NAT does, if it knows and says.
     @ivar signature: C{from_key}'s signature over L{signed_part}, which
         also covers the offer (L{twisted_nat.trust.handshake}).
+    @ivar seen_from: as L{Offer.seen_from}, for the answering peer.
     """
 
     session_id: bytes = attrs.field(validator=_sized(SESSION_ID_SIZE))
@@ -361,6 +387,7 @@ class Answer:
     signature: bytes = attrs.field(
         default=bytes(SIGNATURE_SIZE), validator=_sized(SIGNATURE_SIZE), repr=False
     )
+    seen_from: str | None = attrs.field(default=None, validator=_check_seen_from)
 
     def _unsigned(self) -> dict[str, object]:
         head: dict[str, object] = {
@@ -377,7 +404,9 @@ class Answer:
 
     def as_json(self) -> dict[str, object]:
         """The wire form."""
-        return {**self._unsigned(), "signature": self.signature.hex()}
+        return _with_seen_from(
+            {**self._unsigned(), "signature": self.signature.hex()}, self.seen_from
+        )
 
     @classmethod
     def from_json(cls, value: object) -> Answer:
@@ -385,7 +414,7 @@ class Answer:
         fields = _object(
             value,
             {"session", "from", "from_key", "ephemeral", "candidates", "signature"},
-            frozenset({"nat"}),
+            frozenset({"nat", "seen_from"}),
         )
         return cls(
             _bytes_from_hex(fields["session"], SESSION_ID_SIZE, "session"),
@@ -395,4 +424,11 @@ class Answer:
             _candidates_from_json(fields["candidates"]),
             _nat_from_json(fields),
             _bytes_from_hex(fields["signature"], SIGNATURE_SIZE, "signature"),
+            _seen_from_json(fields),
         )
+
+
+def _with_seen_from(wire: dict[str, object], seen_from: str | None) -> dict[str, object]:
+    if seen_from is not None:
+        wire["seen_from"] = seen_from
+    return wire

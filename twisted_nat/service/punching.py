@@ -20,6 +20,7 @@ from twisted_nat.bases import Base
 from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.connection import PeerConnection
 from twisted_nat.errors import ConfigurationError, PeerUnavailable, TrustError
+from twisted_nat.limits import DropLog
 from twisted_nat.nat import latest_port, predicted_candidates, prediction_step
 from twisted_nat.punch import (
     ExtraSockets,
@@ -31,12 +32,14 @@ from twisted_nat.punch import (
     plan,
 )
 from twisted_nat.punch.admission import admit
+from twisted_nat.punch.plan import ORDINARY, confine
 from twisted_nat.rendezvous import Answer, ISignaling, NATHint, Offer
 from twisted_nat.rendezvous.values import MAX_CANDIDATES
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
 from twisted_nat.service.connections import Connections
 from twisted_nat.service.events import IPeerEvents
+from twisted_nat.service.gate import OfferGate
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import PeerSettings
 from twisted_nat.service.trust import PeerTrust
@@ -91,6 +94,9 @@ class Punching:
         self._trust = trust
         self._our_name = our_name
         self.prediction_listeners: list[Callable[[int], object]] = []
+        self.gate = OfferGate(settings.gate, reactor.seconds())
+        self.refused = DropLog(self.log, reactor)
+        """Offers refused by a limit, and techniques skipped, by reason."""
         """Called with the port our NAT handed out last, whenever a prediction sees it."""
 
     async def connect(
@@ -124,10 +130,12 @@ class Punching:
         result = await self.punch(
             offer.session_id,
             secret,
+            answer.from_key,
             answer.candidates,
             controlling=True,
             ours=offer.nat,
             theirs=answer.nat,
+            seen_from=answer.seen_from,
         )
         return self._connections.connected(
             peer, answer.from_key, offer.session_id, secret, result, controlling=True
@@ -141,6 +149,13 @@ class Punching:
             # Why stays in our log: the sender may be an attacker, and the
             # reason names keys we pinned and where we keep them.
             return fail(PeerUnavailable("the peer refused the offer"))
+        searching = sum(1 for s in self._puncher.sessions() if s.searching)
+        why = self.gate.offer(offer.from_key, self._reactor.seconds(), searching)
+        if why is not None:
+            self.refused.drop(
+                why, "refused an offer from {key}: {why}", key=offer.from_key.short, why=why
+            )
+            return fail(PeerUnavailable("the peer is busy: try again later"))
         self.log.info(
             "{peer} ({key}) offers a connection", peer=offer.from_name, key=offer.from_key.short
         )
@@ -161,10 +176,12 @@ class Punching:
         punching = self.punch(
             offer.session_id,
             secret,
+            offer.from_key,
             offer.candidates,
             controlling=False,
             ours=hint,
             theirs=offer.nat,
+            seen_from=offer.seen_from,
         )
         punching.addCallback(self._answered_connected, offer, secret)
         punching.addErrback(self._failed, offer.from_name)
@@ -225,15 +242,19 @@ class Punching:
         self,
         session_id: bytes,
         secret: bytes,
+        peer: PeerKey,
         remote: Sequence[Candidate],
         controlling: bool,
         ours: NATHint | None = None,
         theirs: NATHint | None = None,
+        seen_from: str | None = None,
     ) -> Deferred[PunchResult]:
         """
-        Punch towards C{remote}, with the technique the hints both sides
-        sent call for (C{ours} as sent, not as known now, so that both sides
-        decide alike).
+        Punch towards C{remote}, the candidates of the peer holding
+        C{peer}, with the technique the hints both sides sent call for
+        (C{ours} as sent, not as known now, so that both sides decide
+        alike), if it is aimed at C{seen_from} (where the rendezvous saw
+        the peer) and the gate lets it run now.
         """
         admitted = admit(remote, self._addresses.candidates)
         for candidate, reason in admitted.skipped:
@@ -245,6 +266,23 @@ class Punching:
         remote = admitted.kept
         self._relays.permit(remote)
         chosen = plan(ours, theirs, self._settings.symmetric, remote, controlling)
+        expensive = chosen.technique is not Technique.ORDINARY
+        if expensive:
+            confined = confine(chosen, remote, seen_from)
+            if isinstance(confined, str):
+                why: str | None = confined
+            else:
+                chosen = confined
+                why = self.gate.expensive(peer, session_id, self._reactor.seconds())
+            if why is not None:
+                self.refused.drop(
+                    "technique skipped",
+                    "skipped the {technique} with {key} ({why}): a relay, if any, carries it",
+                    technique=chosen.technique.value,
+                    key=peer.short,
+                    why=why,
+                )
+                chosen, expensive = ORDINARY, False
         bases: list[Base] = []
         prober: Prober | None = None
         if chosen.technique is Technique.MEETING:
@@ -277,6 +315,7 @@ class Punching:
 
         def settled(base: Base | None) -> None:
             self._extra_sockets.settle(session_id, base)
+            self.gate.expensive_over(session_id)
 
         def better(result: PunchResult) -> None:
             self._connections.moved(session_id, result)
@@ -296,12 +335,12 @@ class Punching:
                 on_better_path=better,
                 bases=bases,
                 prober=prober,
-                on_settled=settled if bases else None,
+                on_settled=settled if expensive else None,
                 spray_to=chosen.spray_to,
                 settings=settings,
             )
         except BaseException:
-            self._extra_sockets.settle(session_id, None)
+            settled(None)
             raise
 
 

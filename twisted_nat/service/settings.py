@@ -11,6 +11,7 @@ import attrs
 
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import PunchSettings, SymmetricSettings
+from twisted_nat.service.gate import GateSettings
 from twisted_nat.trust.target import Target
 from twisted_nat.turn import TURNServer
 
@@ -76,6 +77,7 @@ class PeerSettings:
     @ivar connect_to: peers to connect to as soon as we are ready and
         registered at the rendezvous: L{Target}s, or strings for
         L{Target.parse} (C{"bob"}, C{"bob=tn-..."}, C{"tn-..."}).
+    @ivar gate: what strangers' offers may make us spend.
     """
 
     local_port: int = 0
@@ -88,6 +90,7 @@ class PeerSettings:
     keepalive: KeepAliveSettings = attrs.field(factory=KeepAliveSettings)
     punch: PunchSettings = attrs.field(factory=PunchSettings)
     symmetric: SymmetricSettings = attrs.field(factory=SymmetricSettings)
+    gate: GateSettings = attrs.field(factory=GateSettings)
 
 
 DEFAULT_SETTINGS = PeerSettings()
