@@ -8,8 +8,10 @@ The inputs are random bytes and valid messages damaged the way an attacker
 or a bad link would: bits flipped, cut short, extended, spliced.  The valid
 messages are the ones real peers exchanged a moment before (recorded as
 they arrived), so a mutation reaches past the first check into sessions,
-transactions and allocations that exist.  Each run is seeded, so a failure
-repeats, and bounded by an iteration count, not by time.
+transactions and allocations that exist.  The damage is seeded, so a
+failure repeats (only the fresh keys, nonces and transaction ids the code
+itself makes differ between runs), and bounded by an iteration count, not
+by time.
 
 Two promises are checked: nothing raised escapes into the reactor (no call
 raises, and nothing is logged as a failure), and memory does not grow with
@@ -27,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.address import IPv4Address
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.task import Clock
@@ -244,11 +247,12 @@ def test_the_shared_socket_of_connected_peers(recorded: Recorder) -> None:
         connection.write(b"hello %d" % i)
         bob.connections["alice"].write(b"hi %d" % i)
         w.internet.advance(1.0)
+    w.internet.advance(30.0)  # keep-alives, once the data has stopped
     peers = {id(s.mux) for s in (alice, bob)}
     recorded.on = False
     seeds = [d for d in recorded.seen if id(d[0]) in peers]
-    kinds = {d[1][0] >> 4 for d in seeds} | {d[1][0] for d in seeds if d[1][0] < 4}
-    assert len(seeds) > 20 and {0, 1} <= kinds, "STUN and control messages were recorded"
+    routed = {type(mux.route(data)).__name__ for mux, data, _ in seeds}
+    assert routed == {"STUNClient", "HolePuncher", "Keeper", "AppDataRouter"}
     rng = random.Random(SEED)
     with no_escapes() as raised:
         grew = growth(feed_datagrams(rng, seeds, raised, lambda: w.internet.advance(0.05)))
@@ -266,7 +270,9 @@ def test_the_shared_socket_of_a_turn_client(recorded: Recorder) -> None:
     mux.datagramReceived(encode_channel_data(0x4000, b"via channel"), SERVER)
     recorded.on = False
     seeds = [d for d in recorded.seen if d[0] is mux]
-    assert len(allocation.received) == 2 and len(seeds) >= 5
+    assert len(allocation.received) == 2
+    routed = {type(mux.route(data)).__name__ for mux, data, _ in seeds}
+    assert routed == {"STUNClient", "TURNClient"}
     # the test transport records what the client writes, and the test
     # receiver what it delivers: keep them from growing, counting deliveries
     transport: Any = mux.transport
@@ -377,7 +383,7 @@ def test_the_rendezvous_servers_byte_stream() -> None:
     """
     clock = Clock()
     factory = RendezvousServerFactory(clock, relay_timeout=1.0)
-    identity = Identity.generate()
+    identity = Identity(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
     offer = Offering(identity, "fuzzer", (), None, "nobody", None).offer
     rng = random.Random(SEED)
 
