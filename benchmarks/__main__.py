@@ -17,6 +17,7 @@ from benchmarks import (
     bench_detect,
     bench_scale,
     bench_server,
+    bench_stun_amplification,
     bench_turn,
 )
 from tests.support.natlab import lab_unavailable_reason
@@ -32,6 +33,8 @@ def main() -> int:
     status |= bench_aead.main(["--json", str(RESULTS / "aead.json")])
     print("\n== STUN server: ours against coturn ==", flush=True)
     status |= bench_server.main(["--json", str(RESULTS / "server.json")])
+    print("\n== STUN server as a reflector: amplification ==", flush=True)
+    status |= bench_stun_amplification.main(["--json", str(RESULTS / "stun_amplification.json")])
     print("\n== TURN relay through coturn: ours against aioice ==", flush=True)
     status |= bench_turn.main(["--json", str(RESULTS / "turn.json")])
     print("\n== 10,000 peer connections with keep-alive in one process ==", flush=True)

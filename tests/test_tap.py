@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from tests.netutil import free_udp_ports
+from twisted_nat import testing as sim
 from twisted_nat.cli import discovery_json
 from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous import RendezvousService, SQLiteRegistry
@@ -93,6 +94,30 @@ def test_server_runs_stun_and_rendezvous():
     options = Options()
     options.parseOptions(["server", "--no-rendezvous"])
     assert len(list(makeService(options, reactor=Clock()))) == 1  # type: ignore[call-overload]
+
+
+def test_server_limits_each_source_by_default():
+    options = Options()
+    options.parseOptions(["server", "--no-rendezvous"])
+    [stun] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert stun.rate_limit == (100.0, 200.0)
+    options = Options()
+    options.parseOptions(["server", "--rate-limit", "5", "--rate-burst", "7"])
+    assert options.subOptions["rate-limit"] == (5.0, 7.0)
+    options = Options()
+    options.parseOptions(["server", "--rate-limit", "0"])
+    assert options.subOptions["rate-limit"] is None
+
+
+@pytest.mark.parametrize("alternate", [None, ("127.0.0.2", 3479)])
+def test_the_stun_service_limits_every_socket_with_one_limit(alternate):
+    host = sim.SimulatedInternet().add_host(["127.0.0.1", "127.0.0.2"])
+    service = STUNServerService(host, ("127.0.0.1", 3478), alternate, None, (3.0, 5.0))
+    service.privilegedStartService()
+    servers = [service.server] if alternate is None else [s for _, s in service.group.members()]
+    assert len(service.ports) == len(servers) == (1 if alternate is None else 4)
+    [limit] = {id(server.limit): server.limit for server in servers}.values()
+    assert (limit.rate, limit.buckets.burst, limit.clock) == (3.0, 5.0, host)
 
 
 def test_peer_options():
@@ -366,6 +391,10 @@ def test_bad_endpoint_is_one_line():
         (["server", "--alternate-address", "127.0.0.1"], "two different addresses"),
         (["server", "--alternate-port", "3478"], "two different ports"),
         (["server", "--bogus"], "bogus"),
+        (["server", "--rate-limit", "x"], "--rate-limit must be a number"),
+        (["server", "--rate-limit", "-1"], "--rate-limit must be 0 or more"),
+        (["server", "--rate-limit", "inf"], "--rate-limit must be 0 or more and finite"),
+        (["server", "--rate-burst", "0.5"], "--rate-burst must be 1 or more"),
     ],
 )
 def test_bad_options_end_in_one_line(args, message):

@@ -64,6 +64,9 @@ class KeyedBuckets(Generic[K]):
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._buckets
+
     def take(self, key: K, now: float, cost: float = 1.0) -> bool:
         """Whether C{key} may act at C{now}; if so, it pays C{cost}."""
         bucket = self._buckets.get(key)

@@ -230,6 +230,8 @@ class SignalingAMP(amp.AMP):
     """
 
     log = Logger()
+    _broken = False
+    """Set once a box could not be dispatched: the rest of the stream is not parsed."""
 
     # AMP logs every connection made and lost at info.  The server and the
     # client log what an operator needs (who registered, who left), so the
@@ -252,6 +254,45 @@ class SignalingAMP(amp.AMP):
         self.log.debug("Connection with {peer} lost", peer=peer_address(self))
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Plain AMP lets the exception of a box it cannot dispatch (neither a
+        command, an answer nor an error; a command name that is not ASCII)
+        escape into the reactor, which logs a traceback and drops the
+        connection.  Here the connection is dropped all the same, the box
+        counted as malformed, and nothing reaches the reactor.
+        """
+        if self._broken:
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as e:
+            self._broken = True
+            self.log.debug(
+                "Dropped the connection with {peer}: malformed box: {error}",
+                peer=peer_address(self),
+                error=_describe(e),
+            )
+            self.malformed_refused(b"")
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def unhandledError(self, failure: Failure) -> None:
+        """
+        A refusal (a C{RemoteAmpError}) of a command sent without C{_ask}
+        has nobody to go to.  Plain AMP logs it as a failure and drops the
+        connection; a refusal is not a failure, so here it is logged at
+        debug and the connection kept.  Anything else is still AMP's.
+        """
+        if failure.check(amp.RemoteAmpError):
+            self.log.debug(
+                "Refused a command {peer} wanted no answer to: {error}",
+                peer=peer_address(self),
+                error=failure.value,
+            )
+            return
+        super().unhandledError(failure)
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
         responder = super().locateResponder(name)

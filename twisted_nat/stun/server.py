@@ -53,6 +53,7 @@ from twisted_nat.stun.message.value import (
     response_to,
     split_message_type,
 )
+from twisted_nat.stun.sourcelimit import SourceLimit
 
 SOFTWARE = "twisted-nat"
 _HEAD = struct.Struct("!HH4s12s")
@@ -71,6 +72,7 @@ class ServerStats:
     dropped_garbage: int = 0
     dropped_not_request: int = 0
     send_errors: int = 0
+    rate_limited: int = 0
 
 
 class BindingServer(DatagramProtocol):
@@ -79,7 +81,9 @@ class BindingServer(DatagramProtocol):
 
     Alone, it is a plain STUN server.  As a member of a L{STUNServerGroup} it
     knows its place (C{address_index}, C{port_index}) among the four sockets
-    and asks the group for the socket a CHANGE-REQUEST wants.
+    and asks the group for the socket a CHANGE-REQUEST wants.  Given a
+    L{SourceLimit} (a group's members share the group's), datagrams from a
+    source IP over its rate are dropped before they are read.
     """
 
     log = Logger()
@@ -91,9 +95,11 @@ class BindingServer(DatagramProtocol):
         group: STUNServerGroup | None = None,
         address_index: int = 0,
         port_index: int = 0,
+        limit: SourceLimit | None = None,
     ) -> None:
         self.software = software
         self.group = group
+        self.limit = group.limit if group is not None else limit
         self.address_index = address_index
         self.port_index = port_index
         self.stats = group.stats if group is not None else ServerStats()
@@ -132,6 +138,9 @@ class BindingServer(DatagramProtocol):
         return encode(Message(Method.BINDING, MessageClass.SUCCESS, bytes(12), tuple(tail)))[20:]
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        if self.limit is not None and not self.limit.allow(addr[0]):
+            self.stats.rate_limited += 1
+            return
         try:
             reply = self.handle(datagram, addr)
         except Exception:
@@ -318,17 +327,22 @@ class STUNServerGroup:
 
     C{primary} and C{alternate} are the two (address, port) pairs; the group
     listens on primary, (primary address, alternate port), (alternate
-    address, primary port) and alternate.
+    address, primary port) and alternate.  The four share C{limit}, if any.
     """
 
     def __init__(
-        self, primary: Address, alternate: Address, software: str | None = SOFTWARE
+        self,
+        primary: Address,
+        alternate: Address,
+        software: str | None = SOFTWARE,
+        limit: SourceLimit | None = None,
     ) -> None:
         if primary[0] == alternate[0] or primary[1] == alternate[1]:
             raise ValueError("RFC 5780 needs two different addresses and two different ports")
         self.primary = primary
         self.alternate = alternate
         self.stats = ServerStats()
+        self.limit = limit
         self.hosts = (primary[0], alternate[0])
         self.ports = (primary[1], alternate[1])
         self._members = {

@@ -120,6 +120,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 (sub["address"], sub["port"]),
                 alternate,
                 sub["software"] or None,
+                sub["rate-limit"],
             ).setServiceParent(top)
             if not sub["no-rendezvous"]:
                 if sub["registry"] is not None:

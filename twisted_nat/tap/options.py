@@ -15,6 +15,7 @@ from twisted_nat.address import parse_hostport, parse_ip, parse_port
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import birthday, meeting
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
+from twisted_nat.stun.sourcelimit import DEFAULT_RATE
 from twisted_nat.trust.known import Accept
 from twisted_nat.trust.target import Target
 from twisted_nat.turn.uri import TURNServer, parse_turn_uri
@@ -64,10 +65,24 @@ class ServerOptions(usage.Options):
             "SQLite file keeping which key each name belongs to, across restarts "
             "(default: memory only, forgotten when the server stops).",
         ],
+        [
+            "rate-limit",
+            None,
+            str(int(DEFAULT_RATE)),
+            "STUN requests a second answered per source IP, after a burst of "
+            "--rate-burst; 0 for no limit.",
+        ],
+        [
+            "rate-burst",
+            None,
+            None,
+            "STUN requests answered at once per source IP (default: twice --rate-limit).",
+        ],
     ]
 
     def postOptions(self) -> None:
         try:
+            self["rate-limit"] = _parse_limit(self["rate-limit"], self["rate-burst"])
             self["address"] = parse_ip(self["address"])
             self["port"] = parse_port(self["port"])
             self["alternate-address"] = parse_ip(self["alternate-address"])
@@ -262,6 +277,27 @@ def _parse_count(option: str, text: str) -> int:
     if count < 0:
         raise ConfigurationError(f"--{option} cannot be negative (0 switches it off): {count}")
     return count
+
+
+def _parse_limit(rate_text: str, burst_text: str | None) -> tuple[float, float] | None:
+    """C{--rate-limit} and C{--rate-burst}: (rate, burst), or None for no limit."""
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        raise ConfigurationError(f"--rate-limit must be a number, not {rate_text!r}") from None
+    if not (rate >= 0 and math.isfinite(rate)):
+        raise ConfigurationError(f"--rate-limit must be 0 or more and finite: {rate_text}")
+    if rate == 0:
+        return None
+    if burst_text is None:
+        return rate, max(1.0, 2 * rate)
+    try:
+        burst = float(burst_text)
+    except ValueError:
+        raise ConfigurationError(f"--rate-burst must be a number, not {burst_text!r}") from None
+    if not (burst >= 1 and math.isfinite(burst)):
+        raise ConfigurationError(f"--rate-burst must be 1 or more and finite: {burst_text}")
+    return rate, burst
 
 
 def _parse_rate(option: str, text: str) -> float:

@@ -6,7 +6,7 @@ itself (a L{twisted_nat.service.NATTraversalService}).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.error import CannotListenError
@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted_nat.address import Address, format_address
 from twisted_nat.connection import PeerConnection
 from twisted_nat.stun.server import BindingServer, STUNServerGroup
+from twisted_nat.stun.sourcelimit import SourceLimit
 
 
 class STUNServerService(Service):
@@ -30,6 +31,8 @@ class STUNServerService(Service):
     @param alternate: the second address (other IP, other port) for RFC
         5780 behaviour discovery, or None to serve on C{primary} only.
     @param software: the SOFTWARE attribute of responses, or None.
+    @param rate_limit: (rate, burst) of requests answered per source IP,
+        shared by all the sockets; None for no limit.
     """
 
     log = Logger()
@@ -40,8 +43,10 @@ class STUNServerService(Service):
         primary: Address,
         alternate: Address | None,
         software: str | None,
+        rate_limit: tuple[float, float] | None = None,
     ) -> None:
         self._reactor = reactor
+        self.rate_limit = rate_limit
         self.primary = primary
         self.alternate = alternate
         self.software = software
@@ -50,14 +55,18 @@ class STUNServerService(Service):
         self.server: BindingServer | None = None
 
     def privilegedStartService(self) -> None:
+        limit = None
+        if self.rate_limit is not None:
+            rate, burst = self.rate_limit
+            limit = SourceLimit(cast(IReactorTime, self._reactor), rate, burst)
         if self.alternate is None:
-            self.server = BindingServer(self.software)
+            self.server = BindingServer(self.software, limit=limit)
             host, port = self.primary
             self.ports = [
                 self._reactor.listenUDP(port, self.server, interface=host, maxPacketSize=8192)
             ]
         else:
-            self.group = STUNServerGroup(self.primary, self.alternate, self.software)
+            self.group = STUNServerGroup(self.primary, self.alternate, self.software, limit)
             self.ports = self.group.listen(self._reactor)
         super().privilegedStartService()
 
