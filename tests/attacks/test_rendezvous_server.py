@@ -15,19 +15,27 @@ import tracemalloc
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from tests.support.amp_wire import WireClient, box
 from twisted_nat.candidates import Candidate, CandidateType
-from twisted_nat.rendezvous.protocol import MAX_BOX_KEYS, MAX_BOX_SIZE
+from twisted_nat.rendezvous import make_rendezvous_service
+from twisted_nat.rendezvous.protocol import MAX_BOX_KEYS, MAX_BOX_SIZE, Challenge
 from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.rendezvous.server import RendezvousServerFactory
 from twisted_nat.tap.options import DemoOptions, PeerOptions
 from twisted_nat.trust import Identity
 from twisted_nat.trust.handshake import Offering
 
+reactor: Any = global_reactor
 VALUE = b"v" * 65535
 
 
@@ -170,6 +178,40 @@ def test_connections_are_capped_per_source_and_in_all() -> None:
     for refused in first[3:]:
         refused.lose()  # a refused connection gives back nothing it did not take
     assert factory.directory.admission.total == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_loopback_a_source_over_its_limit_is_cut_at_once() -> None:
+    service = make_rendezvous_service(
+        reactor, "tcp:0:interface=127.0.0.1", limits=ServerLimits(max_per_source=2)
+    )
+    service.startService()
+    try:
+        port = (await service.when_listening()).getHost().port  # type: ignore[attr-defined]
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        connections = [await endpoints.connectProtocol(endpoint, Gone()) for _ in range(3)]
+        await connections[2].lost.addTimeout(10, reactor)  # a guard, not a bound: it fails at once
+        answer = await connections[0].callRemote(Challenge)
+        assert len(answer["nonce"]) == 32
+        assert not connections[0].lost.called
+        assert service.factory.stats.refused_connections == 1
+        for connection in connections[:2]:
+            connection.transport.loseConnection()
+        await defer.gatherResults([c.lost for c in connections[:2]])
+    finally:
+        await service.stopService()
+
+
+class Gone(amp.AMP):
+    """A client that knows when its connection is gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.lost.callback(None)
 
 
 def test_the_connection_limit_stays_below_the_descriptor_limit(monkeypatch) -> None:
