@@ -21,6 +21,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -28,8 +29,10 @@ from twisted.python.failure import Failure
 from tests.support.amp_wire import WireClient, box
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.rendezvous import make_rendezvous_service
-from twisted_nat.rendezvous.protocol import MAX_BOX_KEYS, MAX_BOX_SIZE, Challenge
+from twisted_nat.rendezvous.bounds import MAX_BOX_KEYS, MAX_BOX_SIZE, MAX_IN_FLIGHT, ReadGate
+from twisted_nat.rendezvous.protocol import Challenge
 from twisted_nat.rendezvous.quotas import ServerLimits
+from twisted_nat.rendezvous.registry import MemoryRegistry
 from twisted_nat.rendezvous.server import RendezvousServerFactory
 from twisted_nat.tap.options import DemoOptions, PeerOptions
 from twisted_nat.trust import Identity
@@ -302,6 +305,63 @@ def test_garbage_bytes_never_raise_and_are_counted(seed: int) -> None:
     # A random length prefix is almost always over AMP's 255 for a key.
     assert not client.open
     assert factory.stats.closed_oversized + factory.stats.refused_malformed >= 1
+
+
+# --- requests faster than they are answered, answers never read ---
+
+
+class SlowRegistry(MemoryRegistry):
+    """A registry whose lookups are answered when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Deferred[Any]] = []
+
+    def lookup(self, name: str) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+def test_a_connection_is_read_no_more_while_too_many_requests_are_under_way() -> None:
+    registry = SlowRegistry()
+    factory = RendezvousServerFactory(Clock(), 10.0, registry)
+    client = WireClient(factory)
+    for _ in range(MAX_IN_FLIGHT - 1):
+        client.send(b"Lookup", name=b"bob")
+    assert client.transport.producerState == "producing"
+    client.send(b"Lookup", name=b"bob")
+    assert client.transport.producerState == "paused"
+    assert len(registry.waiting) == MAX_IN_FLIGHT
+    registry.waiting.pop().callback(None)
+    assert client.transport.producerState == "producing"
+
+
+def test_a_connection_is_read_no_more_while_its_answers_back_up() -> None:
+    factory, _ = server()
+    client = WireClient(factory)
+    gate = client.transport.producer
+    assert isinstance(gate, ReadGate)
+    gate.pauseProducing()  # as the transport does when what it must write backs up
+    assert client.transport.producerState == "paused"
+    gate.resumeProducing()
+    assert client.transport.producerState == "producing"
+
+
+def test_the_gate_pauses_while_either_reason_holds() -> None:
+    transport = StringTransport()
+    gate = ReadGate(transport, max_in_flight=2)
+    gate.started()
+    gate.started()
+    gate.pauseProducing()
+    gate.finished()
+    assert transport.producerState == "paused"  # writes still back up
+    gate.resumeProducing()
+    assert transport.producerState == "producing"
+    gate.stopProducing()
+    gate.started()
+    gate.started()
+    assert transport.producerState == "producing"  # the connection is gone
 
 
 # --- 5. the status example binds loopback ---

@@ -37,7 +37,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+    ITransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -54,6 +60,11 @@ from twisted_nat.errors import (
     RendezvousBusy,
     UnknownPeer,
 )
+from twisted_nat.rendezvous.bounds import (
+    MAX_BOX_KEYS,
+    BoundedBoxes,
+    ReadGate,
+)
 from twisted_nat.rendezvous.values import Answer, Offer, check_name
 from twisted_nat.trust.keys import PeerKey
 
@@ -62,16 +73,6 @@ BUSY = b"BUSY"
 _MAX_DESCRIPTION = 200
 _MAX_COMMAND = 40
 
-MAX_BOX_SIZE = 64 * 1024
-"""
-The most bytes one box may take on the wire, keys, values and their length
-prefixes: ours take a few KB (an offer with every candidate, under 8 KB).
-"""
-
-MAX_BOX_KEYS = 32
-"""The most keys one box may have: ours have up to 5."""
-
-OVERSIZED = "oversized box"
 MALFORMED_BOX = "malformed box"
 MALFORMED_COMMAND = "malformed command"
 _REGISTER_LABEL = b"twisted-nat/1 register\x00"
@@ -239,7 +240,7 @@ def _describe(error: BaseException) -> str:
     return text if len(text) <= _MAX_DESCRIPTION else text[:_MAX_DESCRIPTION] + "..."
 
 
-class SignalingAMP(amp.AMP):
+class SignalingAMP(BoundedBoxes, amp.AMP):
     """
     AMP that bounds what one box may hold and survives any bytes.
 
@@ -253,14 +254,13 @@ class SignalingAMP(amp.AMP):
     AMP would log a traceback and close the connection: bytes from the
     network are not a bug.  AMP's own C{StartTLS} is not served: TLS is a
     matter of the endpoint.  Each of these calls L{input_refused}, never
-    the reactor's "Unhandled Error".
+    the reactor's "Unhandled Error".  A L{ReadGate} stops reading from a
+    peer that does not read its answers, or has too many requests under way.
     """
 
     log = Logger()
 
-    _box_size = 0
-    _box_keys = 0
-    _refusing = False
+    _gate: ReadGate | None = None
 
     # AMP logs every connection made and lost at info.  The server and the
     # client log what an operator needs (who registered, who left), so the
@@ -277,51 +277,40 @@ class SignalingAMP(amp.AMP):
         # the one before (40 ms on Linux), in the middle of a set-up.
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        transport: Any = self.transport
+        if hasattr(transport, "pauseProducing"):
+            self._gate = ReadGate(transport)
+            # Not over TLS: it holds our writes back until its handshake is
+            # done, pausing its producer meanwhile, and the handshake needs
+            # the reading that pausing would stop.
+            if (
+                IConsumer.providedBy(transport)
+                and IPushProducer.providedBy(transport)
+                and not ISSLTransport.providedBy(transport)
+            ):
+                transport.registerProducer(self._gate, True)
         self.log.debug("Connection with {peer} made", peer=peer_address(self))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.log.debug("Connection with {peer} lost", peer=peer_address(self))
+        if self._gate is not None:
+            self._gate.stopProducing()
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
 
-    # --- the size of a box ---
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred[Any]:
+        """Run the responder, counting it under way with the L{ReadGate} until answered."""
+        answered: Deferred[Any] = super().dispatchCommand(box)
+        gate = self._gate
+        if gate is not None and not answered.called:
+            gate.started()
 
-    def dataReceived(self, data: bytes) -> None:
-        if not self._refusing:
-            super().dataReceived(data)
+            def done(result: object) -> object:
+                gate.finished()
+                return result
 
-    def proto_init(self, string: bytes) -> str:
-        self._box_size = self._box_keys = 0
-        return super().proto_init(string)  # type: ignore[no-any-return]
-
-    def proto_key(self, string: bytes) -> str:
-        if string:
-            self._box_keys += 1
-            self._box_size += 2 + len(string)
-            if self._box_keys > MAX_BOX_KEYS:
-                return self._oversized(f"a box of more than {MAX_BOX_KEYS} keys")
-        return super().proto_key(string)  # type: ignore[no-any-return]
-
-    def proto_value(self, string: bytes) -> str:
-        self._box_size += 2 + len(string)
-        if self._box_size > MAX_BOX_SIZE:
-            return self._oversized(f"a box of more than {MAX_BOX_SIZE} bytes")
-        return super().proto_value(string)  # type: ignore[no-any-return]
-
-    def proto_done(self, string: bytes) -> str:
-        return "done"
-
-    def _oversized(self, why: str) -> str:
-        """Drop the box, and the connection: a state of C{"done"} closes it."""
-        self._refusing = True
-        self._currentBox = None
-        self.input_refused(OVERSIZED, why)
-        return "done"
-
-    def lengthLimitExceeded(self, length: int) -> None:
-        self._refusing = True
-        self.input_refused(OVERSIZED, f"a key of {length} bytes")
-        super().lengthLimitExceeded(length)
+            answered.addBoth(done)
+        return answered
 
     # --- what a box says ---
 

@@ -38,10 +38,10 @@ from twisted_nat.errors import (
     RendezvousError,
     UnknownPeer,
 )
+from twisted_nat.rendezvous.bounds import OVERSIZED
 from twisted_nat.rendezvous.directory import PeerDirectory, ServerStats
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.protocol import (
-    OVERSIZED,
     Challenge,
     Connect,
     DeliverOffer,
