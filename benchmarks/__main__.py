@@ -17,6 +17,7 @@ from benchmarks import (
     bench_detect,
     bench_scale,
     bench_server,
+    bench_server_abuse,
     bench_stun_amplification,
     bench_turn,
 )
@@ -39,6 +40,8 @@ def main() -> int:
     status |= bench_turn.main(["--json", str(RESULTS / "turn.json")])
     print("\n== 10,000 peer connections with keep-alive in one process ==", flush=True)
     status |= bench_scale.main(["--json", str(RESULTS / "scale.json")])
+    print("\n== What one hostile client can make the rendezvous server hold ==", flush=True)
+    status |= bench_server_abuse.main(["--json", str(RESULTS / "server_abuse.json")])
     print("\n== NAT detection on real NATs: ours against pystun3 ==", flush=True)
     reason = lab_unavailable_reason()
     if reason is None:

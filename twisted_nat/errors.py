@@ -110,6 +110,14 @@ class PeerUnavailable(RendezvousError):
     """The peer was found but did not answer: its handler failed, refused or timed out."""
 
 
+class RendezvousBusy(RendezvousError):
+    """
+    The rendezvous server holds as much as it allows for now: offers waiting
+    for answers (ours, the peer's, or in all), or registrations from our
+    address.  Retrying later may work.
+    """
+
+
 class RendezvousUnavailable(RendezvousError):
     """
     There is no usable connection to the rendezvous server right now, or it

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted_nat.address import format_address
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
+from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.rendezvous.registry import INameRegistry, open_registry
 from twisted_nat.rendezvous.server import RendezvousServerFactory
 
@@ -41,6 +42,8 @@ class RendezvousService(Service):
     @param registry: where a new factory keeps the names bound to keys: a
         SQLite file, kept across restarts, or (None) memory only, for a
         demo; the service closes it when it stops.
+    @param limits: what strangers may hold, for a new factory; the defaults
+        if not given.
     """
 
     log = Logger()
@@ -52,6 +55,7 @@ class RendezvousService(Service):
         relay_timeout: float = DEFAULT_RELAY_TIMEOUT,
         factory: RendezvousServerFactory | None = None,
         registry: str | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         try:
             self._endpoint = serverFromString(reactor, endpoint)
@@ -61,7 +65,7 @@ class RendezvousService(Service):
         self._registry: INameRegistry | None = None
         if factory is None:
             self._registry = open_registry(registry)
-            factory = RendezvousServerFactory(reactor, relay_timeout, self._registry)
+            factory = RendezvousServerFactory(reactor, relay_timeout, self._registry, limits)
         self.factory = factory
         self.port: IListeningPort | None = None
         self._started = False
@@ -147,10 +151,11 @@ def make_rendezvous_service(
     endpoint: str,
     relay_timeout: float = DEFAULT_RELAY_TIMEOUT,
     registry: str | None = None,
+    limits: ServerLimits | None = None,
 ) -> RendezvousService:
     """
     A rendezvous server on C{endpoint} (a server endpoint string such as
     C{"tcp:8765:interface=127.0.0.1"}), to be started or given a parent;
     C{reactor} as for L{RendezvousService}.
     """
-    return RendezvousService(reactor, endpoint, relay_timeout, registry=registry)
+    return RendezvousService(reactor, endpoint, relay_timeout, registry=registry, limits=limits)

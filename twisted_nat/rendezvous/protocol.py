@@ -23,9 +23,10 @@ which is all the bookkeeping a relay needs.
 Offers and answers travel as JSON in one AMP value each.  Everything is
 checked while the box is parsed: anything malformed from the network is
 refused with a C{MALFORMED} error and never reaches a responder, and the
-connection stays up.  Every refusal is one of the exceptions of
-L{twisted_nat.errors}, mapped to an AMP error code, so the caller's
-Deferred fails with the same type the server raised.
+connection stays up; a box too large to be ours closes it (L{SignalingAMP}).
+Every refusal is one of the exceptions of L{twisted_nat.errors}, mapped to
+an AMP error code, so the caller's Deferred fails with the same type the
+server raised.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+    ITransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -49,13 +57,24 @@ from twisted_nat.errors import (
     NotRegistered,
     PeerUnavailable,
     RegistrationRefused,
+    RendezvousBusy,
     UnknownPeer,
+)
+from twisted_nat.rendezvous.bounds import (
+    MAX_BOX_KEYS,
+    BoundedBoxes,
+    ReadGate,
 )
 from twisted_nat.rendezvous.values import Answer, Offer, check_name
 from twisted_nat.trust.keys import PeerKey
 
 MALFORMED = b"MALFORMED"
+BUSY = b"BUSY"
 _MAX_DESCRIPTION = 200
+_MAX_COMMAND = 40
+
+MALFORMED_BOX = "malformed box"
+MALFORMED_COMMAND = "malformed command"
 _REGISTER_LABEL = b"twisted-nat/1 register\x00"
 
 
@@ -145,6 +164,7 @@ class Challenge(amp.Command):
 _REGISTRATION_ERRORS: dict[type[Exception], bytes] = {
     DuplicateName: b"DUPLICATE_NAME",
     RegistrationRefused: b"REGISTRATION_REFUSED",
+    RendezvousBusy: BUSY,
     MalformedSignal: MALFORMED,
 }
 
@@ -186,6 +206,7 @@ class Connect(amp.Command):
         UnknownPeer: b"UNKNOWN_PEER",
         PeerUnavailable: b"PEER_UNAVAILABLE",
         NotRegistered: b"NOT_REGISTERED",
+        RendezvousBusy: BUSY,
         MalformedSignal: MALFORMED,
     }
 
@@ -219,19 +240,26 @@ def _describe(error: BaseException) -> str:
     return text if len(text) <= _MAX_DESCRIPTION else text[:_MAX_DESCRIPTION] + "..."
 
 
-class SignalingAMP(amp.AMP):
+class SignalingAMP(BoundedBoxes, amp.AMP):
     """
-    AMP that answers a box it cannot parse with a C{MALFORMED} error.
+    AMP that bounds what one box may hold and survives any bytes.
 
-    Plain AMP treats an exception while parsing arguments (a missing key,
-    bad UTF-8, our own validation) as a bug in the responder: it logs a
-    traceback and closes the connection.  Bytes from the network are not a
-    bug, so here they are a refusal like any other.
+    A box over L{MAX_BOX_SIZE} bytes or L{MAX_BOX_KEYS} keys, or with a key
+    over AMP's 255 bytes, closes the connection: plain AMP would hold a box
+    that never ends until memory runs out.  A box that parses but is no
+    request or answer of ours (no command, an answer to no question, a
+    command name that is not ASCII) is dropped, and the connection stays.
+    A request whose arguments cannot be parsed (a missing key, bad UTF-8,
+    our own validation) is answered with a C{MALFORMED} error, where plain
+    AMP would log a traceback and close the connection: bytes from the
+    network are not a bug.  AMP's own C{StartTLS} is not served: TLS is a
+    matter of the endpoint.  Each of these calls L{input_refused}, never
+    the reactor's "Unhandled Error".  A L{ReadGate} stops reading from a
+    peer that does not read its answers, or has too many requests under way.
     """
 
     log = Logger()
-    _broken = False
-    """Set once a box could not be dispatched: the rest of the stream is not parsed."""
+    _gate: ReadGate | None = None
 
     # AMP logs every connection made and lost at info.  The server and the
     # client log what an operator needs (who registered, who left), so the
@@ -248,35 +276,48 @@ class SignalingAMP(amp.AMP):
         # the one before (40 ms on Linux), in the middle of a set-up.
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        transport: Any = self.transport
+        if hasattr(transport, "pauseProducing"):
+            self._gate = ReadGate(transport)
+            # Not over TLS: it holds our writes back until its handshake is
+            # done, pausing its producer meanwhile, and the handshake needs
+            # the reading that pausing would stop.
+            if (
+                IConsumer.providedBy(transport)
+                and IPushProducer.providedBy(transport)
+                and not ISSLTransport.providedBy(transport)
+            ):
+                transport.registerProducer(self._gate, True)
         self.log.debug("Connection with {peer} made", peer=peer_address(self))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.log.debug("Connection with {peer} lost", peer=peer_address(self))
+        if self._gate is not None:
+            self._gate.stopProducing()
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
 
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Plain AMP lets the exception of a box it cannot dispatch (neither a
-        command, an answer nor an error; a command name that is not ASCII)
-        escape into the reactor, which logs a traceback and drops the
-        connection.  Here the connection is dropped all the same, the box
-        counted as malformed, and nothing reaches the reactor.
-        """
-        if self._broken:
-            return
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred[Any]:
+        """Run the responder, counting it under way with the L{ReadGate} until answered."""
+        answered: Deferred[Any] = super().dispatchCommand(box)
+        gate = self._gate
+        if gate is not None and not answered.called:
+            gate.started()
+
+            def done(result: object) -> object:
+                gate.finished()
+                return result
+
+            answered.addBoth(done)
+        return answered
+
+    # --- what a box says ---
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
         try:
-            super().dataReceived(data)
+            super().ampBoxReceived(box)
         except Exception as e:
-            self._broken = True
-            self.log.debug(
-                "Dropped the connection with {peer}: malformed box: {error}",
-                peer=peer_address(self),
-                error=_describe(e),
-            )
-            self.malformed_refused(b"")
-            if self.transport is not None:
-                self.transport.loseConnection()
+            self.input_refused(MALFORMED_BOX, _describe_box(box, e))
 
     def unhandledError(self, failure: Failure) -> None:
         """
@@ -295,6 +336,12 @@ class SignalingAMP(amp.AMP):
         super().unhandledError(failure)
 
     def locateResponder(self, name: bytes) -> Callable[[amp.AmpBox], Any] | None:
+        try:
+            name.decode("ascii")
+        except UnicodeDecodeError:
+            return self._refusing_responder(name, "the command name is not ASCII")
+        if name == b"StartTLS":
+            return None
         responder = super().locateResponder(name)
         if responder is None:
             return None
@@ -303,16 +350,44 @@ class SignalingAMP(amp.AMP):
             try:
                 return responder(box)
             except Exception as e:
-                self.log.debug(
-                    "Refused a malformed {command} from {peer}: {error}",
-                    command=name.decode("ascii", "replace"),
-                    peer=peer_address(self),
-                    error=_describe(e),
-                )
-                self.malformed_refused(name)
-                return defer.fail(amp.RemoteAmpError(MALFORMED, _describe(e)))
+                return self._refusing_responder(name, _describe(e))(box)
 
         return guarded
 
-    def malformed_refused(self, command: bytes) -> None:
-        """Called for every box refused as malformed; for counters."""
+    def _refusing_responder(self, name: bytes, why: str) -> Callable[[amp.AmpBox], Any]:
+        def refuse(box: amp.AmpBox) -> Any:
+            command = name.decode("ascii", "replace")[:_MAX_COMMAND]
+            self.input_refused(MALFORMED_COMMAND, f"{command}: {why}")
+            return defer.fail(amp.RemoteAmpError(MALFORMED, why))
+
+        return refuse
+
+    def input_refused(self, reason: str, detail: str) -> None:
+        """
+        Called for every box refused, C{reason} one of L{OVERSIZED},
+        L{MALFORMED_BOX} and L{MALFORMED_COMMAND}, for counters and
+        logs; C{detail} is at most a few hundred characters.
+        """
+        self.log.debug(
+            "Refused input from {peer} ({reason}): {detail}",
+            peer=peer_address(self),
+            reason=reason,
+            detail=detail,
+        )
+
+    def forget_question(self, question: Deferred[Any]) -> None:
+        """
+        Stop waiting for the answer to C{question}, a C{callRemote} that
+        timed out: AMP would keep it until the connection ends, however
+        many pile up.  An answer that comes later is a box refused.
+        """
+        outstanding: dict[bytes, Deferred[Any]] = self._outstandingRequests
+        for tag, waiting in list(outstanding.items()):
+            if waiting is question:
+                del outstanding[tag]
+                return
+
+
+def _describe_box(box: amp.AmpBox, error: BaseException) -> str:
+    keys = b", ".join(key[:_MAX_COMMAND] for key in list(box)[:MAX_BOX_KEYS])
+    return f"{_describe(error)} in a box with keys {keys.decode('ascii', 'replace')}"

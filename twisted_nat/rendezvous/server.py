@@ -25,7 +25,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionClosed
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,9 +36,12 @@ from twisted_nat.errors import (
     NotRegistered,
     PeerUnavailable,
     RegistrationRefused,
+    RendezvousBusy,
     RendezvousError,
     UnknownPeer,
 )
+from twisted_nat.rendezvous.bounds import OVERSIZED
+from twisted_nat.rendezvous.directory import PeerDirectory, ServerStats
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.protocol import (
     Challenge,
@@ -51,75 +54,14 @@ from twisted_nat.rendezvous.protocol import (
     peer_address,
     registration_transcript,
 )
+from twisted_nat.rendezvous.quotas import ServerLimits, source_of
 from twisted_nat.rendezvous.registry import INameRegistry, MemoryRegistry
 from twisted_nat.rendezvous.values import Offer
 from twisted_nat.trust.keys import PeerKey
 
 NONCE_SIZE = 32
 
-
-@attrs.define
-class ServerStats:
-    """Counters of one rendezvous server."""
-
-    registrations: int = 0
-    offers_relayed: int = 0
-    relays_failed: int = 0
-    refused: int = 0
-    refused_malformed: int = 0
-
-
-class PeerDirectory:
-    """
-    The live connections of one server, by peer key, and the registry of
-    names bound to keys.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self, reactor: IReactorTime, relay_timeout: float, registry: INameRegistry
-    ) -> None:
-        self.reactor = reactor
-        self.relay_timeout = relay_timeout
-        self.registry = registry
-        self.by_key: dict[PeerKey, RendezvousServerProtocol] = {}
-        self.connections: set[RendezvousServerProtocol] = set()
-        self.stats = ServerStats()
-        self._server_id: bytes | None = None
-
-    def server_id(self) -> Deferred[bytes]:
-        """The registry's id, asked once."""
-        if self._server_id is not None:
-            return defer.succeed(self._server_id)
-
-        def keep(server_id: bytes) -> bytes:
-            self._server_id = server_id
-            return server_id
-
-        return self.registry.server_id().addCallback(keep)
-
-    def hold(self, connection: RendezvousServerProtocol, key: PeerKey) -> None:
-        """Make C{connection} the one that reaches C{key}; an older one is dropped."""
-        old = self.by_key.get(key)
-        if old is not None and old is not connection:
-            self.log.info(
-                "{key} registered again from {peer}: dropping its older connection from {old}",
-                key=key.short,
-                peer=peer_address(connection),
-                old=peer_address(old),
-            )
-            old.key = None
-            if old.transport is not None:
-                old.transport.loseConnection()
-        if connection.key is not None and connection.key != key:
-            self.release(connection)
-        self.by_key[key] = connection
-
-    def release(self, connection: RendezvousServerProtocol) -> None:
-        key = connection.key
-        if key is not None and self.by_key.get(key) is connection:
-            del self.by_key[key]
+__all__ = ["RendezvousServerFactory", "RendezvousServerProtocol", "ServerStats"]
 
 
 class RendezvousServerProtocol(SignalingAMP):
@@ -132,15 +74,49 @@ class RendezvousServerProtocol(SignalingAMP):
         self.directory = directory
         self.name: str | None = None
         self.key: PeerKey | None = None
+        self.source: str | None = None
         self.closed: Deferred[None] = Deferred()
         self._challenge: tuple[bytes, bytes] | None = None
+        self._admitted = False
+        self._idle: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.directory.connections.add(self)
+        directory = self.directory
+        assert self.transport is not None
+        self.source = source_of(self.transport.getPeer())
+        refusal = directory.admission.admit(self.source)
+        if refusal is not None:
+            directory.stats.refused_connections += 1
+            directory.refused(self, "connection refused", refusal)
+            if ITCPTransport.providedBy(self.transport):
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+            return
+        self._admitted = True
+        directory.connections.add(self)
+        self._idle = directory.reactor.callLater(directory.limits.idle_timeout, self._idle_out)
+
+    def _idle_out(self) -> None:
+        self._idle = None
+        if self.key is None and self.transport is not None:
+            self.directory.stats.closed_idle += 1
+            self.directory.refused(
+                self,
+                "idle",
+                f"no name registered within {self.directory.limits.idle_timeout:g} s",
+            )
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         peer = peer_address(self)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._admitted:
+            self._admitted = False
+            self.directory.admission.leave(self.source)
         self.directory.connections.discard(self)
         if self.key is not None and self.directory.by_key.get(self.key) is self:
             self.directory.release(self)
@@ -163,12 +139,19 @@ class RendezvousServerProtocol(SignalingAMP):
         except ValueError:
             return None
 
-    def malformed_refused(self, command: bytes) -> None:
-        self.directory.stats.refused_malformed += 1
+    def input_refused(self, reason: str, detail: str) -> None:
+        if reason == OVERSIZED:
+            self.directory.stats.closed_oversized += 1
+        self.directory.refused(self, reason, detail)
 
     def _refuse(self, error: RendezvousError) -> RendezvousError:
         self.directory.stats.refused += 1
         return error
+
+    def _busy(self, reason: str, why: str) -> RendezvousError:
+        self.directory.stats.refused_busy += 1
+        self.directory.refused(self, reason, why)
+        return self._refuse(RendezvousBusy(why))
 
     @Challenge.responder
     def challenge(self) -> Deferred[dict[str, object]]:
@@ -181,19 +164,21 @@ class RendezvousServerProtocol(SignalingAMP):
         return self.directory.server_id().addCallback(issued)
 
     def _prove(self, action: str, name: str, key: PeerKey, signature: bytes) -> None:
-        """Check C{signature} over our last challenge, which it uses up."""
+        """
+        Check C{signature} over our last challenge, which it uses up, once
+        the rate of registrations from our source allows.
+        """
         challenge, self._challenge = self._challenge, None
+        if not self.directory.may_register(self.source):
+            raise self._busy(
+                "registrations",
+                f"too many registrations from {self.source}; try again later",
+            )
         if challenge is None:
             raise self._refuse(RegistrationRefused("ask for a challenge first"))
         server_id, nonce = challenge
         if not key.verify(signature, registration_transcript(server_id, nonce, action, name)):
-            self.log.warn(
-                "Refused to {action} {name} for {key} from {peer}: bad signature",
-                action=action,
-                name=name,
-                key=key.short,
-                peer=peer_address(self),
-            )
+            self.directory.refused(self, "bad signature", f"to {action} {name!r} for {key.short}")
             raise self._refuse(RegistrationRefused(f"the signature to {action} {name!r} is wrong"))
 
     @Register.responder
@@ -202,17 +187,17 @@ class RendezvousServerProtocol(SignalingAMP):
 
         def claimed(ours: bool) -> dict[str, object]:
             if not ours:
-                self.log.warn(
-                    "Refused {name} to {key} from {peer}: the name belongs to another key",
-                    name=name,
-                    key=key.short,
-                    peer=peer_address(self),
+                self.directory.refused(
+                    self, "name taken", f"{name!r} for {key.short}: it belongs to another key"
                 )
                 raise self._refuse(DuplicateName(f"{name!r} belongs to another key"))
             if self.transport is None:  # gone while the registry answered
                 return {}
             self.directory.hold(self, key)
             self.name, self.key = name, key
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
             self.directory.stats.registrations += 1
             self.log.info(
                 "Peer {name} ({key}) registered from {peer}",
@@ -273,11 +258,21 @@ class RendezvousServerProtocol(SignalingAMP):
         target = self.directory.by_key.get(key) if key is not None else None
         if target is None:
             raise self._refuse(UnknownPeer(f"{to!r} is not connected"))
+        pending = self.directory.pending
+        refusal = pending.reserve(self, target)
+        if refusal is not None:
+            raise self._busy("offers waiting", refusal)
         timeout = self.directory.relay_timeout
         # Our word on where each side connects from, for the peers' budgets.
         offer = attrs.evolve(offer, seen_from=self.address)
         relay: Deferred[dict[str, Any]] = target.callRemote(DeliverOffer, offer=offer)
         relay.addTimeout(timeout, self.directory.reactor)
+
+        def settled(result: object) -> object:
+            pending.release(self, target)
+            return result
+
+        relay.addBoth(settled)
 
         def answered(response: dict[str, Any]) -> dict[str, object]:
             answer = response["answer"]
@@ -292,6 +287,7 @@ class RendezvousServerProtocol(SignalingAMP):
             if failure.check(PeerUnavailable):
                 error = failure.value
             elif failure.check(defer.TimeoutError):
+                target.forget_question(relay)
                 error = PeerUnavailable(f"{to} did not answer within {timeout:g} s")
             elif failure.check(MalformedSignal):
                 error = PeerUnavailable(f"{to} sent a malformed answer")
@@ -299,11 +295,8 @@ class RendezvousServerProtocol(SignalingAMP):
                 error = PeerUnavailable(f"{to} went away before answering")
             else:
                 error = PeerUnavailable(f"{to} could not answer")
-            self.log.info(
-                "Could not relay an offer from {source} to {to}: {error}",
-                source=self.name,
-                to=to,
-                error=failure.value,
+            self.directory.refused(
+                self, "relay failed", f"an offer from {self.name} to {to}: {failure.value}"
             )
             return Failure(error)
 
@@ -319,6 +312,7 @@ class RendezvousServerFactory(ServerFactory):
     @param relay_timeout: how long a peer may take to answer an offer
         relayed to it before the sender gets L{PeerUnavailable}.
     @param registry: the names bound to keys; a new in-memory one if not given.
+    @param limits: what strangers may hold; the defaults if not given.
     """
 
     noisy = False
@@ -328,9 +322,13 @@ class RendezvousServerFactory(ServerFactory):
         reactor: IReactorTime,
         relay_timeout: float = DEFAULT_RELAY_TIMEOUT,
         registry: INameRegistry | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.directory = PeerDirectory(
-            reactor, relay_timeout, registry if registry is not None else MemoryRegistry()
+            reactor,
+            relay_timeout,
+            registry if registry is not None else MemoryRegistry(),
+            limits if limits is not None else ServerLimits(),
         )
 
     @property

@@ -126,7 +126,11 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 if sub["registry"] is not None:
                     check_registry(sub["registry"])
                 make_rendezvous_service(
-                    reactor, sub["rendezvous"], registry=sub["registry"]
+                    reactor,
+                    sub["rendezvous"],
+                    relay_timeout=sub["offer-timeout"],
+                    registry=sub["registry"],
+                    limits=sub["limits"],
                 ).setServiceParent(top)
         elif command == "peer":
             peer = _peer(

@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 import os
 
+import attrs
 from twisted.python import usage
 
 from twisted_nat.address import parse_hostport, parse_ip, parse_port
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import birthday, meeting
+from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
+from twisted_nat.rendezvous.quotas import DESCRIPTOR_RESERVE, ServerLimits
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.sourcelimit import DEFAULT_RATE
 from twisted_nat.trust.known import Accept
@@ -26,6 +29,12 @@ DEFAULT_PORT = 3478
 DEFAULT_ALTERNATE_PORT = 3479
 DEFAULT_RENDEZVOUS = "tcp:8765:interface=127.0.0.1"
 TURN_PASSWORD_ENVIRONMENT = "TWISTED_NAT_TURN_PASSWORD"
+STATUS_EXAMPLE = "tcp:8080:interface=127.0.0.1"
+"""
+The status shows names, keys, addresses and candidates: the example binds
+loopback only, as C{tcp:8080} alone would bind every interface.
+"""
+_LIMITS = ServerLimits()
 
 
 class ServerOptions(usage.Options):
@@ -78,11 +87,55 @@ class ServerOptions(usage.Options):
             None,
             "STUN requests answered at once per source IP (default: twice --rate-limit).",
         ],
+        # Parsed in postOptions, so that a bad value is refused naming its option.
+        [
+            "max-connections",
+            None,
+            str(_LIMITS.max_connections),
+            "Rendezvous connections at once, in all; lowered to the descriptor limit "
+            f"(ulimit -n) less {DESCRIPTOR_RESERVE}.",
+        ],
+        [
+            "max-per-ip",
+            None,
+            str(_LIMITS.max_per_source),
+            "Rendezvous connections at once from one IPv4 address or IPv6 /64.",
+        ],
+        [
+            "register-rate",
+            None,
+            f"{_LIMITS.register_rate:g}",
+            "Name registrations a second from one IPv4 address or IPv6 /64, after a "
+            f"burst of {_LIMITS.register_burst}.",
+        ],
+        [
+            "idle-timeout",
+            None,
+            f"{_LIMITS.idle_timeout:g}",
+            "Seconds a rendezvous connection may stay without registering a name.",
+        ],
+        [
+            "offer-timeout",
+            None,
+            f"{DEFAULT_RELAY_TIMEOUT:g}",
+            "Seconds an offer waits for the peer's answer; then its sender is told the "
+            "peer did not answer.",
+        ],
+        [
+            "max-pending-offers",
+            None,
+            str(_LIMITS.max_pending),
+            "Offers waiting for answers, in all; each connection may have "
+            f"{_LIMITS.max_pending_per_connection} sent and {_LIMITS.max_pending_per_connection} "
+            "to answer.",
+        ],
     ]
 
     def postOptions(self) -> None:
         try:
             self["rate-limit"] = _parse_limit(self["rate-limit"], self["rate-burst"])
+            self["limits"] = self._limits()
+            self["offer-timeout"] = _parse_rate("offer-timeout", self["offer-timeout"])
             self["address"] = parse_ip(self["address"])
             self["port"] = parse_port(self["port"])
             self["alternate-address"] = parse_ip(self["alternate-address"])
@@ -94,6 +147,22 @@ class ServerOptions(usage.Options):
                 raise usage.UsageError("RFC 5780 mode needs two different addresses (or --single)")
             if self["port"] == self["alternate-port"]:
                 raise usage.UsageError("RFC 5780 mode needs two different ports (or --single)")
+
+    def _limits(self) -> ServerLimits:
+        """The rendezvous server's limits, from their options."""
+        counts = {}
+        for option in ("max-connections", "max-per-ip", "max-pending-offers"):
+            counts[option] = _parse_count(option, self[option])
+            if counts[option] == 0:
+                raise ConfigurationError(f"--{option} must be at least 1")
+        return attrs.evolve(
+            _LIMITS,
+            max_connections=counts["max-connections"],
+            max_per_source=counts["max-per-ip"],
+            max_pending=counts["max-pending-offers"],
+            register_rate=_parse_rate("register-rate", self["register-rate"]),
+            idle_timeout=_parse_rate("idle-timeout", self["idle-timeout"]),
+        )
 
 
 class PeerOptions(usage.Options):
@@ -146,7 +215,7 @@ class PeerOptions(usage.Options):
         ["interface", "i", "0.0.0.0", "Local address to bind."],
         # Numeric defaults: usage.Options coerces given values only, not defaults.
         ["keepalive-interval", None, 25.0, "Seconds between keep-alives.", float],
-        ["status", None, None, "Serve our state as JSON on this endpoint, e.g. tcp:8080."],
+        ["status", None, None, f"Serve our state as JSON on this endpoint, e.g. {STATUS_EXAMPLE}."],
         ["greet-every", None, 0.0, "Send each connected peer a datagram this often (s).", float],
         ["turn-user", None, None, "User name on the --turn servers (one for all of them)."],
         [
@@ -320,7 +389,12 @@ class DemoOptions(usage.Options):
         "connects to bob and they greet each other every few seconds."
     )
     optParameters = [
-        ["status", None, None, "Serve alice's state as JSON on this endpoint, e.g. tcp:8080."],
+        [
+            "status",
+            None,
+            None,
+            f"Serve alice's state as JSON on this endpoint, e.g. {STATUS_EXAMPLE}.",
+        ],
         ["rendezvous", "r", DEFAULT_RENDEZVOUS, "Server endpoint of the rendezvous server."],
     ]
 
