@@ -49,7 +49,7 @@ from twisted_nat.punch.birthday import (
     Prober,
     success_probability,
 )
-from twisted_nat.rendezvous.values import NATHint
+from twisted_nat.rendezvous.hint import NATHint
 from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.message import Message
 

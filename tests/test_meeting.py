@@ -41,7 +41,7 @@ from twisted_nat.punch.birthday import SPRAY_PUNCHES
 from twisted_nat.punch.meeting import DEFAULT_SOCKETS, meeting_port
 from twisted_nat.punch.plan import MEETING_PREFERENCE
 from twisted_nat.rendezvous import Offer
-from twisted_nat.rendezvous.values import NATHint
+from twisted_nat.rendezvous.hint import NATHint
 from twisted_nat.service import NATTraversalService
 from twisted_nat.stun.client import STUNClient
 from twisted_nat.trust import Identity

@@ -15,7 +15,7 @@ from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior
 from twisted_nat.punch import PunchPlan, SymmetricSettings, Technique, hint_for, plan
 from twisted_nat.punch.birthday import ANSWER_DELAY
 from twisted_nat.punch.plan import confine
-from twisted_nat.rendezvous.values import NATHint
+from twisted_nat.rendezvous.hint import NATHint
 
 SETTINGS = SymmetricSettings()
 PEER_HOST = Candidate(CandidateType.HOST, "10.0.0.2", 5000)

@@ -48,8 +48,9 @@ from twisted_nat.rendezvous import (
     RendezvousService,
     make_rendezvous_service,
 )
+from twisted_nat.rendezvous.hint import NATHint
 from twisted_nat.rendezvous.protocol import AnswerArgument, OfferArgument, registration_transcript
-from twisted_nat.rendezvous.values import MAX_CANDIDATES, NATHint, check_name
+from twisted_nat.rendezvous.values import MAX_CANDIDATES, check_name
 from twisted_nat.trust import Identity, PeerKey
 from twisted_nat.trust.handshake import Offering, answer_offer
 

@@ -18,7 +18,8 @@ from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import BadSignature, KeyMismatch
 from twisted_nat.nat import FilteringBehavior, MappingBehavior
-from twisted_nat.rendezvous.values import Answer, NATHint, Offer
+from twisted_nat.rendezvous.hint import NATHint
+from twisted_nat.rendezvous.values import Answer, Offer
 from twisted_nat.trust import Identity
 from twisted_nat.trust.handshake import (
     Offering,

@@ -25,7 +25,7 @@ from twisted_nat.punch.birthday import DEFAULT_SOCKETS as BIRTHDAY_SOCKETS
 from twisted_nat.punch.meeting import DEFAULT_SOCKETS as MEETING_SOCKETS
 from twisted_nat.punch.meeting import meeting_port
 from twisted_nat.punch.values import SPRAY_PAIRED_KINDS
-from twisted_nat.rendezvous.values import NATHint
+from twisted_nat.rendezvous.hint import NATHint
 
 MEETING_PREFERENCE = PREDICTED_PREFERENCE - 256
 """

@@ -10,6 +10,7 @@ does it inside one process, for tests.
 """
 
 from twisted_nat.rendezvous.client import RendezvousClient, default_retry_policy
+from twisted_nat.rendezvous.hint import NATHint
 from twisted_nat.rendezvous.interfaces import ISignaling, OfferHandler
 from twisted_nat.rendezvous.listening import RendezvousService, make_rendezvous_service
 from twisted_nat.rendezvous.loopback import InMemorySignalingHub, LoopbackSignaling
@@ -20,7 +21,7 @@ from twisted_nat.rendezvous.registry import (
     open_registry,
 )
 from twisted_nat.rendezvous.server import RendezvousServerFactory
-from twisted_nat.rendezvous.values import Answer, NATHint, Offer
+from twisted_nat.rendezvous.values import Answer, Offer
 
 __all__ = [
     "Answer",

@@ -6,7 +6,7 @@ limits (L{twisted_nat.rendezvous.quotas}) with what they have taken.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 from twisted.internet import defer
@@ -25,8 +25,15 @@ from twisted_nat.rendezvous.quotas import (
 from twisted_nat.rendezvous.registry import INameRegistry
 from twisted_nat.trust.keys import PeerKey
 
-if TYPE_CHECKING:
-    from twisted_nat.rendezvous.server import RendezvousServerProtocol
+
+class HeldConnection(Protocol):
+    """What the directory needs of a peer's connection (the server's protocol)."""
+
+    key: PeerKey | None
+    transport: Any
+
+
+C = TypeVar("C", bound=HeldConnection)
 
 
 @attrs.define
@@ -57,7 +64,7 @@ class ServerStats:
     refused_busy: int = 0
 
 
-class PeerDirectory:
+class PeerDirectory(Generic[C]):
     """
     The live connections of one server, by peer key, the registry of names
     bound to keys, and the server's limits with what is held against them.
@@ -81,8 +88,8 @@ class PeerDirectory:
         self.relay_timeout = relay_timeout
         self.registry = registry
         self.limits = limits
-        self.by_key: dict[PeerKey, RendezvousServerProtocol] = {}
-        self.connections: set[RendezvousServerProtocol] = set()
+        self.by_key: dict[PeerKey, C] = {}
+        self.connections: set[C] = set()
         self.stats = ServerStats()
         self.max_connections = min(limits.max_connections, connection_ceiling())
         self.admission = Admission(self.max_connections, limits.max_per_source)
@@ -108,7 +115,7 @@ class PeerDirectory:
         """Whether C{source} may register or release a name now; if so, it pays for it."""
         return source is None or self.registering.take(source, self.reactor.seconds())
 
-    def refused(self, connection: RendezvousServerProtocol, reason: str, detail: str) -> None:
+    def refused(self, connection: C, reason: str, detail: str) -> None:
         """Count what C{connection} had refused, and log it at a bounded rate."""
         if reason in (MALFORMED_BOX, MALFORMED_COMMAND):
             self.stats.refused_malformed += 1
@@ -120,7 +127,7 @@ class PeerDirectory:
             detail=detail,
         )
 
-    def hold(self, connection: RendezvousServerProtocol, key: PeerKey) -> None:
+    def hold(self, connection: C, key: PeerKey) -> None:
         """Make C{connection} the one that reaches C{key}; an older one is dropped."""
         old = self.by_key.get(key)
         if old is not None and old is not connection:
@@ -137,7 +144,7 @@ class PeerDirectory:
             self.release(connection)
         self.by_key[key] = connection
 
-    def release(self, connection: RendezvousServerProtocol) -> None:
+    def release(self, connection: C) -> None:
         key = connection.key
         if key is not None and self.by_key.get(key) is connection:
             del self.by_key[key]

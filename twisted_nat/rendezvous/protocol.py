@@ -219,11 +219,12 @@ class DeliverOffer(amp.Command):
     errors = {PeerUnavailable: b"PEER_UNAVAILABLE", MalformedSignal: MALFORMED}
 
 
-def peer_address(protocol: amp.AMP) -> str:
+def peer_address(protocol: object) -> str:
     """The far end of C{protocol}'s connection, for log lines."""
-    if protocol.transport is None:
+    transport = getattr(protocol, "transport", None)
+    if transport is None:
         return "(disconnected)"
-    address = protocol.transport.getPeer()
+    address = transport.getPeer()
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     if isinstance(host, str) and isinstance(port, int):
         return format_address((host, port))

@@ -69,7 +69,7 @@ class RendezvousServerProtocol(SignalingAMP):
 
     log = Logger()
 
-    def __init__(self, directory: PeerDirectory) -> None:
+    def __init__(self, directory: PeerDirectory[RendezvousServerProtocol]) -> None:
         super().__init__()
         self.directory = directory
         self.name: str | None = None
@@ -324,7 +324,7 @@ class RendezvousServerFactory(ServerFactory):
         registry: INameRegistry | None = None,
         limits: ServerLimits | None = None,
     ) -> None:
-        self.directory = PeerDirectory(
+        self.directory: PeerDirectory[RendezvousServerProtocol] = PeerDirectory(
             reactor,
             relay_timeout,
             registry if registry is not None else MemoryRegistry(),

@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from twisted_nat.candidates import Candidate
 from twisted_nat.errors import BadSignature, KeyMismatch
-from twisted_nat.rendezvous.values import SESSION_ID_SIZE, Answer, NATHint, Offer
+from twisted_nat.rendezvous.hint import NATHint
+from twisted_nat.rendezvous.values import SESSION_ID_SIZE, Answer, Offer
 from twisted_nat.trust.keys import Identity, PeerKey
 
 _OFFER_LABEL = b"twisted-nat/1 offer\x00"
