@@ -50,6 +50,7 @@ from twisted_nat.rendezvous import (
 )
 from twisted_nat.rendezvous.hint import NATHint
 from twisted_nat.rendezvous.protocol import AnswerArgument, OfferArgument, registration_transcript
+from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.rendezvous.values import MAX_CANDIDATES, check_name
 from twisted_nat.trust import Identity, PeerKey
 from twisted_nat.trust.handshake import Offering, answer_offer
@@ -122,9 +123,10 @@ def start_server(
     endpoint: str = "tcp:0:interface=127.0.0.1",
     relay_timeout: float = 2.0,
     registry: str | None = None,
+    limits: ServerLimits | None = None,
 ) -> RendezvousService:
     service = make_rendezvous_service(
-        reactor, endpoint, relay_timeout=relay_timeout, registry=registry
+        reactor, endpoint, relay_timeout=relay_timeout, registry=registry, limits=limits
     )
     service.startService()
     return service
@@ -939,3 +941,20 @@ async def test_hints_travel_through_the_server(pair):
     answer = await alice.connect(offer)
     assert received == [attrs.evolve(offer, seen_from="127.0.0.1")]
     assert answer.nat == theirs
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_server_only_delays_registering(peers):
+    """
+    Over its source's registration rate, a client is told "busy": it
+    keeps waiting and registers at a later attempt, where a refusal of
+    the name would have failed its waiters.
+    """
+    server = peers.server(limits=ServerLimits(register_rate=4.0, register_burst=1))
+    endpoint = client_endpoint(server)
+    alice = peers.client(endpoint, "alice")
+    await alice.when_registered()
+    bob = peers.client(endpoint, "bob")
+    await bob.when_registered()
+    assert server.factory.stats.refused_busy >= 1
+    assert sorted(server.factory.names()) == ["alice", "bob"]

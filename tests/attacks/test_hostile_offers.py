@@ -8,6 +8,10 @@ from __future__ import annotations
 import pytest
 
 from tests.support.hostile import VICTIMS, cost_of_offers
+from twisted_nat import control
+from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.control import SessionKeys
+from twisted_nat.punch import PunchSession, PunchSettings, Send
 
 BUDGET_DATAGRAMS = 100
 BUDGET_BYTES = 12_000
@@ -22,3 +26,25 @@ def test_one_offer_costs_at_most_the_budget(victim: str) -> None:
     cost = cost_of_offers(victim)
     assert cost.datagrams <= BUDGET_DATAGRAMS, cost
     assert cost.payload_bytes <= BUDGET_BYTES, cost
+
+
+def test_addresses_that_never_answer_share_one_budget() -> None:
+    """
+    A session's PUNCHes to pairs without an ACK stop at the budget; a pair
+    the peer's PUNCH came from has a budget of its own, so the candidates
+    that never answered cannot starve a path that is about to work.
+    """
+    keys = SessionKeys.derive(bytes(16), bytes(32), offerer=True)
+    remote = [Candidate(CandidateType.SERVER_REFLEXIVE, "100.64.0.1", 40000 + i) for i in range(32)]
+    settings = PunchSettings(unanswered_budget=100)
+    session = PunchSession(keys, True, [], remote, settings, 0.0)
+    sent = [a for i in range(50) for a in session.tick(0.2 * i) if isinstance(a, Send)]
+    assert len(sent) == 100
+    theirs = SessionKeys.derive(bytes(16), bytes(32), offerer=False)
+    _, data = control.punch(theirs, ("192.0.2.1", 5000))
+    claimed = control.session_of(data)
+    assert claimed is not None
+    heard = ("100.64.0.1", 40000)
+    session.punch_received(9.0, claimed[0], heard)
+    again = [a for a in session.tick(9.2) if isinstance(a, Send)]
+    assert [a.to for a in again] == [heard]

@@ -43,7 +43,11 @@ _RENDEZVOUS_SERVER = r"""
 import sys
 from twisted.internet import reactor
 from twisted_nat.rendezvous import make_rendezvous_service
-make_rendezvous_service(reactor, sys.argv[1]).startService()
+from twisted_nat.rendezvous.quotas import ServerLimits
+# The lab puts dozens of peers behind each NAT's one address, as a carrier
+# NAT does: the limits per address are raised as its operator would.
+limits = ServerLimits(max_per_source=1024, register_rate=100.0, register_burst=1000)
+make_rendezvous_service(reactor, sys.argv[1], limits=limits).startService()
 reactor.run()
 """
 

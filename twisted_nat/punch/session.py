@@ -92,6 +92,7 @@ class PunchSession:
     __slots__ = (
         "_choosing",
         "_chosen",
+        "_heard_left",
         "_sent_ids",
         "_unanswered_left",
         "controlling",
@@ -141,7 +142,7 @@ class PunchSession:
         # end (12 bytes each, rather than 56 for an object in a tuple).
         self._sent_ids = b""
         self._chosen: PairKey | None = None
-        self._unanswered_left = settings.unanswered_budget
+        self._unanswered_left = self._heard_left = settings.unanswered_budget
 
     def _choices(self) -> Choosing:
         choosing = self._choosing
@@ -398,8 +399,19 @@ class PunchSession:
         return False
 
     def _affords(self, pair: Pair) -> bool:
-        """Whether a PUNCH to C{pair} is within the budget (and if so, spend it)."""
+        """
+        Whether a PUNCH to C{pair} is within the budget (and if so, spend
+        it).  A pair that has answered is not counted.  Pairs the peer's
+        own PUNCHes came from have a budget of their own, so that addresses
+        that never sent anything cannot spend what a path that is about
+        to work needs; a source can be forged, so that one is bounded too.
+        """
         if pair.acks_received or self._choices().sprays(pair):
+            return True
+        if pair.punches_received:
+            if self._heard_left <= 0:
+                return False
+            self._heard_left -= 1
             return True
         if self._unanswered_left <= 0:
             return False

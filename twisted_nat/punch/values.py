@@ -48,8 +48,9 @@ class PunchSettings:
     @ivar unanswered_budget: PUNCHes one session sends, in all, to pairs
         that have not answered (no ACK yet), so that an offer naming
         addresses that never answer costs a fixed budget (RFC 7675's
-        consent: only an answering address gets more).  The spray bases'
-        guesses are budgeted by their technique instead.
+        consent: only an answering address gets more); as many again to
+        pairs the peer's PUNCHes came from that have not answered either.
+        The spray bases' guesses are budgeted by their technique instead.
     """
 
     interval: float = 0.2

@@ -41,6 +41,7 @@ from zope.interface import implementer
 from twisted_nat.errors import (
     ConfigurationError,
     MalformedSignal,
+    RendezvousBusy,
     RendezvousError,
     RendezvousUnavailable,
 )
@@ -328,7 +329,8 @@ class RendezvousClient(Service):
             name=name,
             error=failure.value,
         )
-        if failure.check(RendezvousError):
+        if failure.check(RendezvousError) and not failure.check(RendezvousBusy):
+            # Busy is for now only: the waiters wait for the next attempt.
             assert isinstance(failure.value, Exception)
             self._fail_waiters(failure.value)
         if protocol.transport is not None:
