@@ -63,3 +63,21 @@ def test_drops_are_all_counted_but_logged_at_a_bounded_rate() -> None:
         drops.drop("short", "dropped {size} bytes", size=1)
     assert len(events) == 3
     assert "998 more dropped" in events[-1]["suffix"]
+
+
+def test_descriptors_left_keeps_the_reserve_free() -> None:
+    """Counted against the real limit: opening one more file leaves one fewer."""
+    import resource
+    import tempfile
+
+    from twisted_nat.limits import DESCRIPTOR_RESERVE, descriptors_left
+
+    before = descriptors_left()
+    if before is None:
+        pytest.skip("no descriptor limit, or no /proc/self/fd, on this machine")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert before <= soft - DESCRIPTOR_RESERVE
+    with tempfile.TemporaryFile() as held:
+        assert held.fileno() >= 0
+        assert descriptors_left() == before - 1
+    assert descriptors_left(reserve=soft) == 0

@@ -112,3 +112,29 @@ class DropLog:
         unlogged, self._unlogged = self._unlogged, 0
         suffix = f" ({unlogged} more dropped since the last report)" if unlogged else ""
         self.log.warn(format + "{suffix}", suffix=suffix, **fields)
+
+
+DESCRIPTOR_RESERVE = 64
+"""
+Descriptors kept free below the process's limit for everything strangers
+cannot ask for: listening sockets, the registry's files, the log.
+"""
+
+
+def descriptors_left(reserve: int = DESCRIPTOR_RESERVE) -> int | None:
+    """
+    How many more file descriptors this process may open and still keep
+    C{reserve} free under its soft C{RLIMIT_NOFILE}; None where that
+    cannot be known (no limit, or no C{/proc/self/fd} to count what is open).
+    """
+    import os
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+    return max(0, soft - used - reserve)

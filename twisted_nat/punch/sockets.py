@@ -13,6 +13,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from twisted_nat.bases import Base, BaseRegistry, extra_base
+from twisted_nat.limits import descriptors_left
 from twisted_nat.mux import UDPMultiplexer
 
 
@@ -47,10 +48,21 @@ class ExtraSockets:
     def open(self, punch_id: bytes, count: int, method: str) -> list[Base]:
         """
         Up to C{count} sockets for the punch C{punch_id}, named by their
-        port.  Running out of ports or file descriptors costs the method
-        some of its chance, not the punch: the sockets opened are used.
+        port, never taking the descriptors L{descriptors_left} keeps free.
+        Running out of ports or file descriptors costs the method some of
+        its chance, not the punch: the sockets opened are used.
         """
         opened: list[Base] = []
+        left = descriptors_left()
+        if left is not None and left < count:
+            self.log.warn(
+                "opening {left} of {count} {method} sockets: the rest of the descriptors"
+                " stay free for the process",
+                left=left,
+                count=count,
+                method=method,
+            )
+            count = left
         for _ in range(count):
             mux = UDPMultiplexer()
             try:

@@ -19,12 +19,7 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IAddress
 
-DESCRIPTOR_RESERVE = 64
-"""
-Descriptors kept free below the process's limit for everything but peer
-connections: the listening sockets, the registry's files, the log, the
-STUN server's sockets.
-"""
+from twisted_nat.limits import DESCRIPTOR_RESERVE
 
 IPV6_SOURCE_PREFIX = 64
 """An IPv6 source is its /64: one host may hold a whole /64 of addresses."""

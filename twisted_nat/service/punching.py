@@ -264,7 +264,7 @@ class Punching:
                 reason=reason,
             )
         remote = admitted.kept
-        self._relays.permit(remote)
+        self._relays.permit(remote, seen_from)
         chosen = plan(ours, theirs, self._settings.symmetric, remote, controlling)
         expensive = chosen.technique is not Technique.ORDINARY
         if expensive:

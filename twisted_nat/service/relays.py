@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from twisted_nat.address import Address, format_address
 from twisted_nat.bases import Base, BaseRegistry, relay_base
-from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.errors import TURNAllocationClosed, TURNError, TwistedNATError
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.punch import RELAY_PAIRED_KINDS
@@ -26,6 +26,9 @@ from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.waiting import within
 from twisted_nat.stun.client import STUNClient
 from twisted_nat.turn import Allocation, TURNClient, TURNServer, connect_stream
+
+MAX_PERMITTED = 4
+"""Hosts a relay is opened to for one peer whose address nobody vouched for."""
 
 RELAY_WAIT = 5.0
 """
@@ -146,12 +149,19 @@ class Relays:
             lambda: Deferred.fromCoroutine(self._allocate(server, attempt + 1)),
         )
 
-    def permit(self, remote: Sequence[Candidate]) -> None:
+    def permit(self, remote: Sequence[Candidate], seen_from: str | None = None) -> None:
         """
         Let the peer's public addresses reach our relays before punching:
         a TURN server drops what comes from an address without permission.
+        Only addresses the peer can be shown to hold: its relays, and the
+        address the rendezvous saw it connect from (C{seen_from}); without
+        that word, the first L{MAX_PERMITTED} of its claims.  A stranger's
+        offer naming many addresses would otherwise open our relay to all.
         """
-        hosts = sorted({c.host for c in remote if c.kind in RELAY_PAIRED_KINDS})
+        public = [c for c in rank(list(remote)) if c.kind in RELAY_PAIRED_KINDS]
+        if seen_from is not None:
+            public = [c for c in public if c.kind is CandidateType.RELAYED or c.host == seen_from]
+        hosts = list(dict.fromkeys(c.host for c in public))[:MAX_PERMITTED]
         if not hosts:
             return
         for base, allocation in self.allocations.items():

@@ -14,9 +14,10 @@ from twisted.python import usage
 
 from twisted_nat.address import parse_hostport, parse_ip, parse_port
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.limits import DESCRIPTOR_RESERVE
 from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
-from twisted_nat.rendezvous.quotas import DESCRIPTOR_RESERVE, ServerLimits
+from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.sourcelimit import DEFAULT_RATE
 from twisted_nat.trust.known import Accept
