@@ -6,11 +6,15 @@ never answer costs a small fixed budget, whatever NAT the peer is behind.
 from __future__ import annotations
 
 import pytest
+from twisted.python.failure import Failure
 
-from tests.support.hostile import VICTIMS, cost_of_offers
+from tests.support.hostile import VICTIMS, cost_of_offers, hostile_offer
+from tests.support.world import World, build_world
 from twisted_nat import control
+from twisted_nat import testing as sim
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.control import SessionKeys
+from twisted_nat.errors import PeerUnavailable
 from twisted_nat.punch import PunchSession, PunchSettings, Send
 
 BUDGET_DATAGRAMS = 100
@@ -48,3 +52,18 @@ def test_addresses_that_never_answer_share_one_budget() -> None:
     session.punch_received(9.0, claimed[0], heard)
     again = [a for a in session.tick(9.2) if isinstance(a, Send)]
     assert [a.to for a in again] == [heard]
+
+
+def test_a_flood_of_offers_is_answered_busy_and_counted() -> None:
+    """Offers from fresh keys, 100 in a second: the total limit answers "busy", --status counts."""
+    w = build_world({"bob": ("port-restricted-cone", sim.PortAllocation.PRESERVING)}, World)
+    bob = w.services["bob"]
+    refused: list[Failure] = []
+    for _ in range(100):
+        bob.punching.on_offer(hostile_offer(bob, "bob", None)).addErrback(refused.append)
+        w.internet.advance(0.01)
+    assert 50 <= len(refused) <= 70
+    assert all(f.check(PeerUnavailable) for f in refused)
+    assert "busy" in str(refused[0].value)
+    assert sum(bob.status()["limited"].values()) == len(refused)
+    assert bob.status()["limited"]["too many offers"] >= 50

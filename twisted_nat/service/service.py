@@ -350,6 +350,7 @@ class NATTraversalService(MultiService):
             "relays": sorted(format_address(a) for a in self.relays.relayed_addresses()),
             "connections": self.links.status(),
             "refused": self.trust.stats.as_json(),
+            "limited": dict(sorted(self.punching.refused.counts.items())),
         }
 
 
