@@ -80,12 +80,26 @@ class Choosing:
     @ivar valid: the pairs that have worked both ways, in order.
     @ivar local_kind: which of our candidates the peer reached, once known.
     @ivar guesses: the spray bases and probes, in a session that uses them.
+    @param budget: PUNCHes to pairs that have not answered, in all
+        (L{twisted_nat.punch.values.PunchSettings.unanswered_budget}).
     """
 
-    __slots__ = ("guesses", "local", "local_kind", "pairs", "sent", "valid")
+    __slots__ = (
+        "_heard_left",
+        "_unanswered_left",
+        "guesses",
+        "local",
+        "local_kind",
+        "pairs",
+        "sent",
+        "valid",
+    )
 
-    def __init__(self, local: tuple[Candidate, ...], guesses: Guesses | None = None) -> None:
+    def __init__(
+        self, local: tuple[Candidate, ...], budget: int, guesses: Guesses | None = None
+    ) -> None:
         self.local = local
+        self._unanswered_left = self._heard_left = budget
         self.pairs: dict[PairKey, Pair] = {}
         self.sent: dict[bytes, tuple[float, PairKey]] = {}
         self.valid: tuple[PairKey, ...] = ()
@@ -123,3 +137,41 @@ class Choosing:
         if not candidates:
             return None
         return max(candidates, key=lambda k: pairs[k].rank())
+
+    def affords(self, pair: Pair) -> bool:
+        """
+        Whether a PUNCH to C{pair} is within the budget (and if so, spend
+        it).  A pair that has answered is not counted.  Pairs the peer's
+        own PUNCHes came from have a budget of their own, so that addresses
+        that never sent anything cannot spend what a path that is about
+        to work needs; a source can be forged, so that one is bounded too.
+        """
+        if pair.acks_received or self.sprays(pair):
+            return True
+        if pair.punches_received:
+            if self._heard_left <= 0:
+                return False
+            self._heard_left -= 1
+            return True
+        if self._unanswered_left <= 0:
+            return False
+        self._unanswered_left -= 1
+        return True
+
+    def reports(self) -> tuple[PairReport, ...]:
+        """
+        What each pair saw.  The spray pairs the peer never reached are
+        summed into one report: hundreds of reports alike would say no
+        more.
+        """
+        reports: list[PairReport] = []
+        unheard: dict[Address, tuple[Candidate, int, int]] = {}
+        for pair in self.pairs.values():
+            if self.guesses is not None and self.unheard_spray(pair):
+                remote, sockets, sent = unheard.get(pair.remote.address, (pair.remote, 0, 0))
+                unheard[pair.remote.address] = (remote, sockets + 1, sent + pair.sent)
+            else:
+                reports.append(pair.report())
+        for remote, sockets, sent in unheard.values():
+            reports.append(PairReport(remote, sent, 0, 0, sockets=sockets))
+        return tuple(reports)

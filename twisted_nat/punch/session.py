@@ -92,9 +92,7 @@ class PunchSession:
     __slots__ = (
         "_choosing",
         "_chosen",
-        "_heard_left",
         "_sent_ids",
-        "_unanswered_left",
         "controlling",
         "keys",
         "result",
@@ -123,7 +121,7 @@ class PunchSession:
         self.state = SessionState.PUNCHING
         self.result: PunchResult | None = None
         guesses = Guesses(frozenset(spray), prober) if spray or prober is not None else None
-        choosing = Choosing(tuple(local_candidates), guesses)
+        choosing = Choosing(tuple(local_candidates), settings.unanswered_budget, guesses)
         self._choosing: Choosing | None = choosing
         for remote in rank(list(remote_candidates)):
             bases: list[Base] = [SHARED]
@@ -142,7 +140,6 @@ class PunchSession:
         # end (12 bytes each, rather than 56 for an object in a tuple).
         self._sent_ids = b""
         self._chosen: PairKey | None = None
-        self._unanswered_left = self._heard_left = settings.unanswered_budget
 
     def _choices(self) -> Choosing:
         choosing = self._choosing
@@ -189,7 +186,7 @@ class PunchSession:
                 # quicker pace of the first rounds: a peer whose own run
                 # starts a rendezvous trip later must still find one of them.
                 limit = SPRAY_PUNCHES if guessing and pair.last_sent <= spaced else 0
-            if pair.sent < limit and not (direct_only and pair.relayed) and self._affords(pair):
+            if pair.sent < limit and not (direct_only and pair.relayed) and choosing.affords(pair):
                 actions.append(self._punch(pair, now))
         return actions
 
@@ -239,9 +236,14 @@ class PunchSession:
             if destination is not None and choosing.local_kind is None:
                 choosing.local_kind = choosing.kind_of_local(destination.address)
             pair = choosing.pairs.get(key)
+            new = pair is None
             if pair is None:
                 pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
-                if (self.state is SessionState.PUNCHING or not pair.relayed) and self._affords(
+            unheard_spray = choosing.guesses is not None and choosing.unheard_spray(pair)
+            # Counted first: a PUNCH back draws on the budget of pairs heard from.
+            pair.punches_received += 1
+            if new:
+                if (self.state is SessionState.PUNCHING or not pair.relayed) and choosing.affords(
                     pair
                 ):
                     actions.append(self._punch(pair, now))
@@ -249,7 +251,7 @@ class PunchSession:
                     # The peer reached us from an address we did not know:
                     # a direct path in, and our PUNCH back completes it.
                     choosing.stop_probing()
-            elif choosing.guesses is not None and choosing.unheard_spray(pair):
+            elif unheard_spray:
                 # A probe found this socket's mapping: punch back at once
                 # (ICE's triggered check), as its spray PUNCHes are spent.
                 actions.append(self._punch(pair, now))
@@ -258,7 +260,6 @@ class PunchSession:
                 # only on a pair that worked for it, so it checks this one
                 # now, before the CONFIRM comes.
                 actions += self._trigger(pair, now)
-            pair.punches_received += 1
         # Connected: the peer has not heard our CONFIRM, or not its ACK yet.
         if self._chosen == key and self.controlling:
             actions.append(Send(control.punch_confirm(self.keys), source, base))
@@ -376,7 +377,7 @@ class PunchSession:
 
     def _trigger(self, pair: Pair, now: float) -> list[Action]:
         """A PUNCH at once in answer to the peer, at most C{max_retries} per pair."""
-        if pair.triggered >= self.settings.max_retries or not self._affords(pair):
+        if pair.triggered >= self.settings.max_retries or not self._choices().affords(pair):
             return []
         pair.triggered += 1
         return [self._punch(pair, now)]
@@ -397,26 +398,6 @@ class PunchSession:
                 return True
             found = ids.find(transaction_id, found + 1)
         return False
-
-    def _affords(self, pair: Pair) -> bool:
-        """
-        Whether a PUNCH to C{pair} is within the budget (and if so, spend
-        it).  A pair that has answered is not counted.  Pairs the peer's
-        own PUNCHes came from have a budget of their own, so that addresses
-        that never sent anything cannot spend what a path that is about
-        to work needs; a source can be forged, so that one is bounded too.
-        """
-        if pair.acks_received or self._choices().sprays(pair):
-            return True
-        if pair.punches_received:
-            if self._heard_left <= 0:
-                return False
-            self._heard_left -= 1
-            return True
-        if self._unanswered_left <= 0:
-            return False
-        self._unanswered_left -= 1
-        return True
 
     def _punch(self, pair: Pair, now: float) -> Send:
         tid, data = control.punch(self.keys, pair.remote.address)
@@ -478,17 +459,7 @@ class PunchSession:
         if choosing is None:
             assert self.result is not None
             return self.result.pairs
-        reports: list[PairReport] = []
-        unheard: dict[Address, tuple[Candidate, int, int]] = {}
-        for pair in choosing.pairs.values():
-            if choosing.guesses is not None and choosing.unheard_spray(pair):
-                remote, sockets, sent = unheard.get(pair.remote.address, (pair.remote, 0, 0))
-                unheard[pair.remote.address] = (remote, sockets + 1, sent + pair.sent)
-            else:
-                reports.append(pair.report())
-        for remote, sockets, sent in unheard.values():
-            reports.append(PairReport(remote, sent, 0, 0, sockets=sockets))
-        return tuple(reports)
+        return choosing.reports()
 
     def owns(self, transaction_id: bytes) -> bool:
         choosing = self._choosing

@@ -94,10 +94,10 @@ class Punching:
         self._trust = trust
         self._our_name = our_name
         self.prediction_listeners: list[Callable[[int], object]] = []
+        """Called with the port our NAT handed out last, whenever a prediction sees it."""
         self.gate = OfferGate(settings.gate, reactor.seconds())
         self.refused = DropLog(self.log, reactor)
         """Offers refused by a limit, and techniques skipped, by reason."""
-        """Called with the port our NAT handed out last, whenever a prediction sees it."""
 
     async def connect(
         self, signaling: ISignaling, ours: str, name: str | None, key: PeerKey | None
