@@ -246,6 +246,13 @@ def test_every_pair_connects(
             # give the last one the time the target allows.
             time.sleep(DIRECT_WITHIN)
     assert done["failed"] == 0 and alice.of("failed") == [], alice.of("failed")
+    # Each side reports a move when it makes it: the answerer's comes a
+    # moment after the offerer's (its CONFIRM has yet to arrive).
+    settled = time.monotonic() + DIRECT_WITHIN
+    while time.monotonic() < settled and [t.final_relayed for t in trials_of(alice)] != [
+        t.final_relayed for t in trials_of(bob)
+    ]:
+        time.sleep(0.05)
     trials = trials_of(alice)
     answered = trials_of(bob)
     assert len(trials) == count == len(answered)

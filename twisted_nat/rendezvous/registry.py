@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -324,7 +325,7 @@ def _open_file(txn: Any, path: str) -> bytes:
     Check the file is a registry (making it one if it is empty); its server
     id.  C{txn} is a cursor of a connection in autocommit mode.
     """
-    txn.execute("PRAGMA journal_mode = WAL")
+    _into_wal(txn)
     txn.execute("PRAGMA synchronous = FULL")
     txn.execute("BEGIN IMMEDIATE")
     application = _scalar(txn, "PRAGMA application_id")
@@ -357,6 +358,26 @@ def _open_file(txn: Any, path: str) -> bytes:
     if not isinstance(server_id, bytes) or len(server_id) != SERVER_ID_SIZE:
         raise RegistryError(f"the name registry {path} has a damaged server id")
     return server_id
+
+
+OPEN_ATTEMPTS = 100
+"""Tries to switch a file another connection is opening to WAL, 20 ms apart."""
+
+
+def _into_wal(txn: Any) -> None:
+    """
+    Switch to write-ahead logging.  Another connection making the same
+    switch holds a lock that SQLite does not wait for here ("database is
+    locked" at once), so this waits, in the pool's thread, and tries again.
+    """
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            txn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.02)
 
 
 def check_registry(path: str) -> None:
