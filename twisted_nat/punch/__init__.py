@@ -14,7 +14,8 @@ from twisted_nat.punch.plan import (
     hint_for,
     plan,
 )
-from twisted_nat.punch.puncher import HolePuncher, PuncherStats
+from twisted_nat.punch.puncher import HolePuncher
+from twisted_nat.punch.running import PuncherStats
 from twisted_nat.punch.session import PunchSession, SessionState
 from twisted_nat.punch.sockets import ExtraSockets
 from twisted_nat.punch.values import (

@@ -12,7 +12,6 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
@@ -28,6 +27,7 @@ from twisted_nat.keepalive import KeepAliveMachine
 from twisted_nat.keepalive.keeper import Keeper
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.punch.birthday import Prober
+from twisted_nat.punch.running import PuncherStats, Running
 from twisted_nat.punch.session import PunchSession
 from twisted_nat.punch.values import (
     Action,
@@ -66,42 +66,6 @@ class KeptConnection(Protocol):
     keepalive: KeepAliveMachine | None
 
 
-@attrs.define
-class PuncherStats:
-    """Counters of the punch traffic; every dropped datagram lands in one."""
-
-    received: int = 0
-    dropped_malformed: int = 0
-    dropped_unknown_session: int = 0
-    dropped_bad_mac: int = 0
-    dropped_off_path: int = 0
-    """Authenticated, but from where it proves nothing: an ACK or CONFIRM off its path."""
-    unsendable: int = 0
-    probes_sent: int = 0
-
-
-class _Running:
-    """
-    A session with its timers and the Deferred its caller waits on, which
-    is let go once fired: a connected session is kept for as long as its
-    connection lasts, and nobody waits on it any more.
-    """
-
-    __slots__ = ("deferred", "grace", "on_better_path", "rounds", "session", "ticker")
-
-    def __init__(
-        self,
-        session: PunchSession,
-        on_better_path: Callable[[PunchResult], object] | None = None,
-    ) -> None:
-        self.session = session
-        self.rounds = 0
-        self.deferred: Deferred[PunchResult] | None = Deferred()
-        self.ticker: IDelayedCall | None = None
-        self.grace: IDelayedCall | None = None
-        self.on_better_path = on_better_path
-
-
 class HolePuncher(DatagramProtocol):
     """
     The punch handshake on the shared socket and every other base: attach
@@ -132,7 +96,7 @@ class HolePuncher(DatagramProtocol):
         self.bases = bases if bases is not None else BaseRegistry()
         self.keeper = Keeper(reactor, self.bases, self.keys)
         """Keep-alive on the paths punched; it answers the peer's for every session here."""
-        self._running: dict[bytes, _Running] = {}
+        self._running: dict[bytes, Running] = {}
         self.stats = PuncherStats()
         # Only the few sessions using the birthday method or a meeting run
         # are in these, and only until they stop probing, or settle.
@@ -262,7 +226,7 @@ class HolePuncher(DatagramProtocol):
             prober,
             spray_to,
         )
-        running = self._running[punch_id] = _Running(session, on_better_path)
+        running = self._running[punch_id] = Running(session, on_better_path)
         deferred = running.deferred
         assert deferred is not None
         if on_settled is not None:
@@ -482,7 +446,7 @@ class HolePuncher(DatagramProtocol):
             chosen = session.chosen if session is not None else None
             settled(chosen[0] if chosen is not None else None)
 
-    def _start_grace(self, punch_id: bytes, running: _Running, delay: float) -> None:
+    def _start_grace(self, punch_id: bytes, running: Running, delay: float) -> None:
         """A grace period, or a shorter one instead of a relay's longer one."""
         grace = running.grace
         if grace is not None and grace.active():
@@ -491,7 +455,7 @@ class HolePuncher(DatagramProtocol):
             grace.cancel()
         running.grace = self._reactor.callLater(delay, self._grace_over, punch_id)
 
-    def _cancel_timers(self, running: _Running) -> None:
+    def _cancel_timers(self, running: Running) -> None:
         for timer in (running.ticker, running.grace):
             if timer is not None and timer.active():
                 timer.cancel()
