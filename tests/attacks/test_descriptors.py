@@ -1,7 +1,7 @@
 """
-Extra sockets never take the process's last descriptors: behind a
-random-port NAT, eight offers used up a 1,024-descriptor limit, and every
-other part of the process failed with EMFILE.
+Extra sockets never take the process's last descriptors: without a
+reserve, a few offers to a peer behind a random-port NAT could leave every
+other part of the process failing with EMFILE.
 """
 
 from __future__ import annotations

@@ -102,8 +102,7 @@ def test_an_answer_fits_its_limit_whatever_the_offer_held() -> None:
     """
     Behind a NAT that allocates in sequence, an answer holds predicted
     ports as many as the offer's candidates ranked above them, plus 16:
-    an offer of 32 host candidates made an answer that could not be sent
-    while the punch had already begun.  The predictions are cut to fit.
+    the predictions are cut to fit, so that the answer can always be sent.
     """
     w = world({"alice": ("symmetric", SEQUENTIAL), "bob": ("port-restricted-cone", PRESERVE)})
     alice = w.services["alice"]

@@ -1,7 +1,6 @@
 """
 A stranger's offer cannot open our TURN relay to every address it names:
-one offer made a peer ask coturn for permissions to all 32, and coturn
-then carried 928 PUNCHes from our relay address to them.
+a relay with a permission carries PUNCHes from our relayed address there.
 """
 
 from __future__ import annotations

@@ -108,10 +108,7 @@ def _record_time(failure: Failure, into: list[float], clock: Clock) -> None:
 
 
 def test_a_huge_sequence_number_costs_no_more_than_a_small_one() -> None:
-    """
-    One authenticated frame numbered 2^62 once shifted a bitmap by the
-    jump (gigabytes); the window now stays one machine word.
-    """
+    """A jump of any size clears the window rather than shifting it: one machine word."""
     window = control.ReplayWindow()
     tracemalloc.start()
     try:
