@@ -6,6 +6,8 @@ without a clock.
 
 from __future__ import annotations
 
+import os
+import resource
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
@@ -127,9 +129,6 @@ def descriptors_left(reserve: int = DESCRIPTOR_RESERVE) -> int | None:
     C{reserve} free under its soft C{RLIMIT_NOFILE}; None where that
     cannot be known (no limit, or no C{/proc/self/fd} to count what is open).
     """
-    import os
-    import resource
-
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return None
