@@ -15,7 +15,15 @@ from typing import Any, Generic, TypeVar
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from twisted_nat.errors import ConfigurationError
+
 K = TypeVar("K", bound=Hashable)
+
+
+def positive(instance: object, attribute: Any, value: float) -> None:
+    """An C{attrs} validator for a limit or a rate of a setting: more than 0."""
+    if not value > 0:
+        raise ConfigurationError(f"{attribute.name} must be positive ({value})")
 
 
 class TokenBucket:

@@ -68,9 +68,7 @@ def _unusable(
         return "the unspecified address"
     if address.is_multicast:
         return "a multicast address"
-    if isinstance(address, ipaddress.IPv4Address) and (
-        address == ipaddress.IPv4Address("255.255.255.255") or address in _RESERVED_V4
-    ):
+    if isinstance(address, ipaddress.IPv4Address) and address in _RESERVED_V4:
         return "a broadcast or reserved address"
     if address.is_loopback and not on_loopback:
         return "a loopback address, and we are not on loopback"

@@ -9,18 +9,10 @@ punches at once in all.  Pure: the caller passes the time.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-from twisted_nat.errors import ConfigurationError
-from twisted_nat.limits import KeyedBuckets, TokenBucket
+from twisted_nat.limits import KeyedBuckets, TokenBucket, positive
 from twisted_nat.trust.keys import PeerKey
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ConfigurationError(f"{attribute.name} must be positive ({value})")
 
 
 @attrs.frozen
@@ -40,15 +32,15 @@ class GateSettings:
     @ivar max_keys: keys whose rates are remembered at once.
     """
 
-    offer_rate: float = attrs.field(default=0.5, validator=_positive)
-    offer_burst: int = attrs.field(default=5, validator=_positive)
-    total_offer_rate: float = attrs.field(default=10.0, validator=_positive)
-    total_offer_burst: int = attrs.field(default=30, validator=_positive)
-    max_searching: int = attrs.field(default=64, validator=_positive)
-    expensive_rate: float = attrs.field(default=3 / 60, validator=_positive)
-    expensive_burst: int = attrs.field(default=3, validator=_positive)
-    max_expensive: int = attrs.field(default=4, validator=_positive)
-    max_keys: int = attrs.field(default=4096, validator=_positive)
+    offer_rate: float = attrs.field(default=0.5, validator=positive)
+    offer_burst: int = attrs.field(default=5, validator=positive)
+    total_offer_rate: float = attrs.field(default=10.0, validator=positive)
+    total_offer_burst: int = attrs.field(default=30, validator=positive)
+    max_searching: int = attrs.field(default=64, validator=positive)
+    expensive_rate: float = attrs.field(default=3 / 60, validator=positive)
+    expensive_burst: int = attrs.field(default=3, validator=positive)
+    max_expensive: int = attrs.field(default=4, validator=positive)
+    max_keys: int = attrs.field(default=4096, validator=positive)
 
 
 class OfferGate:

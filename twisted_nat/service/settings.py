@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import attrs
 
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.limits import positive
 from twisted_nat.punch import PunchSettings, SymmetricSettings
 from twisted_nat.service.gate import GateSettings
 from twisted_nat.trust.target import Target
@@ -31,11 +32,6 @@ def _addresses(addresses: Iterable[str] | None) -> tuple[str, ...] | None:
     return None if addresses is None else tuple(addresses)
 
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ConfigurationError(f"{attribute.name} must be positive ({value})")
-
-
 @attrs.frozen
 class KeepAliveSettings:
     """
@@ -50,8 +46,8 @@ class KeepAliveSettings:
     """
 
     enabled: bool = True
-    interval: float = attrs.field(default=25.0, validator=_positive)
-    timeout: float = attrs.field(default=5.0, validator=_positive)
+    interval: float = attrs.field(default=25.0, validator=positive)
+    timeout: float = attrs.field(default=5.0, validator=positive)
     follow_lifetime: bool = False
 
 
