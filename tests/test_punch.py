@@ -8,13 +8,14 @@ from typing import Any
 import attrs
 import pytest
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import DatagramProtocol
 
 from twisted_nat import testing as sim
 from twisted_nat.candidates import Candidate, CandidateType, host_candidates
 from twisted_nat.control import SessionKeys, punch
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.mux import UDPMultiplexer
-from twisted_nat.punch import HolePuncher, PunchFailed, PunchResult
+from twisted_nat.punch import HolePuncher, PunchFailed, PunchResult, PunchSettings
 from twisted_nat.stun.client import STUNClient
 from twisted_nat.stun.message import MessageClass, Method
 from twisted_nat.stun.server import BindingServer
@@ -236,3 +237,42 @@ def test_garbage_and_unknown_sessions_are_counted() -> None:
     )
     assert alice.puncher.stats.dropped_unknown_session == 1
     assert alice.puncher.stats.dropped_malformed == 1
+
+
+class _FirstArrivals(DatagramProtocol):
+    """When the first datagram reached each port of a host."""
+
+    def __init__(self, host: Any, arrivals: dict[int, float], port: int) -> None:
+        self.host, self.arrivals, self.port = host, arrivals, port
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.arrivals.setdefault(self.port, self.host.seconds())
+
+
+def test_the_puncher_paces_new_addresses_between_rounds() -> None:
+    """
+    Thirty-two candidates, a burst of 4 and then one per 10 ms: the last
+    is reached 280 ms in, between rounds, not at the round after.
+    """
+    internet = make_internet()
+    alice = make_peer(internet, "none", 1)
+    target = internet.add_host("203.0.113.200")
+    arrivals: dict[int, float] = {}
+    for port in range(40000, 40032):
+        target.listenUDP(port, _FirstArrivals(target, arrivals, port))
+    remote = [
+        Candidate(CandidateType.SERVER_REFLEXIVE, "203.0.113.200", port, priority=50000 - port)
+        for port in range(40000, 40032)
+    ]
+    start = alice.host.seconds()
+    alice.puncher.punch_hole(
+        PORT, remote, os.urandom(16), secret=os.urandom(32), controlling=True,
+        settings=PunchSettings(timeout=1.0, pace=0.01, pace_burst=4),
+    ).addErrback(lambda f: f.trap(PunchFailed))  # fmt: skip
+    internet.advance(1.5)
+    latency = 0.005
+    sent = sorted((when - start - latency, port) for port, when in arrivals.items())
+    assert [port for _, port in sent] == list(range(40000, 40032))
+    for count, (when, _) in enumerate(sent, start=1):
+        assert count <= 4 + when / 0.01 + 1e-6
+    assert sent[-1][0] == pytest.approx(0.28, abs=0.005)

@@ -47,10 +47,14 @@ class TokenBucket:
         if now > self._stamp:
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
-        if self._tokens < cost:
+        if self._tokens < cost - 1e-9:  # a refill computed to within rounding
             return False
-        self._tokens -= cost
+        self._tokens = max(0.0, self._tokens - cost)
         return True
+
+    def ready_at(self, cost: float = 1.0) -> float:
+        """When the bucket will hold C{cost} tokens (a time already past if it does)."""
+        return self._stamp + max(0.0, cost - self._tokens) / self.rate
 
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled completely: forgetting it changes nothing."""

@@ -5,6 +5,8 @@ never answer costs a small fixed budget, whatever NAT the peer is behind.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from twisted.python.failure import Failure
 
@@ -15,7 +17,7 @@ from twisted_nat import testing as sim
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import PeerUnavailable
-from twisted_nat.punch import PunchSession, PunchSettings, Send
+from twisted_nat.punch import Action, PunchSession, PunchSettings, Send
 
 BUDGET_DATAGRAMS = 100
 BUDGET_BYTES = 12_000
@@ -49,6 +51,37 @@ def test_addresses_that_never_answer_share_one_budget() -> None:
     session.punch_received(9.0, claimed[0], heard)
     again = [a for a in session.tick(9.2) if isinstance(a, Send)]
     assert [a.to for a in again] == [heard]
+
+
+def test_new_addresses_are_punched_at_a_bounded_pace() -> None:
+    """
+    RFC 8445's Ta: the rounds reach addresses not punched yet at one per
+    pace after a first burst, best-ranked first, and every one in the end.
+    """
+    keys = SessionKeys.derive(bytes(16), bytes(32), offerer=True)
+    remote = [
+        Candidate(CandidateType.SERVER_REFLEXIVE, "100.64.0.1", 40000 + i, priority=1000 - i)
+        for i in range(32)
+    ]
+    settings = PunchSettings(pace=0.01, pace_burst=4)
+    session = PunchSession(keys, True, [], remote, settings, 0.0)
+    first: dict[tuple[str, int], float] = {}
+
+    def record(now: float, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                first.setdefault(action.to, now)
+        reached = sum(1 for when in first.values() if when <= now)
+        assert reached <= 4 + now / 0.01 + 1e-6, (now, reached)
+
+    rounds = [0.0, 0.02, 0.06, 0.14, 0.3, 0.5]
+    for now, following in itertools.pairwise(rounds):
+        record(now, session.tick(now))
+        while (due := session.next_pace) is not None and due < following:
+            record(due, session.pace(due))
+    assert len(first) == 32
+    assert sorted(first, key=lambda a: (first[a], a[1])) == [c.address for c in remote]
+    assert max(first.values()) == pytest.approx(0.28)
 
 
 def test_a_flood_of_offers_is_answered_busy_and_counted() -> None:

@@ -13,8 +13,9 @@ import attrs
 from twisted_nat.address import Address
 from twisted_nat.bases import Base
 from twisted_nat.candidates import Candidate, CandidateType
-from twisted_nat.punch.birthday import Prober
-from twisted_nat.punch.values import PairKey, PairReport
+from twisted_nat.limits import TokenBucket
+from twisted_nat.punch.birthday import SPRAY_PUNCHES, Prober
+from twisted_nat.punch.values import PairKey, PairReport, PunchSettings
 
 
 @attrs.define
@@ -80,26 +81,40 @@ class Choosing:
     @ivar valid: the pairs that have worked both ways, in order.
     @ivar local_kind: which of our candidates the peer reached, once known.
     @ivar guesses: the spray bases and probes, in a session that uses them.
+    @ivar punched: the peer's addresses punched so far, from any base.
+    @ivar held: whether the pace held back an address in the last round.
     @param budget: PUNCHes to pairs that have not answered, in all
         (L{twisted_nat.punch.values.PunchSettings.unanswered_budget}).
+    @param pacing: the pace at which the rounds reach addresses not in
+        L{punched} (L{twisted_nat.punch.values.PunchSettings.pace}).
     """
 
     __slots__ = (
         "_heard_left",
+        "_pacing",
         "_unanswered_left",
         "guesses",
+        "held",
         "local",
         "local_kind",
         "pairs",
+        "punched",
         "sent",
         "valid",
     )
 
     def __init__(
-        self, local: tuple[Candidate, ...], budget: int, guesses: Guesses | None = None
+        self,
+        local: tuple[Candidate, ...],
+        budget: int,
+        pacing: TokenBucket,
+        guesses: Guesses | None = None,
     ) -> None:
         self.local = local
         self._unanswered_left = self._heard_left = budget
+        self._pacing = pacing
+        self.punched: set[Address] = set()
+        self.held = False
         self.pairs: dict[PairKey, Pair] = {}
         self.sent: dict[bytes, tuple[float, PairKey]] = {}
         self.valid: tuple[PairKey, ...] = ()
@@ -137,6 +152,60 @@ class Choosing:
         if not candidates:
             return None
         return max(candidates, key=lambda k: pairs[k].rank())
+
+    def paced(self, pair: Pair, now: float) -> bool:
+        """
+        Whether a round may punch C{pair} at C{now}: an address punched
+        before, a spray pair, or a new address within the pace.
+        """
+        if pair.remote.address in self.punched or self.sprays(pair):
+            return True
+        if self._pacing.take(now):
+            return True
+        self.held = True
+        return False
+
+    def paced_at(self) -> float:
+        """When the pace lets the next new address go."""
+        return self._pacing.ready_at()
+
+    def due(
+        self, now: float, settings: PunchSettings, direct_only: bool, new_only: bool
+    ) -> list[Pair]:
+        """
+        The pairs a round punches at C{now}, spray pairs first, then by
+        rank (a stable sort keeps the order of the spray bases: their
+        PUNCHes open consecutive ports).  C{direct_only} once connected
+        over a relay; C{new_only} for what the pace held back
+        (L{PunchSettings.pace}).  What they cost is taken from the budgets.
+        """
+        # Once a direct pair works, the guesses of the spray bases are moot.
+        guessing = self.guesses is not None and not any(
+            not self.pairs[k].relayed for k in self.valid
+        )
+        self.held = False
+        before = frozenset(self.punched) if new_only else frozenset()
+        spaced = now - settings.interval + 1e-9
+        due: list[Pair] = []
+        for pair in sorted(
+            self.pairs.values(), key=lambda p: (self.sprays(p), p.rank()), reverse=True
+        ):
+            if new_only and (pair.remote.address in before or self.sprays(pair)):
+                continue
+            limit = settings.max_retries
+            if self.unheard_spray(pair):
+                # A guess's few PUNCHes go a whole interval apart, not at the
+                # quicker pace of the first rounds: a peer whose own run
+                # starts a rendezvous trip later must still find one of them.
+                limit = SPRAY_PUNCHES if guessing and pair.last_sent <= spaced else 0
+            if (
+                pair.sent < limit
+                and not (direct_only and pair.relayed)
+                and self.paced(pair, now)
+                and self.affords(pair)
+            ):
+                due.append(pair)
+        return due
 
     def affords(self, pair: Pair) -> bool:
         """

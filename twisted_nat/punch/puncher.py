@@ -8,12 +8,11 @@ CONFIRM.  Keep-alive on the paths it punched is its L{Keeper}'s job.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -41,19 +40,6 @@ from twisted_nat.punch.values import (
     StartGrace,
 )
 from twisted_nat.stun.message import MessageClass
-
-FIRST_ROUND = 0.02
-"""Delay before the second round of PUNCHes; it doubles up to the interval."""
-
-
-@functools.lru_cache(maxsize=32)
-def _settings(interval: float, timeout: float, max_retries: int) -> PunchSettings:
-    """
-    One L{PunchSettings} per distinct configuration: a connected session
-    keeps its settings for as long as it lasts, and they are nearly always
-    the same for all of a node's sessions.
-    """
-    return PunchSettings(interval=interval, timeout=timeout, max_retries=max_retries)
 
 
 class KeptConnection(Protocol):
@@ -98,10 +84,6 @@ class HolePuncher(DatagramProtocol):
         """Keep-alive on the paths punched; it answers the peer's for every session here."""
         self._running: dict[bytes, Running] = {}
         self.stats = PuncherStats()
-        # Only the few sessions using the birthday method or a meeting run
-        # are in these, and only until they stop probing, or settle.
-        self._probing: dict[bytes, tuple[IDelayedCall | None, Prober]] = {}
-        self._settling: dict[bytes, Callable[[Base | None], object]] = {}
         self.bases.listen(self.received, _route)
 
     def attach(self, mux: UDPMultiplexer) -> None:
@@ -219,27 +201,25 @@ class HolePuncher(DatagramProtocol):
             controlling,
             local_candidates,
             remote_candidates,
-            settings if settings is not None else _settings(interval, timeout, max_retries),
+            settings if settings is not None else PunchSettings.of(interval, timeout, max_retries),
             self._reactor.seconds(),
             self.bases.relays(),
             bases,
             prober,
             spray_to,
         )
-        running = self._running[punch_id] = Running(session, on_better_path)
+        running = Running(session, on_better_path, prober, on_settled)
+        self._running[punch_id] = running
         deferred = running.deferred
         assert deferred is not None
-        if on_settled is not None:
-            self._settling[punch_id] = on_settled
         if prober is not None:
-            self._probing[punch_id] = (None, prober)
             self.log.info(
                 "probing up to {budget} ports of {host} for {session}",
                 budget=prober.budget,
                 host=prober.host,
                 session=punch_id.hex(),
             )
-            self._schedule_probe(punch_id, session)
+            self._schedule_probe(punch_id, running)
         self._tick(punch_id)
         return deferred
 
@@ -248,11 +228,11 @@ class HolePuncher(DatagramProtocol):
         self.stop_binding(punch_id)
         running = self._running.pop(punch_id, None)
         if running is not None:
-            self._cancel_timers(running)
+            running.cancel_timers()
             deferred, running.deferred = running.deferred, None
             if deferred is not None and not deferred.called:
                 deferred.errback(PunchFailed(self._reactor.seconds() - running.session.started, ()))
-        self._follow_up(punch_id)
+            self._follow_up(running)
 
     def session(self, punch_id: bytes) -> PunchSession | None:
         """The session punching, or kept after it connected, for C{punch_id}."""
@@ -317,18 +297,31 @@ class HolePuncher(DatagramProtocol):
         running.ticker = None
         session = running.session
         self._decide(punch_id, lambda: session.tick(self._reactor.seconds()))
-        if running.session.searching and punch_id in self._running:
-            # The first rounds come quicker (20, 40, 80, 160 ms): the peer
-            # starts punching half a rendezvous round trip before we do, and
-            # its first PUNCHes, sent before our session existed or before
-            # our NAT was open, need not cost a whole interval.
-            session = running.session
-            delay = min(session.settings.interval, FIRST_ROUND * 2 ** min(running.rounds, 8))
-            # ...and the last one comes when time is up, not an interval after.
-            remaining = session.started + session.settings.timeout - self._reactor.seconds()
-            delay = max(0.0, min(delay, remaining))
-            running.rounds += 1
+        if session.searching and punch_id in self._running:
+            delay = running.round_delay(self._reactor.seconds())
             running.ticker = self._reactor.callLater(delay, self._tick, punch_id)
+            self._schedule_pace(punch_id, running)
+
+    def _pace(self, punch_id: bytes) -> None:
+        running = self._running.get(punch_id)
+        if running is None:
+            return
+        running.pacer = None
+        session = running.session
+        self._decide(punch_id, lambda: session.pace(self._reactor.seconds()))
+        if punch_id in self._running:
+            self._schedule_pace(punch_id, running)
+
+    def _schedule_pace(self, punch_id: bytes, running: Running) -> None:
+        """Addresses the pace held back go when it lets them, unless a round comes first."""
+        due = running.session.next_pace
+        if due is None or running.pacer is not None:
+            return
+        ticker = running.ticker
+        if ticker is not None and ticker.active() and ticker.getTime() <= due:
+            return
+        delay = max(0.0, due - self._reactor.seconds())
+        running.pacer = self._reactor.callLater(delay, self._pace, punch_id)
 
     def _grace_over(self, punch_id: bytes) -> None:
         running = self._running.get(punch_id)
@@ -349,12 +342,12 @@ class HolePuncher(DatagramProtocol):
             running = self._running.pop(punch_id, None)
             if running is None:
                 return
-            self._cancel_timers(running)
+            running.cancel_timers()
             elapsed = self._reactor.seconds() - running.session.started
             deferred, running.deferred = running.deferred, None
             if deferred is not None and not deferred.called:
                 deferred.errback(PunchError(elapsed, e))
-            self._follow_up(punch_id)
+            self._follow_up(running)
 
     def _carry_out(self, punch_id: bytes, actions: list[Action]) -> None:
         running = self._running[punch_id]
@@ -365,7 +358,7 @@ class HolePuncher(DatagramProtocol):
                 self._start_grace(punch_id, running, action.delay)
             elif isinstance(action, Connected):
                 if not running.session.searching:
-                    self._cancel_timers(running)
+                    running.cancel_timers()
                 elif running.grace is not None:
                     running.grace.cancel()
                     running.grace = None
@@ -388,28 +381,28 @@ class HolePuncher(DatagramProtocol):
                     "{session}: dropped {reason}", session=punch_id.hex(), reason=action.reason
                 )
             else:
-                self._cancel_timers(running)
+                running.cancel_timers()
                 del self._running[punch_id]
                 deferred, running.deferred = running.deferred, None
                 if deferred is not None:
                     deferred.errback(action.error)
-        self._follow_up(punch_id)
+        self._follow_up(running)
 
     # --- the birthday method ---
 
-    def _schedule_probe(self, punch_id: bytes, session: PunchSession) -> None:
-        entry = self._probing.get(punch_id)
-        due = session.next_probe
-        if entry is None or due is None or punch_id not in self._running:
-            self._follow_up(punch_id)
+    def _schedule_probe(self, punch_id: bytes, running: Running) -> None:
+        due = running.session.next_probe
+        if running.prober is None or due is None or punch_id not in self._running:
+            self._follow_up(running)
             return
         delay = max(0.0, due - self._reactor.seconds())
-        self._probing[punch_id] = (self._reactor.callLater(delay, self._probe, punch_id), entry[1])
+        running.prober_timer = self._reactor.callLater(delay, self._probe, punch_id)
 
     def _probe(self, punch_id: bytes) -> None:
         running = self._running.get(punch_id)
         if running is None:
             return
+        running.prober_timer = None
         session = running.session
 
         def probes() -> list[Action]:
@@ -418,32 +411,32 @@ class HolePuncher(DatagramProtocol):
             return actions
 
         self._decide(punch_id, probes)
-        self._schedule_probe(punch_id, session)
+        self._schedule_probe(punch_id, running)
 
-    def _follow_up(self, punch_id: bytes) -> None:
+    def _follow_up(self, running: Running) -> None:
         """
-        After each event of a session using the birthday method: stop the
-        probe timer once probing is over, and say when the session settled.
+        After each event of a session using the birthday method or a
+        meeting run: stop the probes once probing is over, and say when
+        the session settled.
         """
-        if punch_id not in self._probing and punch_id not in self._settling:
-            return
-        running = self._running.get(punch_id)
-        session = running.session if running is not None else None
-        probing = self._probing.get(punch_id)
-        if probing is not None and (session is None or session.next_probe is None):
-            del self._probing[punch_id]
-            timer, prober = probing
-            if timer is not None and timer.active():
-                timer.cancel()
+        session = running.session
+        gone = self._running.get(session.keys.session_id) is not running
+        prober = running.prober
+        if prober is not None and (gone or session.next_probe is None):
+            running.prober = None
+            if running.prober_timer is not None and running.prober_timer.active():
+                running.prober_timer.cancel()
+            running.prober_timer = None
             self.log.info(
                 "stopped probing {host} after {sent} of {budget} PUNCHes",
                 host=prober.host,
                 sent=prober.sent,
                 budget=prober.budget,
             )
-        if punch_id in self._settling and (session is None or not session.searching):
-            settled = self._settling.pop(punch_id)
-            chosen = session.chosen if session is not None else None
+        settled = running.on_settled
+        if settled is not None and (gone or not session.searching):
+            running.on_settled = None
+            chosen = session.chosen if not gone else None
             settled(chosen[0] if chosen is not None else None)
 
     def _start_grace(self, punch_id: bytes, running: Running, delay: float) -> None:
@@ -454,12 +447,6 @@ class HolePuncher(DatagramProtocol):
                 return
             grace.cancel()
         running.grace = self._reactor.callLater(delay, self._grace_over, punch_id)
-
-    def _cancel_timers(self, running: Running) -> None:
-        for timer in (running.ticker, running.grace):
-            if timer is not None and timer.active():
-                timer.cancel()
-        running.ticker = running.grace = None
 
 
 def _route(mux: UDPMultiplexer, protocol: DatagramProtocol) -> object:

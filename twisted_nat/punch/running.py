@@ -11,6 +11,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
+from twisted_nat.bases import Base
+from twisted_nat.punch.birthday import Prober
 from twisted_nat.punch.session import PunchSession
 from twisted_nat.punch.values import PunchResult
 
@@ -29,23 +31,73 @@ class PuncherStats:
     probes_sent: int = 0
 
 
+FIRST_ROUND = 0.02
+"""Delay before the second round of PUNCHes; it doubles up to the interval."""
+
+
 class Running:
     """
     A session with its timers and the Deferred its caller waits on, which
     is let go once fired: a connected session is kept for as long as its
     connection lasts, and nobody waits on it any more.
+
+    @ivar ticker: the next round.
+    @ivar grace: the end of the controlling peer's wait for a better path.
+    @ivar pacer: when the pace lets held-back addresses go, between rounds.
+    @ivar prober: the birthday method's probes, while the session probes.
+    @ivar prober_timer: the next burst of probes.
+    @ivar on_settled: told the base of the path in use once the session
+        stops searching (None if it failed or was forgotten first).
     """
 
-    __slots__ = ("deferred", "grace", "on_better_path", "rounds", "session", "ticker")
+    __slots__ = (
+        "deferred",
+        "grace",
+        "on_better_path",
+        "on_settled",
+        "pacer",
+        "prober",
+        "prober_timer",
+        "rounds",
+        "session",
+        "ticker",
+    )
 
     def __init__(
         self,
         session: PunchSession,
         on_better_path: Callable[[PunchResult], object] | None = None,
+        prober: Prober | None = None,
+        on_settled: Callable[[Base | None], object] | None = None,
     ) -> None:
         self.session = session
         self.rounds = 0
         self.deferred: Deferred[PunchResult] | None = Deferred()
         self.ticker: IDelayedCall | None = None
         self.grace: IDelayedCall | None = None
+        self.pacer: IDelayedCall | None = None
         self.on_better_path = on_better_path
+        self.prober = prober
+        self.prober_timer: IDelayedCall | None = None
+        self.on_settled = on_settled
+
+    def round_delay(self, now: float) -> float:
+        """
+        How long until the next round.  The first rounds come quicker (20,
+        40, 80, 160 ms): the peer starts punching half a rendezvous round
+        trip before we do, and its first PUNCHes, sent before our session
+        existed or before our NAT was open, need not cost a whole interval.
+        The last round comes when time is up, not an interval after.
+        """
+        settings = self.session.settings
+        delay = min(settings.interval, FIRST_ROUND * float(2 ** min(self.rounds, 8)))
+        self.rounds += 1
+        remaining = self.session.started + settings.timeout - now
+        return max(0.0, min(delay, remaining))
+
+    def cancel_timers(self) -> None:
+        """Stop every timer of the session's search."""
+        for timer in (self.ticker, self.grace, self.pacer, self.prober_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.ticker = self.grace = self.pacer = self.prober_timer = None

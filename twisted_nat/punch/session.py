@@ -27,7 +27,8 @@ from twisted_nat.address import Address
 from twisted_nat.bases import SHARED, Base
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority, rank
 from twisted_nat.control import Destination, SessionKeys
-from twisted_nat.punch.birthday import SPRAY_PUNCHES, Prober
+from twisted_nat.limits import TokenBucket
+from twisted_nat.punch.birthday import Prober
 from twisted_nat.punch.choosing import Choosing, Guesses, Pair
 from twisted_nat.punch.values import (
     RELAY_PAIRED_KINDS,
@@ -121,7 +122,8 @@ class PunchSession:
         self.state = SessionState.PUNCHING
         self.result: PunchResult | None = None
         guesses = Guesses(frozenset(spray), prober) if spray or prober is not None else None
-        choosing = Choosing(tuple(local_candidates), settings.unanswered_budget, guesses)
+        pacing = TokenBucket(1.0 / settings.pace, settings.pace_burst, now)
+        choosing = Choosing(tuple(local_candidates), settings.unanswered_budget, pacing, guesses)
         self._choosing: Choosing | None = choosing
         for remote in rank(list(remote_candidates)):
             bases: list[Base] = [SHARED]
@@ -166,29 +168,30 @@ class PunchSession:
                 self._settle()
                 return []
             return self._fail(now)
+        return self._round(choosing, now, new_only=False)
+
+    def pace(self, now: float) -> list[Action]:
+        """
+        Between rounds, the addresses the last round's pace held back, as
+        the pace lets them go (L{next_pace}).
+        """
+        choosing = self._choosing
+        if choosing is None or self.state is SessionState.FAILED:
+            return []
+        return self._round(choosing, now, new_only=True)
+
+    @property
+    def next_pace(self) -> float | None:
+        """When held-back addresses may go (L{pace}); None when none wait."""
+        choosing = self._choosing
+        if choosing is None or not choosing.held or self.state is SessionState.FAILED:
+            return None
+        return choosing.paced_at()
+
+    def _round(self, choosing: Choosing, now: float, new_only: bool) -> list[Action]:
         direct_only = self.state is SessionState.CONNECTED
-        # Once a direct pair works, the guesses of the spray bases are moot.
-        guessing = choosing.guesses is not None and not any(
-            not choosing.pairs[k].relayed for k in choosing.valid
-        )
-        actions: list[Action] = []
-        # Spray pairs first, then by rank (a stable sort keeps the order of
-        # the spray bases): their PUNCHes open consecutive ports.
-        spaced = now - self.settings.interval + 1e-9
-        for pair in sorted(
-            choosing.pairs.values(),
-            key=lambda p: (choosing.sprays(p), p.rank()),
-            reverse=True,
-        ):
-            limit = self.settings.max_retries
-            if choosing.guesses is not None and choosing.unheard_spray(pair):
-                # A guess's few PUNCHes go a whole interval apart, not at the
-                # quicker pace of the first rounds: a peer whose own run
-                # starts a rendezvous trip later must still find one of them.
-                limit = SPRAY_PUNCHES if guessing and pair.last_sent <= spaced else 0
-            if pair.sent < limit and not (direct_only and pair.relayed) and choosing.affords(pair):
-                actions.append(self._punch(pair, now))
-        return actions
+        due = choosing.due(now, self.settings, direct_only=direct_only, new_only=new_only)
+        return [self._punch(pair, now) for pair in due]
 
     def probe(self, now: float) -> list[Action]:
         """The probes due at C{now}, if this session probes and still needs to."""
@@ -406,6 +409,7 @@ class PunchSession:
             choosing.guesses.sent[tid] = (now, pair.key)
         else:
             choosing.sent[tid] = (now, pair.key)
+        choosing.punched.add(pair.remote.address)
         pair.sent += 1
         pair.last_sent = now
         return Send(data, pair.remote.address, pair.base)

@@ -6,12 +6,15 @@ owner.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED, Base
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.errors import TwistedNATError
+from twisted_nat.limits import positive
 
 PairKey = tuple[Base, Address]
 """A candidate pair: the base of ours a PUNCH leaves from, and the peer's address it goes to."""
@@ -51,6 +54,12 @@ class PunchSettings:
         consent: only an answering address gets more); as many again to
         pairs the peer's PUNCHes came from that have not answered either.
         The spray bases' guesses are budgeted by their technique instead.
+    @ivar pace: RFC 8445's Ta: the rounds reach addresses not punched yet
+        at one per C{pace} on average, after a first C{pace_burst}, so that
+        a long list of candidates is checked at a bounded rate, not in one
+        burst.  The best-ranked go first; an address already punched is
+        punched again every round, and the spray bases' guesses keep their
+        technique's own pace.
     """
 
     interval: float = 0.2
@@ -59,6 +68,22 @@ class PunchSettings:
     grace: float = 0.03
     relay_grace: float = 0.5
     unanswered_budget: int = 100
+    pace: float = attrs.field(default=0.005, validator=positive)
+    pace_burst: int = attrs.field(default=8, validator=positive)
+
+    @staticmethod
+    def of(interval: float, timeout: float, max_retries: int) -> PunchSettings:
+        """
+        One instance per distinct configuration: a connected session keeps
+        its settings for as long as it lasts, and they are nearly always
+        the same for all of a node's sessions.
+        """
+        return _shared_settings(interval, timeout, max_retries)
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_settings(interval: float, timeout: float, max_retries: int) -> PunchSettings:
+    return PunchSettings(interval=interval, timeout=timeout, max_retries=max_retries)
 
 
 @attrs.frozen
