@@ -69,7 +69,7 @@ class PunchSettings:
     relay_grace: float = 0.5
     unanswered_budget: int = 100
     pace: float = attrs.field(default=0.005, validator=positive)
-    pace_burst: int = attrs.field(default=8, validator=positive)
+    pace_burst: int = attrs.field(default=32, validator=positive)
 
     @staticmethod
     def of(interval: float, timeout: float, max_retries: int) -> PunchSettings:
