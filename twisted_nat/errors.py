@@ -24,6 +24,14 @@ class RegistryError(ConfigurationError):
     """
 
 
+class RedisUnavailable(RegistryError):
+    """
+    The Redis server that rendezvous nodes share cannot be reached now (or
+    did not answer in time).  The node keeps serving the peers it holds and
+    reconnects by itself.
+    """
+
+
 class STUNDecodeError(TwistedNATError, ValueError):
     """
     Bytes are not a well-formed STUN message.
