@@ -193,6 +193,38 @@ def test_server_keeps_its_registry_in_the_file_given(tmp_path):
     rendezvous.stopService()
 
 
+def test_server_on_redis_shares_its_registry_with_the_other_nodes():
+    from twisted_nat.cluster.node import ClusterNode
+    from twisted_nat.cluster.registry import RedisRegistry
+
+    options = Options()
+    options.parseOptions(["server", "--redis", "redis://127.0.0.1:1/2"])
+    stun, rendezvous = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    cluster = rendezvous.factory.directory.cluster
+    assert isinstance(cluster, ClusterNode) and cluster.link.address.database == 2
+    assert isinstance(rendezvous.factory.directory.registry, RedisRegistry)
+    # Without --redis: a server on its own, as before.
+    alone = Options()
+    alone.parseOptions(["server"])
+    stun, rendezvous = list(makeService(alone, reactor=Clock()))  # type: ignore[call-overload]
+    assert rendezvous.factory.directory.cluster is None
+
+
+@pytest.mark.parametrize(
+    "arguments, why",
+    [
+        (["--redis", "redis://:pw@host"], "password"),
+        (["--redis", "redis://host/x"], "database"),
+        (["--redis", "tcp:127.0.0.1:6379", "--registry", "names.db"], "exclude"),
+    ],
+)
+def test_bad_redis_settings_are_one_line(arguments, why):
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(["server", *arguments])
+    message = str(raised.value.code)
+    assert message.startswith("twistd nat: ") and why in message and "\n" not in message
+
+
 TURN_PASSWORD = "hunter2-Zq"
 
 

@@ -194,7 +194,7 @@ class Lookup(amp.Command):
 
     arguments = [(b"name", NameArgument())]
     response = [(b"key", KeyArgument())]
-    errors = {UnknownPeer: b"UNKNOWN_PEER", MalformedSignal: MALFORMED}
+    errors = {UnknownPeer: b"UNKNOWN_PEER", RendezvousBusy: BUSY, MalformedSignal: MALFORMED}
 
 
 class Connect(amp.Command):

@@ -13,9 +13,12 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime, IReactorUDP
 from twisted.logger import Logger
 
 from twisted_nat.address import Address, parse_port
+from twisted_nat.cluster.address import RedisAddress
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import SymmetricSettings, birthday, meeting
 from twisted_nat.rendezvous import make_rendezvous_service
+from twisted_nat.rendezvous.directory import ClusterNodes
+from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.rendezvous.registry import check_registry
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.status import status_service
@@ -94,6 +97,19 @@ def _peer(
     return service
 
 
+def _cluster(
+    reactor: IReactorTime, address: RedisAddress, relay_timeout: float, limits: ServerLimits
+) -> ClusterNodes:
+    """This server as a node sharing its peers through Redis at C{address}."""
+    try:
+        from twisted_nat.cluster.node import ClusterNode
+    except ImportError as e:
+        raise ConfigurationError(
+            f"--redis needs txredisapi ({e}): pip install 'twisted-nat[redis]'"
+        ) from None
+    return ClusterNode(reactor, address, relay_timeout, limits.max_pending)
+
+
 def makeService(config: Options, reactor: IReactorTime | None = None) -> IService:
     """
     Build the service tree for C{twistd nat}.
@@ -125,12 +141,16 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
             if not sub["no-rendezvous"]:
                 if sub["registry"] is not None:
                     check_registry(sub["registry"])
+                cluster = None
+                if sub["redis"] is not None:
+                    cluster = _cluster(reactor, sub["redis"], sub["offer-timeout"], sub["limits"])
                 make_rendezvous_service(
                     reactor,
                     sub["rendezvous"],
                     relay_timeout=sub["offer-timeout"],
                     registry=sub["registry"],
                     limits=sub["limits"],
+                    cluster=cluster,
                 ).setServiceParent(top)
         elif command == "peer":
             peer = _peer(

@@ -13,6 +13,7 @@ import attrs
 from twisted.python import usage
 
 from twisted_nat.address import parse_hostport, parse_ip, parse_port
+from twisted_nat.cluster.address import parse_redis_address
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.limits import DESCRIPTOR_RESERVE
 from twisted_nat.punch import birthday, meeting
@@ -74,6 +75,15 @@ class ServerOptions(usage.Options):
             None,
             "SQLite file keeping which key each name belongs to, across restarts "
             "(default: memory only, forgotten when the server stops).",
+        ],
+        [
+            "redis",
+            None,
+            None,
+            "Share names and peers with other rendezvous nodes through this Redis: a "
+            "client endpoint (tcp:10.0.0.5:6379, unix:/run/redis.sock) or a "
+            "redis://HOST[:PORT][/DB] URL. Bindings then live in Redis (run it with "
+            "appendonly yes); needs twisted-nat[redis].",
         ],
         [
             "rate-limit",
@@ -141,8 +151,14 @@ class ServerOptions(usage.Options):
             self["port"] = parse_port(self["port"])
             self["alternate-address"] = parse_ip(self["alternate-address"])
             self["alternate-port"] = parse_port(self["alternate-port"])
+            if self["redis"] is not None:
+                self["redis"] = parse_redis_address(self["redis"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
+        if self["redis"] is not None and self["registry"] is not None:
+            raise usage.UsageError(
+                "--redis and --registry exclude each other: with --redis the names live in Redis"
+            )
         if not self["single"]:
             if self["address"] == self["alternate-address"]:
                 raise usage.UsageError("RFC 5780 mode needs two different addresses (or --single)")

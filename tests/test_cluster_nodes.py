@@ -1,0 +1,232 @@
+"""
+Rendezvous nodes sharing their peers through a real redis-server on loopback:
+peers on different nodes reach each other exactly as on one node, the newest
+connection of a key wins across nodes, a node keeps serving its own peers while
+Redis is away, and what other nodes (or anyone with access to Redis) publish is
+checked before it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.application.internet import backoffPolicy
+from twisted.internet import defer
+from twisted.internet import reactor as global_reactor
+
+from tests.support.polling import until
+from tests.support.redis import RedisServer, running_redis
+from tests.test_rendezvous import (
+    BOB_CANDIDATES,
+    FAST_RETRY,
+    KEYS,
+    answering,
+    client_endpoint,
+    offer_from,
+)
+from twisted_nat.cluster import messages
+from twisted_nat.cluster.address import RedisAddress
+from twisted_nat.cluster.node import ClusterNode, channel_of
+from twisted_nat.errors import DuplicateName, PeerUnavailable, RendezvousBusy, UnknownPeer
+from twisted_nat.rendezvous import RendezvousClient, RendezvousService, make_rendezvous_service
+from twisted_nat.trust import Identity
+
+reactor: Any = global_reactor
+FAST = (0.05, 0.2)
+SLOW_RETRY = backoffPolicy(initialDelay=60.0, maxDelay=60.0, jitter=lambda: 0.0)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.command("FLUSHALL")
+    return redis_server
+
+
+class Cluster:
+    """Rendezvous nodes on one Redis, and clients of them; all stopped at the end."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        self.redis = redis
+        self.nodes: list[tuple[RendezvousService, ClusterNode]] = []
+        self.clients: list[RendezvousClient] = []
+
+    async def node(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> RendezvousService:
+        cluster = ClusterNode(
+            reactor, RedisAddress(self.redis.endpoint, 0, "test"), 2.0, retry=FAST
+        )
+        service = make_rendezvous_service(reactor, endpoint, relay_timeout=2.0, cluster=cluster)
+        service.startService()
+        self.nodes.append((service, cluster))
+        await until(lambda: cluster.up)
+        return service
+
+    def client(self, service: RendezvousService, name: str, **kwargs: Any) -> RendezvousClient:
+        kwargs.setdefault("retry_policy", FAST_RETRY)
+        identity = kwargs.pop("identity", KEYS[name])
+        client = RendezvousClient(reactor, client_endpoint(service), name, identity, **kwargs)
+        client.startService()
+        self.clients.append(client)
+        return client
+
+    def stop(self) -> defer.Deferred[Any]:
+        stopping = [c.close() for c in self.clients]
+        stopping += [s.stopService() for s, _ in self.nodes if s.running]
+        return defer.gatherResults(stopping)
+
+
+@pytest.fixture
+def cluster(redis: RedisServer) -> Iterator[Cluster]:
+    c = Cluster(redis)
+    yield c
+    pytest_twisted.blockon(c.stop())
+
+
+def node_of(service: RendezvousService) -> ClusterNode:
+    cluster = service.factory.directory.cluster
+    assert isinstance(cluster, ClusterNode)
+    return cluster
+
+
+@pytest_twisted.ensureDeferred
+async def test_peers_on_two_nodes_reach_each_other_as_on_one(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    alice, bob = cluster.client(one, "alice"), cluster.client(two, "bob")
+    received: list[Any] = []
+    bob.set_offer_handler(answering(received=received))
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+
+    assert await alice.lookup("bob") == KEYS["bob"].public
+    offer = offer_from()
+    answer = await alice.connect(offer)
+    assert answer.candidates == BOB_CANDIDATES and answer.from_key == KEYS["bob"].public
+    # Every signed byte intact; each node adds where its own peer connects from.
+    assert received[0].signature == offer.signature and received[0].seen_from == "127.0.0.1"
+    assert answer.seen_from == "127.0.0.1"
+    assert one.factory.stats.offers_routed == 1
+    assert two.factory.stats.offers_from_nodes == 1
+    # By key alone, and back the other way.
+    await alice.connect(offer_from(to=None, to_key=KEYS["bob"].public))
+    alice.set_offer_handler(answering(name="alice"))
+    assert (await bob.connect(offer_from("bob", "alice"))).from_name == "alice"
+    # A name bound at one node is bound at all of them.
+    mallory = cluster.client(two, "alice", identity=KEYS["mallory"], retry_policy=SLOW_RETRY)
+    with pytest.raises(DuplicateName):
+        await mallory.when_registered()
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_nodes_each_peer_reaches_every_other(cluster):
+    services = [await cluster.node() for _ in range(3)]
+    names = ["alice", "bob", "carol"]
+    clients = {n: cluster.client(s, n) for n, s in zip(names, services, strict=True)}
+    for name, client in clients.items():
+        client.set_offer_handler(answering(name=name))
+    await defer.gatherResults([c.when_registered() for c in clients.values()])
+    for sender in names:
+        for recipient in names:
+            if sender != recipient:
+                answer = await clients[sender].connect(offer_from(sender, recipient))
+                assert answer.from_name == recipient
+    assert sum(s.factory.stats.offers_routed for s in services) == 6
+    with pytest.raises(UnknownPeer):
+        await clients["alice"].connect(offer_from("alice", "mallory"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_newest_connection_of_a_key_wins_across_nodes(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    bob = cluster.client(one, "bob")
+    old = cluster.client(one, "alice", retry_policy=SLOW_RETRY)
+    await defer.gatherResults([bob.when_registered(), old.when_registered()])
+    old.set_offer_handler(answering(name="alice", candidates=()))
+    new = cluster.client(two, "alice")
+    new.set_offer_handler(answering(name="alice"))
+    await new.when_registered()
+    await until(lambda: not old.registered)
+    assert one.factory.stats.moved == 1
+    assert one.factory.names() == ["bob"] and two.factory.names() == ["alice"]
+    answer = await bob.connect(offer_from("bob", "alice"))
+    assert answer.candidates == BOB_CANDIDATES  # the new connection's handler
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_redis_a_node_serves_its_own_peers_and_reconciles(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    alice, bob = cluster.client(one, "alice"), cluster.client(one, "bob")
+    carol = cluster.client(two, "carol")
+    for client, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        client.set_offer_handler(answering(name=name))
+    await defer.gatherResults([c.when_registered() for c in (alice, bob, carol)])
+    assert await alice.lookup("carol") == KEYS["carol"].public
+
+    cluster.redis.stop()
+    await until(lambda: not node_of(one).up and not node_of(two).up)
+    assert node_of(one).status()["redis_connected"] is False
+    assert (await alice.connect(offer_from("alice", "bob"))).from_name == "bob"
+    assert await alice.lookup("bob") == KEYS["bob"].public
+    with pytest.raises(PeerUnavailable, match="unreachable"):
+        await alice.connect(offer_from("alice", "carol"))
+    with pytest.raises(RendezvousBusy, match="cannot answer now"):
+        await alice.lookup("mallory")  # a name this node has not seen
+
+    cluster.redis.start()
+    await until(lambda: node_of(one).up and node_of(two).up, timeout=10)
+    # Even a Redis that lost the presence entries (they expired meanwhile) gets them back.
+    cluster.redis.command("DEL", *(presence_of(n) for n in ("alice", "bob", "carol")))
+    node_of(one).presence.refresh()
+    node_of(two).presence.refresh()
+    await until(lambda: cluster.redis.command("EXISTS", presence_of("carol")) == b":1\r\n")
+    assert (await alice.connect(offer_from("alice", "carol"))).from_name == "carol"
+
+
+def presence_of(name: str) -> str:
+    return "twisted-nat:at:" + KEYS[name].public.text
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_is_published_to_a_node_is_checked(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    alice, bob = cluster.client(one, "alice"), cluster.client(two, "bob")
+    bob.set_offer_handler(answering())
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+    channel = channel_of(node_of(two).node)
+    stranger = Identity.generate().public
+    for junk in (
+        "not json",
+        "[1]",
+        '{"t":"offer"}',
+        messages.encode(messages.OfferReply("0" * 16, None, "busy", "x")),  # a reply to nothing
+        messages.encode(messages.Moved(stranger, "1" * 16)),  # a key not held there
+        "x" * (messages.MAX_MESSAGE + 1),
+    ):
+        cluster.redis.command("PUBLISH", channel, junk)
+    await until(lambda: sum(node_of(two).drops.counts.values()) >= 5)
+    assert node_of(two).drops.counts["malformed"] == 4
+    # Too large for the link: the connection goes, comes back, and serves on.
+    cluster.redis.command("PUBLISH", channel, "x" * (200 * 1024))
+    await until(lambda: node_of(two).link.oversized == 1)
+    await until(lambda: node_of(two).up)
+    assert (await alice.connect(offer_from())).from_name == "bob"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_offer_to_a_node_that_died_fails_at_once(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    alice, bob = cluster.client(one, "alice"), cluster.client(two, "bob")
+    bob.set_offer_handler(answering())
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+    # The node's presence entries outlive it, but nobody hears its channel.
+    await node_of(two).link.stopService()
+    with pytest.raises(PeerUnavailable, match="gone"):
+        await alice.connect(offer_from())
