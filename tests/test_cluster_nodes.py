@@ -230,3 +230,29 @@ async def test_an_offer_to_a_node_that_died_fails_at_once(cluster):
     await node_of(two).link.stopService()
     with pytest.raises(PeerUnavailable, match="gone"):
         await alice.connect(offer_from())
+
+
+@pytest_twisted.ensureDeferred
+async def test_peers_of_a_node_that_goes_away_move_to_another(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    bob = RendezvousClient(
+        reactor,
+        [client_endpoint(one), client_endpoint(two)],
+        "bob",
+        KEYS["bob"],
+        retry_policy=FAST_RETRY,
+    )
+    bob.startService()
+    cluster.clients.append(bob)
+    bob.set_offer_handler(answering())
+    alice = cluster.client(two, "alice")
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+    assert bob.endpoint == client_endpoint(one)
+    assert (await alice.connect(offer_from())).from_name == "bob"
+
+    # Node one goes away with bob connected: bob registers at node two, and
+    # alice reaches him there, well within 5 s (the first retry waits 0.05 s).
+    await one.stopService()
+    await until(lambda: bob.registered and bob.endpoint == client_endpoint(two), timeout=5)
+    assert sorted(two.factory.names()) == ["alice", "bob"]
+    assert (await alice.connect(offer_from())).from_name == "bob"

@@ -225,6 +225,21 @@ def test_bad_redis_settings_are_one_line(arguments, why):
     assert message.startswith("twistd nat: ") and why in message and "\n" not in message
 
 
+def test_a_peer_takes_several_rendezvous_nodes():
+    from twisted_nat.rendezvous import RendezvousClient
+
+    options = Options()
+    options.parseOptions([*PEER, "-r", "tcp:host=127.0.0.1:port=8766"])
+    [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert isinstance(peer.signaling, RendezvousClient)
+    assert [d for d, _ in peer.signaling.nodes.endpoints] == [
+        "tcp:host=127.0.0.1:port=8765",
+        "tcp:host=127.0.0.1:port=8766",
+    ]
+    with pytest.raises(SystemExit, match="given twice"):
+        Options().parseOptions([*PEER, "--rendezvous", PEER[-1]])
+
+
 TURN_PASSWORD = "hunter2-Zq"
 
 

@@ -53,7 +53,7 @@ def _identity(path: str | None) -> Identity | None:
 def _peer(
     reactor: IReactorTime,
     name: str,
-    rendezvous: str,
+    rendezvous: str | Sequence[str],
     stun: list[tuple[str, int]],
     connect: list[Target],
     port: int = 0,

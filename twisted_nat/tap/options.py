@@ -222,12 +222,6 @@ class PeerOptions(usage.Options):
             "memory only).",
         ],
         ["accept", None, "anyone", "Whose offers to answer: anyone, or known (pinned) peers."],
-        [
-            "rendezvous",
-            "r",
-            None,
-            "Client endpoint of the rendezvous server, e.g. tcp:host=HOST:port=8765.",
-        ],
         ["port", "p", "0", "Local UDP port (0: any)."],
         ["interface", "i", "0.0.0.0", "Local address to bind."],
         # Numeric defaults: usage.Options coerces given values only, not defaults.
@@ -278,6 +272,19 @@ class PeerOptions(usage.Options):
         self["stun"] = []
         self["connect"] = []
         self["turn"] = []
+        self["rendezvous"] = []
+
+    def opt_rendezvous(self, endpoint: str) -> None:
+        """
+        Client endpoint of the rendezvous server, e.g. tcp:host=HOST:port=8765;
+        repeatable, for the nodes of one rendezvous: the peer stays registered
+        at one and moves to the next when it goes away.
+        """
+        if endpoint in self["rendezvous"]:
+            raise usage.UsageError(f"--rendezvous {endpoint} is given twice")
+        self["rendezvous"].append(endpoint)
+
+    opt_r = opt_rendezvous
 
     def opt_stun(self, server: str) -> None:
         """A STUN server, HOST[:PORT] (repeatable)."""
