@@ -8,6 +8,7 @@ checked before it is used.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest_twisted
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
+from twisted.internet.task import deferLater
 
 from tests.support.polling import until
 from tests.support.redis import RedisServer, running_redis
@@ -30,7 +32,13 @@ from tests.test_rendezvous import (
 from twisted_nat.cluster import messages
 from twisted_nat.cluster.address import RedisAddress
 from twisted_nat.cluster.node import ClusterNode, channel_of
-from twisted_nat.errors import DuplicateName, PeerUnavailable, RendezvousBusy, UnknownPeer
+from twisted_nat.errors import (
+    DuplicateName,
+    PeerUnavailable,
+    RegisteredElsewhere,
+    RendezvousBusy,
+    UnknownPeer,
+)
 from twisted_nat.rendezvous import RendezvousClient, RendezvousService, make_rendezvous_service
 from twisted_nat.trust import Identity
 
@@ -147,7 +155,7 @@ async def test_three_nodes_each_peer_reaches_every_other(cluster):
 async def test_the_newest_connection_of_a_key_wins_across_nodes(cluster):
     one, two = await cluster.node(), await cluster.node()
     bob = cluster.client(one, "bob")
-    old = cluster.client(one, "alice", retry_policy=SLOW_RETRY)
+    old = cluster.client(one, "alice")
     await defer.gatherResults([bob.when_registered(), old.when_registered()])
     old.set_offer_handler(answering(name="alice", candidates=()))
     new = cluster.client(two, "alice")
@@ -158,6 +166,11 @@ async def test_the_newest_connection_of_a_key_wins_across_nodes(cluster):
     assert one.factory.names() == ["bob"] and two.factory.names() == ["alice"]
     answer = await bob.connect(offer_from("bob", "alice"))
     assert answer.candidates == BOB_CANDIDATES  # the new connection's handler
+    # The old one was told, and does not take the name back (it would retry in 0.05 s).
+    with pytest.raises(RegisteredElsewhere, match="another node"):
+        await old.when_registered()
+    await deferLater(reactor, 0.3, lambda: None)
+    assert not old.registered and two.factory.names() == ["alice"] and new.registered
 
 
 @pytest_twisted.ensureDeferred
@@ -172,7 +185,9 @@ async def test_without_redis_a_node_serves_its_own_peers_and_reconciles(cluster)
 
     cluster.redis.stop()
     await until(lambda: not node_of(one).up and not node_of(two).up)
-    assert node_of(one).status()["redis_connected"] is False
+    status = one.status()
+    json.dumps(status)  # what --status serves
+    assert status["cluster"]["redis_connected"] is False and status["peers"] == 2
     assert (await alice.connect(offer_from("alice", "bob"))).from_name == "bob"
     assert await alice.lookup("bob") == KEYS["bob"].public
     with pytest.raises(PeerUnavailable, match="unreachable"):

@@ -203,6 +203,10 @@ def test_server_on_redis_shares_its_registry_with_the_other_nodes():
     cluster = rendezvous.factory.directory.cluster
     assert isinstance(cluster, ClusterNode) and cluster.link.address.database == 2
     assert isinstance(rendezvous.factory.directory.registry, RedisRegistry)
+    assert rendezvous.status()["cluster"]["redis_connected"] is False
+    with_status = Options()
+    with_status.parseOptions(["server", "--redis", "tcp:127.0.0.1:1", "--status", "tcp:0"])
+    assert len(list(makeService(with_status, reactor=Clock()))) == 3  # type: ignore[call-overload]
     # Without --redis: a server on its own, as before.
     alone = Options()
     alone.parseOptions(["server"])
@@ -216,6 +220,7 @@ def test_server_on_redis_shares_its_registry_with_the_other_nodes():
         (["--redis", "redis://:pw@host"], "password"),
         (["--redis", "redis://host/x"], "database"),
         (["--redis", "tcp:127.0.0.1:6379", "--registry", "names.db"], "exclude"),
+        (["--no-rendezvous", "--status", "tcp:0"], "rendezvous server's"),
     ],
 )
 def test_bad_redis_settings_are_one_line(arguments, why):

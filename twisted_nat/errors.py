@@ -134,6 +134,15 @@ class RendezvousUnavailable(RendezvousError):
     """
 
 
+class RegisteredElsewhere(RendezvousUnavailable):
+    """
+    The rendezvous server closed our connection because a newer connection
+    registered our key: another process holds our key.  The client does
+    not reconnect, so that the two do not take the name from each other
+    in turn.
+    """
+
+
 class MalformedSignal(RendezvousError, ValueError):
     """A signalling message (name, offer, answer) is not well-formed."""
 

@@ -39,6 +39,7 @@ from zope.interface import implementer
 from twisted_nat.errors import (
     ConfigurationError,
     MalformedSignal,
+    RegisteredElsewhere,
     RendezvousBusy,
     RendezvousError,
     RendezvousUnavailable,
@@ -138,6 +139,7 @@ class RendezvousClient(Service):
         self._protocol: RendezvousClientProtocol | None = None
         self._waiters: list[Deferred[None]] = []
         self._registrations = 0
+        self._taken: RegisteredElsewhere | None = None
         self._service = ClientService(
             self.nodes,
             _Factory(self),
@@ -175,10 +177,13 @@ class RendezvousClient(Service):
         It fails with the server's refusal (L{DuplicateName}) if the next
         registration is refused, and with L{RendezvousUnavailable} if the
         client is stopped first.  Failed connection attempts do not fail it:
-        the client keeps trying.
+        the client keeps trying.  Once another connection has taken our key
+        it fails at once with L{RegisteredElsewhere}.
         """
         if self._protocol is not None:
             return defer.succeed(None)
+        if self._taken is not None:
+            return defer.fail(self._taken)
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         return waiter
@@ -247,6 +252,8 @@ class RendezvousClient(Service):
     def _lost(self, protocol: RendezvousClientProtocol, reason: Failure) -> None:
         endpoint = self.endpoint
         self.nodes.lost()  # the next attempt starts with the next node
+        if protocol.superseded is not None and self.running:
+            self._superseded(protocol.superseded, endpoint)
         if protocol is not self._protocol:
             return
         self._protocol = None
@@ -257,6 +264,20 @@ class RendezvousClient(Service):
                 endpoint=endpoint,
                 reason=reason.getErrorMessage(),
             )
+
+    def _superseded(self, reason: str, endpoint: str) -> None:
+        """Another connection holds our key now: stop, rather than take it back in turn."""
+        self.log.error(
+            "The rendezvous server at {endpoint} closed our connection: {reason}. Another "
+            "process holds our key {key}; this one stops registering as {name}",
+            endpoint=endpoint,
+            reason=reason,
+            key=self.identity.public.short,
+            name=self.peer_name,
+        )
+        self._service.stopService()
+        self._taken = RegisteredElsewhere(f"{endpoint}: {reason}")
+        self._fail_waiters(self._taken)
 
     def _answer_offer(self, offer: Offer) -> Deferred[Answer]:
         self.log.debug("Offer from {name}", name=offer.from_name)

@@ -16,7 +16,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from twisted_nat.limits import DropLog, KeyedBuckets
-from twisted_nat.rendezvous.protocol import MALFORMED_BOX, MALFORMED_COMMAND, peer_address
+from twisted_nat.rendezvous.protocol import (
+    MALFORMED_BOX,
+    MALFORMED_COMMAND,
+    Superseded,
+    peer_address,
+)
 from twisted_nat.rendezvous.quotas import (
     Admission,
     PendingOffers,
@@ -33,6 +38,8 @@ class HeldConnection(Protocol):
 
     key: PeerKey | None
     transport: Any
+
+    def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any: ...
 
 
 C = TypeVar("C", bound=HeldConnection)
@@ -62,6 +69,9 @@ class ClusterNodes(Cluster, Protocol):
 
     @property
     def registry(self) -> INameRegistry: ...
+
+    def status(self) -> dict[str, object]:
+        """Whether Redis is reachable, and what the node holds, for C{--status}."""
 
     def startService(self) -> None: ...
 
@@ -151,7 +161,7 @@ class PeerDirectory(Generic[C]):
         self.pending = PendingOffers(limits.max_pending_per_connection, limits.max_pending)
         self.drops = DropLog(self.log, reactor)
         self._server_id: bytes | None = None
-        self.cluster: Cluster | None = None
+        self.cluster: ClusterNodes | None = None
 
     def server_id(self) -> Deferred[bytes]:
         """The registry's id, asked once."""
@@ -190,14 +200,19 @@ class PeerDirectory(Generic[C]):
                 peer=peer_address(connection),
                 old=peer_address(old),
             )
-            old.key = None
-            if old.transport is not None:
-                old.transport.loseConnection()
+            self.supersede(old, "your key registered again from another connection")
         if connection.key is not None and connection.key != key:
             self.release(connection)
         self.by_key[key] = connection
         if self.cluster is not None:
             self.cluster.held(key)
+
+    def supersede(self, old: C, why: str) -> None:
+        """Tell C{old} that a newer connection holds its key, and close it."""
+        old.key = None
+        if old.transport is not None:
+            old.callRemote(Superseded, reason=why)
+            old.transport.loseConnection()
 
     def release(self, connection: C) -> None:
         key = connection.key

@@ -136,6 +136,16 @@ class RendezvousService(Service):
         for waiter in waiters:
             waiter.errback(failure)
 
+    def status(self) -> dict[str, object]:
+        """The server's state (L{RendezvousServerFactory.status}) and where it listens."""
+        host = self.port.getHost() if self.port is not None else None
+        listening = (
+            format_address((host.host, host.port))
+            if isinstance(host, IPv4Address | IPv6Address)
+            else None
+        )
+        return {"listening": listening, **self.factory.status()}
+
     def when_listening(self) -> Deferred[IListeningPort]:
         """The listening port, once the endpoint has bound it."""
         if self.port is not None:

@@ -358,9 +358,9 @@ class RendezvousServerFactory(ServerFactory):
             peer=peer_address(connection),
         )
         self.directory.release(connection)
-        connection.key = None
-        if connection.transport is not None:
-            connection.transport.loseConnection()
+        self.directory.supersede(
+            connection, "your key registered at another node of this rendezvous"
+        )
 
     @property
     def stats(self) -> ServerStats:
@@ -369,6 +369,18 @@ class RendezvousServerFactory(ServerFactory):
     def names(self) -> list[str]:
         """The names of the peers connected right now."""
         return sorted(c.name for c in self.directory.by_key.values() if c.name is not None)
+
+    def status(self) -> dict[str, object]:
+        """The server's counters, what it holds, and its part in a cluster, for C{--status}."""
+        directory = self.directory
+        return {
+            "peers": len(directory.by_key),
+            "connections": len(directory.connections),
+            "offers_waiting": directory.pending.total,
+            "stats": attrs.asdict(directory.stats),
+            "refused": dict(directory.drops.counts),
+            "cluster": None if directory.cluster is None else directory.cluster.status(),
+        }
 
     def buildProtocol(self, addr: IAddress | None) -> RendezvousServerProtocol:
         protocol = RendezvousServerProtocol(self.directory)

@@ -25,6 +25,7 @@ from twisted_nat.rendezvous.protocol import (
     Register,
     Release,
     SignalingAMP,
+    Superseded,
     registration_transcript,
 )
 from twisted_nat.rendezvous.values import Answer, Offer
@@ -65,6 +66,7 @@ class RendezvousClientProtocol(SignalingAMP):
         self._on_connected = on_connected
         self._on_lost = on_lost
         self.connected = False
+        self.superseded: str | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -84,6 +86,12 @@ class RendezvousClientProtocol(SignalingAMP):
             return {"answer": answer}
 
         return self._answer_offer(offer).addCallback(response)
+
+    @Superseded.responder
+    def superseded_by(self, reason: str) -> dict[str, object]:
+        """The server is about to close us: a newer connection holds our key."""
+        self.superseded = reason[:200]
+        return {}
 
     def _signed(self, command: type[amp.Command], name: str, identity: Identity) -> Deferred[None]:
         """Ask for a challenge, then send C{command} with our signature over it."""

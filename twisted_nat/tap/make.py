@@ -144,14 +144,19 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 cluster = None
                 if sub["redis"] is not None:
                     cluster = _cluster(reactor, sub["redis"], sub["offer-timeout"], sub["limits"])
-                make_rendezvous_service(
+                rendezvous = make_rendezvous_service(
                     reactor,
                     sub["rendezvous"],
                     relay_timeout=sub["offer-timeout"],
                     registry=sub["registry"],
                     limits=sub["limits"],
                     cluster=cluster,
-                ).setServiceParent(top)
+                )
+                rendezvous.setServiceParent(top)
+                if sub["status"]:
+                    status_service(
+                        sub["status"], rendezvous, cast(IReactorCore, reactor)
+                    ).setServiceParent(top)
         elif command == "peer":
             peer = _peer(
                 reactor,

@@ -77,6 +77,13 @@ class ServerOptions(usage.Options):
             "(default: memory only, forgotten when the server stops).",
         ],
         [
+            "status",
+            None,
+            None,
+            "Serve the rendezvous server's state (counters, Redis) as JSON on this "
+            f"endpoint, e.g. {STATUS_EXAMPLE}.",
+        ],
+        [
             "redis",
             None,
             None,
@@ -155,6 +162,8 @@ class ServerOptions(usage.Options):
                 self["redis"] = parse_redis_address(self["redis"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
+        if self["no-rendezvous"] and (self["status"] or self["redis"]):
+            raise usage.UsageError("--status and --redis are the rendezvous server's")
         if self["redis"] is not None and self["registry"] is not None:
             raise usage.UsageError(
                 "--redis and --registry exclude each other: with --redis the names live in Redis"
