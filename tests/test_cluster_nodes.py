@@ -40,6 +40,7 @@ from twisted_nat.errors import (
     UnknownPeer,
 )
 from twisted_nat.rendezvous import RendezvousClient, RendezvousService, make_rendezvous_service
+from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.trust import Identity
 
 reactor: Any = global_reactor
@@ -69,11 +70,14 @@ class Cluster:
         self.nodes: list[tuple[RendezvousService, ClusterNode]] = []
         self.clients: list[RendezvousClient] = []
 
-    async def node(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> RendezvousService:
-        cluster = ClusterNode(
-            reactor, RedisAddress(self.redis.endpoint, 0, "test"), 2.0, retry=FAST
+    async def node(
+        self, endpoint: str = "tcp:0:interface=127.0.0.1", limits: ServerLimits | None = None
+    ) -> RendezvousService:
+        address = RedisAddress(self.redis.endpoint, 0, "test")
+        cluster = ClusterNode(reactor, address, 2.0, retry=FAST)
+        service = make_rendezvous_service(
+            reactor, endpoint, relay_timeout=2.0, cluster=cluster, limits=limits
         )
-        service = make_rendezvous_service(reactor, endpoint, relay_timeout=2.0, cluster=cluster)
         service.startService()
         self.nodes.append((service, cluster))
         await until(lambda: cluster.up)
@@ -81,7 +85,7 @@ class Cluster:
 
     def client(self, service: RendezvousService, name: str, **kwargs: Any) -> RendezvousClient:
         kwargs.setdefault("retry_policy", FAST_RETRY)
-        identity = kwargs.pop("identity", KEYS[name])
+        identity = kwargs.pop("identity", None) or KEYS[name]
         client = RendezvousClient(reactor, client_endpoint(service), name, identity, **kwargs)
         client.startService()
         self.clients.append(client)
@@ -149,6 +153,46 @@ async def test_three_nodes_each_peer_reaches_every_other(cluster):
     assert sum(s.factory.stats.offers_routed for s in services) == 6
     with pytest.raises(UnknownPeer):
         await clients["alice"].connect(offer_from("alice", "mallory"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_registered_on_two_nodes_at_once_is_bound_once(cluster):
+    # Every registration here comes from 127.0.0.1: lift the per-source rate.
+    many = ServerLimits(register_rate=1000, register_burst=1000)
+    one, two = await cluster.node(limits=many), await cluster.node(limits=many)
+    for round in range(100):
+        name = f"race{round}"
+        contenders = [
+            cluster.client(node, name, identity=Identity.generate(), retry_policy=SLOW_RETRY)
+            for node in (one, two)
+        ]
+        outcomes = await defer.DeferredList(
+            [c.when_registered() for c in contenders], consumeErrors=True
+        )
+        won = [ok for ok, _ in outcomes]
+        assert sorted(won) == [False, True], (round, outcomes)
+        [lost] = [result for ok, result in outcomes if not ok]
+        assert lost.check(DuplicateName), lost
+        winner = contenders[won.index(True)].identity.public
+        for node in (one, two):
+            assert await node_of(node).registry.lookup(name) == winner
+        await defer.gatherResults([c.close() for c in contenders])
+    assert one.factory.stats.registrations + two.factory.stats.registrations == 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_restart_loses_no_binding_and_nodes_route_again(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    alice, bob = cluster.client(one, "alice"), cluster.client(two, "bob")
+    bob.set_offer_handler(answering())
+    await defer.gatherResults([alice.when_registered(), bob.when_registered()])
+    cluster.redis.restart()
+    await until(lambda: not node_of(one).up and not node_of(two).up)  # they noticed
+    await until(lambda: node_of(one).up and node_of(two).up, timeout=10)
+    assert (await alice.connect(offer_from())).from_name == "bob"
+    mallory = cluster.client(one, "bob", identity=KEYS["mallory"], retry_policy=SLOW_RETRY)
+    with pytest.raises(DuplicateName):
+        await mallory.when_registered()
 
 
 @pytest_twisted.ensureDeferred
