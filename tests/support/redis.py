@@ -66,6 +66,7 @@ class RedisServer:
     executable: str
     port: int
     workdir: str
+    appendfsync: str = "always"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,7 +86,7 @@ class RedisServer:
             "--dir", self.workdir,
             "--save", "",
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", os.path.join(self.workdir, "redis.log"),
