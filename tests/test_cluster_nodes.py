@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
 
+from tests.fakes import Collector
 from tests.support.polling import until
 from tests.support.redis import RedisServer, running_redis
 from tests.test_rendezvous import (
@@ -41,6 +42,7 @@ from twisted_nat.errors import (
 )
 from twisted_nat.rendezvous import RendezvousClient, RendezvousService, make_rendezvous_service
 from twisted_nat.rendezvous.quotas import ServerLimits
+from twisted_nat.service import NATTraversalService, PeerSettings
 from twisted_nat.trust import Identity
 
 reactor: Any = global_reactor
@@ -315,3 +317,52 @@ async def test_peers_of_a_node_that_goes_away_move_to_another(cluster):
     await until(lambda: bob.registered and bob.endpoint == client_endpoint(two), timeout=5)
     assert sorted(two.factory.names()) == ["alice", "bob"]
     assert (await alice.connect(offer_from())).from_name == "bob"
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_between_peers_outlive_the_node_they_met_through(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    received: dict[str, list[bytes]] = {"alice": [], "bob": []}
+
+    def peer(name: str, endpoints: list[str]) -> NATTraversalService:
+        def app(connection: Any) -> Collector:
+            collector = Collector()
+            collector.datagramReceived = lambda data, addr: received[name].append(data)  # type: ignore[method-assign]
+            return collector
+
+        service = NATTraversalService(
+            [],
+            reactor=reactor,
+            name=name,
+            rendezvous=endpoints,
+            protocol_factory=app,
+            settings=PeerSettings(
+                interface="127.0.0.1", host_addresses=["127.0.0.1"], detect_behavior=False
+            ),
+            identity=KEYS[name],
+        )
+        service.startService()
+        return service
+
+    alice = peer("alice", [client_endpoint(one), client_endpoint(two)])
+    bob = peer("bob", [client_endpoint(two)])
+    try:
+        await defer.gatherResults([s.signaling.when_registered() for s in (alice, bob)])
+        connection = await alice.connect("bob")
+        connection.write(b"before")
+        await until(lambda: received["bob"] == [b"before"])
+
+        await one.stopService()  # alice's node goes away
+        signaling: Any = alice.signaling
+        await until(lambda: signaling.registered and signaling.endpoint == client_endpoint(two))
+        # The connection never depended on the node: same connection, both ways.
+        assert alice.connections["bob"] is connection
+        connection.write(b"after")
+        await until(lambda: received["bob"] == [b"before", b"after"])
+        bob.connections["alice"].write(b"back")
+        await until(lambda: received["alice"] == [b"back"])
+        # And alice is reachable again, through node two.
+        assert await bob.signaling.lookup("alice") == KEYS["alice"].public
+    finally:
+        await alice.stopService()
+        await bob.stopService()
