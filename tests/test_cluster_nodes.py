@@ -366,3 +366,27 @@ async def test_connections_between_peers_outlive_the_node_they_met_through(clust
     finally:
         await alice.stopService()
         await bob.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_moved_while_redis_was_away_is_found_where_it_is(cluster):
+    one, two = await cluster.node(), await cluster.node()
+    alice, bob = cluster.client(one, "alice"), cluster.client(two, "bob")
+    carol = cluster.client(two, "carol")
+    await defer.gatherResults([c.when_registered() for c in (alice, bob, carol)])
+    assert await alice.lookup("carol") == KEYS["carol"].public  # node one knows the name
+
+    cluster.redis.stop()
+    await until(lambda: not node_of(one).up and not node_of(two).up)
+    await carol.close()
+    moved = cluster.client(one, "carol")  # registers from node one's cache
+    moved.set_offer_handler(answering(name="carol"))
+    await moved.when_registered()
+
+    cluster.redis.start()
+    await until(lambda: node_of(one).up and node_of(two).up, timeout=10)
+    # Node one writes carol's registration as new; node two's stale entry is replaced.
+    entry = f"${len(node_of(one).node)}\r\n{node_of(one).node}\r\n".encode()
+    await until(lambda: cluster.redis.command("GET", presence_of("carol")) == entry)
+    assert (await bob.connect(offer_from("bob", "carol"))).from_name == "carol"
+    assert moved.registered

@@ -131,7 +131,7 @@ class ClusterNode(Service):
         return self.link.stopService()
 
     def _up(self) -> None:
-        self.presence.refresh()  # our entries again, after an outage
+        self.presence.reconcile()  # our entries again, after an outage
 
     def _down(self) -> None:
         self._fail_waiting("the rendezvous nodes' Redis is unreachable")

@@ -9,7 +9,8 @@ themselves.  The newest registration wins: writing the entry returns the
 node that held it before, which is told (L{twisted_nat.cluster.messages.Moved})
 and drops its connection.  When Redis returns after an outage, the node
 writes its entries again, except for keys that registered elsewhere
-meanwhile, which it drops.
+meanwhile, which it drops; keys that registered with it while Redis was
+away are written as new registrations, as if they had registered now.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Presence:
         self.node = node
         self.ttl = ttl
         self.held: set[PeerKey] = set()
+        self._unwritten: set[PeerKey] = set()
         self._superseded = superseded
         self._taken = taken
         self._refresher = LoopingCall(self.refresh)
@@ -111,7 +113,9 @@ class Presence:
         """A connection here holds C{key} now; the node that held it before hears so."""
         self.held.add(key)
         if not self.link.up:
-            return None  # written when Redis returns
+            self._unwritten.add(key)  # written when Redis returns
+            return None
+        self._unwritten.discard(key)
 
         def written(old: object) -> None:
             if isinstance(old, str) and old != self.node and key in self.held:
@@ -123,6 +127,7 @@ class Presence:
     def drop(self, key: PeerKey) -> Deferred[Any] | None:
         """No connection here holds C{key} any more."""
         self.held.discard(key)
+        self._unwritten.discard(key)
         if not self.link.up:
             return None
         d = self.link.eval(_DROP_SCRIPT, [presence_key(key)], [self.node])
@@ -136,11 +141,22 @@ class Presence:
 
         return self.link.call("GET", presence_key(key)).addCallback(found)
 
+    def reconcile(self) -> None:
+        """
+        Redis is back: the keys that registered here meanwhile are written
+        as new registrations (the node holding them before hears so), the
+        others refreshed.
+        """
+        unwritten, self._unwritten = self._unwritten, set()
+        for key in sorted(unwritten & self.held, key=lambda k: k.text):
+            self.hold(key)
+        self.refresh()
+
     def refresh(self) -> None:
         """Extend our entries; write those that expired; drop keys held elsewhere now."""
         if not self.link.up:
             return
-        keys = sorted(self.held, key=lambda k: k.text)
+        keys = sorted(self.held - self._unwritten, key=lambda k: k.text)
         for start in range(0, len(keys), REFRESH_BATCH):
             batch = keys[start : start + REFRESH_BATCH]
             d = self.link.eval(

@@ -335,7 +335,7 @@ class RendezvousServerFactory(ServerFactory):
     def _from_node(self, offer: Offer, key: PeerKey, node: str) -> Deferred[Answer]:
         """An offer another node relays to C{key}, which we hold."""
         target = self.directory.by_key.get(key)
-        if target is None:
+        if target is None or (offer.to_key is not None and offer.to_key != key):
             return defer.fail(UnknownPeer(f"{key.short} is not connected to this node"))
         try:
             answer = deliver(self.directory, ("node", node), target, offer, target.name or "")
