@@ -259,9 +259,14 @@ def presence_of(name: str) -> str:
 async def test_what_is_published_to_a_node_is_checked(cluster):
     one, two = await cluster.node(), await cluster.node()
     alice, bob = cluster.client(one, "alice"), cluster.client(two, "bob")
-    bob.set_offer_handler(answering())
+    received: list[Any] = []
+    bob.set_offer_handler(answering(received=received))
     await defer.gatherResults([alice.when_registered(), bob.when_registered()])
     channel = channel_of(node_of(two).node)
+    # An offer for carol's key, sent to bob's: not delivered.
+    misaddressed = offer_from(to=None, to_key=KEYS["carol"].public)
+    request = messages.OfferRequest("e" * 16, node_of(one).node, KEYS["bob"].public, misaddressed)
+    cluster.redis.command("PUBLISH", channel, messages.encode(request))
     stranger = Identity.generate().public
     for junk in (
         "not json",
@@ -274,6 +279,9 @@ async def test_what_is_published_to_a_node_is_checked(cluster):
         cluster.redis.command("PUBLISH", channel, junk)
     await until(lambda: sum(node_of(two).drops.counts.values()) >= 5)
     assert node_of(two).drops.counts["malformed"] == 4
+    # Node two answered "unknown"; node one drops a reply to no offer of its own.
+    await until(lambda: node_of(one).drops.counts["unexpected"] == 1)
+    assert received == [] and two.factory.stats.offers_from_nodes == 0
     # Too large for the link: the connection goes, comes back, and serves on.
     cluster.redis.command("PUBLISH", channel, "x" * (200 * 1024))
     await until(lambda: node_of(two).link.oversized == 1)
