@@ -54,23 +54,25 @@ def _oversized(line: str) -> bool:
     return length > (MAX_REPLY if line[0] == "$" else MAX_ITEMS)
 
 
-class _CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+class _Bounded:
+    """Closes the connection at a length line over our limits, before the data comes."""
+
+    factory: Any
+    transport: Any
+
     def lineReceived(self, line: str) -> Any:
         if _oversized(line):
             self.factory.link._oversized(line)
             self.transport.abortConnection()
             return None
-        return super().lineReceived(line)
+        return super().lineReceived(line)  # type: ignore[misc]
 
 
-class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    def lineReceived(self, line: str) -> Any:
-        if _oversized(line):
-            self.factory.link._oversized(line)
-            self.transport.abortConnection()
-            return None
-        return super().lineReceived(line)
+class _CommandProtocol(_Bounded, txredisapi.RedisProtocol):  # type: ignore[misc]
+    pass
 
+
+class _SubscriberProtocol(_Bounded, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def messageReceived(self, pattern: object, channel: object, message: object) -> None:
         self.factory.link._message(message)
 

@@ -121,6 +121,11 @@ class ClusterNode(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.log.info(
+            "Rendezvous node {node}: sharing names and peers through Redis at {address}",
+            node=self.node,
+            address=self.link.address.text,
+        )
         self.link.startService()
         self.presence.start()
 
