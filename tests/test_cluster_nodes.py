@@ -40,6 +40,7 @@ from twisted_nat.errors import (
     RendezvousBusy,
     UnknownPeer,
 )
+from twisted_nat.metrics.rendezvous import RendezvousCollector
 from twisted_nat.rendezvous import RendezvousClient, RendezvousService, make_rendezvous_service
 from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.service import NATTraversalService, PeerSettings
@@ -129,6 +130,15 @@ async def test_peers_on_two_nodes_reach_each_other_as_on_one(cluster):
     assert answer.seen_from == "127.0.0.1"
     assert one.factory.stats.offers_routed == 1
     assert two.factory.stats.offers_from_nodes == 1
+    metrics = {
+        sample.name: sample.value
+        for family in RendezvousCollector(one.factory).collect()
+        for sample in family.samples
+        if not sample.labels
+    }
+    assert metrics["twisted_nat_rendezvous_redis_up"] == 1
+    assert metrics["twisted_nat_rendezvous_offers_routed_total"] == 1
+    assert metrics["twisted_nat_rendezvous_redis_round_trip_seconds_count"] >= 3
     # By key alone, and back the other way.
     await alice.connect(offer_from(to=None, to_key=KEYS["bob"].public))
     alice.set_offer_handler(answering(name="alice"))

@@ -207,6 +207,9 @@ def test_server_on_redis_shares_its_registry_with_the_other_nodes():
     with_status = Options()
     with_status.parseOptions(["server", "--redis", "tcp:127.0.0.1:1", "--status", "tcp:0"])
     assert len(list(makeService(with_status, reactor=Clock()))) == 3  # type: ignore[call-overload]
+    with_metrics = Options()
+    with_metrics.parseOptions(["server", "--metrics", "tcp:0", "--status", "tcp:0"])
+    assert len(list(makeService(with_metrics, reactor=Clock()))) == 4  # type: ignore[call-overload]
     # Without --redis: a server on its own, as before.
     alone = Options()
     alone.parseOptions(["server"])
@@ -221,6 +224,7 @@ def test_server_on_redis_shares_its_registry_with_the_other_nodes():
         (["--redis", "redis://host/x"], "database"),
         (["--redis", "tcp:127.0.0.1:6379", "--registry", "names.db"], "exclude"),
         (["--no-rendezvous", "--status", "tcp:0"], "rendezvous server's"),
+        (["--no-rendezvous", "--metrics", "tcp:0"], "rendezvous server's"),
     ],
 )
 def test_bad_redis_settings_are_one_line(arguments, why):

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.cluster.address import RedisAddress
+from twisted_nat.cluster.timing import Latencies
 from twisted_nat.errors import ConfigurationError, RedisUnavailable, RegistryError
 
 MAX_REPLY = 128 * 1024
@@ -134,6 +135,7 @@ class RedisLink(Service):
         the connection is dropped and the command fails.
     @param retry: the first and the longest wait before reconnecting, in
         seconds (txredisapi grows it by e each attempt, with jitter).
+    @ivar round_trips: how long the commands answered took.
     """
 
     log = Logger()
@@ -151,8 +153,10 @@ class RedisLink(Service):
             self._endpoint = clientFromString(reactor, address.endpoint)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigurationError(f"bad Redis endpoint {address.text!r}: {e}") from None
+        self._clock = reactor
         self.address = address
         self.channel = channel
+        self.round_trips = Latencies()
         self._on_message = on_message
         self._reply_timeout = reply_timeout
         self._retry = retry
@@ -202,7 +206,7 @@ class RedisLink(Service):
             d: Deferred[Any] = conn.execute_command(*command)
         except txredisapi.RedisError as e:
             return defer.fail(RedisUnavailable(f"Redis did not take {what}: {e}"))
-        return d.addErrback(_translate, what)
+        return self._timed(d).addErrback(_translate, what)
 
     def eval(self, script: str, keys: list[str], args: list[object]) -> Deferred[Any]:
         """Run a Lua script (by its hash once Redis knows it), atomically in Redis."""
@@ -213,7 +217,17 @@ class RedisLink(Service):
             d: Deferred[Any] = conn.eval(script, keys, args)
         except txredisapi.RedisError as e:
             return defer.fail(RedisUnavailable(f"Redis did not take a script: {e}"))
-        return d.addErrback(_translate, "a script")
+        return self._timed(d).addErrback(_translate, "a script")
+
+    def _timed(self, d: Deferred[Any]) -> Deferred[Any]:
+        """Record C{d}'s round trip in L{round_trips} when it answers."""
+        sent = self._clock.seconds()
+
+        def answered(result: object) -> object:
+            self.round_trips.record(self._clock.seconds() - sent)
+            return result
+
+        return d.addCallback(answered)
 
     def publish(self, channel: str, message: str) -> Deferred[int]:
         """Send C{message} to C{channel}; fires with how many nodes heard it."""

@@ -16,7 +16,7 @@ from twisted_nat.address import Address, parse_port
 from twisted_nat.cluster.address import RedisAddress
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import SymmetricSettings, birthday, meeting
-from twisted_nat.rendezvous import make_rendezvous_service
+from twisted_nat.rendezvous import RendezvousService, make_rendezvous_service
 from twisted_nat.rendezvous.directory import ClusterNodes
 from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.rendezvous.registry import check_registry
@@ -110,6 +110,22 @@ def _cluster(
     return ClusterNode(reactor, address, relay_timeout, limits.max_pending)
 
 
+def _metrics(endpoint: str, rendezvous: RendezvousService, reactor: IReactorTime) -> IService:
+    """Prometheus metrics of C{rendezvous} on C{endpoint}."""
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from twisted_nat.metrics.exposition import metrics_service
+        from twisted_nat.metrics.rendezvous import RendezvousCollector
+    except ImportError as e:
+        raise ConfigurationError(
+            f"--metrics needs prometheus-client ({e}): pip install 'twisted-nat[metrics]'"
+        ) from None
+    registry = CollectorRegistry()
+    registry.register(RendezvousCollector(rendezvous.factory))
+    return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
+
+
 def makeService(config: Options, reactor: IReactorTime | None = None) -> IService:
     """
     Build the service tree for C{twistd nat}.
@@ -157,6 +173,8 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                     status_service(
                         sub["status"], rendezvous, cast(IReactorCore, reactor)
                     ).setServiceParent(top)
+                if sub["metrics"]:
+                    _metrics(sub["metrics"], rendezvous, reactor).setServiceParent(top)
         elif command == "peer":
             peer = _peer(
                 reactor,

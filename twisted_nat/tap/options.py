@@ -84,6 +84,13 @@ class ServerOptions(usage.Options):
             f"endpoint, e.g. {STATUS_EXAMPLE}.",
         ],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics of the rendezvous server on this endpoint, e.g. "
+            "tcp:9100:interface=127.0.0.1; needs twisted-nat[metrics].",
+        ],
+        [
             "redis",
             None,
             None,
@@ -162,8 +169,8 @@ class ServerOptions(usage.Options):
                 self["redis"] = parse_redis_address(self["redis"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
-        if self["no-rendezvous"] and (self["status"] or self["redis"]):
-            raise usage.UsageError("--status and --redis are the rendezvous server's")
+        if self["no-rendezvous"] and (self["status"] or self["redis"] or self["metrics"]):
+            raise usage.UsageError("--status, --metrics and --redis are the rendezvous server's")
         if self["redis"] is not None and self["registry"] is not None:
             raise usage.UsageError(
                 "--redis and --registry exclude each other: with --redis the names live in Redis"

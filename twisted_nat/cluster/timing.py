@@ -1,0 +1,38 @@
+"""
+L{Latencies}: round-trip times counted in fixed buckets, with their sum and
+count, so that measuring every Redis command costs constant memory.  Pure;
+exported as a Prometheus histogram by L{twisted_nat.metrics}.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Upper bounds in seconds: from a loopback round trip to the reply timeout."""
+
+
+class Latencies:
+    """How many round trips took at most each bucket's bound, their sum, and count."""
+
+    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.buckets = buckets
+        self._counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def record(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self._counts[bisect_left(self.buckets, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(bound, round trips up to it) for every bucket and C{+Inf}, as Prometheus has them."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip(self.buckets, self._counts, strict=False):
+            total += count
+            out.append((repr(bound), total))
+        out.append(("+Inf", self.count))
+        return out
