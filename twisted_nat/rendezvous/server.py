@@ -290,6 +290,9 @@ class RendezvousServerProtocol(SignalingAMP):
 
         def failed(failure: Failure) -> Failure:
             failure.trap(PeerUnavailable, UnknownPeer, RendezvousBusy)
+            if failure.check(UnknownPeer):  # no node holds it: as when none is connected here
+                self._refuse(failure.value)  # type: ignore[arg-type]
+                return failure
             self.directory.refused(
                 self, "relay failed", f"an offer from {self.name} to {to}: {failure.value}"
             )
