@@ -11,6 +11,10 @@ fails the same way when its connection drops or Redis does not answer
 within the reply timeout.  Whoever owns the link hears when it goes up
 (again) and down, to reconcile and to say so.
 
+txredisapi schedules its own timers (reconnection, reply timeouts) on the
+global reactor, which is therefore the one a link runs on; C{reactor} here
+makes the endpoint and times round trips.
+
 What Redis sends is bounded: a reply or a message of more than
 L{MAX_REPLY} bytes, or an array of more than L{MAX_ITEMS} items, closes the
 connection before it is read (the link reconnects), so anyone who can
