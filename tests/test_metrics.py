@@ -1,7 +1,8 @@
 """
-Prometheus metrics of the rendezvous server, scraped over real HTTP on
-loopback after real traffic: the values are the server's own counters, and
-every label value comes from a small fixed set.
+Prometheus metrics: the rendezvous server's, scraped over real HTTP on
+loopback after real traffic, and a peer's, on the simulated internet.  The
+values are what the server and the service count, and every label value
+comes from a small fixed set.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from twisted.internet import defer, endpoints
 from twisted.internet import reactor as global_reactor
 from twisted.internet.threads import deferToThread
 
+from tests.support.world import World, build_world
 from tests.test_rendezvous import (  # noqa: F401
     KEYS,
     answering,
@@ -24,8 +26,10 @@ from tests.test_rendezvous import (  # noqa: F401
     offer_from,
     peers,
 )
+from twisted_nat import testing as sim
 from twisted_nat.errors import DuplicateName, UnknownPeer
 from twisted_nat.metrics.exposition import MetricsSite
+from twisted_nat.metrics.peer import PeerCollector, PeerMetrics
 from twisted_nat.metrics.rendezvous import RendezvousCollector
 
 reactor: Any = global_reactor
@@ -81,3 +85,45 @@ async def test_the_server_counts_what_it_did_and_refused(peers):  # noqa: F811
     refused = values[prefix + "refused_total"]
     assert refused[(("reason", "name taken"),)] >= 1
     assert all(len(labels) == 1 and labels[0][0] == "reason" for labels in refused)
+
+
+def test_a_peer_counts_punches_by_nat_types_and_path_and_paths_lost():
+    """On the simulated internet: both NATs discovered, so both hints name them."""
+    w = build_world(
+        {
+            "alice": ("port-restricted-cone", sim.PortAllocation.RANDOM),
+            "bob": ("restricted-cone", sim.PortAllocation.PRESERVING),
+        },
+        World,
+        nat={"binding_timeout": 30.0},
+        keepalive_interval=4.0,
+        keepalive_timeout=1.0,
+    )
+    alice = w.services["alice"]
+    metrics = PeerMetrics(alice)
+    connection = w.internet.run_until(alice.connect("bob"))
+    assert connection.peer_nat == "restricted cone"
+    # alice's NAT forgets its mappings: keep-alive loses the path, a new punch rebinds it.
+    w.internet.advance(5.0)
+    w.nats["alice"].flush()
+    w.internet.advance(12.0)
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in PeerCollector(metrics).collect()
+        for sample in family.samples
+    }
+    w.stop()
+    connected = [
+        (labels, count)
+        for (name, labels), count in values.items()
+        if name == "twisted_nat_peer_punches_total"
+    ]
+    assert sum(count for _, count in connected) == 2  # the first punch, and the one after the loss
+    for labels, _ in connected:
+        assert dict(labels)["our_nat"] == "port-restricted cone"
+        assert dict(labels)["their_nat"] == "restricted cone"
+        assert dict(labels)["outcome"] == "connected"
+    assert values[("twisted_nat_peer_paths_lost_total", ())] == 1
+    assert values[("twisted_nat_peer_path_changes_total", ())] >= 1
+    assert values[("twisted_nat_peer_punch_seconds_count", (("path", "direct"),))] == 2
+    assert values[("twisted_nat_peer_connections", ())] == 1

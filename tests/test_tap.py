@@ -247,6 +247,9 @@ def test_a_peer_takes_several_rendezvous_nodes():
     ]
     with pytest.raises(SystemExit, match="given twice"):
         Options().parseOptions([*PEER, "--rendezvous", PEER[-1]])
+    with_metrics = Options()
+    with_metrics.parseOptions([*PEER, "--metrics", "tcp:0:interface=127.0.0.1"])
+    assert len(list(makeService(with_metrics, reactor=Clock()))) == 2  # type: ignore[call-overload]
 
 
 TURN_PASSWORD = "hunter2-Zq"

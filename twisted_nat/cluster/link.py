@@ -36,8 +36,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.cluster.address import RedisAddress
-from twisted_nat.cluster.timing import Latencies
 from twisted_nat.errors import ConfigurationError, RedisUnavailable, RegistryError
+from twisted_nat.timing import Latencies
 
 MAX_REPLY = 128 * 1024
 """The most bytes one reply or message from Redis may have: an offer is under 8 KB."""

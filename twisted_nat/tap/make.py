@@ -118,12 +118,27 @@ def _metrics(endpoint: str, rendezvous: RendezvousService, reactor: IReactorTime
         from twisted_nat.metrics.exposition import metrics_service
         from twisted_nat.metrics.rendezvous import RendezvousCollector
     except ImportError as e:
-        raise ConfigurationError(
-            f"--metrics needs prometheus-client ({e}): pip install 'twisted-nat[metrics]'"
-        ) from None
+        raise ConfigurationError(_NO_METRICS.format(e)) from None
     registry = CollectorRegistry()
     registry.register(RendezvousCollector(rendezvous.factory))
     return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
+
+
+def _peer_metrics(endpoint: str, peer: NATTraversalService, reactor: IReactorTime) -> IService:
+    """Prometheus metrics of C{peer} on C{endpoint}."""
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from twisted_nat.metrics.exposition import metrics_service
+        from twisted_nat.metrics.peer import PeerCollector, PeerMetrics
+    except ImportError as e:
+        raise ConfigurationError(_NO_METRICS.format(e)) from None
+    registry = CollectorRegistry()
+    registry.register(PeerCollector(PeerMetrics(peer)))
+    return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
+
+
+_NO_METRICS = "--metrics needs prometheus-client ({}): pip install 'twisted-nat[metrics]'"
 
 
 def makeService(config: Options, reactor: IReactorTime | None = None) -> IService:
@@ -203,6 +218,8 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 status_service(sub["status"], peer, cast(IReactorCore, reactor)).setServiceParent(
                     top
                 )
+            if sub["metrics"]:
+                _peer_metrics(sub["metrics"], peer, reactor).setServiceParent(top)
         else:
             demo_service(reactor, sub).setServiceParent(top)
     except (ConfigurationError, ValueError) as e:

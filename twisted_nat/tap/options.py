@@ -243,6 +243,14 @@ class PeerOptions(usage.Options):
         # Numeric defaults: usage.Options coerces given values only, not defaults.
         ["keepalive-interval", None, 25.0, "Seconds between keep-alives.", float],
         ["status", None, None, f"Serve our state as JSON on this endpoint, e.g. {STATUS_EXAMPLE}."],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (punches by NAT types and path, set-up time, paths "
+            "lost) on this endpoint, e.g. tcp:9101:interface=127.0.0.1; needs "
+            "twisted-nat[metrics].",
+        ],
         ["greet-every", None, 0.0, "Send each connected peer a datagram this often (s).", float],
         ["turn-user", None, None, "User name on the --turn servers (one for all of them)."],
         [
