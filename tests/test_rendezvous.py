@@ -27,6 +27,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer, verify
 
+from tests.support.polling import until
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.errors import (
     ConfigurationError,
@@ -34,6 +35,7 @@ from twisted_nat.errors import (
     MalformedSignal,
     NotRegistered,
     PeerUnavailable,
+    RegisteredElsewhere,
     RendezvousUnavailable,
     UnknownPeer,
 )
@@ -537,6 +539,24 @@ async def test_server_restart_clients_reconnect_and_register_again(peers, client
     assert "Registered as alice at the rendezvous server" in text
     assert "Lost the connection to the rendezvous server" in text
     assert "registered as alice again" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_newer_connection_of_a_key_wins_and_the_older_is_told(peers, client_log):
+    server = peers.server()
+    endpoint = client_endpoint(server)
+    old = peers.client(endpoint, "alice")
+    await old.when_registered()
+    new = peers.client(endpoint, "alice")
+    await new.when_registered()
+    await until(lambda: not old.registered)
+    with pytest.raises(RegisteredElsewhere, match="another connection"):
+        await old.when_registered()
+    # No taking turns: the older one does not reconnect (it would within 0.05 s).
+    await deferLater(reactor, 0.3, lambda: None)
+    assert new.registered and not old.registered
+    assert server.factory.names() == ["alice"]
+    assert "Another process holds our key" in "\n".join(client_log)
 
 
 # --- hostile input from a raw AMP client ---

@@ -193,6 +193,65 @@ def test_server_keeps_its_registry_in_the_file_given(tmp_path):
     rendezvous.stopService()
 
 
+def test_server_on_redis_shares_its_registry_with_the_other_nodes():
+    from twisted_nat.cluster.node import ClusterNode
+    from twisted_nat.cluster.registry import RedisRegistry
+
+    options = Options()
+    options.parseOptions(["server", "--redis", "redis://127.0.0.1:1/2"])
+    stun, rendezvous = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    cluster = rendezvous.factory.directory.cluster
+    assert isinstance(cluster, ClusterNode) and cluster.link.address.database == 2
+    assert isinstance(rendezvous.factory.directory.registry, RedisRegistry)
+    assert rendezvous.status()["cluster"]["redis_connected"] is False
+    with_status = Options()
+    with_status.parseOptions(["server", "--redis", "tcp:127.0.0.1:1", "--status", "tcp:0"])
+    assert len(list(makeService(with_status, reactor=Clock()))) == 3  # type: ignore[call-overload]
+    with_metrics = Options()
+    with_metrics.parseOptions(["server", "--metrics", "tcp:0", "--status", "tcp:0"])
+    assert len(list(makeService(with_metrics, reactor=Clock()))) == 4  # type: ignore[call-overload]
+    # Without --redis: a server on its own, as before.
+    alone = Options()
+    alone.parseOptions(["server"])
+    stun, rendezvous = list(makeService(alone, reactor=Clock()))  # type: ignore[call-overload]
+    assert rendezvous.factory.directory.cluster is None
+
+
+@pytest.mark.parametrize(
+    "arguments, why",
+    [
+        (["--redis", "redis://:pw@host"], "password"),
+        (["--redis", "redis://host/x"], "database"),
+        (["--redis", "tcp:127.0.0.1:6379", "--registry", "names.db"], "exclude"),
+        (["--no-rendezvous", "--status", "tcp:0"], "rendezvous server's"),
+        (["--no-rendezvous", "--metrics", "tcp:0"], "rendezvous server's"),
+    ],
+)
+def test_bad_redis_settings_are_one_line(arguments, why):
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(["server", *arguments])
+    message = str(raised.value.code)
+    assert message.startswith("twistd nat: ") and why in message and "\n" not in message
+
+
+def test_a_peer_takes_several_rendezvous_nodes():
+    from twisted_nat.rendezvous import RendezvousClient
+
+    options = Options()
+    options.parseOptions([*PEER, "-r", "tcp:host=127.0.0.1:port=8766"])
+    [peer] = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    assert isinstance(peer.signaling, RendezvousClient)
+    assert [d for d, _ in peer.signaling.nodes.endpoints] == [
+        "tcp:host=127.0.0.1:port=8765",
+        "tcp:host=127.0.0.1:port=8766",
+    ]
+    with pytest.raises(SystemExit, match="given twice"):
+        Options().parseOptions([*PEER, "--rendezvous", PEER[-1]])
+    with_metrics = Options()
+    with_metrics.parseOptions([*PEER, "--metrics", "tcp:0:interface=127.0.0.1"])
+    assert len(list(makeService(with_metrics, reactor=Clock()))) == 2  # type: ignore[call-overload]
+
+
 TURN_PASSWORD = "hunter2-Zq"
 
 

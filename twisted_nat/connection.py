@@ -111,6 +111,7 @@ class PeerConnection:
     @ivar setup_time: seconds from the start of punching to the connection.
     @ivar base: which base of ours the path leaves from.
     @ivar relayed: whether the path goes through a TURN relay.
+    @ivar peer_nat: the peer's NAT, as its last session's hint named it, or None.
     """
 
     log = Logger()
@@ -138,6 +139,7 @@ class PeerConnection:
         self.rtt = rtt
         self.setup_time = setup_time
         self.peer = peer
+        self.peer_nat: str | None = None
         self.protocol: AbstractDatagramProtocol | None = None
         self.keepalive: KeepAliveMachine | None = None
         self.reconnecting = False

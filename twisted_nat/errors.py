@@ -24,6 +24,14 @@ class RegistryError(ConfigurationError):
     """
 
 
+class RedisUnavailable(RegistryError):
+    """
+    The Redis server that rendezvous nodes share cannot be reached now (or
+    did not answer in time).  The node keeps serving the peers it holds and
+    reconnects by itself.
+    """
+
+
 class STUNDecodeError(TwistedNATError, ValueError):
     """
     Bytes are not a well-formed STUN message.
@@ -123,6 +131,15 @@ class RendezvousUnavailable(RendezvousError):
     There is no usable connection to the rendezvous server right now, or it
     was lost while a call was waiting for its answer.  Retrying later may
     work: the client reconnects by itself.
+    """
+
+
+class RegisteredElsewhere(RendezvousUnavailable):
+    """
+    The rendezvous server closed our connection because a newer connection
+    registered our key: another process holds our key.  The client does
+    not reconnect, so that the two do not take the name from each other
+    in turn.
     """
 
 

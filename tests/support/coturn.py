@@ -62,7 +62,12 @@ CHANGE_REQUEST: Final = 0x0003
 CHANGE_IP: Final = 0x04
 CHANGE_PORT: Final = 0x02
 
-_PACKAGES: Final = {"turnserver": "coturn", "stun": "stun-client", "stund": "stun-server"}
+_PACKAGES: Final = {
+    "turnserver": "coturn",
+    "redis-server": "redis-server",
+    "stun": "stun-client",
+    "stund": "stun-server",
+}
 """Debian packages providing the tools tests look for, to make skip messages actionable."""
 
 _SBIN_DIRECTORIES: Final = ("/usr/local/sbin", "/usr/sbin", "/sbin")

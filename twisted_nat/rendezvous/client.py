@@ -22,7 +22,7 @@ may no longer be valid by the time they went out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -30,32 +30,23 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_nat.errors import (
     ConfigurationError,
     MalformedSignal,
+    RegisteredElsewhere,
     RendezvousBusy,
     RendezvousError,
     RendezvousUnavailable,
 )
+from twisted_nat.rendezvous.failover import FailoverEndpoint
 from twisted_nat.rendezvous.interfaces import ISignaling, OfferHandler, run_offer_handler
-from twisted_nat.rendezvous.protocol import (
-    Challenge,
-    Connect,
-    DeliverOffer,
-    Lookup,
-    Register,
-    Release,
-    SignalingAMP,
-    registration_transcript,
-)
+from twisted_nat.rendezvous.session import RendezvousClientProtocol
 from twisted_nat.rendezvous.values import Answer, Offer
 from twisted_nat.trust.keys import Identity, PeerKey
 from twisted_nat.trust.names import normalise_name
@@ -70,102 +61,6 @@ _T = TypeVar("_T")
 def default_retry_policy() -> RetryPolicy:
     """One second, growing by half each failure up to a minute, plus up to a second of jitter."""
     return backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=1.5)
-
-
-def _translate(failure: Failure) -> Failure:
-    """
-    A failed call as one of our exceptions: a dropped connection means the
-    server is unavailable, whatever the operating system called it.
-    """
-    if failure.check(RendezvousError):
-        return failure
-    if failure.check(ConnectionClosed):
-        return Failure(RendezvousUnavailable("the connection to the rendezvous server was lost"))
-    if failure.check(amp.AmpError):  # an error code we do not know, an unknown command
-        return Failure(RendezvousError(f"the rendezvous server failed: {failure.value}"))
-    return failure
-
-
-class RendezvousClientProtocol(SignalingAMP):
-    """
-    A peer's connection to the rendezvous server.
-
-    It only speaks the protocol; deciding when to register, answering
-    offers and reconnecting belong to the owner, which it tells about its
-    connection through C{on_connected} and C{on_lost}.
-    """
-
-    def __init__(
-        self,
-        answer_offer: Callable[[Offer], Deferred[Answer]],
-        on_connected: Callable[[RendezvousClientProtocol], None],
-        on_lost: Callable[[RendezvousClientProtocol, Failure], None],
-    ) -> None:
-        super().__init__()
-        self._answer_offer = answer_offer
-        self._on_connected = on_connected
-        self._on_lost = on_lost
-        self.connected = False
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.connected = True
-        self._on_connected(self)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.connected = False
-        # The owner hears first, so that whoever reacts to a call failing
-        # below already finds us disconnected.
-        self._on_lost(self, reason)
-        super().connectionLost(reason)
-
-    @DeliverOffer.responder
-    def deliver_offer(self, offer: Offer) -> Deferred[dict[str, object]]:
-        def response(answer: Answer) -> dict[str, object]:
-            return {"answer": answer}
-
-        return self._answer_offer(offer).addCallback(response)
-
-    def _signed(self, command: type[amp.Command], name: str, identity: Identity) -> Deferred[None]:
-        """Ask for a challenge, then send C{command} with our signature over it."""
-        action = command.__name__.lower()
-
-        def challenged(response: dict[str, Any]) -> Deferred[Any]:
-            proof = registration_transcript(response["server"], response["nonce"], action, name)
-            sent: Deferred[Any] = self.callRemote(
-                command, name=name, key=identity.public, signature=identity.sign(proof)
-            )
-            return sent
-
-        d = self.callRemote(Challenge).addCallback(challenged)
-        d.addCallback(lambda response: None)
-        return d.addErrback(_translate)  # type: ignore[no-any-return]
-
-    def register(self, name: str, identity: Identity) -> Deferred[None]:
-        """Register C{name} for our key; fails with our exceptions only."""
-        return self._signed(Register, name, identity)
-
-    def release(self, name: str, identity: Identity) -> Deferred[None]:
-        """Unbind C{name} from our key for good; fails with our exceptions only."""
-        return self._signed(Release, name, identity)
-
-    def lookup(self, name: str) -> Deferred[PeerKey]:
-        """The key C{name} is bound to; fails with our exceptions only."""
-        d = self.callRemote(Lookup, name=name).addCallback(lambda response: response["key"])
-        return d.addErrback(_translate)  # type: ignore[no-any-return]
-
-    def connect(self, offer: Offer) -> Deferred[Answer]:
-        """Send C{offer} through the server; fails with our exceptions only."""
-
-        def answered(response: dict[str, Any]) -> Answer:
-            answer = response["answer"]
-            assert isinstance(answer, Answer)
-            if answer.session_id != offer.session_id:
-                raise MalformedSignal("the answer is for another session")
-            return answer
-
-        d = self.callRemote(Connect, offer=offer)
-        return d.addCallback(answered).addErrback(_translate)  # type: ignore[no-any-return]
 
 
 class _Factory(Factory):
@@ -193,7 +88,9 @@ class RendezvousClient(Service):
         C{IReactorTime}.
     @param endpoint: a client endpoint string: C{"tcp:host=H:port=P"}, or
         C{"tls:H:P"} to check the server's certificate and keep the
-        session keys of offers private on the way.
+        session keys of offers private on the way; or several, the nodes of
+        one rendezvous (L{FailoverEndpoint}): the client stays registered
+        at one and moves to the next when it goes away.
     @param name: the name other peers reach us by (normalised here).
     @param identity: our key: the name is registered for it, and the
         offers we send must be signed by it.
@@ -212,7 +109,7 @@ class RendezvousClient(Service):
     def __init__(
         self,
         reactor: IReactorTime,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         name: str,
         identity: Identity,
         retry_policy: RetryPolicy | None = None,
@@ -222,25 +119,38 @@ class RendezvousClient(Service):
             name = normalise_name(name)
         except ValueError as e:
             raise ConfigurationError(str(e)) from None
-        try:
-            client_endpoint = clientFromString(reactor, endpoint)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigurationError(f"bad rendezvous server endpoint {endpoint!r}: {e}") from None
+        descriptions = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not descriptions:
+            raise ConfigurationError("a rendezvous client needs a server endpoint")
+        endpoints = []
+        for description in descriptions:
+            try:
+                endpoints.append((description, clientFromString(reactor, description)))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigurationError(
+                    f"bad rendezvous server endpoint {description!r}: {e}"
+                ) from None
+        self.nodes = FailoverEndpoint(endpoints, reactor)
         self.peer_name = name
         self.identity = identity
-        self.endpoint = endpoint
         self.call_timeout = call_timeout
         self._reactor = reactor
         self._handler: OfferHandler | None = None
         self._protocol: RendezvousClientProtocol | None = None
         self._waiters: list[Deferred[None]] = []
         self._registrations = 0
+        self._taken: RegisteredElsewhere | None = None
         self._service = ClientService(
-            client_endpoint,
+            self.nodes,
             _Factory(self),
             retryPolicy=retry_policy or default_retry_policy(),
             clock=reactor,
         )
+
+    @property
+    def endpoint(self) -> str:
+        """The node we are connected to, or (not connected) every node we know."""
+        return self.nodes.current or " or ".join(d for d, _ in self.nodes.endpoints)
 
     # --- the service ---
 
@@ -267,10 +177,13 @@ class RendezvousClient(Service):
         It fails with the server's refusal (L{DuplicateName}) if the next
         registration is refused, and with L{RendezvousUnavailable} if the
         client is stopped first.  Failed connection attempts do not fail it:
-        the client keeps trying.
+        the client keeps trying.  Once another connection has taken our key
+        it fails at once with L{RegisteredElsewhere}.
         """
         if self._protocol is not None:
             return defer.succeed(None)
+        if self._taken is not None:
+            return defer.fail(self._taken)
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         return waiter
@@ -337,6 +250,10 @@ class RendezvousClient(Service):
             protocol.transport.loseConnection()
 
     def _lost(self, protocol: RendezvousClientProtocol, reason: Failure) -> None:
+        endpoint = self.endpoint
+        self.nodes.lost()  # the next attempt starts with the next node
+        if protocol.superseded is not None and self.running:
+            self._superseded(protocol.superseded, endpoint)
         if protocol is not self._protocol:
             return
         self._protocol = None
@@ -344,9 +261,23 @@ class RendezvousClient(Service):
             self.log.info(
                 "Lost the connection to the rendezvous server at {endpoint} ({reason}); "
                 "reconnecting",
-                endpoint=self.endpoint,
+                endpoint=endpoint,
                 reason=reason.getErrorMessage(),
             )
+
+    def _superseded(self, reason: str, endpoint: str) -> None:
+        """Another connection holds our key now: stop, rather than take it back in turn."""
+        self.log.error(
+            "The rendezvous server at {endpoint} closed our connection: {reason}. Another "
+            "process holds our key {key}; this one stops registering as {name}",
+            endpoint=endpoint,
+            reason=reason,
+            key=self.identity.public.short,
+            name=self.peer_name,
+        )
+        self._service.stopService()
+        self._taken = RegisteredElsewhere(f"{endpoint}: {reason}")
+        self._fail_waiters(self._taken)
 
     def _answer_offer(self, offer: Offer) -> Deferred[Answer]:
         self.log.debug("Offer from {name}", name=offer.from_name)

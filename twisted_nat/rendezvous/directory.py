@@ -6,6 +6,7 @@ limits (L{twisted_nat.rendezvous.quotas}) with what they have taken.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
@@ -15,7 +16,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from twisted_nat.limits import DropLog, KeyedBuckets
-from twisted_nat.rendezvous.protocol import MALFORMED_BOX, MALFORMED_COMMAND, peer_address
+from twisted_nat.rendezvous.protocol import (
+    MALFORMED_BOX,
+    MALFORMED_COMMAND,
+    Superseded,
+    peer_address,
+)
 from twisted_nat.rendezvous.quotas import (
     Admission,
     PendingOffers,
@@ -23,6 +29,7 @@ from twisted_nat.rendezvous.quotas import (
     connection_ceiling,
 )
 from twisted_nat.rendezvous.registry import INameRegistry
+from twisted_nat.rendezvous.values import Answer, Offer
 from twisted_nat.trust.keys import PeerKey
 
 
@@ -32,8 +39,54 @@ class HeldConnection(Protocol):
     key: PeerKey | None
     transport: Any
 
+    def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any: ...
+
 
 C = TypeVar("C", bound=HeldConnection)
+
+
+class Cluster(Protocol):
+    """
+    The other rendezvous nodes this server shares its peers with
+    (L{twisted_nat.cluster.ClusterNode}), as the directory uses them.
+    """
+
+    def held(self, key: PeerKey) -> None:
+        """A connection here holds C{key} now: offers for it come here."""
+
+    def dropped(self, key: PeerKey) -> None:
+        """No connection here holds C{key} any more."""
+
+    def relay(self, offer: Offer, key: PeerKey, to: str) -> Deferred[Answer]:
+        """C{offer} through the node holding C{key}, and its answer (C{to} names it in errors)."""
+
+
+class ClusterNodes(Cluster, Protocol):
+    """
+    L{Cluster} as a service: the registry the nodes share, and how a server
+    hands it what other nodes send it.
+    """
+
+    @property
+    def registry(self) -> INameRegistry: ...
+
+    def status(self) -> dict[str, object]:
+        """Whether Redis is reachable, and what the node holds, for C{--status}."""
+
+    def startService(self) -> None: ...
+
+    def stopService(self) -> Deferred[None]: ...
+
+    def serve(
+        self,
+        deliver: Callable[[Offer, PeerKey, str], Deferred[Answer]],
+        moved: Callable[[PeerKey, str | None], None],
+    ) -> None:
+        """
+        Answer offers other nodes relay with C{deliver(offer, key, node)},
+        and call C{moved(key, node)} when a key we hold registered at
+        another node (named when known).
+        """
 
 
 @attrs.define
@@ -51,6 +104,10 @@ class ServerStats:
     @ivar closed_idle: connections closed for registering no name in time.
     @ivar refused_busy: registrations over their source's rate, and offers
         over the limits of offers waiting for answers.
+    @ivar offers_routed: offers relayed to a peer held by another node.
+    @ivar offers_from_nodes: offers other nodes relayed to peers held here.
+    @ivar moved: connections dropped because their key registered at
+        another node since.
     """
 
     registrations: int = 0
@@ -62,6 +119,9 @@ class ServerStats:
     refused_connections: int = 0
     closed_idle: int = 0
     refused_busy: int = 0
+    offers_routed: int = 0
+    offers_from_nodes: int = 0
+    moved: int = 0
 
 
 class PeerDirectory(Generic[C]):
@@ -73,6 +133,8 @@ class PeerDirectory(Generic[C]):
         the descriptor limit allows.
     @ivar drops: counts what the server refuses by reason, and logs it at a
         bounded rate.
+    @ivar cluster: the other nodes sharing our peers, or None for a server
+        on its own.
     """
 
     log = Logger()
@@ -99,6 +161,7 @@ class PeerDirectory(Generic[C]):
         self.pending = PendingOffers(limits.max_pending_per_connection, limits.max_pending)
         self.drops = DropLog(self.log, reactor)
         self._server_id: bytes | None = None
+        self.cluster: ClusterNodes | None = None
 
     def server_id(self) -> Deferred[bytes]:
         """The registry's id, asked once."""
@@ -137,14 +200,23 @@ class PeerDirectory(Generic[C]):
                 peer=peer_address(connection),
                 old=peer_address(old),
             )
-            old.key = None
-            if old.transport is not None:
-                old.transport.loseConnection()
+            self.supersede(old, "your key registered again from another connection")
         if connection.key is not None and connection.key != key:
             self.release(connection)
         self.by_key[key] = connection
+        if self.cluster is not None:
+            self.cluster.held(key)
+
+    def supersede(self, old: C, why: str) -> None:
+        """Tell C{old} that a newer connection holds its key, and close it."""
+        old.key = None
+        if old.transport is not None:
+            old.callRemote(Superseded, reason=why)
+            old.transport.loseConnection()
 
     def release(self, connection: C) -> None:
         key = connection.key
         if key is not None and self.by_key.get(key) is connection:
             del self.by_key[key]
+            if self.cluster is not None:
+                self.cluster.dropped(key)

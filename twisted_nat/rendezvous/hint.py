@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior
+from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior, NATType, classify
 
 _DEPENDENT = frozenset(
     {
@@ -89,6 +89,15 @@ class NATHint:
     def sequential(self) -> bool:
         """The mapping depends on the destination, with ports handed out in sequence."""
         return self.mapping in _DEPENDENT and self.predictable
+
+    @property
+    def nat_type(self) -> NATType:
+        """
+        The classic name of the sender's NAT, as far as its hint says (a hint
+        says nothing of whether there is a NAT at all: behind none, it reads
+        as a cone).
+        """
+        return classify(True, True, self.mapping, self.filtering)
 
     def as_json(self) -> dict[str, object]:
         return {

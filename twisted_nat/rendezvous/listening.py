@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.rendezvous.directory import ClusterNodes
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.rendezvous.registry import INameRegistry, open_registry
@@ -44,6 +45,9 @@ class RendezvousService(Service):
         demo; the service closes it when it stops.
     @param limits: what strangers may hold, for a new factory; the defaults
         if not given.
+    @param cluster: for a new factory, the other nodes to share peers with
+        and the registry they share (instead of C{registry}); the service
+        starts and stops it.
     """
 
     log = Logger()
@@ -56,6 +60,7 @@ class RendezvousService(Service):
         factory: RendezvousServerFactory | None = None,
         registry: str | None = None,
         limits: ServerLimits | None = None,
+        cluster: ClusterNodes | None = None,
     ) -> None:
         try:
             self._endpoint = serverFromString(reactor, endpoint)
@@ -63,9 +68,19 @@ class RendezvousService(Service):
             raise ConfigurationError(f"bad rendezvous server endpoint {endpoint!r}: {e}") from None
         self.endpoint = endpoint
         self._registry: INameRegistry | None = None
+        self._cluster = cluster
         if factory is None:
-            self._registry = open_registry(registry)
-            factory = RendezvousServerFactory(reactor, relay_timeout, self._registry, limits)
+            if cluster is not None:
+                if registry is not None:
+                    raise ConfigurationError(
+                        "the rendezvous nodes share Redis, not a registry file"
+                    )
+                self._registry = cluster.registry
+            else:
+                self._registry = open_registry(registry)
+            factory = RendezvousServerFactory(
+                reactor, relay_timeout, self._registry, limits, cluster
+            )
         self.factory = factory
         self.port: IListeningPort | None = None
         self._started = False
@@ -77,6 +92,8 @@ class RendezvousService(Service):
         super().privilegedStartService()
 
     def startService(self) -> None:
+        if self._cluster is not None:
+            self._cluster.startService()
         if not self._started:
             self._listen()
         super().startService()
@@ -119,6 +136,16 @@ class RendezvousService(Service):
         for waiter in waiters:
             waiter.errback(failure)
 
+    def status(self) -> dict[str, object]:
+        """The server's state (L{RendezvousServerFactory.status}) and where it listens."""
+        host = self.port.getHost() if self.port is not None else None
+        listening = (
+            format_address((host.host, host.port))
+            if isinstance(host, IPv4Address | IPv6Address)
+            else None
+        )
+        return {"listening": listening, **self.factory.status()}
+
     def when_listening(self) -> Deferred[IListeningPort]:
         """The listening port, once the endpoint has bound it."""
         if self.port is not None:
@@ -139,6 +166,9 @@ class RendezvousService(Service):
         if self._registry is not None:
             registry = self._registry
             stopping[0].addCallback(lambda _: registry.close())
+        if self._cluster is not None:
+            cluster = self._cluster
+            stopping[0].addCallback(lambda _: cluster.stopService())
         if port is not None:
             stopped = port.stopListening()
             if stopped is not None:
@@ -152,10 +182,13 @@ def make_rendezvous_service(
     relay_timeout: float = DEFAULT_RELAY_TIMEOUT,
     registry: str | None = None,
     limits: ServerLimits | None = None,
+    cluster: ClusterNodes | None = None,
 ) -> RendezvousService:
     """
     A rendezvous server on C{endpoint} (a server endpoint string such as
     C{"tcp:8765:interface=127.0.0.1"}), to be started or given a parent;
-    C{reactor} as for L{RendezvousService}.
+    C{reactor} and C{cluster} as for L{RendezvousService}.
     """
-    return RendezvousService(reactor, endpoint, relay_timeout, registry=registry, limits=limits)
+    return RendezvousService(
+        reactor, endpoint, relay_timeout, registry=registry, limits=limits, cluster=cluster
+    )

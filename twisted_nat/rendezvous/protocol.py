@@ -9,6 +9,7 @@ share.
     client -> server   Lookup(name)                    -> {key}
     client -> server   Connect(offer)                  -> {answer}
     server -> client   DeliverOffer(offer)             -> {answer}
+    server -> client   Superseded(reason)              (no answer; then it closes)
 
 A peer proves it holds the key it registers a name for by signing the
 server's fresh nonce with the server's id and the name
@@ -194,7 +195,7 @@ class Lookup(amp.Command):
 
     arguments = [(b"name", NameArgument())]
     response = [(b"key", KeyArgument())]
-    errors = {UnknownPeer: b"UNKNOWN_PEER", MalformedSignal: MALFORMED}
+    errors = {UnknownPeer: b"UNKNOWN_PEER", RendezvousBusy: BUSY, MalformedSignal: MALFORMED}
 
 
 class Connect(amp.Command):
@@ -217,6 +218,17 @@ class DeliverOffer(amp.Command):
     arguments = [(b"offer", OfferArgument())]
     response = [(b"answer", AnswerArgument())]
     errors = {PeerUnavailable: b"PEER_UNAVAILABLE", MalformedSignal: MALFORMED}
+
+
+class Superseded(amp.Command):
+    """
+    Sent by the server, wanting no answer, just before it closes this
+    connection: a newer connection registered the same key (at this server
+    or at another node of the rendezvous), and offers go there now.
+    """
+
+    arguments = [(b"reason", amp.Unicode())]
+    requiresAnswer = False
 
 
 def peer_address(protocol: object) -> str:

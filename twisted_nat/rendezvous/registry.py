@@ -98,14 +98,14 @@ class INameRegistry(Interface):
         """
 
 
-def _check_name(name: str) -> None:
+def require_name(name: str) -> None:
     if not isinstance(name, str):
         raise TypeError(f"a peer name is a string, not {type(name).__name__}")
     if not 1 <= len(name) <= MAX_NAME_LENGTH:
         raise ValueError(f"a peer name has 1 to {MAX_NAME_LENGTH} characters")
 
 
-def _check_key(key: PeerKey) -> None:
+def require_key(key: PeerKey) -> None:
     if not isinstance(key, PeerKey):
         raise TypeError(f"a peer key is a PeerKey, not {type(key).__name__}")
 
@@ -135,30 +135,30 @@ class MemoryRegistry:
         return self._call(self._claim, name, key)
 
     def _claim(self, name: str, key: PeerKey) -> bool:
-        _check_name(name)
-        _check_key(key)
+        require_name(name)
+        require_key(key)
         return self._keys.setdefault(name, key) == key
 
     def lookup(self, name: str) -> Deferred[PeerKey | None]:
         return self._call(self._lookup, name)
 
     def _lookup(self, name: str) -> PeerKey | None:
-        _check_name(name)
+        require_name(name)
         return self._keys.get(name)
 
     def names_of(self, key: PeerKey) -> Deferred[list[str]]:
         return self._call(self._names_of, key)
 
     def _names_of(self, key: PeerKey) -> list[str]:
-        _check_key(key)
+        require_key(key)
         return sorted(name for name, holder in self._keys.items() if holder == key)
 
     def release(self, name: str, key: PeerKey) -> Deferred[bool]:
         return self._call(self._release, name, key)
 
     def _release(self, name: str, key: PeerKey) -> bool:
-        _check_name(name)
-        _check_key(key)
+        require_name(name)
+        require_key(key)
         if self._keys.get(name) != key:
             return False
         del self._keys[name]
@@ -265,8 +265,8 @@ class SQLiteRegistry:
 
     @staticmethod
     def _claim(txn: adbapi.Transaction, name: str, key: PeerKey) -> bool:
-        _check_name(name)
-        _check_key(key)
+        require_name(name)
+        require_key(key)
         txn.execute("BEGIN IMMEDIATE")
         txn.execute("INSERT OR IGNORE INTO names (name, key) VALUES (?, ?)", (name, key.raw))
         holder: bytes = _scalar(txn, "SELECT key FROM names WHERE name = ?", name)
@@ -277,7 +277,7 @@ class SQLiteRegistry:
 
     @staticmethod
     def _lookup(txn: adbapi.Transaction, name: str) -> PeerKey | None:
-        _check_name(name)
+        require_name(name)
         raw = _scalar(txn, "SELECT key FROM names WHERE name = ?", name)
         return None if raw is None else PeerKey(raw)
 
@@ -286,7 +286,7 @@ class SQLiteRegistry:
 
     @staticmethod
     def _names_of(txn: adbapi.Transaction, key: PeerKey) -> list[str]:
-        _check_key(key)
+        require_key(key)
         txn.execute("SELECT name FROM names WHERE key = ?", (key.raw,))
         return sorted(name for (name,) in txn.fetchall())
 
@@ -295,8 +295,8 @@ class SQLiteRegistry:
 
     @staticmethod
     def _release(txn: adbapi.Transaction, name: str, key: PeerKey) -> bool:
-        _check_name(name)
-        _check_key(key)
+        require_name(name)
+        require_key(key)
         txn.execute("DELETE FROM names WHERE name = ? AND key = ?", (name, key.raw))
         return bool(txn.rowcount == 1)
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
@@ -36,17 +34,17 @@ from twisted_nat.errors import (
     NotRegistered,
     PeerUnavailable,
     RegistrationRefused,
+    RegistryError,
     RendezvousBusy,
     RendezvousError,
     UnknownPeer,
 )
 from twisted_nat.rendezvous.bounds import OVERSIZED
-from twisted_nat.rendezvous.directory import PeerDirectory, ServerStats
+from twisted_nat.rendezvous.directory import ClusterNodes, PeerDirectory, ServerStats
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.protocol import (
     Challenge,
     Connect,
-    DeliverOffer,
     Lookup,
     Register,
     Release,
@@ -56,7 +54,8 @@ from twisted_nat.rendezvous.protocol import (
 )
 from twisted_nat.rendezvous.quotas import ServerLimits, source_of
 from twisted_nat.rendezvous.registry import INameRegistry, MemoryRegistry
-from twisted_nat.rendezvous.values import Offer
+from twisted_nat.rendezvous.relay import deliver, through_node
+from twisted_nat.rendezvous.values import Answer, Offer
 from twisted_nat.trust.keys import PeerKey
 
 NONCE_SIZE = 32
@@ -153,6 +152,16 @@ class RendezvousServerProtocol(SignalingAMP):
         self.directory.refused(self, reason, why)
         return self._refuse(RendezvousBusy(why))
 
+    def _store_failed(self, failure: Failure) -> Failure:
+        """The registry could not answer (its file, or Redis): busy, for now."""
+        failure.trap(RegistryError)
+        self.directory.refused(self, "registry unavailable", str(failure.value))
+        return Failure(self._busy_later(f"the name registry cannot answer now: {failure.value}"))
+
+    def _busy_later(self, why: str) -> RendezvousError:
+        self.directory.stats.refused_busy += 1
+        return self._refuse(RendezvousBusy(why))
+
     @Challenge.responder
     def challenge(self) -> Deferred[dict[str, object]]:
         nonce = os.urandom(NONCE_SIZE)
@@ -207,7 +216,8 @@ class RendezvousServerProtocol(SignalingAMP):
             )
             return {}
 
-        return self.directory.registry.claim(name, key).addCallback(claimed)
+        d = self.directory.registry.claim(name, key).addErrback(self._store_failed)
+        return d.addCallback(claimed)
 
     @Release.responder
     def release(self, name: str, key: PeerKey, signature: bytes) -> Deferred[dict[str, object]]:
@@ -221,7 +231,8 @@ class RendezvousServerProtocol(SignalingAMP):
                 self.name = None
             return {}
 
-        return self.directory.registry.release(name, key).addCallback(released)
+        d = self.directory.registry.release(name, key).addErrback(self._store_failed)
+        return d.addCallback(released)
 
     @Lookup.responder
     def lookup(self, name: str) -> Deferred[dict[str, object]]:
@@ -230,7 +241,8 @@ class RendezvousServerProtocol(SignalingAMP):
                 raise self._refuse(UnknownPeer(f"no key is bound to {name!r}"))
             return {"key": key}
 
-        return self.directory.registry.lookup(name).addCallback(found)
+        d = self.directory.registry.lookup(name).addErrback(self._store_failed)
+        return d.addCallback(found)
 
     @Connect.responder
     def connect(self, offer: Offer) -> Deferred[dict[str, object]]:
@@ -252,55 +264,41 @@ class RendezvousServerProtocol(SignalingAMP):
                 raise self._refuse(UnknownPeer(f"no peer {to!r} with that key is registered"))
             return self._relay(offer, key, to)
 
-        return self.directory.registry.lookup(offer.to_name).addCallback(bound)
+        d = self.directory.registry.lookup(offer.to_name).addErrback(self._store_failed)
+        return d.addCallback(bound)
 
     def _relay(self, offer: Offer, key: PeerKey | None, to: str) -> Deferred[dict[str, object]]:
         target = self.directory.by_key.get(key) if key is not None else None
-        if target is None:
-            raise self._refuse(UnknownPeer(f"{to!r} is not connected"))
-        pending = self.directory.pending
-        refusal = pending.reserve(self, target)
-        if refusal is not None:
-            raise self._busy("offers waiting", refusal)
-        timeout = self.directory.relay_timeout
         # Our word on where each side connects from, for the peers' budgets.
         offer = attrs.evolve(offer, seen_from=self.address)
-        relay: Deferred[dict[str, Any]] = target.callRemote(DeliverOffer, offer=offer)
-        relay.addTimeout(timeout, self.directory.reactor)
+        cluster = self.directory.cluster
+        if key is None or (target is None and cluster is None):
+            raise self._refuse(UnknownPeer(f"{to!r} is not connected"))
+        try:
+            if target is not None:
+                relayed = deliver(self.directory, self, target, offer, to)
+            else:
+                assert cluster is not None
+                relayed = through_node(self.directory, self, cluster, offer, key, to)
+        except RendezvousBusy as e:
+            self.directory.refused(self, "offers waiting", str(e))
+            raise self._refuse(e) from None
 
-        def settled(result: object) -> object:
-            pending.release(self, target)
-            return result
-
-        relay.addBoth(settled)
-
-        def answered(response: dict[str, Any]) -> dict[str, object]:
-            answer = response["answer"]
-            if answer.session_id != offer.session_id or answer.from_key != key:
-                raise PeerUnavailable(f"{to} answered another session, or with another key")
-            self.directory.stats.offers_relayed += 1
+        def answered(answer: Answer) -> dict[str, object]:
             self.log.debug("Relayed an offer from {source} to {to}", source=self.name, to=to)
-            return {"answer": attrs.evolve(answer, seen_from=target.address)}
+            return {"answer": answer}
 
         def failed(failure: Failure) -> Failure:
-            self.directory.stats.relays_failed += 1
-            if failure.check(PeerUnavailable):
-                error = failure.value
-            elif failure.check(defer.TimeoutError):
-                target.forget_question(relay)
-                error = PeerUnavailable(f"{to} did not answer within {timeout:g} s")
-            elif failure.check(MalformedSignal):
-                error = PeerUnavailable(f"{to} sent a malformed answer")
-            elif failure.check(ConnectionClosed):
-                error = PeerUnavailable(f"{to} went away before answering")
-            else:
-                error = PeerUnavailable(f"{to} could not answer")
+            failure.trap(PeerUnavailable, UnknownPeer, RendezvousBusy)
+            if failure.check(UnknownPeer):  # no node holds it: as when none is connected here
+                self._refuse(failure.value)  # type: ignore[arg-type]
+                return failure
             self.directory.refused(
                 self, "relay failed", f"an offer from {self.name} to {to}: {failure.value}"
             )
-            return Failure(error)
+            return failure
 
-        return relay.addCallback(answered).addErrback(failed)
+        return relayed.addCallbacks(answered, failed)
 
 
 class RendezvousServerFactory(ServerFactory):
@@ -313,6 +311,8 @@ class RendezvousServerFactory(ServerFactory):
         relayed to it before the sender gets L{PeerUnavailable}.
     @param registry: the names bound to keys; a new in-memory one if not given.
     @param limits: what strangers may hold; the defaults if not given.
+    @param cluster: the other rendezvous nodes sharing our peers (and then
+        C{registry} is the one they share), or None for a server on its own.
     """
 
     noisy = False
@@ -323,12 +323,46 @@ class RendezvousServerFactory(ServerFactory):
         relay_timeout: float = DEFAULT_RELAY_TIMEOUT,
         registry: INameRegistry | None = None,
         limits: ServerLimits | None = None,
+        cluster: ClusterNodes | None = None,
     ) -> None:
         self.directory: PeerDirectory[RendezvousServerProtocol] = PeerDirectory(
             reactor,
             relay_timeout,
             registry if registry is not None else MemoryRegistry(),
             limits if limits is not None else ServerLimits(),
+        )
+        if cluster is not None:
+            self.directory.cluster = cluster
+            cluster.serve(self._from_node, self._moved)
+
+    def _from_node(self, offer: Offer, key: PeerKey, node: str) -> Deferred[Answer]:
+        """An offer another node relays to C{key}, which we hold."""
+        target = self.directory.by_key.get(key)
+        if target is None or (offer.to_key is not None and offer.to_key != key):
+            return defer.fail(UnknownPeer(f"{key.short} is not connected to this node"))
+        try:
+            answer = deliver(self.directory, ("node", node), target, offer, target.name or "")
+        except RendezvousBusy as e:
+            return defer.fail(e)
+        self.directory.stats.offers_from_nodes += 1
+        return answer
+
+    def _moved(self, key: PeerKey, node: str | None) -> None:
+        """C{key} registered at another node (C{node}, if known): its connection here goes."""
+        connection = self.directory.by_key.get(key)
+        if connection is None:
+            return
+        self.directory.stats.moved += 1
+        RendezvousServerProtocol.log.info(
+            "{name} ({key}) registered at another rendezvous node: dropping its older "
+            "connection here from {peer}",
+            name=connection.name,
+            key=key.short,
+            peer=peer_address(connection),
+        )
+        self.directory.release(connection)
+        self.directory.supersede(
+            connection, "your key registered at another node of this rendezvous"
         )
 
     @property
@@ -338,6 +372,18 @@ class RendezvousServerFactory(ServerFactory):
     def names(self) -> list[str]:
         """The names of the peers connected right now."""
         return sorted(c.name for c in self.directory.by_key.values() if c.name is not None)
+
+    def status(self) -> dict[str, object]:
+        """The server's counters, what it holds, and its part in a cluster, for C{--status}."""
+        directory = self.directory
+        return {
+            "peers": len(directory.by_key),
+            "connections": len(directory.connections),
+            "offers_waiting": directory.pending.total,
+            "stats": attrs.asdict(directory.stats),
+            "refused": dict(directory.drops.counts),
+            "cluster": None if directory.cluster is None else directory.cluster.status(),
+        }
 
     def buildProtocol(self, addr: IAddress | None) -> RendezvousServerProtocol:
         protocol = RendezvousServerProtocol(self.directory)

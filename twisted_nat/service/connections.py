@@ -102,13 +102,15 @@ class Connections:
         secret: bytes,
         result: PunchResult,
         controlling: bool,
+        peer_nat: str | None = None,
     ) -> PeerConnection:
         """
         A punch of the session C{session_id} with C{peer_key} succeeded: a
         new connection, or the peer's existing one (with the same key)
         rebound to the new path and session keys, its protocol still
         attached.  The punch proved that the peer holds the session secret,
-        which only the holder of C{peer_key} can have agreed.
+        which only the holder of C{peer_key} can have agreed.  C{peer_nat}
+        names the peer's NAT as its hint said.
         """
         self.check_key(peer, peer_key)
         keys = SessionKeys.derive(session_id, secret, offerer=controlling)
@@ -144,6 +146,7 @@ class Connections:
                 protocol = self._protocol_factory(connection)
                 if protocol is not None:
                     connection.set_protocol(protocol)
+        connection.peer_nat = peer_nat
         rtt = f"{result.rtt * 1000:.1f} ms" if result.rtt is not None else "unknown"
         self.log.info(
             "connected to {peer} ({key}) via {path} in {setup:.0f} ms, round trip {rtt}",

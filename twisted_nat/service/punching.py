@@ -138,7 +138,13 @@ class Punching:
             seen_from=answer.seen_from,
         )
         return self._connections.connected(
-            peer, answer.from_key, offer.session_id, secret, result, controlling=True
+            peer,
+            answer.from_key,
+            offer.session_id,
+            secret,
+            result,
+            controlling=True,
+            peer_nat=_nat_name(answer.nat),
         )
 
     def on_offer(self, offer: Offer) -> Deferred[Answer]:
@@ -190,7 +196,13 @@ class Punching:
     def _answered_connected(self, result: PunchResult, offer: Offer, secret: bytes) -> None:
         self._trust.offer_connected(offer)
         self._connections.connected(
-            offer.from_name, offer.from_key, offer.session_id, secret, result, controlling=False
+            offer.from_name,
+            offer.from_key,
+            offer.session_id,
+            secret,
+            result,
+            controlling=False,
+            peer_nat=_nat_name(offer.nat),
         )
 
     def _failed(self, failure: Failure, peer: str) -> None:
@@ -354,3 +366,7 @@ def _who(name: str | None, key: PeerKey | None) -> str:
     if key is None:
         return str(name)
     return key.short if name is None else f"{name} ({key.short})"
+
+
+def _nat_name(hint: NATHint | None) -> str | None:
+    return None if hint is None else hint.nat_type.value

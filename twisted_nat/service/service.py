@@ -68,7 +68,9 @@ class NATTraversalService(MultiService):
         reactor when not given.
     @param name: our name at the rendezvous.
     @param rendezvous: a client endpoint string for the rendezvous server,
-        where C{name} is registered (again after every reconnection); or
+        where C{name} is registered (again after every reconnection), or
+        several for the nodes of one rendezvous (the peer moves to another
+        when its node goes away, keeping its connections to peers); or
         pass C{signaling}, any L{ISignaling} already registered under
         C{name}, to carry offers yourself.
     @param protocol_factory: called with each new connection; the protocol
@@ -91,7 +93,7 @@ class NATTraversalService(MultiService):
         *,
         reactor: IReactorTime | None = None,
         name: str | None = None,
-        rendezvous: str | None = None,
+        rendezvous: str | Sequence[str] | None = None,
         signaling: ISignaling | None = None,
         protocol_factory: ProtocolFactory | None = None,
         settings: PeerSettings = DEFAULT_SETTINGS,

@@ -13,9 +13,12 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime, IReactorUDP
 from twisted.logger import Logger
 
 from twisted_nat.address import Address, parse_port
+from twisted_nat.cluster.address import RedisAddress
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.punch import SymmetricSettings, birthday, meeting
-from twisted_nat.rendezvous import make_rendezvous_service
+from twisted_nat.rendezvous import RendezvousService, make_rendezvous_service
+from twisted_nat.rendezvous.directory import ClusterNodes
+from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.rendezvous.registry import check_registry
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.status import status_service
@@ -50,7 +53,7 @@ def _identity(path: str | None) -> Identity | None:
 def _peer(
     reactor: IReactorTime,
     name: str,
-    rendezvous: str,
+    rendezvous: str | Sequence[str],
     stun: list[tuple[str, int]],
     connect: list[Target],
     port: int = 0,
@@ -94,6 +97,50 @@ def _peer(
     return service
 
 
+def _cluster(
+    reactor: IReactorTime, address: RedisAddress, relay_timeout: float, limits: ServerLimits
+) -> ClusterNodes:
+    """This server as a node sharing its peers through Redis at C{address}."""
+    try:
+        from twisted_nat.cluster.node import ClusterNode
+    except ImportError as e:
+        raise ConfigurationError(
+            f"--redis needs txredisapi ({e}): pip install 'twisted-nat[redis]'"
+        ) from None
+    return ClusterNode(reactor, address, relay_timeout, limits.max_pending)
+
+
+def _metrics(endpoint: str, rendezvous: RendezvousService, reactor: IReactorTime) -> IService:
+    """Prometheus metrics of C{rendezvous} on C{endpoint}."""
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from twisted_nat.metrics.exposition import metrics_service
+        from twisted_nat.metrics.rendezvous import RendezvousCollector
+    except ImportError as e:
+        raise ConfigurationError(_NO_METRICS.format(e)) from None
+    registry = CollectorRegistry()
+    registry.register(RendezvousCollector(rendezvous.factory))
+    return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
+
+
+def _peer_metrics(endpoint: str, peer: NATTraversalService, reactor: IReactorTime) -> IService:
+    """Prometheus metrics of C{peer} on C{endpoint}."""
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from twisted_nat.metrics.exposition import metrics_service
+        from twisted_nat.metrics.peer import PeerCollector, PeerMetrics
+    except ImportError as e:
+        raise ConfigurationError(_NO_METRICS.format(e)) from None
+    registry = CollectorRegistry()
+    registry.register(PeerCollector(PeerMetrics(peer)))
+    return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
+
+
+_NO_METRICS = "--metrics needs prometheus-client ({}): pip install 'twisted-nat[metrics]'"
+
+
 def makeService(config: Options, reactor: IReactorTime | None = None) -> IService:
     """
     Build the service tree for C{twistd nat}.
@@ -125,13 +172,24 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
             if not sub["no-rendezvous"]:
                 if sub["registry"] is not None:
                     check_registry(sub["registry"])
-                make_rendezvous_service(
+                cluster = None
+                if sub["redis"] is not None:
+                    cluster = _cluster(reactor, sub["redis"], sub["offer-timeout"], sub["limits"])
+                rendezvous = make_rendezvous_service(
                     reactor,
                     sub["rendezvous"],
                     relay_timeout=sub["offer-timeout"],
                     registry=sub["registry"],
                     limits=sub["limits"],
-                ).setServiceParent(top)
+                    cluster=cluster,
+                )
+                rendezvous.setServiceParent(top)
+                if sub["status"]:
+                    status_service(
+                        sub["status"], rendezvous, cast(IReactorCore, reactor)
+                    ).setServiceParent(top)
+                if sub["metrics"]:
+                    _metrics(sub["metrics"], rendezvous, reactor).setServiceParent(top)
         elif command == "peer":
             peer = _peer(
                 reactor,
@@ -160,6 +218,8 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 status_service(sub["status"], peer, cast(IReactorCore, reactor)).setServiceParent(
                     top
                 )
+            if sub["metrics"]:
+                _peer_metrics(sub["metrics"], peer, reactor).setServiceParent(top)
         else:
             demo_service(reactor, sub).setServiceParent(top)
     except (ConfigurationError, ValueError) as e:

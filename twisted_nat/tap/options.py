@@ -13,6 +13,7 @@ import attrs
 from twisted.python import usage
 
 from twisted_nat.address import parse_hostport, parse_ip, parse_port
+from twisted_nat.cluster.address import parse_redis_address
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.limits import DESCRIPTOR_RESERVE
 from twisted_nat.punch import birthday, meeting
@@ -74,6 +75,29 @@ class ServerOptions(usage.Options):
             None,
             "SQLite file keeping which key each name belongs to, across restarts "
             "(default: memory only, forgotten when the server stops).",
+        ],
+        [
+            "status",
+            None,
+            None,
+            "Serve the rendezvous server's state (counters, Redis) as JSON on this "
+            f"endpoint, e.g. {STATUS_EXAMPLE}.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics of the rendezvous server on this endpoint, e.g. "
+            "tcp:9100:interface=127.0.0.1; needs twisted-nat[metrics].",
+        ],
+        [
+            "redis",
+            None,
+            None,
+            "Share names and peers with other rendezvous nodes through this Redis: a "
+            "client endpoint (tcp:10.0.0.5:6379, unix:/run/redis.sock) or a "
+            "redis://HOST[:PORT][/DB] URL. Bindings then live in Redis (run it with "
+            "appendonly yes); needs twisted-nat[redis].",
         ],
         [
             "rate-limit",
@@ -141,8 +165,16 @@ class ServerOptions(usage.Options):
             self["port"] = parse_port(self["port"])
             self["alternate-address"] = parse_ip(self["alternate-address"])
             self["alternate-port"] = parse_port(self["alternate-port"])
+            if self["redis"] is not None:
+                self["redis"] = parse_redis_address(self["redis"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
+        if self["no-rendezvous"] and (self["status"] or self["redis"] or self["metrics"]):
+            raise usage.UsageError("--status, --metrics and --redis are the rendezvous server's")
+        if self["redis"] is not None and self["registry"] is not None:
+            raise usage.UsageError(
+                "--redis and --registry exclude each other: with --redis the names live in Redis"
+            )
         if not self["single"]:
             if self["address"] == self["alternate-address"]:
                 raise usage.UsageError("RFC 5780 mode needs two different addresses (or --single)")
@@ -206,17 +238,19 @@ class PeerOptions(usage.Options):
             "memory only).",
         ],
         ["accept", None, "anyone", "Whose offers to answer: anyone, or known (pinned) peers."],
-        [
-            "rendezvous",
-            "r",
-            None,
-            "Client endpoint of the rendezvous server, e.g. tcp:host=HOST:port=8765.",
-        ],
         ["port", "p", "0", "Local UDP port (0: any)."],
         ["interface", "i", "0.0.0.0", "Local address to bind."],
         # Numeric defaults: usage.Options coerces given values only, not defaults.
         ["keepalive-interval", None, 25.0, "Seconds between keep-alives.", float],
         ["status", None, None, f"Serve our state as JSON on this endpoint, e.g. {STATUS_EXAMPLE}."],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics (punches by NAT types and path, set-up time, paths "
+            "lost) on this endpoint, e.g. tcp:9101:interface=127.0.0.1; needs "
+            "twisted-nat[metrics].",
+        ],
         ["greet-every", None, 0.0, "Send each connected peer a datagram this often (s).", float],
         ["turn-user", None, None, "User name on the --turn servers (one for all of them)."],
         [
@@ -262,6 +296,19 @@ class PeerOptions(usage.Options):
         self["stun"] = []
         self["connect"] = []
         self["turn"] = []
+        self["rendezvous"] = []
+
+    def opt_rendezvous(self, endpoint: str) -> None:
+        """
+        Client endpoint of the rendezvous server, e.g. tcp:host=HOST:port=8765;
+        repeatable, for the nodes of one rendezvous: the peer stays registered
+        at one and moves to the next when it goes away.
+        """
+        if endpoint in self["rendezvous"]:
+            raise usage.UsageError(f"--rendezvous {endpoint} is given twice")
+        self["rendezvous"].append(endpoint)
+
+    opt_r = opt_rendezvous
 
     def opt_stun(self, server: str) -> None:
         """A STUN server, HOST[:PORT] (repeatable)."""
