@@ -536,3 +536,32 @@ def test_off_does_nothing() -> None:
     made.start()
     clock.advance(100)
     assert all(not c.maps for c in clients.values())
+
+
+def test_upnp_finds_a_moved_gateway_again() -> None:
+    fetch = FakeIGD()
+    fetch.script["AddAnyPortMapping"] = [
+        (200, soap_ok("AddAnyPortMapping", NewReservedPort="40001"))
+    ] * 2
+    fetch.script["GetExternalIPAddress"] = [
+        (200, soap_ok("GetExternalIPAddress", NewExternalIPAddress="203.0.113.5"))
+    ] * 2
+    client, _, transport = upnp(fetch)
+    first = results(client.map(4567, 7200, None))[0].mapping  # type: ignore[attr-defined]
+    # The restarted gateway: its old control URL fails, then it has forgotten the mapping.
+    fetch.script["GetSpecificPortMappingEntry"] = [(500, soap_fault(714))]
+    original = fetch.__call__
+    broken = [True]
+
+    def moved(
+        method: bytes, url: str, headers: dict[bytes, bytes], body: bytes | None
+    ) -> Deferred[tuple[int, bytes]]:
+        if broken and method == b"POST":
+            broken.clear()
+            return fail(PortMappingError("connection refused"))
+        return original(method, url, headers, body)
+
+    client._fetch = moved
+    renewal = results(client.map(4567, 7200, first))
+    assert renewal[0].gateway_restarted  # type: ignore[attr-defined]
+    assert sum(1 for w in transport.written if w.startswith(b"M-SEARCH")) == 2

@@ -141,7 +141,17 @@ class Miniupnpd:
             process.wait(timeout=5)
 
     def restart(self) -> None:
+        """
+        Restart it as a router reboots: stopped, its rules gone (miniupnpd
+        leaves them in nftables when it stops, and takes them up again when
+        it starts), started with a new epoch and no mappings.
+        """
         self.stop()
+        flush = "".join(
+            f"flush chain inet filter {chain}\n"
+            for chain in ("miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd")
+        )
+        self.lab.run(self.nat.router, ["nft", "-f", "-"], input=flush, check=True)
         time.sleep(0.2)
         self.start()
 

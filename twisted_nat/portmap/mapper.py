@@ -35,6 +35,7 @@ class PortMapper:
 
     @ivar mapping: what the gateway granted and we hold, if anything.
     @ivar failures: why each protocol failed in the last search.
+    @ivar renewals: how many renewals the gateway granted.
     @ivar restores: how often the gateway had lost the mapping and it was
         made again.
     """
@@ -59,6 +60,7 @@ class PortMapper:
         self.mapping: Mapping | None = None
         self.failures: dict[Protocol, str] = {}
         self.restores = 0
+        self.renewals = 0
         self._client: IMappingClient | None = None
         self._trying: IMappingClient | None = None
         self._timer: IDelayedCall | None = None
@@ -142,6 +144,7 @@ class PortMapper:
                 self._at(again)
             return
         self._renewal_failures = 0
+        self.renewals += 1
         self._granted(grant)
 
     def _granted(self, grant: Grant) -> None:
@@ -205,5 +208,6 @@ class PortMapper:
             "mode": self.mode.value,
             "mapping": None if self.mapping is None else self.mapping.as_json(now),
             "failures": {p.value: reason for p, reason in self.failures.items()},
+            "renewed": self.renewals,
             "restored": self.restores,
         }

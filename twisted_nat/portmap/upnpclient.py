@@ -103,6 +103,17 @@ class UPnPClient:
         return Deferred.fromCoroutine(self._map(internal_port, lifetime, previous))
 
     async def _map(self, internal_port: int, lifetime: int, previous: Mapping | None) -> Grant:
+        try:
+            return await self._map_once(internal_port, lifetime, previous)
+        except PortMappingError as e:
+            if self._service is None or e.code is not None:
+                raise
+        # The gateway answered nothing usable where it was: a restarted one
+        # may serve on another port.  Find it again, once.
+        self._service = None
+        return await self._map_once(internal_port, lifetime, previous)
+
+    async def _map_once(self, internal_port: int, lifetime: int, previous: Mapping | None) -> Grant:
         service = await self._found()
         restarted = previous is not None and not await self._present(service, previous)
         wanted = previous.external[1] if previous is not None else internal_port
@@ -149,7 +160,7 @@ class UPnPClient:
                 except ValueError:
                     raise PortMappingError("UPnP-IGD AddAnyPortMapping named no port") from None
             return port
-        raise PortMappingError("UPnP-IGD found no external port to map")
+        raise PortMappingError("UPnP-IGD found no external port to map", igd.CONFLICT)
 
     def _arguments(
         self, internal_port: int, external_port: int, lease: int
