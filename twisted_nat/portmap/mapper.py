@@ -32,6 +32,7 @@ class PortMapper:
     Keeps C{internal_port} mapped.  Searches try C{mode}'s protocols in
     order; the one that maps keeps the mapping until it fails past the
     lease's end, and then a new search starts.  L{stop} deletes it.
+    C{searched} is told each time a search ends, mapped or not.
 
     @ivar mapping: what the gateway granted and we hold, if anything.
     @ivar failures: why each protocol failed in the last search.
@@ -50,6 +51,7 @@ class PortMapper:
         internal_port: int,
         changed: Changed,
         lifetime: int = DEFAULT_LIFETIME,
+        searched: Callable[[], object] = lambda: None,
     ) -> None:
         self._clock = clock
         self.mode = mode
@@ -57,6 +59,7 @@ class PortMapper:
         self._port = internal_port
         self._changed = changed
         self._lifetime = lifetime
+        self._searched = searched
         self.mapping: Mapping | None = None
         self.failures: dict[Protocol, str] = {}
         self.restores = 0
@@ -116,12 +119,14 @@ class PortMapper:
             self._client = client
             self._searches = 0
             self._granted(grant)
+            self._searched()
             return
         self._searches += 1
         tried = "; ".join(f"{p.label}: {reason}" for p, reason in self.failures.items())
         if self._searches == 1:
             self.log.info("port mapping: no gateway maps our port ({tried})", tried=tried)
         self._at(search_again(self._clock.seconds(), self._searches - 1))
+        self._searched()
 
     async def _renew(self, client: IMappingClient, mapping: Mapping) -> None:
         try:

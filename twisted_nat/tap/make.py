@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from twisted_nat.address import Address, parse_port
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.portmap import Mode
 from twisted_nat.punch import SymmetricSettings, birthday, meeting
 from twisted_nat.rendezvous import make_rendezvous_service
 from twisted_nat.rendezvous.registry import check_registry
@@ -68,6 +69,7 @@ def _peer(
     key: str | None = None,
     known_peers: str | None = None,
     accept: Accept = Accept.ANYONE,
+    port_mapping: Mode = Mode.OFF,
 ) -> NATTraversalService:
     settings = PeerSettings(
         local_port=port,
@@ -80,6 +82,7 @@ def _peer(
         symmetric=SymmetricSettings(
             birthday_sockets, birthday_probes, birthday_rate, meeting_sockets
         ),
+        port_mapping=port_mapping,
     )
     service = NATTraversalService(
         stun,
@@ -154,6 +157,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 key=sub["key"],
                 known_peers=sub["known-peers"],
                 accept=sub["accept"],
+                port_mapping=sub["port-mapping"],
             )
             peer.setServiceParent(top)
             if sub["status"]:
