@@ -565,3 +565,50 @@ def test_upnp_finds_a_moved_gateway_again() -> None:
     renewal = results(client.map(4567, 7200, first))
     assert renewal[0].gateway_restarted  # type: ignore[attr-defined]
     assert sum(1 for w in transport.written if w.startswith(b"M-SEARCH")) == 2
+
+
+def test_a_refusal_during_the_write_ends_the_request() -> None:
+    clock = Clock()
+    protocol, transport = exchange(clock)
+    original = transport.write
+
+    def refusing(data: bytes, addr: object = None) -> None:
+        original(data, addr)
+        protocol.connectionRefused()  # as Twisted's connected UDP port does on ECONNREFUSED
+
+    transport.write = refusing  # type: ignore[method-assign]
+    got = results(protocol.ask(b"hello", lambda data: data))
+    assert "refused" in str(got[0].value)  # type: ignore[attr-defined]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_socket_closed_under_the_request_ends_it() -> None:
+    clock = Clock()
+    protocol, _ = exchange(clock)
+    got = results(protocol.ask(b"hello", lambda data: data))
+    protocol.doStop()  # the reactor closed the port (an ICMP error, with epoll)
+    assert "refused" in str(got[0].value)  # type: ignore[attr-defined]
+    assert clock.getDelayedCalls() == []
+    with pytest.raises(PortMappingError):
+        protocol.ask(b"again", lambda data: data)
+
+
+def test_a_lost_socket_is_opened_again_for_the_next_request() -> None:
+    clock = Clock()
+    drops = DropLog(Logger(), clock)
+    transports: list[ConnectedTransport] = []
+
+    def reopen(protocol: GatewayExchange) -> None:
+        transports.append(ConnectedTransport())
+        protocol.makeConnection(transports[-1])  # type: ignore[arg-type]
+
+    protocol = GatewayExchange(clock, GATEWAY, drops, reopen=reopen)
+    reopen(protocol)
+    results(protocol.ask(b"hello", lambda data: data))
+    protocol.doStop()
+    got = results(protocol.ask(b"again", lambda data: data))
+    assert len(transports) == 2 and transports[1].written == [b"again"]
+    protocol.datagramReceived(b"yes", GATEWAY)
+    assert got == [b"yes"]
+    protocol.close()
+    assert transports[1].stopped

@@ -58,6 +58,7 @@ class GatewayExchange(DatagramProtocol):
         gateway: Address,
         drops: DropLog,
         schedule: Sequence[float] = SCHEDULE,
+        reopen: Callable[[GatewayExchange], object] | None = None,
     ) -> None:
         self._clock = clock
         self.gateway = gateway
@@ -66,6 +67,8 @@ class GatewayExchange(DatagramProtocol):
         self._pending: _Pending[Any] | None = None
         self.local_ip = "0.0.0.0"
         self._closed = False
+        self._lost = False
+        self._reopen = reopen
 
     def startProtocol(self) -> None:
         self.transport.connect(*self.gateway)  # type: ignore[union-attr]
@@ -79,12 +82,19 @@ class GatewayExchange(DatagramProtocol):
         """
         if self._pending is not None:
             raise PortMappingError("a request to the gateway is under way already")
+        if self._lost and self._reopen is not None:
+            self._lost = False
+            self._reopen(self)
+        if self._closed or self._lost:
+            raise PortMappingError(f"no socket to {format_address(self.gateway)} any more")
         pending: _Pending[T] = _Pending(request, match)
         self._pending = pending
         self._send(pending)
         return pending.result
 
     def _send(self, pending: _Pending[Any]) -> None:
+        if self._pending is not pending or self.transport is None:
+            return
         if pending.sent == len(self._schedule):
             self._finish(pending)
             what = format_address(self.gateway)
@@ -95,10 +105,11 @@ class GatewayExchange(DatagramProtocol):
         wait = self._schedule[pending.sent]
         pending.sent += 1
         try:
-            self.transport.write(pending.request)  # type: ignore[union-attr,call-arg]
+            self.transport.write(pending.request)  # type: ignore[call-arg]
         except OSError as e:
             self.log.debug("could not send to the gateway: {error}", error=e)
-        pending.timer = self._clock.callLater(wait, self._send, pending)
+        if self._pending is pending:  # a refusal (ICMP) may have ended it during the write
+            pending.timer = self._clock.callLater(wait, self._send, pending)
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         if addr != self.gateway:
@@ -120,6 +131,19 @@ class GatewayExchange(DatagramProtocol):
         pending.result.callback(value)
 
     def connectionRefused(self) -> None:
+        self._refused()
+
+    def stopProtocol(self) -> None:
+        # The reactor closes a connected UDP port whose socket reports an
+        # error (an ICMP port unreachable, with epoll) rather than calling
+        # connectionRefused: either way nothing listens there now.  The
+        # next request opens a new socket (a restarting gateway refuses for
+        # a moment), if we can.
+        self._lost = not self._closed
+        self.transport = None
+        self._refused()
+
+    def _refused(self) -> None:
         pending = self._pending
         if pending is not None:
             self._finish(pending)
@@ -139,8 +163,8 @@ class GatewayExchange(DatagramProtocol):
         if pending is not None:
             self._finish(pending)
             pending.result.errback(PortMappingError("port mapping stopped"))
-        if self.transport is not None and not self._closed:
-            self._closed = True
+        was_closed, self._closed = self._closed, True
+        if self.transport is not None and not was_closed:
             self.transport.stopListening()
 
 
@@ -148,6 +172,10 @@ def open_exchange(
     reactor: IReactorUDP, clock: IReactorTime, gateway: Address, drops: DropLog
 ) -> GatewayExchange:
     """A L{GatewayExchange} on a new socket of C{reactor}'s, connected to C{gateway}."""
-    exchange = GatewayExchange(clock, gateway, drops)
-    reactor.listenUDP(0, exchange, "", 2048)
+
+    def listen(exchange: GatewayExchange) -> None:
+        reactor.listenUDP(0, exchange, "", 2048)
+
+    exchange = GatewayExchange(clock, gateway, drops, reopen=listen)
+    listen(exchange)
     return exchange

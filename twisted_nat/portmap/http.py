@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import TimeoutError
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -108,8 +107,14 @@ class HTTPFetcher:
         self, method: bytes, url: str, headers: dict[bytes, bytes], body: bytes | None
     ) -> Deferred[tuple[int, bytes]]:
         fetching = Deferred.fromCoroutine(self._fetch(method, url, headers, body))
-        fetching.addTimeout(self._timeout, self._clock)
+        fetching.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out(url))
         return fetching.addErrback(self._failed, url)
+
+    def _timed_out(self, url: str) -> Callable[[object, float], object]:
+        def timed_out(result: object, timeout: float) -> object:
+            return Failure(PortMappingError(f"{url} did not answer within {timeout:g} s"))
+
+        return timed_out
 
     async def _fetch(
         self, method: bytes, url: str, headers: dict[bytes, bytes], body: bytes | None
@@ -129,6 +134,4 @@ class HTTPFetcher:
     def _failed(self, failure: Failure, url: str) -> Failure:
         if failure.check(PortMappingError):
             return failure
-        if failure.check(TimeoutError, CancelledError):
-            raise PortMappingError(f"{url} did not answer within {self._timeout:g} s")
         raise PortMappingError(f"{url}: {failure.value}")
