@@ -1,6 +1,7 @@
 """
 Port mapping against a real gateway: Debian's miniupnpd on a lab NAT (a
-symmetric NAT with random ports), serving PCP, NAT-PMP and UPnP-IGD.
+symmetric NAT with random ports), serving PCP, NAT-PMP and UPnP-IGD; a
+second random-port symmetric NAT, without a gateway that maps, beside it.
 
 For each protocol, a L{PortMapper} in the peer's namespace
 (L{tests.support.portmap_runner}) gets a mapping of its socket's port; the
@@ -10,6 +11,10 @@ its echo gets back); the mapping is renewed at half a short lease and
 outlives it; after miniupnpd restarts (forgetting every mapping, as a
 rebooted router does) the mapping is back within one renewal; and
 stopping the mapper deletes it.
+
+And the point of it all: two peers behind the two random-port symmetric
+NATs, which no punch connects (tests/test_punch_lab.py), connect directly
+once the one gateway maps, whichever of them offers, by each protocol.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.support.lab_fixtures import LabWorld, lab_world
+from tests.support.lab_fixtures import LabWorld, Peers, lab_world
 from tests.support.miniupnpd import Miniupnpd, require_miniupnpd
 from tests.support.natlab import Lab, Nat, NatSpec, NatType
 
@@ -70,7 +75,7 @@ def gateway() -> Iterator[Gateway]:
     """One lab NAT with miniupnpd on its router, torn down after the module."""
     binary = require_miniupnpd()
     with (
-        lab_world([NatSpec("gw", NatType.SYMMETRIC)]) as world,
+        lab_world([NatSpec("gw", NatType.SYMMETRIC), NatSpec("far", NatType.SYMMETRIC)]) as world,
         tempfile.TemporaryDirectory() as workdir,
     ):
         nat = world.lab.nat("gw")
@@ -224,3 +229,57 @@ def test_auto_takes_pcp_first(gateway: Gateway, runner: Callable[[str], Runner])
     assert made["protocol"] == "pcp"
     mapper.command("stop")
     mapper.wait("stopped")
+
+
+@pytest.fixture
+def peers(gateway: Gateway) -> Iterator[Peers]:
+    """The test's peer processes, stopped after it whatever happened."""
+    started = Peers(gateway.world)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+_pairs = iter(range(1, 1000))
+
+
+@pytest.mark.parametrize("mapped_offers", [True, False], ids=["mapped-offers", "mapped-answers"])
+@pytest.mark.parametrize("mode", ["pcp", "natpmp", "upnp"])
+def test_two_random_symmetric_nats_connect_directly_when_one_maps(
+    gateway: Gateway, peers: Peers, mode: str, mapped_offers: bool
+) -> None:
+    serial = next(_pairs)
+    mapped_name, far_name = f"m{serial}", f"f{serial}"
+    mapped = peers.start("gw", mapped_name, "--no-detect", "--port-mapping", mode)
+    far = peers.start("far", far_name, "--no-detect")
+    [ready] = mapped.wait_for("ready", timeout=30)
+    far.wait_for("ready", timeout=30)
+    offered = {(c["type"], c["host"]) for c in ready["candidates"]}
+    assert ("mapped", gateway.nat.public_address) in offered, ready["candidates"]
+    status = mapped.status()
+    external = status["port_mapping"]["mapping"]["external"]
+    assert status["port_mapping"]["mapping"]["protocol"] == mode
+    offerer, answerer_name = (mapped, far_name) if mapped_offers else (far, mapped_name)
+    offerer.command(f"connect {answerer_name}")
+    [connected] = offerer.wait_for("connected", timeout=20)
+    assert not connected["path"]["relayed"], connected
+    if mapped_offers:
+        assert connected["path"]["local"] == "mapped", connected
+    else:
+        assert connected["path"]["remote_address"] == external, connected
+    data_from = far if mapped_offers else mapped
+    data_from.wait_for("connected", timeout=10)
+
+
+def test_without_the_mapping_they_do_not_connect(gateway: Gateway, peers: Peers) -> None:
+    """The control: the same two NATs, nobody maps, and the punch fails."""
+    serial = next(_pairs)
+    common = ("--no-detect", "--punch-timeout", "3")
+    near = peers.start("gw", f"m{serial}", *common)
+    far = peers.start("far", f"f{serial}", *common)
+    near.wait_for("ready", timeout=30)
+    far.wait_for("ready", timeout=30)
+    near.command(f"connect f{serial}")
+    [failed] = near.wait_for("failed", timeout=20)
+    assert failed["error_type"] == "PunchFailed", failed
