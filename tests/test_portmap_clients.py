@@ -612,3 +612,18 @@ def test_a_lost_socket_is_opened_again_for_the_next_request() -> None:
     assert got == [b"yes"]
     protocol.close()
     assert transports[1].stopped
+
+
+def test_pcp_refuses_a_lease_of_no_lifetime() -> None:
+    clock = Clock()
+    protocol, _ = exchange(clock)
+    client = PCPClient(clock, protocol, nonce=lambda: b"n" * 12)
+    got = results(client.map(4567, 7200, None))
+    request = pcp.MapRequest(b"n" * 12, OURS, 4567, 7200)
+    protocol.datagramReceived(pcp_answer(request, lifetime=0), GATEWAY)
+    assert "no lifetime" in str(got[0].value)  # type: ignore[attr-defined]
+
+
+def test_a_gateway_cannot_make_us_renew_often() -> None:
+    mapping = Mapping(Protocol.PCP, ("203.0.113.5", 40000), 4567, 1, 100.0)
+    assert mapping.renew_at == 102.0

@@ -49,6 +49,13 @@ class IMappingClient(Interface):
         """Release the client's sockets; what is under way fails."""
 
 
+def check_lifetime(granted: int, what: str) -> int:
+    """C{granted} if it is a lease: 0 from PCP or NAT-PMP would mean none at all."""
+    if granted <= 0:
+        raise PortMappingError(f"{what} granted a mapping of no lifetime")
+    return granted
+
+
 def check_external(external: Address, what: str) -> Address:
     """
     C{external} if a peer could send to it: a gateway claiming an

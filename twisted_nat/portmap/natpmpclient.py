@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from twisted_nat.errors import PortMappingError
 from twisted_nat.portmap import natpmp
-from twisted_nat.portmap.client import Grant, IMappingClient, check_external
+from twisted_nat.portmap.client import Grant, IMappingClient, check_external, check_lifetime
 from twisted_nat.portmap.epoch import Epoch
 from twisted_nat.portmap.exchange import GatewayExchange
 from twisted_nat.portmap.values import Mapping, Protocol
@@ -68,7 +68,8 @@ class NATPMPClient:
         restarted = self._epoch.observe(now, granted.epoch) or restarted
         external = (address.external_ip, granted.external_port)
         check_external(external, "the NAT-PMP server")
-        mapping = Mapping(Protocol.NATPMP, external, internal_port, granted.lifetime, now)
+        lifetime = check_lifetime(granted.lifetime, "the NAT-PMP server")
+        mapping = Mapping(Protocol.NATPMP, external, internal_port, lifetime, now)
         return Grant(mapping, restarted)
 
     def unmap(self, mapping: Mapping) -> Deferred[None]:

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from twisted_nat.errors import PortMappingError
 from twisted_nat.portmap import pcp
-from twisted_nat.portmap.client import Grant, IMappingClient, check_external
+from twisted_nat.portmap.client import Grant, IMappingClient, check_external, check_lifetime
 from twisted_nat.portmap.epoch import Epoch
 from twisted_nat.portmap.exchange import GatewayExchange
 from twisted_nat.portmap.values import Mapping, Protocol
@@ -65,7 +65,8 @@ class PCPClient:
         now = self._clock.seconds()
         restarted = self._epoch.observe(now, response.epoch)
         external = check_external(response.external, "the PCP server")
-        mapping = Mapping(Protocol.PCP, external, internal_port, response.lifetime, now)
+        lifetime = check_lifetime(response.lifetime, "the PCP server")
+        mapping = Mapping(Protocol.PCP, external, internal_port, lifetime, now)
         return Grant(mapping, restarted)
 
     def unmap(self, mapping: Mapping) -> Deferred[None]:

@@ -14,6 +14,12 @@ from twisted_nat.address import Address, format_address
 DEFAULT_LIFETIME = 7200
 """Seconds of lease asked for: RFC 6886's recommendation, which PCP clients commonly use too."""
 
+MIN_RENEWAL = 2.0
+"""
+The shortest wait before a renewal, whatever lease the gateway grants: a
+gateway cannot make us ask more often than this.
+"""
+
 PERMANENT_CHECK = 1800.0
 """How often a permanent (lifetime 0) UPnP lease is added again, in case the gateway forgot it."""
 
@@ -81,10 +87,13 @@ class Mapping:
 
     @property
     def renew_at(self) -> float:
-        """Half the lease: RFC 6886 and RFC 6887 renew well before the end."""
+        """
+        Half the lease (RFC 6886 and RFC 6887 renew well before the end),
+        but no sooner than L{MIN_RENEWAL}.
+        """
         if not self.lifetime:
             return self.granted_at + PERMANENT_CHECK
-        return self.granted_at + self.lifetime / 2
+        return self.granted_at + max(MIN_RENEWAL, self.lifetime / 2)
 
     def describe(self) -> str:
         return (

@@ -88,4 +88,4 @@ class PortMapping:
     def status(self) -> dict[str, Any]:
         if self.mapper is None:
             return {"mode": self.mode.value, "mapping": None}
-        return self.mapper.status()
+        return {**self.mapper.status(), "dropped": dict(sorted(self.drops.counts.items()))}
