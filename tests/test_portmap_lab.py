@@ -20,7 +20,9 @@ once the one gateway maps, whichever of them offers, by each protocol.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,9 @@ pytestmark = pytest.mark.lab
 
 LEASE = 10
 """Seconds of lease asked for: a renewal every 5 s."""
+
+TRIALS = int(os.environ.get("PORTMAP_LAB_TRIALS", "1"))
+"""Pairs per protocol and direction in the connection proof (the benchmark runs 20)."""
 
 _SEND = r"""
 import socket, sys
@@ -249,27 +254,51 @@ _pairs = iter(range(1, 1000))
 def test_two_random_symmetric_nats_connect_directly_when_one_maps(
     gateway: Gateway, peers: Peers, mode: str, mapped_offers: bool
 ) -> None:
+    """
+    C{TRIALS} pairs (fresh sockets, fresh mappings), each connecting on a
+    direct path to the mapped address or from it; set-up times printed.
+    """
     serial = next(_pairs)
     mapped_name, far_name = f"m{serial}", f"f{serial}"
-    mapped = peers.start("gw", mapped_name, "--no-detect", "--port-mapping", mode)
-    far = peers.start("far", far_name, "--no-detect")
-    [ready] = mapped.wait_for("ready", timeout=30)
-    far.wait_for("ready", timeout=30)
-    offered = {(c["type"], c["host"]) for c in ready["candidates"]}
-    assert ("mapped", gateway.nat.public_address) in offered, ready["candidates"]
-    status = mapped.status()
-    external = status["port_mapping"]["mapping"]["external"]
-    assert status["port_mapping"]["mapping"]["protocol"] == mode
-    offerer, answerer_name = (mapped, far_name) if mapped_offers else (far, mapped_name)
-    offerer.command(f"connect {answerer_name}")
-    [connected] = offerer.wait_for("connected", timeout=20)
-    assert not connected["path"]["relayed"], connected
+    mapping = ("--port-mapping", mode)
     if mapped_offers:
-        assert connected["path"]["local"] == "mapped", connected
+        far = peers.start("far", far_name, "--no-detect", instances=TRIALS)
+        mapped = peers.start(
+            "gw", mapped_name, "--no-detect", *mapping, "--connect", far_name, instances=TRIALS
+        )
+        offerer, answerer = mapped, far
     else:
-        assert connected["path"]["remote_address"] == external, connected
-    data_from = far if mapped_offers else mapped
-    data_from.wait_for("connected", timeout=10)
+        mapped = peers.start("gw", mapped_name, "--no-detect", *mapping, instances=TRIALS)
+        far = peers.start(
+            "far", far_name, "--no-detect", "--connect", mapped_name, instances=TRIALS
+        )
+        offerer, answerer = far, mapped
+    ready = mapped.wait_for("ready", TRIALS, timeout=30 + TRIALS)
+    externals = {
+        f"{c['host']}:{c['port']}"
+        for event in ready
+        for c in event["candidates"]
+        if c["type"] == "mapped"
+    }
+    assert len(externals) == TRIALS, ready
+    assert {e.rsplit(":", 1)[0] for e in externals} == {gateway.nat.public_address}
+    done = offerer.wait_for("done", timeout=30 + TRIALS * 12)[0]
+    assert offerer.of("failed") == [] and done["failed"] == 0
+    connected = offerer.of("connected")
+    answerer.wait_for("connected", TRIALS, timeout=15)
+    assert len(connected) == TRIALS
+    for event in connected:
+        assert not event["path"]["relayed"], event
+        if mapped_offers:
+            assert event["path"]["local"] == "mapped", event
+        else:
+            assert event["path"]["remote_address"] in externals, event
+    setups = sorted(e["setup_ms"] for e in connected)
+    print(
+        f"\n{mode}, mapped side {'offers' if mapped_offers else 'answers'}: "
+        f"{len(connected)}/{TRIALS} direct, set-up median {statistics.median(setups):.0f} ms, "
+        f"max {setups[-1]:.0f} ms"
+    )
 
 
 def test_without_the_mapping_they_do_not_connect(gateway: Gateway, peers: Peers) -> None:
