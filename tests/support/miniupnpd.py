@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -71,6 +72,8 @@ class Miniupnpd:
     def _prepare(self) -> None:
         router = self.nat.router
         public = self.nat.public_address
+        # natlab's own table (tests/support/natlab.py): the router's traffic
+        # leaves un-NATed, and the STUN server's answers get in.
         rules = _CHAINS + (
             f"insert rule ip natlab postrouting ip saddr {public} accept\n"
             f'insert rule ip natlab input iifname "wan" udp sport {{ {OURS}, {OURS_ALTERNATE} }}'
@@ -120,8 +123,6 @@ class Miniupnpd:
             "    except OSError: time.sleep(0.1)\n"
             "sys.exit('miniupnpd did not answer NAT-PMP')\n"
         )
-        import sys
-
         ready = self.lab.run(
             self.nat.peer.namespace, [sys.executable, "-c", probe, self.nat.lan_address]
         )
