@@ -312,3 +312,40 @@ def test_without_the_mapping_they_do_not_connect(gateway: Gateway, peers: Peers)
     near.command(f"connect f{serial}")
     [failed] = near.wait_for("failed", timeout=20)
     assert failed["error_type"] == "PunchFailed", failed
+
+
+def test_a_gateway_restart_mid_connection(gateway: Gateway, peers: Peers) -> None:
+    """
+    miniupnpd restarts (forgetting every mapping) while the far peer streams
+    to the mapped one: the mapping is back within one renewal, and the
+    connection carries on without being lost.
+    """
+    serial = next(_pairs)
+    mapped_name, far_name = f"m{serial}", f"f{serial}"
+    lease = ("--port-mapping-lease", str(LEASE))
+    mapped = peers.start("gw", mapped_name, "--no-detect", "--port-mapping", "pcp", *lease)
+    mapped.wait_for("ready", timeout=30)
+    far = peers.start("far", far_name, "--no-detect", "--connect", mapped_name)
+    far.wait_for("connected", timeout=30)
+    mapped.wait_for("connected", timeout=10)
+    far.command(f"stream {mapped_name} 0.1 30")
+    mapped.wait_for("data", timeout=10)
+    # An epoch tells a restart only past RFC 6887's tolerance of 2 s: let
+    # the gateway's uptime grow past it (one renewal) before restarting.
+    assert until(lambda: mapped.status()["port_mapping"]["renewed"] >= 1, LEASE)
+    external = mapped.status()["port_mapping"]["mapping"]["external"]
+
+    gateway.miniupnpd.restart()
+    restarted = time.monotonic()
+
+    def restored() -> bool:
+        return bool(mapped.status()["port_mapping"]["restored"] == 1)
+
+    assert not dnat_rule(gateway, int(external.rsplit(":", 1)[1]))
+    assert until(restored, LEASE / 2 + 5), mapped.status()["port_mapping"]
+    assert time.monotonic() - restarted <= LEASE / 2 + 5
+    now = mapped.status()["port_mapping"]["mapping"]["external"]
+    assert dnat_rule(gateway, int(now.rsplit(":", 1)[1]))
+    before = mapped.status()["received"][far_name]
+    assert until(lambda: mapped.status()["received"][far_name] >= before + 10, 5)
+    assert mapped.of("lost") == [] and far.of("lost") == []

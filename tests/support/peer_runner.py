@@ -10,7 +10,8 @@ as JSON lines on stdout, which the test reads with L{PeerProcess}.
         [--keepalive-interval S] [--keepalive-timeout S] [--no-keepalive] \\
         [--punch-timeout S] [--echo] [--send-every S --duration D [--burst K]] \\
         [--payload-size BYTES] [--no-detect] [--exit-when-done [--linger S]] \\
-        [--turn URI --turn-user U --turn-password P] [--port-mapping MODE]
+        [--turn URI --turn-user U --turn-password P]
+        [--port-mapping MODE [--port-mapping-lease S]]
         [--exit-after S] [--verbose]
 
 (C{--help} says what each does.)
@@ -261,6 +262,7 @@ class Instance:
                 ),
                 punch=PunchSettings(timeout=options.punch_timeout),
                 port_mapping=Mode(options.port_mapping),
+                port_mapping_lease=options.port_mapping_lease,
             ),
         )
         self.service.watch(_Watcher(self, self.service))
@@ -594,6 +596,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="off",
         choices=[mode.value for mode in Mode],
         help="map the socket's port on the default gateway (default off)",
+    )
+    parser.add_argument(
+        "--port-mapping-lease", type=int, default=7200, metavar="S", help="lease asked for"
     )
     parser.add_argument("--turn-user", default="", help="the TURN servers' user name")
     parser.add_argument("--turn-password", default="", help="the TURN servers' password")

@@ -15,7 +15,14 @@ from twisted.logger import Logger
 
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.limits import DropLog
-from twisted_nat.portmap import ClientFactory, Mapping, Mode, PortMapper, gateway_clients
+from twisted_nat.portmap import (
+    DEFAULT_LIFETIME,
+    ClientFactory,
+    Mapping,
+    Mode,
+    PortMapper,
+    gateway_clients,
+)
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.waiting import within
 
@@ -42,11 +49,13 @@ class PortMapping:
         mode: Mode,
         addresses: Addresses,
         clients: ClientFactory | None = None,
+        lease: int = DEFAULT_LIFETIME,
     ) -> None:
         self._reactor = reactor
         self.mode = mode
         self._addresses = addresses
         self._clients = clients
+        self._lease = lease
         self.drops = DropLog(self.log, reactor)
         self.mapper: PortMapper | None = None
         self._first: Deferred[None] | None = None
@@ -61,7 +70,13 @@ class PortMapping:
         clients = self._clients or gateway_clients(self._reactor, self.drops)
         self._first = Deferred()
         self.mapper = PortMapper(
-            self._reactor, self.mode, clients, port, self._changed, searched=self._searched
+            self._reactor,
+            self.mode,
+            clients,
+            port,
+            self._changed,
+            self._lease,
+            searched=self._searched,
         )
         self.mapper.start()
         return within(self._reactor, self._first, FIRST_SEARCH_WAIT)

@@ -148,7 +148,11 @@ class NATTraversalService(MultiService):
         self.addresses = Addresses(reactor, self.stun, bool(self.stun_servers), running)
         self.relays = Relays(reactor, settings.turn_servers, self.bases, self.addresses, running)
         self.port_mapping = PortMapping(
-            reactor, settings.port_mapping, self.addresses, mapping_clients
+            reactor,
+            settings.port_mapping,
+            self.addresses,
+            mapping_clients,
+            settings.port_mapping_lease,
         )
         """The shared socket's port mapped on the gateway, and offered as a candidate."""
         self.links = Connections(

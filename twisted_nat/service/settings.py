@@ -11,7 +11,7 @@ import attrs
 
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.limits import positive
-from twisted_nat.portmap import Mode
+from twisted_nat.portmap import DEFAULT_LIFETIME, Mode
 from twisted_nat.punch import PunchSettings, SymmetricSettings
 from twisted_nat.service.gate import GateSettings
 from twisted_nat.trust.target import Target
@@ -80,6 +80,7 @@ class PeerSettings:
         C{Mode.AUTO}), and offer that address; off unless asked for, so
         that a library user's tests send nothing to their router
         (C{twistd nat peer} asks for C{auto}).
+    @ivar port_mapping_lease: seconds of lease asked for; renewed at half.
     """
 
     local_port: int = 0
@@ -94,6 +95,7 @@ class PeerSettings:
     symmetric: SymmetricSettings = attrs.field(factory=SymmetricSettings)
     gate: GateSettings = attrs.field(factory=GateSettings)
     port_mapping: Mode = Mode.OFF
+    port_mapping_lease: int = attrs.field(default=DEFAULT_LIFETIME, validator=positive)
 
 
 DEFAULT_SETTINGS = PeerSettings()
