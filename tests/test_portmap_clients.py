@@ -627,3 +627,14 @@ def test_pcp_refuses_a_lease_of_no_lifetime() -> None:
 def test_a_gateway_cannot_make_us_renew_often() -> None:
     mapping = Mapping(Protocol.PCP, ("203.0.113.5", 40000), 4567, 1, 100.0)
     assert mapping.renew_at == 102.0
+
+
+def test_failures_are_those_of_the_last_search() -> None:
+    made, clock, clients, _ = mapper(Mode.AUTO)
+    made.start()
+    clock.advance(0)
+    assert set(made.failures) == set(Protocol)
+    natpmp_client = clients[Protocol.NATPMP]
+    natpmp_client.answers = [natpmp_client.grant]
+    clock.advance(60)
+    assert made.mapping is not None and set(made.failures) == {Protocol.PCP}

@@ -100,6 +100,7 @@ class PortMapper:
         self._working = None
 
     async def _search(self) -> None:
+        self.failures = {}
         for protocol in self.mode.protocols:
             if not self._running:
                 return
