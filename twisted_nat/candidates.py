@@ -4,10 +4,12 @@ Candidates: the addresses at which a peer might be reached, and their rank.
 Every candidate of ours is an address of the one shared socket: a host
 candidate is the socket's port on one of the machine's interface addresses,
 the server-reflexive candidate is what STUN saw of that socket from
-outside, and (with TURN) the relayed candidate is a relay's address.  They
-are ranked host > server-reflexive > relayed, with ICE's priority formula
-(RFC 8445 5.1.2), so that a direct path on the same LAN beats one through
-the NAT, which beats a relay.
+outside, a mapped candidate is the public address the gateway forwards to
+the socket by port mapping, and (with TURN) the relayed candidate is a
+relay's address.  They are ranked host > mapped > server-reflexive >
+relayed, with ICE's priority formula (RFC 8445 5.1.2), so that a direct
+path on the same LAN beats one through the NAT (an open port first), which
+beats a relay.
 """
 
 from __future__ import annotations
@@ -26,12 +28,25 @@ class CandidateType(enum.Enum):
     PEER_REFLEXIVE = "prflx"
     """Learned during punching: the address a peer's packet really came from."""
     SERVER_REFLEXIVE = "srflx"
+    MAPPED = "mapped"
+    """
+    Our public address by port mapping (PCP, NAT-PMP, UPnP-IGD).  On the
+    wire it is server-reflexive, as RFC 8445 5.1.1.2 counts such addresses,
+    with a higher priority: peers that know no "mapped" type take it, and
+    sign and check it, as it is.
+    """
     RELAYED = "relay"
+
+    @property
+    def wire(self) -> str:
+        """The type a peer reads."""
+        return CandidateType.SERVER_REFLEXIVE.value if self is CandidateType.MAPPED else self.value
 
 
 TYPE_PREFERENCE = {
     CandidateType.HOST: 126,
     CandidateType.PEER_REFLEXIVE: 110,
+    CandidateType.MAPPED: 105,
     CandidateType.SERVER_REFLEXIVE: 100,
     CandidateType.RELAYED: 0,
 }
@@ -61,7 +76,7 @@ class Candidate:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "type": self.kind.value,
+            "type": self.kind.wire,
             "host": self.host,
             "port": self.port,
             "priority": self.priority,
@@ -69,9 +84,13 @@ class Candidate:
 
     @classmethod
     def from_json(cls, value: dict[str, object]) -> Candidate:
-        """The inverse of L{as_json}; raises C{ValueError} for anything malformed."""
+        """
+        The inverse of L{as_json}, but a mapped candidate comes back
+        server-reflexive (its priority says the rest); raises C{ValueError}
+        for anything malformed.
+        """
         try:
-            kind = CandidateType(value["type"])
+            kind = _FROM_WIRE[value["type"]]  # type: ignore[index]
             host = str(value["host"])
             port = value["port"]
             priority = value["priority"]
@@ -83,6 +102,9 @@ class Candidate:
             raise ValueError(f"bad candidate priority: {priority!r}")
         ipaddress.ip_address(host)  # raises ValueError for a non-address
         return cls(kind, host, port, priority)
+
+
+_FROM_WIRE = {kind.wire: kind for kind in CandidateType if kind is not CandidateType.MAPPED}
 
 
 def interface_addresses(include_loopback: bool = False, ipv6: bool = False) -> list[str]:

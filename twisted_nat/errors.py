@@ -256,3 +256,16 @@ class BadSignature(TrustError):
 
 class PeerRefused(TrustError):
     """Our accept policy refused an offer from this peer (its key is not known)."""
+
+
+class PortMappingError(TwistedNATError):
+    """
+    A gateway gave no port mapping: none answered, it refused, or what it
+    answered could not be used.  The message is one line, fit for an
+    operator; C{code} is the gateway's own error code when it sent one.
+    """
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code

@@ -10,7 +10,9 @@ as JSON lines on stdout, which the test reads with L{PeerProcess}.
         [--keepalive-interval S] [--keepalive-timeout S] [--no-keepalive] \\
         [--punch-timeout S] [--echo] [--send-every S --duration D [--burst K]] \\
         [--payload-size BYTES] [--no-detect] [--exit-when-done [--linger S]] \\
-        [--turn URI --turn-user U --turn-password P] [--exit-after S] [--verbose]
+        [--turn URI --turn-user U --turn-password P]
+        [--port-mapping MODE [--port-mapping-lease S]]
+        [--exit-after S] [--verbose]
 
 (C{--help} says what each does.)
 
@@ -113,6 +115,7 @@ from twisted_nat.bases import SHARED
 from twisted_nat.connection import ConnectionClosed, PeerConnection
 from twisted_nat.errors import RendezvousUnavailable, UnknownPeer
 from twisted_nat.nat import NATBehavior
+from twisted_nat.portmap import Mode
 from twisted_nat.punch import PunchFailed, PunchResult, PunchSettings
 from twisted_nat.rendezvous import RendezvousClient
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerEventsBase, PeerSettings
@@ -258,6 +261,8 @@ class Instance:
                     timeout=options.keepalive_timeout,
                 ),
                 punch=PunchSettings(timeout=options.punch_timeout),
+                port_mapping=Mode(options.port_mapping),
+                port_mapping_lease=options.port_mapping_lease,
             ),
         )
         self.service.watch(_Watcher(self, self.service))
@@ -585,6 +590,15 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="log at info level to stderr")
     parser.add_argument(
         "--turn", action="append", default=[], metavar="URI", help="a TURN server (repeatable)"
+    )
+    parser.add_argument(
+        "--port-mapping",
+        default="off",
+        choices=[mode.value for mode in Mode],
+        help="map the socket's port on the default gateway (default off)",
+    )
+    parser.add_argument(
+        "--port-mapping-lease", type=int, default=7200, metavar="S", help="lease asked for"
     )
     parser.add_argument("--turn-user", default="", help="the TURN servers' user name")
     parser.add_argument("--turn-password", default="", help="the TURN servers' password")

@@ -20,7 +20,12 @@ PairKey = tuple[Base, Address]
 """A candidate pair: the base of ours a PUNCH leaves from, and the peer's address it goes to."""
 
 RELAY_PAIRED_KINDS = frozenset(
-    {CandidateType.SERVER_REFLEXIVE, CandidateType.PEER_REFLEXIVE, CandidateType.RELAYED}
+    {
+        CandidateType.SERVER_REFLEXIVE,
+        CandidateType.MAPPED,
+        CandidateType.PEER_REFLEXIVE,
+        CandidateType.RELAYED,
+    }
 )
 """
 The peer's candidates a relay base punches: a TURN server relays to any
@@ -28,11 +33,12 @@ permitted address, and a peer's private host address, meaningless from
 the server, could be someone else's machine on the server's own network.
 """
 
-SPRAY_PAIRED_KINDS = frozenset({CandidateType.SERVER_REFLEXIVE})
+SPRAY_PAIRED_KINDS = frozenset({CandidateType.SERVER_REFLEXIVE, CandidateType.MAPPED})
 """
-The peer's candidates a spray base punches: the address the peer's NAT
-shows everyone.  A host candidate is reached from the shared socket
-anyway, and a relay needs no guessing.
+The peer's candidates a spray base punches: the addresses the peer's NAT
+shows everyone (a mapped one arrives from the wire as server-reflexive).
+A host candidate is reached from the shared socket anyway, and a relay
+needs no guessing.
 """
 
 

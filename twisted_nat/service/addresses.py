@@ -74,8 +74,13 @@ class Addresses:
     def add(self, candidate: Candidate) -> None:
         self.candidates = rank([*self.candidates, candidate])
 
-    def remove(self, address: Address) -> None:
-        self.candidates = [c for c in self.candidates if c.address != address]
+    def remove(self, address: Address, kind: CandidateType | None = None) -> None:
+        """Forget the candidates at C{address} (of C{kind} only, when given)."""
+        self.candidates = [
+            c
+            for c in self.candidates
+            if c.address != address or (kind is not None and c.kind is not kind)
+        ]
 
     @property
     def refreshing(self) -> bool:

@@ -40,12 +40,14 @@ from twisted_nat.connection import AppDataRouter, PeerConnection
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.nat import NATBehavior
+from twisted_nat.portmap import ClientFactory
 from twisted_nat.punch import ExtraSockets, HolePuncher
 from twisted_nat.rendezvous import ISignaling, RendezvousClient
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
 from twisted_nat.service.connections import Connections, ProtocolFactory
 from twisted_nat.service.events import IPeerEvents, PeerEvents
+from twisted_nat.service.portmapping import PortMapping
 from twisted_nat.service.punching import Punching, need_signaling
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
@@ -83,6 +85,8 @@ class NATTraversalService(MultiService):
         one is given; a new one (logged) when neither is.
     @param known_peers: the keys pinned to names, and whom we answer; an
         in-memory store answering anyone when not given.
+    @param mapping_clients: the port mapping clients (L{PeerSettings.port_mapping}):
+        towards the default gateway when not given; tests give their own.
     """
 
     log = Logger()
@@ -100,6 +104,7 @@ class NATTraversalService(MultiService):
         rng: random.Random | None = None,
         identity: Identity | None = None,
         known_peers: KnownPeers | None = None,
+        mapping_clients: ClientFactory | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -144,6 +149,14 @@ class NATTraversalService(MultiService):
         """Tells every watcher (L{watch}) what happens."""
         self.addresses = Addresses(reactor, self.stun, bool(self.stun_servers), running)
         self.relays = Relays(reactor, settings.turn_servers, self.bases, self.addresses, running)
+        self.port_mapping = PortMapping(
+            reactor,
+            settings.port_mapping,
+            self.addresses,
+            mapping_clients,
+            settings.port_mapping_lease,
+        )
+        """The shared socket's port mapped on the gateway, and offered as a candidate."""
         self.links = Connections(
             reactor,
             self.puncher,
@@ -252,7 +265,9 @@ class NATTraversalService(MultiService):
         self.addresses.gather_hosts(
             self._shared_port(), self.settings.interface, self.settings.host_addresses
         )
+        mapping = self.port_mapping.start(self._shared_port(), self.settings.interface)
         await self.addresses.discover()
+        await mapping
         if self.stun_servers and self.settings.detect_behavior:
             self.nat.start(self.stun_servers)
         if self.settings.turn_servers:
@@ -290,17 +305,18 @@ class NATTraversalService(MultiService):
         return d
 
     def stopService(self) -> Deferred[None]:
+        unmapping = self.port_mapping.stop()
         self.addresses.stop()
         self.relays.stop()
         self.links.stop()
         self.extra_sockets.close_all()
-        stopping = super().stopService()
+        stopping = Deferred.fromCoroutine(_both(super().stopService(), unmapping))
         if self.port is not None:
             port, self.port = self.port, None
             stopped = port.stopListening()
             if stopped is not None:
                 return Deferred.fromCoroutine(_both(stopping, stopped))
-        return stopping  # type: ignore[no-any-return]
+        return stopping
 
     # --- connections ---
 
@@ -348,7 +364,8 @@ class NATTraversalService(MultiService):
             "local_port": self._shared_port() if self.port else None,
             "public": format_address(self.public.mapped) if self.public else None,
             "nat": behavior.as_json() if behavior else None,
-            "candidates": [c.as_json() for c in self.candidates],
+            "candidates": [{**c.as_json(), "type": c.kind.value} for c in self.candidates],
+            "port_mapping": self.port_mapping.status(),
             "relays": sorted(format_address(a) for a in self.relays.relayed_addresses()),
             "connections": self.links.status(),
             "refused": self.trust.stats.as_json(),

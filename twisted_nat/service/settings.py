@@ -11,6 +11,7 @@ import attrs
 
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.limits import positive
+from twisted_nat.portmap import DEFAULT_LIFETIME, Mode
 from twisted_nat.punch import PunchSettings, SymmetricSettings
 from twisted_nat.service.gate import GateSettings
 from twisted_nat.trust.target import Target
@@ -74,6 +75,12 @@ class PeerSettings:
         registered at the rendezvous: L{Target}s, or strings for
         L{Target.parse} (C{"bob"}, C{"bob=tn-..."}, C{"tn-..."}).
     @ivar gate: what strangers' offers may make us spend.
+    @ivar port_mapping: ask the default gateway to forward a public port to
+        our socket (PCP, NAT-PMP, UPnP-IGD, or all in turn with
+        C{Mode.AUTO}), and offer that address; off unless asked for, so
+        that a library user's tests send nothing to their router
+        (C{twistd nat peer} asks for C{auto}).
+    @ivar port_mapping_lease: seconds of lease asked for; renewed at half.
     """
 
     local_port: int = 0
@@ -87,6 +94,8 @@ class PeerSettings:
     punch: PunchSettings = attrs.field(factory=PunchSettings)
     symmetric: SymmetricSettings = attrs.field(factory=SymmetricSettings)
     gate: GateSettings = attrs.field(factory=GateSettings)
+    port_mapping: Mode = Mode.OFF
+    port_mapping_lease: int = attrs.field(default=DEFAULT_LIFETIME, validator=positive)
 
 
 DEFAULT_SETTINGS = PeerSettings()

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted_nat.address import Address, parse_port
 from twisted_nat.cluster.address import RedisAddress
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.portmap import Mode
 from twisted_nat.punch import SymmetricSettings, birthday, meeting
 from twisted_nat.rendezvous import RendezvousService, make_rendezvous_service
 from twisted_nat.rendezvous.directory import ClusterNodes
@@ -71,6 +72,7 @@ def _peer(
     key: str | None = None,
     known_peers: str | None = None,
     accept: Accept = Accept.ANYONE,
+    port_mapping: Mode = Mode.OFF,
 ) -> NATTraversalService:
     settings = PeerSettings(
         local_port=port,
@@ -83,6 +85,7 @@ def _peer(
         symmetric=SymmetricSettings(
             birthday_sockets, birthday_probes, birthday_rate, meeting_sockets
         ),
+        port_mapping=port_mapping,
     )
     service = NATTraversalService(
         stun,
@@ -212,6 +215,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 key=sub["key"],
                 known_peers=sub["known-peers"],
                 accept=sub["accept"],
+                port_mapping=sub["port-mapping"],
             )
             peer.setServiceParent(top)
             if sub["status"]:

@@ -16,6 +16,7 @@ from twisted_nat.address import parse_hostport, parse_ip, parse_port
 from twisted_nat.cluster.address import parse_redis_address
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.limits import DESCRIPTOR_RESERVE
+from twisted_nat.portmap import Mode
 from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.quotas import ServerLimits
@@ -240,6 +241,13 @@ class PeerOptions(usage.Options):
         ["accept", None, "anyone", "Whose offers to answer: anyone, or known (pinned) peers."],
         ["port", "p", "0", "Local UDP port (0: any)."],
         ["interface", "i", "0.0.0.0", "Local address to bind."],
+        [
+            "port-mapping",
+            None,
+            Mode.AUTO.value,
+            "Ask the default gateway to forward a public port to our socket, and offer it "
+            "to peers: auto (PCP, then NAT-PMP, then UPnP-IGD), pcp, natpmp, upnp or off.",
+        ],
         # Numeric defaults: usage.Options coerces given values only, not defaults.
         ["keepalive-interval", None, 25.0, "Seconds between keep-alives.", float],
         ["status", None, None, f"Serve our state as JSON on this endpoint, e.g. {STATUS_EXAMPLE}."],
@@ -351,6 +359,13 @@ class PeerOptions(usage.Options):
                 f"--accept must be anyone or known, not {self['accept']!r}"
             ) from None
         self["turn"] = self._turn_servers()
+        try:
+            self["port-mapping"] = Mode(self["port-mapping"])
+        except ValueError:
+            choices = ", ".join(mode.value for mode in Mode)
+            raise usage.UsageError(
+                f"--port-mapping must be one of {choices}, not {self['port-mapping']!r}"
+            ) from None
 
     def _turn_servers(self) -> list[TURNServer]:
         """

@@ -1,0 +1,106 @@
+"""
+Port mapping for the service: the shared socket's port mapped on the
+default gateway (L{twisted_nat.portmap.PortMapper}), and the mapped public
+address offered as a candidate for as long as the gateway holds it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.limits import DropLog
+from twisted_nat.portmap import (
+    DEFAULT_LIFETIME,
+    ClientFactory,
+    Mapping,
+    Mode,
+    PortMapper,
+    gateway_clients,
+)
+from twisted_nat.service.addresses import Addresses
+from twisted_nat.service.waiting import within
+
+FIRST_SEARCH_WAIT = 4.0
+"""
+Seconds gathering waits for the first search, so that the first offers
+carry the mapping: a gateway that speaks PCP or NAT-PMP answers within
+milliseconds, one that does not costs one protocol's retransmissions.
+"""
+
+
+class PortMapping:
+    """
+    The service's port mapping, configured by C{mode}: off, or the
+    protocols to try.  A socket bound to loopback is never mapped: no
+    gateway forwards to it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        mode: Mode,
+        addresses: Addresses,
+        clients: ClientFactory | None = None,
+        lease: int = DEFAULT_LIFETIME,
+    ) -> None:
+        self._reactor = reactor
+        self.mode = mode
+        self._addresses = addresses
+        self._clients = clients
+        self._lease = lease
+        self.drops = DropLog(self.log, reactor)
+        self.mapper: PortMapper | None = None
+        self._first: Deferred[None] | None = None
+
+    def start(self, port: int, interface: str) -> Deferred[None]:
+        """Map C{port}; fires after the first search, or L{FIRST_SEARCH_WAIT}."""
+        if self.mode is Mode.OFF:
+            return succeed(None)
+        if interface and ipaddress.ip_address(interface).is_loopback:
+            self.log.debug("port mapping: off, the socket is bound to loopback")
+            return succeed(None)
+        clients = self._clients or gateway_clients(self._reactor, self.drops)
+        self._first = Deferred()
+        self.mapper = PortMapper(
+            self._reactor,
+            self.mode,
+            clients,
+            port,
+            self._changed,
+            self._lease,
+            searched=self._searched,
+        )
+        self.mapper.start()
+        return within(self._reactor, self._first, FIRST_SEARCH_WAIT)
+
+    def _searched(self) -> None:
+        first, self._first = self._first, None
+        if first is not None:
+            first.callback(None)
+
+    def _changed(self, old: Mapping | None, new: Mapping | None) -> None:
+        if old is not None:
+            self._addresses.remove(old.external, CandidateType.MAPPED)
+        if new is not None:
+            self._addresses.add(Candidate(CandidateType.MAPPED, *new.external))
+
+    def stop(self) -> Deferred[None]:
+        """Delete the mapping (within the protocol's bounded retransmissions)."""
+        mapper, self.mapper = self.mapper, None
+        self._searched()
+        if mapper is None:
+            return succeed(None)
+        return mapper.stop()
+
+    def status(self) -> dict[str, Any]:
+        if self.mapper is None:
+            return {"mode": self.mode.value, "mapping": None}
+        return {**self.mapper.status(), "dropped": dict(sorted(self.drops.counts.items()))}
