@@ -13,6 +13,7 @@ from twisted_nat.errors import ConfigurationError
 from twisted_nat.limits import positive
 from twisted_nat.punch import PunchSettings, SymmetricSettings
 from twisted_nat.service.gate import GateSettings
+from twisted_nat.streams.settings import StreamSettings
 from twisted_nat.trust.target import Target
 from twisted_nat.turn import TURNServer
 
@@ -74,6 +75,7 @@ class PeerSettings:
         registered at the rendezvous: L{Target}s, or strings for
         L{Target.parse} (C{"bob"}, C{"bob=tn-..."}, C{"tn-..."}).
     @ivar gate: what strangers' offers may make us spend.
+    @ivar streams: QUIC streams between peers (L{StreamSettings}).
     """
 
     local_port: int = 0
@@ -87,6 +89,7 @@ class PeerSettings:
     punch: PunchSettings = attrs.field(factory=PunchSettings)
     symmetric: SymmetricSettings = attrs.field(factory=SymmetricSettings)
     gate: GateSettings = attrs.field(factory=GateSettings)
+    streams: StreamSettings = attrs.field(factory=StreamSettings)
 
 
 DEFAULT_SETTINGS = PeerSettings()
