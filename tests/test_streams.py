@@ -344,3 +344,43 @@ def test_quic_from_a_stranger_allocates_nothing_and_garbage_from_the_peer_is_cou
     assert bob.streams.stats.dropped_malformed >= 1
     assert bytes(client.received) == b"still fine"
     w.stop()
+
+
+def test_endpoints_carry_an_unchanged_twisted_protocol_both_ways() -> None:
+    from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+    from twisted.protocols.basic import LineReceiver
+
+    from twisted_nat.streams.endpoints import PeerEndpoint, PeerServerEndpoint
+
+    class Shout(LineReceiver):
+        def lineReceived(self, line: bytes) -> None:
+            self.sendLine(line.upper())
+
+    class Ask(LineReceiver):
+        def __init__(self) -> None:
+            self.lines: list[bytes] = []
+
+        def connectionMade(self) -> None:
+            self.sendLine(b"hello bob")
+
+        def lineReceived(self, line: bytes) -> None:
+            self.lines.append(line)
+
+    w = world()
+    alice, bob, _ = connected(w, None)
+    server = PeerServerEndpoint(bob)
+    assert IStreamServerEndpoint.providedBy(server)
+    port: Any = w.internet.run_until(server.listen(Factory.forProtocol(Shout)))
+    assert port.getHost().key == bob.key
+    assert failure_of(PeerServerEndpoint(bob).listen(Factory.forProtocol(Shout)))
+    client = PeerEndpoint(alice, "bob")
+    assert IStreamClientEndpoint.providedBy(client)
+    asking: Any = w.internet.run_until(client.connect(Factory.forProtocol(Ask)))
+    w.internet.advance(1.0)
+    assert asking.lines == [b"HELLO BOB"]
+    w.internet.run_until(port.stopListening())
+    refused: Any = w.internet.run_until(client.connect(Factory.forProtocol(Ask)))
+    w.internet.advance(1.0)
+    assert refused.lines == []
+    assert bob.streams.stats.streams_refused == 1
+    w.stop()
