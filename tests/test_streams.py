@@ -384,3 +384,23 @@ def test_endpoints_carry_an_unchanged_twisted_protocol_both_ways() -> None:
     assert refused.lines == []
     assert bob.streams.stats.streams_refused == 1
     w.stop()
+
+
+def test_every_byte_arrives_in_order_over_a_lossy_reordering_path() -> None:
+    w = world()
+    servers = Servers(Recorder)
+    alice, bob, connection = connected(w, servers)
+    client = Recorder()
+    w.internet.run_until(connection.open_stream(client))
+    w.internet.loss, w.internet.jitter, w.internet.reorder = 0.1, 0.01, 0.05
+    lost_before = w.internet.stats.lost
+    payload = bytes(i * 7 % 251 for i in range(300_000))
+    for start in range(0, len(payload), 10_000):
+        client.transport.write(payload[start : start + 10_000])
+        w.internet.advance(0.05)
+    client.transport.loseWriteConnection()
+    w.internet.advance(30.0)
+    assert w.internet.stats.lost - lost_before > 20, "the path did lose datagrams"
+    assert bytes(servers.built[0].received) == payload
+    assert servers.built[0].lost is not None and servers.built[0].lost.check(ConnectionDone)
+    w.stop()

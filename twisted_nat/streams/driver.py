@@ -29,6 +29,9 @@ from twisted.logger import Logger
 
 from twisted_nat.limits import DropLog
 
+TIMER_SLACK = 1e-6
+"""Seconds past its moment that a QUIC timer is handled at (see L{QuicDriver._fire})."""
+
 VIRTUAL_PEER = ("peer", 0)
 """The one address aioquic knows the peer by, whatever path carries it."""
 
@@ -172,10 +175,18 @@ class QuicDriver:
             self._timer = self._reactor.callLater(delay, self._fire)
 
     def _fire(self) -> None:
-        self._timer = self._timer_at = None
+        at, self._timer, self._timer_at = self._timer_at, None, None
         if self.stopped:
             return
-        self.quic.handle_timer(now=self._reactor.seconds())
+        # The timer is handled a microsecond past the moment asked for, not
+        # at it: a clock lands a hair early when floating point adds the
+        # delay, and aioquic's loss detection compares sent time plus delay
+        # with now minus delay, which rounding can make never true; either
+        # way it would ask again for the same moment, forever.
+        now = self._reactor.seconds()
+        if at is not None:
+            now = max(now, at + TIMER_SLACK)
+        self.quic.handle_timer(now=now)
         self.transmit()
 
     def stop(self) -> None:
