@@ -404,3 +404,32 @@ def test_every_byte_arrives_in_order_over_a_lossy_reordering_path() -> None:
     assert bytes(servers.built[0].received) == payload
     assert servers.built[0].lost is not None and servers.built[0].lost.check(ConnectionDone)
     w.stop()
+
+
+def test_quic_datagrams_reach_the_connection_protocol_when_both_peers_take_them() -> None:
+    import pytest
+    from twisted.internet.error import MessageLengthError
+
+    from twisted_nat.errors import ConfigurationError, StreamError
+
+    on = StreamSettings(datagrams=True)
+    w = world(streams=on)
+    alice, bob, connection = connected(w, Servers())
+    connection.streams.send_datagram(b"unreliable hello")
+    bob.connections["alice"].streams.send_datagram(b"and back")
+    w.internet.advance(1.0)
+    assert [d for d, _ in w.apps["bob"][0].received] == [b"unreliable hello"]
+    assert [d for d, _ in w.apps["alice"][0].received] == [b"and back"]
+    assert bob.streams.stats.datagrams_received == 1
+    with pytest.raises(MessageLengthError):
+        connection.streams.send_datagram(b"x" * 1200)
+    w.stop()
+
+    w = world(peer_options={"alice": {"streams": on}})
+    alice, bob, connection = connected(w, Servers())
+    w.internet.run_until(connection.open_stream(Recorder()))
+    with pytest.raises(StreamError):
+        connection.streams.send_datagram(b"bob takes none")
+    with pytest.raises(ConfigurationError):
+        bob.connections["alice"].streams.send_datagram(b"off here")
+    w.stop()

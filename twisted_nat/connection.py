@@ -67,6 +67,8 @@ class StreamOpener(Protocol):
 
     def open_stream(self, protocol: IProtocol) -> Deferred[IProtocol]: ...
 
+    def send_datagram(self, data: bytes) -> None: ...
+
 
 @attrs.define
 class RouterStats:

@@ -12,7 +12,9 @@ it):
  - see how much of a stream's data waits for an acknowledgement
    (L{unacknowledged}), for flow control towards the application;
  - start congestion control and the RTT estimate afresh on a new path
-   (L{reset_path}), as RFC 9000 section 9.4 asks of a migration.
+   (L{reset_path}), as RFC 9000 section 9.4 asks of a migration;
+ - know whether, and how large, DATAGRAM frames the peer takes
+   (L{peer_datagram_limit}).
 """
 
 from __future__ import annotations
@@ -78,3 +80,9 @@ def reset_path(connection: QuicConnection, rtt: float | None) -> None:
 def congestion_window(connection: QuicConnection) -> int:
     """The congestion window now, in bytes."""
     return int(connection._loss.congestion_window)
+
+
+def peer_datagram_limit(connection: QuicConnection) -> int:
+    """The largest DATAGRAM frame payload the peer said it takes; 0 if none (RFC 9221)."""
+    limit = connection._remote_max_datagram_frame_size
+    return 0 if limit is None else int(limit)

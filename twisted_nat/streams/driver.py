@@ -47,6 +47,7 @@ class QuicStats:
     dropped_unexpected: int = 0
     key_mismatches: int = 0
     streams_refused: int = 0
+    datagrams_received: int = 0
 
 
 def initial_destination(datagram: bytes, cid_length: int) -> bytes | None:

@@ -25,14 +25,17 @@ from contextlib import suppress
 from aioquic.quic import events
 from aioquic.quic.packet import QuicErrorCode
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IProtocol, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.connection import ConnectionClosed, PeerConnection
 from twisted_nat.errors import (
+    ConfigurationError,
     KeyMismatch,
     PeerClosedStreams,
+    StreamError,
     StreamIdleTimeout,
     StreamReset,
     StreamsClosed,
@@ -47,6 +50,9 @@ from twisted_nat.trust.keys import Identity
 
 Accept = Callable[[PeerAddress], IProtocol | None]
 """Makes the protocol of a stream the peer opened, or None to refuse it."""
+
+DATAGRAM_OVERHEAD = 64
+"""Bytes of a QUIC packet that are not a DATAGRAM frame's payload, with room to spare."""
 
 _BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42  # TLS alert bad_certificate (RFC 9001 4.8)
 
@@ -143,6 +149,8 @@ class QuicLink:
             self._stream_failed(event.stream_id, "the peer reset the stream", event.error_code)
         elif isinstance(event, events.StopSendingReceived):
             self._stream_failed(event.stream_id, "the peer stopped reading", event.error_code)
+        elif isinstance(event, events.DatagramFrameReceived):
+            self._datagram(event.data)
         elif isinstance(event, events.ConnectionTerminated):
             self._terminated(event)
 
@@ -304,6 +312,42 @@ class QuicLink:
         stream_id = self.driver.quic.get_next_available_stream_id()
         self._attach(stream_id, protocol)
         return protocol
+
+    def send_datagram(self, data: bytes) -> None:
+        """
+        Send one unreliable QUIC DATAGRAM frame (RFC 9221) to the peer: like
+        the connection's own datagrams, lost if the path loses it, but in
+        QUIC's congestion control.  The peer's connection protocol gets it
+        in C{datagramReceived}.
+
+        @raise ConfigurationError: C{StreamSettings.datagrams} is off.
+        @raise StreamError: QUIC is not up, or the peer takes no datagrams.
+        @raise MessageLengthError: C{data} does not fit in one packet.
+        """
+        if not self.settings.datagrams:
+            raise ConfigurationError("QUIC datagrams are off (StreamSettings.datagrams)")
+        driver = self.driver
+        if driver is None or not self.ready:
+            raise StreamError(f"QUIC to {self.peer} is not up")
+        limit = min(
+            self.settings.max_datagram_size - DATAGRAM_OVERHEAD,
+            _aioquic.peer_datagram_limit(driver.quic),
+        )
+        if limit <= 0:
+            raise StreamError(f"{self.peer} takes no QUIC datagrams")
+        if len(data) > limit:
+            raise MessageLengthError(f"a QUIC datagram to {self.peer} holds {limit} bytes at most")
+        driver.quic.send_datagram_frame(bytes(data))
+        driver.transmit()
+
+    def _datagram(self, data: bytes) -> None:
+        if not self.ready or not self.settings.datagrams:
+            self._stats.dropped_unexpected += 1
+            return
+        self._stats.datagrams_received += 1
+        protocol = self.connection.protocol
+        if protocol is not None:
+            protocol.datagramReceived(data, self.connection.remote_address)
 
     def close(self) -> None:
         """Close QUIC to the peer (the peer connection closed, or the service stops)."""
