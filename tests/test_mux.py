@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet.task import Clock
 
 from tests.fakes import Collector, RecordingUDPTransport
 from twisted_nat.mux import UDPMultiplexer
@@ -115,3 +116,34 @@ def test_write_before_listening_is_an_error():
     transport = mux.add_range(Collector(), [0xC0])
     with pytest.raises(RuntimeError):
         transport.write(b"x", PEER)
+
+
+def test_first_bytes_64_to_79_are_channel_data_from_a_turn_server_and_quic_from_peers():
+    """RFC 9443: ChannelData and QUIC short headers share 64-79; the source tells them apart."""
+    from twisted_nat.mux import QUIC_FIRST_BYTES
+    from twisted_nat.turn import TURNClient
+
+    mux = listening_mux()
+    quic = Collector()
+    turn = TURNClient.on_multiplexer(mux, reactor=Clock())
+    mux.add_range(quic, QUIC_FIRST_BYTES)
+    server = ("203.0.113.5", 3478)
+    turn._allocating.add(server)  # as while an Allocate is under way
+    channel_data = b"\x40\x00\x00\x04data"
+    assert mux.route(channel_data, server) is turn
+    assert mux.route(channel_data, PEER) is quic
+    assert mux.route(channel_data) is quic, "without a source, nobody is a server"
+    assert mux.route(b"\x80rtp", PEER) is None, "128-191 is RTP's, not QUIC's"
+    assert mux.route(b"\xc3long", PEER) is quic
+    mux.datagramReceived(channel_data, PEER)
+    assert quic.received == [(channel_data, PEER)]
+    mux.remove(turn)
+    assert mux.route(channel_data, server) is quic
+
+
+def test_a_range_is_claimed_once_for_everyone_and_once_by_source():
+    mux = listening_mux()
+    mux.add_range(Collector(), [0x41], sources=lambda addr: True)
+    with pytest.raises(ValueError):
+        mux.add_range(Collector(), [0x41], sources=lambda addr: False)
+    mux.add_range(Collector(), [0x41])

@@ -26,11 +26,11 @@ peers share the socket this way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.interfaces import IProtocol, IUDPTransport
 from twisted.internet.protocol import AbstractDatagramProtocol, DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -60,6 +60,14 @@ class SequenceExhausted(ConnectionClosed):
     nonce, so nothing more can be sent until a new punch rebinds it with
     new keys.
     """
+
+
+class StreamOpener(Protocol):
+    """The streams of a connection (L{twisted_nat.streams}), as the connection sees them."""
+
+    def open_stream(self, protocol: IProtocol) -> Deferred[IProtocol]: ...
+
+    def send_datagram(self, data: bytes) -> None: ...
 
 
 @attrs.define
@@ -150,6 +158,8 @@ class PeerConnection:
         # Made when someone first waits: most connections are never waited on.
         self._closing: list[Deferred[None]] | None = None
         self._path_listeners: list[Callable[[PeerConnection], object]] | None = None
+        self.streams: StreamOpener | None = None
+        """QUIC streams to the peer, when the service runs them."""
         router.add(self)
 
     @property
@@ -196,6 +206,17 @@ class PeerConnection:
         """Give the application's protocol the peer: its transport writes there."""
         self.protocol = protocol
         protocol.makeConnection(_ConnectionTransport(self))
+
+    def open_stream(self, protocol: IProtocol) -> Deferred[IProtocol]:
+        """
+        A reliable, ordered, encrypted stream to the peer (QUIC), with
+        C{protocol} connected to it: the Deferred fires with C{protocol}.
+
+        @raise ConnectionClosed: this connection carries no streams.
+        """
+        if self.streams is None:
+            raise ConnectionClosed("streams are not enabled on this connection")
+        return self.streams.open_stream(protocol)
 
     def write(self, data: bytes) -> None:
         """
@@ -363,6 +384,10 @@ class AppDataRouter(DatagramProtocol):
 
     def connections(self) -> list[PeerConnection]:
         return list(self._connections.values())
+
+    def at(self, base: Base, address: Address) -> PeerConnection | None:
+        """The connection whose path is C{address} from C{base}, if any."""
+        return self._connections.get((base, address))
 
     def send(self, frame: bytes, address: Address, base: Base = SHARED) -> None:
         """

@@ -269,3 +269,27 @@ class PortMappingError(TwistedNATError):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+class StreamError(TwistedNATError):
+    """A stream to a peer (QUIC over the punched path) ended other than by a clean close."""
+
+
+class StreamReset(StreamError):
+    """The peer reset the stream (RESET_STREAM), or stopped reading it (STOP_SENDING)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PeerClosedStreams(StreamError):
+    """The peer closed the QUIC connection that carried the stream."""
+
+
+class StreamIdleTimeout(StreamError):
+    """Nothing came from the peer for longer than the idle timeout: the path is dead."""
+
+
+class StreamsClosed(StreamError):
+    """Our side closed the streams: the peer connection or the service stopped."""

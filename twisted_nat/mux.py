@@ -9,8 +9,14 @@ way RFC 7983 (and RFC 9443) prescribe for media ports:
 
     first byte 0-3    STUN; routed further by method and class, once the
                       magic cookie confirms it
-    first byte 64-79  TURN ChannelData
+    first byte 64-79  TURN ChannelData from a TURN server we use, QUIC
+                      (RFC 9443) from anyone else
+    first byte 64-127 QUIC short header, 192-255 long header (RFC 9443)
     other ranges      whatever a sub-protocol claims with L{add_range}
+
+A range may be claimed twice: once for the sources a predicate names
+(C{add_range(..., sources=...)}: TURN claims 64-79 from its servers only)
+and once for everyone else.  The source-specific claim is asked first.
 
 Each sub-protocol is an ordinary C{DatagramProtocol}, connected to a
 L{SubTransport} whose C{write} goes out through the shared socket.  Nothing
@@ -20,7 +26,8 @@ else decides where a datagram goes, and no sub-protocol touches the socket.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -35,6 +42,10 @@ from twisted_nat.stun.message import MessageClass, split_message_type
 
 STUN_FIRST_BYTES = range(0, 4)
 CHANNEL_DATA_FIRST_BYTES = range(64, 80)
+QUIC_FIRST_BYTES = (*range(64, 128), *range(192, 256))
+"""QUIC's fixed bit is set: 01xxxxxx is a short header, 11xxxxxx a long one (RFC 9443)."""
+
+Sources = Callable[[Address], bool]
 
 _TYPE = struct.Struct("!H")
 
@@ -100,6 +111,7 @@ class UDPMultiplexer(AbstractDatagramProtocol):
         self.stats = MultiplexerStats()
         self.transport: IUDPTransport | None = None
         self._ranges: list[AbstractDatagramProtocol | None] = [None] * 256
+        self._sourced: list[tuple[Sources, AbstractDatagramProtocol] | None] = [None] * 256
         self._stun: dict[tuple[int, int], AbstractDatagramProtocol] = {}
         self._rfc3489: AbstractDatagramProtocol | None = None
         self._protocols: list[AbstractDatagramProtocol] = []
@@ -150,17 +162,25 @@ class UDPMultiplexer(AbstractDatagramProtocol):
         return self._attach(protocol)
 
     def add_range(
-        self, protocol: AbstractDatagramProtocol, first_bytes: Iterable[int]
+        self,
+        protocol: AbstractDatagramProtocol,
+        first_bytes: Iterable[int],
+        sources: Sources | None = None,
     ) -> SubTransport:
-        """Route datagrams whose first byte is in C{first_bytes} to C{protocol}."""
+        """
+        Route datagrams whose first byte is in C{first_bytes} to C{protocol}:
+        all of them, or with C{sources}, only those from an address it
+        says yes to (asked before the claim for everyone else).
+        """
         wanted = list(first_bytes)
+        table: list[Any] = self._ranges if sources is None else self._sourced
         for byte in wanted:
             if byte in STUN_FIRST_BYTES:
                 raise ValueError("first bytes 0-3 are STUN's; use add_stun")
-            if self._ranges[byte] is not None:
+            if table[byte] is not None:
                 raise ValueError(f"first byte {byte} already routed")
         for byte in wanted:
-            self._ranges[byte] = protocol
+            table[byte] = protocol if sources is None else (sources, protocol)
         return self._attach(protocol)
 
     def _attach(self, protocol: AbstractDatagramProtocol) -> SubTransport:
@@ -177,14 +197,15 @@ class UDPMultiplexer(AbstractDatagramProtocol):
         self._protocols.remove(protocol)
         self._stun = {k: p for k, p in self._stun.items() if p is not protocol}
         self._ranges = [None if p is protocol else p for p in self._ranges]
+        self._sourced = [None if c is not None and c[1] is protocol else c for c in self._sourced]
         if self._rfc3489 is protocol:
             self._rfc3489 = None
         protocol.doStop()
 
     # --- dispatch ---
 
-    def route(self, data: bytes) -> AbstractDatagramProtocol | None:
-        """The sub-protocol that should get C{data}, or None."""
+    def route(self, data: bytes, addr: Address | None = None) -> AbstractDatagramProtocol | None:
+        """The sub-protocol that should get C{data} from C{addr}, or None."""
         if not data:
             return None
         first = data[0]
@@ -195,11 +216,14 @@ class UDPMultiplexer(AbstractDatagramProtocol):
                 return self._rfc3489
             method, klass = split_message_type(_TYPE.unpack_from(data)[0])
             return self._stun.get((method, klass))
+        sourced = self._sourced[first]
+        if sourced is not None and addr is not None and sourced[0](addr):
+            return sourced[1]
         return self._ranges[first]
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         self.stats.received += 1
-        protocol = self.route(datagram)
+        protocol = self.route(datagram, addr)
         if protocol is None:
             self.stats.dropped_unclaimed += 1
             self.log.debug(

@@ -231,7 +231,7 @@ def feed_datagrams(
 
 
 def test_the_shared_socket_of_connected_peers(recorded: Recorder) -> None:
-    """STUN client, punching, keep-alive and application data, on two connected peers."""
+    """STUN client, punching, keep-alive, application data and QUIC, on two connected peers."""
     full_cone = ("full-cone", sim.PortAllocation.PRESERVING)
     w = build_world(
         {"alice": full_cone, "bob": full_cone},
@@ -251,8 +251,8 @@ def test_the_shared_socket_of_connected_peers(recorded: Recorder) -> None:
     peers = {id(s.mux) for s in (alice, bob)}
     recorded.on = False
     seeds = [d for d in recorded.seen if id(d[0]) in peers]
-    routed = {type(mux.route(data)).__name__ for mux, data, _ in seeds}
-    assert routed == {"STUNClient", "HolePuncher", "Keeper", "AppDataRouter"}
+    routed = {type(mux.route(data, addr)).__name__ for mux, data, addr in seeds}
+    assert routed == {"STUNClient", "HolePuncher", "Keeper", "AppDataRouter", "QuicRouter"}
     rng = random.Random(SEED)
     with no_escapes() as raised:
         grew = growth(feed_datagrams(rng, seeds, raised, lambda: w.internet.advance(0.05)))
@@ -271,7 +271,7 @@ def test_the_shared_socket_of_a_turn_client(recorded: Recorder) -> None:
     recorded.on = False
     seeds = [d for d in recorded.seen if d[0] is mux]
     assert len(allocation.received) == 2
-    routed = {type(mux.route(data)).__name__ for mux, data, _ in seeds}
+    routed = {type(mux.route(data, addr)).__name__ for mux, data, addr in seeds}
     assert routed == {"STUNClient", "TURNClient"}
     # the test transport records what the client writes, and the test
     # receiver what it delivers: keep them from growing, counting deliveries

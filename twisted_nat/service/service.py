@@ -10,10 +10,12 @@ punching, keep-alive and the application's connections.
         identity=load_identity("alice.key"),
         known_peers=KnownPeers("known_peers"),
         protocol_factory=lambda connection: MyPeerProtocol(),
+        stream_factory=Factory.forProtocol(MyStreamProtocol),
     )
     service.startService()
     connection = await service.connect("bob")
     connection.write(b"hello")
+    protocol = await service.open_stream("bob", MyStreamProtocol())
 
 The socket is bound in C{privilegedStartService}; then the public address
 is discovered on that very socket (so it is the binding punching will use),
@@ -29,7 +31,13 @@ from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IReactorUDP,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -41,17 +49,18 @@ from twisted_nat.errors import ConfigurationError
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.nat import NATBehavior
 from twisted_nat.portmap import ClientFactory
-from twisted_nat.punch import ExtraSockets, HolePuncher
+from twisted_nat.punch import ExtraSockets, HolePuncher, PunchResult
 from twisted_nat.rendezvous import ISignaling, RendezvousClient
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
 from twisted_nat.service.connections import Connections, ProtocolFactory
-from twisted_nat.service.events import IPeerEvents, PeerEvents
+from twisted_nat.service.events import IPeerEvents, PeerEvents, PeerEventsBase
 from twisted_nat.service.portmapping import PortMapping
 from twisted_nat.service.punching import Punching, need_signaling
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
 from twisted_nat.service.trust import PeerTrust
+from twisted_nat.streams.peers import PeerStreams
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 from twisted_nat.stun.message import MessageClass, Method
 from twisted_nat.trust.keys import Identity, PeerKey
@@ -77,6 +86,9 @@ class NATTraversalService(MultiService):
         C{name}, to carry offers yourself.
     @param protocol_factory: called with each new connection; the protocol
         it returns gets the connection's datagrams.
+    @param stream_factory: builds the protocol of each stream a peer opens
+        to us (C{buildProtocol} gets a L{PeerAddress}); without it, peers'
+        streams are refused.
     @param settings: everything else (L{PeerSettings}).
     @param rng: where the birthday method's probed ports come from (a
         seeded generator makes a test repeat itself).
@@ -100,6 +112,7 @@ class NATTraversalService(MultiService):
         rendezvous: str | Sequence[str] | None = None,
         signaling: ISignaling | None = None,
         protocol_factory: ProtocolFactory | None = None,
+        stream_factory: IProtocolFactory | None = None,
         settings: PeerSettings = DEFAULT_SETTINGS,
         rng: random.Random | None = None,
         identity: Identity | None = None,
@@ -147,6 +160,9 @@ class NATTraversalService(MultiService):
         running = self._is_running
         self.events = PeerEvents()
         """Tells every watcher (L{watch}) what happens."""
+        self.streams = PeerStreams(reactor, identity, self.router, stream_factory, settings.streams)
+        """QUIC streams on every connection (L{open_stream})."""
+        self.events.watchers.append(_GiveStreams(self.streams))
         self.addresses = Addresses(reactor, self.stun, bool(self.stun_servers), running)
         self.relays = Relays(reactor, settings.turn_servers, self.bases, self.addresses, running)
         self.port_mapping = PortMapping(
@@ -238,6 +254,7 @@ class NATTraversalService(MultiService):
         self.relays.attach(self.mux, self.stun)
         self.puncher.attach(self.mux)
         self.router.attach(self.mux)
+        self.streams.router.attach(self.mux)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -347,6 +364,24 @@ class NATTraversalService(MultiService):
                 raise ConfigurationError(str(e)) from None
         return await self.punching.connect(signaling, ours, name, key)
 
+    def open_stream(self, peer: str, protocol: IProtocol) -> Deferred[IProtocol]:
+        """
+        A stream to C{peer} (connected first if it is not), with
+        C{protocol} connected to it; fails with a
+        L{twisted_nat.errors.StreamError} or the connection's failure.
+        """
+        return Deferred.fromCoroutine(self._open_stream(peer, protocol))
+
+    async def _open_stream(self, peer: str, protocol: IProtocol) -> IProtocol:
+        try:
+            name = normalise_name(peer)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
+        connection = self.links.by_peer.get(name)
+        if connection is None or connection.closed:
+            connection = await self.connect(name)
+        return await connection.open_stream(protocol)
+
     def close(self, peer: str) -> None:
         """Close the connection to C{peer}."""
         connection = self.links.by_peer.get(peer)
@@ -391,6 +426,18 @@ def _identity(
         key=identity.public.text,
     )
     return identity
+
+
+class _GiveStreams(PeerEventsBase):
+    """Gives each connection its streams, before other watchers hear of it."""
+
+    def __init__(self, streams: PeerStreams) -> None:
+        self._streams = streams
+
+    def connected(
+        self, connection: PeerConnection, result: PunchResult, offerer: bool, again: bool
+    ) -> None:
+        self._streams.connected(connection, offerer)
 
 
 NATTraversalManager = NATTraversalService

@@ -14,6 +14,7 @@ from twisted_nat.limits import positive
 from twisted_nat.portmap import DEFAULT_LIFETIME, Mode
 from twisted_nat.punch import PunchSettings, SymmetricSettings
 from twisted_nat.service.gate import GateSettings
+from twisted_nat.streams.settings import StreamSettings
 from twisted_nat.trust.target import Target
 from twisted_nat.turn import TURNServer
 
@@ -81,6 +82,7 @@ class PeerSettings:
         that a library user's tests send nothing to their router
         (C{twistd nat peer} asks for C{auto}).
     @ivar port_mapping_lease: seconds of lease asked for; renewed at half.
+    @ivar streams: QUIC streams between peers (L{StreamSettings}).
     """
 
     local_port: int = 0
@@ -96,6 +98,7 @@ class PeerSettings:
     gate: GateSettings = attrs.field(factory=GateSettings)
     port_mapping: Mode = Mode.OFF
     port_mapping_lease: int = attrs.field(default=DEFAULT_LIFETIME, validator=positive)
+    streams: StreamSettings = attrs.field(factory=StreamSettings)
 
 
 DEFAULT_SETTINGS = PeerSettings()

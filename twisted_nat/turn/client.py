@@ -139,8 +139,14 @@ class TURNClient(DatagramProtocol):
         mux.add_stun(stun, TURN_METHODS, [MessageClass.SUCCESS, MessageClass.ERROR])
         client = cls(stun, reactor, **kwargs)
         mux.add_stun(client, [Method.DATA], [MessageClass.INDICATION])
-        mux.add_range(client, CHANNEL_DATA_FIRST_BYTES)
+        # ChannelData shares its first bytes with QUIC: only what comes
+        # from a TURN server is ChannelData (RFC 9443 section 3).
+        mux.add_range(client, CHANNEL_DATA_FIRST_BYTES, sources=client.is_server)
         return client
+
+    def is_server(self, addr: Address) -> bool:
+        """Whether C{addr} is a TURN server we hold or ask for an allocation on."""
+        return addr in self._allocations or addr in self._allocating
 
     @property
     def allocations(self) -> dict[Address, Allocation]:
