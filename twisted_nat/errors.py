@@ -293,3 +293,19 @@ class StreamIdleTimeout(StreamError):
 
 class StreamsClosed(StreamError):
     """Our side closed the streams: the peer connection or the service stopped."""
+
+
+class TransferError(TwistedNATError):
+    """A file transfer (C{twisted-nat send} / C{receive}) failed; the message is one line."""
+
+
+class UnsafeName(TransferError, ValueError):
+    """A name in a sender's list of files that could leave the output directory, or harm it."""
+
+
+class TransferRefused(TransferError):
+    """The receiver (or the person at it) refused the transfer."""
+
+
+class TransferProtocolError(TransferError):
+    """The other side broke the transfer protocol: a malformed, oversized or unexpected message."""
