@@ -16,7 +16,12 @@ may read, and prints its public key; it never overwrites a file;
 
     twisted-nat key show PATH
 
-prints the public key of the key file at PATH, for giving to others.
+prints the public key of the key file at PATH, for giving to others;
+
+    twisted-nat receive --name NAME [--output DIR] [connection options]
+    twisted-nat send PATH... --to NAME[=KEY] [connection options]
+
+send files between peers (L{twisted_nat.transfer}).
 Every failure ends with one line on stderr and a non-zero exit status.
 """
 
@@ -36,6 +41,7 @@ from twisted_nat.address import format_address, parse_hostport
 from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.nat import detect_nat
 from twisted_nat.stun.client import DEFAULT_STUN_PORT, DiscoveryResult, STUNClient
+from twisted_nat.transfer.options import ReceiveOptions, SendOptions
 from twisted_nat.trust import create_identity, load_identity
 
 
@@ -140,11 +146,13 @@ class Options(usage.Options):
         ["stun", None, StunOptions, "Print this host's public address as JSON."],
         ["detect", None, DetectOptions, "Discover the NAT type and behaviour (RFC 5780)."],
         ["key", None, KeyOptions, "Create a key file, or show the public key of one."],
+        ["send", None, SendOptions, "Send files and directories to a peer."],
+        ["receive", None, ReceiveOptions, "Receive files a peer sends."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command: stun, detect, key")
+            raise usage.UsageError("name a command: stun, detect, key, send, receive")
 
 
 def discovery_json(result: DiscoveryResult) -> str:
@@ -219,6 +227,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.stderr.write(f"twisted-nat: {e}\n")
             raise SystemExit(1) from None
         return
+
+    if options.subCommand in ("send", "receive"):
+        # Imported here: the other commands need neither QUIC nor the service.
+        from twisted_nat.transfer import command
+
+        sub = options.subOptions
+        main = command.send if options.subCommand == "send" else command.receive
+        sys.exit(command.run(lambda reactor: main(reactor, sub)))
 
     async def run(reactor: object) -> None:
         try:
