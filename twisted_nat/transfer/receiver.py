@@ -138,9 +138,7 @@ class Receiver:
         self._survey = found
         if found.conflicts and not self.overwrite:
             more = f" (and {len(found.conflicts) - 1} more)" if len(found.conflicts) > 1 else ""
-            self._refuse(
-                f"{found.conflicts[0]}{more} exists at the receiver (--overwrite replaces)"
-            )
+            self._refuse(f"{found.conflicts[0]}{more} exists at the receiver (use --overwrite)")
             return None
         assert self.peer is not None and self._offer is not None
         return self._ask(self.peer, self._offer).addCallback(self._answered)
