@@ -41,6 +41,7 @@ def test_plugin_file_lands_without_package_markers(installed: Path) -> None:
     where = run([python, "-c", "import twisted; print(twisted.__path__[0])"], installed)
     plugins = Path(where.stdout.strip()) / "plugins"
     assert (plugins / "nat_plugin.py").is_file()
+    assert (plugins / "nat_endpoints.py").is_file()
     # twisted/plugins/__init__.py is still Twisted's own, which extends the
     # plugin path; ours must never ship one (nor a twisted/__init__.py).
     assert "pluginPackagePaths" in (plugins / "__init__.py").read_text()
