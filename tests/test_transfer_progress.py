@@ -77,3 +77,47 @@ def test_units():
     assert format_duration(None) == "--:--"
     assert format_duration(61) == "1:01"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_the_reporter_redraws_one_line_on_a_terminal_and_prints_json_otherwise():
+    import io
+    import json
+
+    from twisted.internet.task import Clock
+
+    from twisted_nat.streams.stream import PeerAddress
+    from twisted_nat.transfer.protocol import FileEntry, Offer
+    from twisted_nat.transfer.report import Outcome, Reporter
+
+    offer = Offer((FileEntry("a", 4 * MIB, "00" * 32),))
+    clock = Clock()
+    out, err = io.StringIO(), io.StringIO()
+    terminal = Reporter(clock, out, err, as_json=False, terminal=True)
+    terminal.offer(PeerAddress("alice", None), offer, incoming=True)
+    terminal.path_is(relayed=True)
+    terminal.accepted(0)
+    terminal.moved(MIB)
+    clock.advance(0.25)
+    terminal.path_is(relayed=False)
+    clock.advance(0.25)
+    terminal.file_done("a", 4 * MIB, None)
+    terminal.finished(Outcome(1, 1, None))
+    text = err.getvalue()
+    assert out.getvalue() == ""
+    assert text.startswith("alice offers 1 file, 4.0 MiB:\n  a (4.0 MiB)\n")
+    assert "\r[" in text and "relayed" in text
+    assert "\r\x1b[Kthe path is direct now\n" in text
+    assert "direct (1 path changes)" in text
+    assert text.endswith("a: 4.0 MiB, SHA-256 checked\ndone: 1 files, 4.0 MiB in 0.5 s (direct)\n")
+
+    clock = Clock()
+    out, err = io.StringIO(), io.StringIO()
+    scripted = Reporter(clock, out, err, as_json=True, terminal=True)
+    scripted.offer(PeerAddress("alice", None), offer, incoming=True)
+    scripted.accepted(0)
+    scripted.moved(MIB)
+    clock.advance(1.0)
+    scripted.finished(Outcome(1, 0, "the sender went away"))
+    kinds = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert kinds == ["offer", "accepted", "progress", "done"]
+    assert err.getvalue() == ""

@@ -318,3 +318,20 @@ def test_a_second_offer_or_another_peer_gets_nothing(tmp_path):
     assert second.lost
     other = PeerAddress("mallory", Identity.generate().public)
     assert hostile.receiver.buildProtocol(other) is None
+
+
+def test_a_permission_error_ends_both_with_one_reason(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def refused(path: Any, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".tn-part"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refused)
+    sent, received, output, _, _ = transfer(tmp_path)
+    assert received.error is not None
+    assert received.error.startswith("cannot write d/")
+    assert "Permission denied" in received.error
+    assert sent.error is not None and "Permission denied" in sent.error
+    assert [p for p in output.rglob("*") if p.is_file()] == []
