@@ -107,6 +107,7 @@ class QuicDriver:
         self._timer_at: float | None = None
         self._busy = False
         self._again = False
+        self._soon: IDelayedCall | None = None
         self.stopped = False
 
     def connect(self) -> None:
@@ -130,7 +131,18 @@ class QuicDriver:
         except Exception as e:  # aioquic drops what it cannot read; anything else is counted
             self._stats.dropped_malformed += 1
             self._drops.drop("malformed", "dropped a QUIC datagram: {error!r}", error=e)
-        self.transmit()
+        if self._soon is None:
+            self._soon = self._reactor.callLater(0, self._transmit_soon)
+
+    def _transmit_soon(self) -> None:
+        """
+        Answer the datagrams of one reactor turn at once: the reactor reads
+        what has arrived in a burst before it runs this, so a burst costs
+        one pass over the connection (one ACK, one flush), not one each.
+        """
+        self._soon = None
+        if not self.stopped:
+            self.transmit()
 
     def transmit(self) -> None:
         """
@@ -193,6 +205,9 @@ class QuicDriver:
     def stop(self) -> None:
         """Forget the connection: no timer, nothing received or sent any more."""
         self.stopped = True
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = self._timer_at = None
