@@ -16,6 +16,7 @@ from typing import Any, cast
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as TimedOut
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
@@ -110,7 +111,11 @@ async def _stop(reactor: IReactorTime, service: NATTraversalService) -> None:
     """
     Close QUIC first, while the connections can still carry its closing
     packet, so that the peer learns at once we are gone; then the service.
+    The outcome that brings us here may fire inside a QUIC event, whose
+    driver sends only once the event is handled: the reactor runs once
+    before anything is closed.
     """
+    await deferLater(reactor, 0, lambda: None)
     for connection in list(service.connections.values()):
         if isinstance(connection.streams, QuicLink):
             connection.streams.close()
