@@ -137,10 +137,8 @@ def _reporter(reactor: IReactorTime, options: ConnectionOptions) -> Reporter:
 async def send(reactor: IReactorTime, options: SendOptions) -> Outcome:
     report = _reporter(reactor, options)
     sources = collect(options["paths"], lambda path: report.say(f"left out {path}: not a file"))
-    try:
-        digests = await deferToThread(lambda: [hash_file(s.path).hexdigest() for s in sources])
-    except OSError as e:
-        raise TransferError(f"cannot read {e.filename}: {e.strerror}") from None
+    # Hashed in a thread while the peer connects.
+    hashing = deferToThread(lambda: [hash_file(s.path).hexdigest() for s in sources])
     identity = _identity(options, "send.key")
     name = options["name"] or f"send-{identity.public.text[3:13]}"
     known = options["known-peers"] or os.path.join(config_home(), "known_peers")
@@ -158,12 +156,17 @@ async def send(reactor: IReactorTime, options: SendOptions) -> Outcome:
         connection.on_path_change(lambda c: report.path_is(c.relayed))
         key = connection.peer_key.text if connection.peer_key else "?"
         report.event("connected", peer=target.name, key=key, path=connection.describe_path())
+        try:
+            digests = await hashing
+        except OSError as e:
+            raise TransferError(f"cannot read {e.filename}: {e.strerror}") from None
         sender = Sender(reactor, sources, digests, connection.open_stream, deferToThread, report)
         report.offer(PeerAddress(target.name, connection.peer_key), sender.offer, incoming=False)
         outcome = await sender.run()
         report.finished(outcome)
         return outcome
     finally:
+        hashing.addErrback(lambda _: None)  # a failure after another one goes unsaid
         await _stop(reactor, service)
 
 
