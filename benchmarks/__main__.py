@@ -19,6 +19,7 @@ from benchmarks import (
     bench_server,
     bench_server_abuse,
     bench_stun_amplification,
+    bench_transfer,
     bench_turn,
 )
 from tests.support.natlab import lab_unavailable_reason
@@ -46,6 +47,11 @@ def main() -> int:
     reason = lab_unavailable_reason()
     if reason is None:
         status |= bench_detect.main(["--json", str(RESULTS / "detect.json")])
+    else:
+        print(f"skipped: {reason}")
+    print("\n== 64 MiB between two real NATs: twisted-nat send against magic-wormhole ==")
+    if reason is None:
+        status |= bench_transfer.main(["--json", str(RESULTS / "transfer.json")])
     else:
         print(f"skipped: {reason}")
     return status
