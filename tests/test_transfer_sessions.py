@@ -335,3 +335,24 @@ def test_a_permission_error_ends_both_with_one_reason(tmp_path, monkeypatch):
     assert "Permission denied" in received.error
     assert sent.error is not None and "Permission denied" in sent.error
     assert [p for p in output.rglob("*") if p.is_file()] == []
+
+
+def test_a_file_that_cannot_be_read_midway_ends_both_with_one_reason(tmp_path, monkeypatch):
+    from twisted_nat.transfer import streams
+
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() >= 65536:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return super().read(size)
+
+    def failing_open(path: str, mode: str) -> io.BytesIO:
+        return Failing(Path(path).read_bytes())
+
+    monkeypatch.setattr(streams, "open", failing_open, raising=False)
+    sent, received, output, _, _ = transfer(tmp_path)
+    assert sent.error is not None
+    assert sent.error.startswith("cannot read d/big: Input/output error")
+    assert received.error is not None
+    assert received.error.startswith("the sender stopped: the sender cannot read d/big")
+    assert not (output / "d" / "big").exists()

@@ -154,7 +154,13 @@ class Sender:
         self._report.resumed(source.name, offset, offset)
         try:
             producer = FileProducer(
-                self._reactor, stream.transport, source.path, offset, source.size, self._moved
+                self._reactor,
+                stream.transport,
+                source.path,
+                offset,
+                source.size,
+                self._moved,
+                lambda e: self._abort(f"cannot read {source.name}: {e.strerror or e}"),
             )
         except OSError as e:
             self._abort(f"cannot read {source.name}: {e.strerror}")

@@ -97,7 +97,8 @@ class FileProducer:
     Writes C{size} bytes of the file at C{path}, from C{offset}, to a
     stream, as fast as the stream's flow control lets it (it pauses us
     while too much is unacknowledged), then ends the stream.  Never holds
-    more than one chunk of the file.
+    more than one chunk of the file.  A read that fails aborts the stream
+    and goes to C{failed}.
     """
 
     def __init__(
@@ -108,11 +109,13 @@ class FileProducer:
         offset: int,
         size: int,
         moved: Callable[[int], object],
+        failed: Callable[[OSError], object],
     ) -> None:
         self._reactor = reactor
         self._transport = transport
         self._left = size - offset
         self._moved = moved
+        self._failed = failed
         self._paused = False
         self._stopped = False
         self._scheduled = False
@@ -144,7 +147,13 @@ class FileProducer:
         for _ in range(CHUNKS_PER_TURN):
             if self._paused or self._stopped:
                 return
-            chunk = self._file.read(min(CHUNK, self._left)) if self._left > 0 else b""
+            try:
+                chunk = self._file.read(min(CHUNK, self._left)) if self._left > 0 else b""
+            except OSError as e:
+                self.stopProducing()
+                self._transport.abortConnection()
+                self._failed(e)
+                return
             if not chunk:
                 self._done()
                 return
