@@ -25,13 +25,13 @@ from twisted_nat.tap.options import (
     DEFAULT_ALTERNATE_PORT,
     DEFAULT_PORT,
     DEFAULT_RENDEZVOUS,
-    TURN_PASSWORD_ENVIRONMENT,
     DemoOptions,
     Options,
     PeerOptions,
     ServerOptions,
 )
 from twisted_nat.tap.services import ExitOnListenFailure, Greeter, STUNServerService
+from twisted_nat.tap.turn import TURN_PASSWORD_ENVIRONMENT
 
 __all__ = [
     "DEFAULT_ADDRESS",

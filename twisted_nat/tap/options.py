@@ -7,7 +7,6 @@ into one line and exit status 1.
 from __future__ import annotations
 
 import math
-import os
 
 import attrs
 from twisted.python import usage
@@ -22,16 +21,16 @@ from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.sourcelimit import DEFAULT_RATE
+from twisted_nat.tap.turn import TURN_PASSWORD_ENVIRONMENT, turn_servers
 from twisted_nat.trust.known import Accept
 from twisted_nat.trust.target import Target
-from twisted_nat.turn.uri import TURNServer, parse_turn_uri
+from twisted_nat.turn.uri import TURNServer
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_ALTERNATE_ADDRESS = "127.0.0.2"
 DEFAULT_PORT = 3478
 DEFAULT_ALTERNATE_PORT = 3479
 DEFAULT_RENDEZVOUS = "tcp:8765:interface=127.0.0.1"
-TURN_PASSWORD_ENVIRONMENT = "TWISTED_NAT_TURN_PASSWORD"
 STATUS_EXAMPLE = "tcp:8080:interface=127.0.0.1"
 """
 The status shows names, keys, addresses and candidates: the example binds
@@ -369,37 +368,6 @@ class PeerOptions(usage.Options):
 
     def _turn_servers(self) -> list[TURNServer]:
         return turn_servers(self["turn"], self["turn-user"], self["turn-password"])
-
-
-def turn_servers(uris: list[str], user: str | None, password: str | None) -> list[TURNServer]:
-    """
-    The --turn URIs with their credentials (the password from the
-    environment when not given).  A user name or password without any
-    --turn is refused too: it is most likely a --turn that was lost on the
-    way, and running without a relay would go unnoticed.
-    """
-    if not uris:
-        if user is not None or password is not None:
-            raise usage.UsageError("--turn-user and --turn-password need a --turn URI")
-        return []
-    if password is None:
-        password = os.environ.get(TURN_PASSWORD_ENVIRONMENT)
-    if not user:
-        raise usage.UsageError("--turn needs --turn-user")
-    if not password:
-        raise usage.UsageError(
-            f"--turn needs --turn-password or {TURN_PASSWORD_ENVIRONMENT} in the environment"
-        )
-    servers: list[TURNServer] = []
-    for uri in uris:
-        try:
-            server = parse_turn_uri(uri, user, password)
-        except ConfigurationError as e:
-            raise usage.UsageError(str(e)) from None
-        if server in servers:
-            raise usage.UsageError(f"TURN server {server.uri()} is given twice")
-        servers.append(server)
-    return servers
 
 
 def _parse_count(option: str, text: str) -> int:

@@ -17,7 +17,8 @@ from twisted.python import usage
 from twisted_nat.address import parse_hostport, parse_ip, parse_port
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
-from twisted_nat.tap.options import DEFAULT_ADDRESS, DEFAULT_PORT, turn_servers
+from twisted_nat.tap.options import DEFAULT_ADDRESS, DEFAULT_PORT
+from twisted_nat.tap.turn import turn_servers
 from twisted_nat.trust.names import normalise_name
 from twisted_nat.trust.target import Target
 
