@@ -324,6 +324,7 @@ class NATTraversalService(MultiService):
     def stopService(self) -> Deferred[None]:
         unmapping = self.port_mapping.stop()
         self.addresses.stop()
+        self.nat.stop()
         self.relays.stop()
         self.links.stop()
         self.extra_sockets.close_all()
