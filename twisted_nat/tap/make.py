@@ -161,7 +161,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
     sub = config.subOptions if config.subCommand else DemoOptions()
     if config.subCommand is None:
         sub.parseOptions([])
-    top = ExitOnListenFailure()
+    top = ExitOnListenFailure(getattr(config, "parent", None), config["log-level"])
     try:
         if command == "server":
             alternate = None if sub["single"] else (sub["alternate-address"], sub["alternate-port"])
