@@ -1,9 +1,9 @@
 """
 A peer's metrics: L{PeerMetrics} watches the service's events
 (L{twisted_nat.service.events.IPeerEvents}) and counts them by labels from
-fixed sets (NAT types, path kinds, outcomes, refusal reasons: never names,
-keys or addresses); L{PeerCollector} exports them with what the service
-counts itself.
+fixed sets (NAT types, path kinds, outcomes, refusal reasons, directions:
+never names, keys or addresses); L{PeerCollector} exports them with what
+the service counts itself (connections, relayed bytes, refused offers).
 """
 
 from __future__ import annotations
@@ -108,6 +108,15 @@ class PeerCollector(Collector):
         yield CounterMetricFamily(
             PREFIX + "paths_lost", "Paths keep-alive gave up on.", value=metrics.paths_lost
         )
+        relayed = CounterMetricFamily(
+            PREFIX + "relayed_bytes",
+            "Bytes of connection frames that went over relayed paths (TURN framing aside).",
+            labels=["direction"],
+        )
+        stats = service.router.stats
+        relayed.add_metric(["sent"], stats.relayed_bytes_sent)
+        relayed.add_metric(["received"], stats.relayed_bytes_received)
+        yield relayed
         yield GaugeMetricFamily(
             PREFIX + "connections", "Connections to peers now.", len(service.connections)
         )
