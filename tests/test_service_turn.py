@@ -132,11 +132,11 @@ async def test_a_peer_reachable_only_through_the_relay_is_reached(
         await until(lambda: bool(apps["alice"][0].received))
         assert apps["alice"][0].received[0][0] == b"and back"
         # Each frame: 1 type byte, an 8-byte sequence number, the payload, a 16-byte tag.
-        relayed = relayed_bytes(metrics)
-        assert relayed["sent"] == 25 + len(b"through the relay")
-        assert relayed["received"] == 25 + len(b"and back")
-        assert alice.router.stats.relayed_bytes_sent == relayed["sent"]
-        assert bob.router.stats.relayed_bytes_received == relayed["sent"]
+        counted = relayed_bytes(metrics)
+        assert counted["sent"] == 25 + len(b"through the relay")
+        assert counted["received"] == 25 + len(b"and back")
+        assert alice.router.stats.relayed_bytes_sent == counted["sent"]
+        assert bob.router.stats.relayed_bytes_received == counted["sent"]
         # Keep-alive runs over the relay too, and measures it.
         await until(lambda: getattr(connection.quality(), "rtt", None) is not None)
         status = alice.status()["connections"][0]
