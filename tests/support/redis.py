@@ -59,7 +59,7 @@ class RedisServer:
     """
     A running redis-server, as a test sees it.
 
-    @ivar port: its TCP port on L{HOST}.
+    @ivar port: its TCP port on C{host} (L{HOST} unless it runs elsewhere, as in a lab).
     @ivar workdir: where its append-only file lives.
     """
 
@@ -67,22 +67,23 @@ class RedisServer:
     port: int
     workdir: str
     appendfsync: str = "always"
+    host: str = HOST
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         """A Twisted client endpoint string for it."""
-        return f"tcp:host={HOST}:port={self.port}"
+        return f"tcp:host={self.host}:port={self.port}"
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def argv(self) -> list[str]:
         return [
             self.executable,
             "--port", str(self.port),
-            "--bind", HOST,
+            "--bind", self.host,
             "--dir", self.workdir,
             "--save", "",
             "--appendonly", "yes",
@@ -131,7 +132,7 @@ class RedisServer:
         request = f"*{len(words)}\r\n".encode() + b"".join(
             f"${len(w.encode())}\r\n".encode() + w.encode() + b"\r\n" for w in words
         )
-        with socket.create_connection((HOST, self.port), timeout=5) as sock:
+        with socket.create_connection((self.host, self.port), timeout=5) as sock:
             sock.sendall(request)
             return sock.recv(65536)
 
