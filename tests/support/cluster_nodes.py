@@ -11,6 +11,7 @@ registering next find the cluster whole.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,15 +37,23 @@ _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
 _NODE_READY = r"""
 import json, sys, time, urllib.request
 url = sys.argv[1]
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 for _ in range(400):
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as answer:
+        with direct.open(url, timeout=0.5) as answer:
             if json.load(answer).get("cluster", {}).get("redis_connected"):
                 sys.exit(0)
     except (OSError, ValueError):
         pass
     time.sleep(0.05)
 sys.exit(f"the node with status {url} did not reach Redis in 20 s")
+"""
+
+_STATUS = r"""
+import sys, urllib.request
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+with direct.open(sys.argv[1], timeout=5) as answer:
+    sys.stdout.write(answer.read().decode())
 """
 
 _REDIS_READY = r"""
@@ -125,9 +134,22 @@ class Node:
     """One C{twistd nat server --redis} process, as a test sees it."""
 
     process: subprocess.Popen[Any]
-    host: str
+    place: Place
     port: int
     status_port: int
+
+    @property
+    def host(self) -> str:
+        return self.place.host
+
+    def status(self) -> dict[str, Any]:
+        """What its C{--status} serves now."""
+        url = f"http://{self.host}:{self.status_port}/"
+        got = self.place.run([sys.executable, "-c", _STATUS, url])
+        if got.returncode != 0:
+            raise RuntimeError(f"no status from {url}: {got.stderr}")
+        status: dict[str, Any] = json.loads(got.stdout)
+        return status
 
     @property
     def endpoint(self) -> str:
@@ -157,7 +179,7 @@ def start_node(place: Place, redis: str, logfile: str = "/dev/null") -> Node:
     server += ["--rendezvous", f"tcp:{port}:interface={host}", "--redis", redis]
     server += ["--status", f"tcp:{status_port}:interface={host}"]
     argv = [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", f"--logfile={logfile}", *server]
-    node = Node(place.spawn(argv), host, port, status_port)
+    node = Node(place.spawn(argv), place, port, status_port)
     ready = place.run([sys.executable, "-c", _NODE_READY, f"http://{host}:{status_port}/"])
     if ready.returncode != 0:
         node.stop()
@@ -185,11 +207,13 @@ def start_redis_in_lab(lab: Lab, workdir: str, port: int = 6379) -> RedisServer:
     the lab stops it at teardown.  Its files go in C{workdir}.
     """
     host = lab.internet.addresses[0]
-    server = RedisServer(require_redis(), port, workdir, host=host)
+    server = RedisServer(require_redis(), port, workdir, host=host, protected=False)
     lab.spawn(lab.internet.namespace, server.argv(), stdout=subprocess.DEVNULL)
     ready = lab.run(lab.internet.namespace, [sys.executable, "-c", _REDIS_READY, host, str(port)])
     if ready.returncode != 0:
-        raise RuntimeError(f"redis-server did not start in the lab: {ready.stderr}")
+        raise RuntimeError(
+            f"redis-server did not start in the lab: {ready.stderr}{server.read_log()[-2000:]}"
+        )
     return server
 
 

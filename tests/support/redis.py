@@ -61,6 +61,8 @@ class RedisServer:
 
     @ivar port: its TCP port on C{host} (L{HOST} unless it runs elsewhere, as in a lab).
     @ivar workdir: where its append-only file lives.
+    @ivar protected: Redis's protected mode (no password: loopback clients only); off for a
+        Redis in a lab's namespace, whose clients come from the lab's addresses.
     """
 
     executable: str
@@ -68,6 +70,7 @@ class RedisServer:
     workdir: str
     appendfsync: str = "always"
     host: str = HOST
+    protected: bool = True
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,7 +92,7 @@ class RedisServer:
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
             "--daemonize", "no",
-            "--protected-mode", "yes",
+            "--protected-mode", "yes" if self.protected else "no",
             "--logfile", os.path.join(self.workdir, "redis.log"),
         ]  # fmt: skip
 
