@@ -36,17 +36,18 @@ _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
 
 _NODE_READY = r"""
 import json, sys, time, urllib.request
-url = sys.argv[1]
+url, redis = sys.argv[1], sys.argv[2] == "redis"
 direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 for _ in range(400):
     try:
         with direct.open(url, timeout=0.5) as answer:
-            if json.load(answer).get("cluster", {}).get("redis_connected"):
-                sys.exit(0)
+            cluster = json.load(answer).get("cluster")
+        if not redis or (cluster or {}).get("redis_connected"):
+            sys.exit(0)
     except (OSError, ValueError):
         pass
     time.sleep(0.05)
-sys.exit(f"the node with status {url} did not reach Redis in 20 s")
+sys.exit(f"the node with status {url} did not answer (and reach Redis) in 20 s")
 """
 
 _STATUS = r"""
@@ -172,15 +173,24 @@ class Node:
                 self.process.wait()
 
 
-def start_node(place: Place, redis: str, logfile: str = "/dev/null") -> Node:
-    """A rendezvous node (and a plain STUN server) at C{place}, once it reached Redis."""
+def start_node(
+    place: Place, redis: str | None, options: Sequence[str] = (), logfile: str = "/dev/null"
+) -> Node:
+    """
+    A rendezvous node (and a plain STUN server) at C{place} sharing C{redis},
+    or a server on its own without; handed over once it serves (and reached
+    Redis).  C{options} are more of C{twistd nat server}'s.
+    """
     host, port, status_port = place.host, place.tcp_port(), place.tcp_port()
     server = ["nat", "server", "--single", "--address", host, "--port", str(place.udp_port())]
-    server += ["--rendezvous", f"tcp:{port}:interface={host}", "--redis", redis]
-    server += ["--status", f"tcp:{status_port}:interface={host}"]
+    server += ["--rendezvous", f"tcp:{port}:interface={host}"]
+    server += ["--status", f"tcp:{status_port}:interface={host}", *options]
+    if redis is not None:
+        server += ["--redis", redis]
     argv = [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", f"--logfile={logfile}", *server]
     node = Node(place.spawn(argv), place, port, status_port)
-    ready = place.run([sys.executable, "-c", _NODE_READY, f"http://{host}:{status_port}/"])
+    url = f"http://{host}:{status_port}/"
+    ready = place.run([sys.executable, "-c", _NODE_READY, url, "redis" if redis else "alone"])
     if ready.returncode != 0:
         node.stop()
         raise RuntimeError(f"a rendezvous node did not start: {ready.stderr}")
