@@ -23,7 +23,7 @@ from zope.interface import provider
 
 from tests.fakes import Collector
 from tests.support.polling import until
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer, redis_fixtures
 from tests.test_rendezvous import (
     BOB_CANDIDATES,
     FAST_RETRY,
@@ -53,18 +53,7 @@ FAST = (0.05, 0.2)
 SLOW_RETRY = backoffPolicy(initialDelay=60.0, maxDelay=60.0, jitter=lambda: 0.0)
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> RedisServer:
-    if redis_server.process is None:
-        redis_server.start()
-    redis_server.command("FLUSHALL")
-    return redis_server
+redis_server, redis = redis_fixtures()
 
 
 class Cluster:

@@ -7,18 +7,10 @@ that stops them (benchmarks/README.md has how many seconds it takes).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from tests.support.cluster_nodes import SAFETY, kill_a_node, nodes_on_loopback
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer, redis_fixtures
 
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
+redis_server, redis = redis_fixtures()
 
 
 def test_peers_of_a_node_killed_are_reached_through_another(redis: RedisServer) -> None:

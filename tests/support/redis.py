@@ -19,8 +19,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
+import pytest
 
 from tests.support.coturn import _die_with_parent_hook, require_tool
 
@@ -148,12 +150,12 @@ class RedisServer:
 
 
 @contextmanager
-def running_redis() -> Iterator[RedisServer]:
+def running_redis(appendfsync: str = "always") -> Iterator[RedisServer]:
     """A redis-server on a free loopback port, stopped (and its files removed) afterwards."""
     executable = require_redis()
     with tempfile.TemporaryDirectory(prefix="redis-") as workdir:
         for _ in range(_START_ATTEMPTS):
-            server = RedisServer(executable, _free_port(), workdir)
+            server = RedisServer(executable, _free_port(), workdir, appendfsync)
             try:
                 server.start()
             except RedisError:
@@ -164,3 +166,26 @@ def running_redis() -> Iterator[RedisServer]:
                 server.stop()
             return
         raise RedisError(f"redis-server did not start in {_START_ATTEMPTS} attempts")
+
+
+def redis_fixtures() -> tuple[Any, Any]:
+    """
+    The fixtures C{redis_server} (a redis-server for the module) and C{redis}
+    (that server, running and emptied, for one test: a test may have
+    stopped it); a module takes them as C{redis_server, redis = redis_fixtures()}.
+    """
+
+    @pytest.fixture(scope="module")
+    def redis_server() -> Iterator[RedisServer]:
+        with running_redis() as server:
+            yield server
+
+    @pytest.fixture
+    def redis(redis_server: RedisServer) -> RedisServer:
+        """The module's redis-server, emptied, and running."""
+        if redis_server.process is None:
+            redis_server.start()
+        redis_server.command("FLUSHALL")
+        return redis_server
+
+    return redis_server, redis
