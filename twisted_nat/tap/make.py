@@ -137,7 +137,7 @@ def _peer_metrics(endpoint: str, peer: NATTraversalService, reactor: IReactorTim
     except ImportError as e:
         raise ConfigurationError(_NO_METRICS.format(e)) from None
     registry = CollectorRegistry()
-    registry.register(PeerCollector(PeerMetrics(peer)))
+    registry.register(PeerCollector(PeerMetrics(peer, reactor)))
     return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
 
 
