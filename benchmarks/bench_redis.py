@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -38,7 +37,7 @@ from twisted.internet.address import IPv4Address
 
 from tests.support.coturn import find_tool
 from tests.support.polling import until
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, running_redis
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.cluster.address import RedisAddress
 from twisted_nat.cluster.node import ClusterNode
@@ -167,37 +166,24 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     if executable is None:
         raise SystemExit("redis-server is not installed (Debian package redis-server)")
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
-        redis = RedisServer(executable, _free_port(), workdir, appendfsync="everysec")
-        redis.start()
-        try:
-            for label, use_redis, nodes in (
-                ("alone", False, 1),
-                ("one node", True, 1),
-                ("two nodes", True, 2),
-            ):
-                services = await _servers(reactor, redis if use_redis else None, nodes)
-                redis_cpu = _ticks(redis.process.pid) if redis.process else 0.0
-                row = await _offers(reactor, services, args.offers, args.in_flight)
-                if use_redis and redis.process is not None:
-                    row["redis_cpu_us_per_offer"] = (
-                        (_ticks(redis.process.pid) - redis_cpu) / args.offers * 1e6
-                    )
-                row["registrations_per_s"] = await _registrations(
-                    reactor, services, args.registrations
+    with running_redis(appendfsync="everysec") as redis:
+        for label, use_redis, nodes in (
+            ("alone", False, 1),
+            ("one node", True, 1),
+            ("two nodes", True, 2),
+        ):
+            services = await _servers(reactor, redis if use_redis else None, nodes)
+            redis_cpu = _ticks(redis.process.pid) if redis.process else 0.0
+            row = await _offers(reactor, services, args.offers, args.in_flight)
+            if use_redis and redis.process is not None:
+                row["redis_cpu_us_per_offer"] = (
+                    (_ticks(redis.process.pid) - redis_cpu) / args.offers * 1e6
                 )
-                await defer.gatherResults([s.stopService() for s in services])
-                results[label] = row
-                print(f"{label:>10}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
-        finally:
-            redis.stop()
+            row["registrations_per_s"] = await _registrations(reactor, services, args.registrations)
+            await defer.gatherResults([s.stopService() for s in services])
+            results[label] = row
+            print(f"{label:>10}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
     return results
-
-
-def _free_port() -> int:
-    from tests.support.redis import _free_port as free
-
-    return free()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ checked before it is used.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,10 +18,12 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import provider
 
 from tests.fakes import Collector
 from tests.support.polling import until
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer, redis_fixtures
 from tests.test_rendezvous import (
     BOB_CANDIDATES,
     FAST_RETRY,
@@ -51,18 +53,7 @@ FAST = (0.05, 0.2)
 SLOW_RETRY = backoffPolicy(initialDelay=60.0, maxDelay=60.0, jitter=lambda: 0.0)
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> RedisServer:
-    if redis_server.process is None:
-        redis_server.start()
-    redis_server.command("FLUSHALL")
-    return redis_server
+redis_server, redis = redis_fixtures()
 
 
 class Cluster:
@@ -72,6 +63,7 @@ class Cluster:
         self.redis = redis
         self.nodes: list[tuple[RendezvousService, ClusterNode]] = []
         self.clients: list[RendezvousClient] = []
+        self.clean_ups: list[Callable[[], object]] = []
 
     async def node(
         self, endpoint: str = "tcp:0:interface=127.0.0.1", limits: ServerLimits | None = None
@@ -95,6 +87,8 @@ class Cluster:
         return client
 
     def stop(self) -> defer.Deferred[Any]:
+        for clean_up in self.clean_ups:
+            clean_up()
         stopping = [c.close() for c in self.clients]
         stopping += [s.stopService() for s, _ in self.nodes if s.running]
         return defer.gatherResults(stopping)
@@ -239,11 +233,23 @@ async def test_without_redis_a_node_serves_its_own_peers_and_reconciles(cluster)
     await defer.gatherResults([c.when_registered() for c in (alice, bob, carol)])
     assert await alice.lookup("carol") == KEYS["carol"].public
 
+    said: list[tuple[LogLevel, str]] = []
+
+    @provider(ILogObserver)
+    def hear(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("twisted_nat.cluster"):
+            said.append((event["log_level"], formatEvent(event)))
+
+    globalLogPublisher.addObserver(hear)
+    cluster.clean_ups.append(lambda: globalLogPublisher.removeObserver(hear))
     cluster.redis.stop()
     await until(lambda: not node_of(one).up and not node_of(two).up)
     status = one.status()
     json.dumps(status)  # what --status serves
     assert status["cluster"]["redis_connected"] is False and status["peers"] == 2
+    # The log says so, once per node, as a warning the operator sees.
+    lost = [text for level, text in said if level is LogLevel.warn and "Lost Redis" in text]
+    assert len(lost) == 2 and "serving the peers connected here only" in lost[0], said
     assert (await alice.connect(offer_from("alice", "bob"))).from_name == "bob"
     assert await alice.lookup("bob") == KEYS["bob"].public
     with pytest.raises(PeerUnavailable, match="unreachable"):
@@ -253,6 +259,8 @@ async def test_without_redis_a_node_serves_its_own_peers_and_reconciles(cluster)
 
     cluster.redis.start()
     await until(lambda: node_of(one).up and node_of(two).up, timeout=10)
+    back = [text for level, text in said if level is LogLevel.info and "is back" in text]
+    assert len(back) == 2, said
     # Even a Redis that lost the presence entries (they expired meanwhile) gets them back.
     cluster.redis.command("DEL", *(presence_of(n) for n in ("alice", "bob", "carol")))
     node_of(one).presence.refresh()

@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 
 from tests.support.polling import until
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer, redis_fixtures
 from twisted_nat.cluster.address import RedisAddress, parse_redis_address
 from twisted_nat.cluster.link import RedisLink
 from twisted_nat.cluster.registry import RedisRegistry
@@ -28,19 +28,7 @@ KEYS = [Identity.generate().public for _ in range(3)]
 FAST = (0.05, 0.2)
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def redis(redis_server: RedisServer) -> RedisServer:
-    """The module's redis-server, emptied, and running (a test may have stopped it)."""
-    if redis_server.process is None:
-        redis_server.start()
-    redis_server.command("FLUSHALL")
-    return redis_server
+redis_server, redis = redis_fixtures()
 
 
 class Nodes:

@@ -8,7 +8,7 @@ comes from a small fixed set.
 from __future__ import annotations
 
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, endpoints
 from twisted.internet import reactor as global_reactor
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
 from tests.support.world import World, build_world
@@ -27,10 +28,12 @@ from tests.test_rendezvous import (  # noqa: F401
     peers,
 )
 from twisted_nat import testing as sim
+from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.errors import DuplicateName, UnknownPeer
 from twisted_nat.metrics.exposition import MetricsSite
 from twisted_nat.metrics.peer import PeerCollector, PeerMetrics
 from twisted_nat.metrics.rendezvous import RendezvousCollector
+from twisted_nat.punch import PunchResult
 
 reactor: Any = global_reactor
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
@@ -100,7 +103,7 @@ def test_a_peer_counts_punches_by_nat_types_and_path_and_paths_lost():
         keepalive_timeout=1.0,
     )
     alice = w.services["alice"]
-    metrics = PeerMetrics(alice)
+    metrics = PeerMetrics(alice, w.internet.clock)
     connection = w.internet.run_until(alice.connect("bob"))
     assert connection.peer_nat == "restricted cone"
     # alice's NAT forgets its mappings: keep-alive loses the path, a new punch rebinds it.
@@ -126,4 +129,62 @@ def test_a_peer_counts_punches_by_nat_types_and_path_and_paths_lost():
     assert values[("twisted_nat_peer_paths_lost_total", ())] == 1
     assert values[("twisted_nat_peer_path_changes_total", ())] >= 1
     assert values[("twisted_nat_peer_punch_seconds_count", (("path", "direct"),))] == 2
+    assert values[("twisted_nat_peer_direct_path_seconds_count", ())] == 2
     assert values[("twisted_nat_peer_connections", ())] == 1
+
+
+class FakeService:
+    """What L{PeerMetrics} asks of a service, for driving it by hand."""
+
+    behavior = None
+
+    def watch(self, watcher: object) -> None:
+        pass
+
+
+class FakeConnection:
+    """A connection whose path the test changes, as a move or a new punch would."""
+
+    peer_nat = None
+
+    def __init__(self) -> None:
+        self.relayed = True
+        self.session_id = b"first"
+        self.listeners: list[Any] = []
+
+    def on_path_change(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def path_changed(self, relayed: bool, session_id: bytes) -> None:
+        self.relayed, self.session_id = relayed, session_id
+        for listener in self.listeners:
+            listener(self)
+
+
+def punched(elapsed: float, relayed: bool) -> PunchResult:
+    candidate = Candidate(CandidateType.RELAYED if relayed else CandidateType.HOST, "192.0.2.1", 1)
+    return PunchResult(candidate, None, None, elapsed, (), relayed=relayed)
+
+
+def test_the_time_to_a_direct_path_counts_a_move_off_the_relay_once():
+    clock = Clock()
+    clock.advance(100.0)
+    metrics = PeerMetrics(cast(Any, FakeService()), clock)
+    connection: Any = FakeConnection()
+    # Relayed after 0.3 s of punching; the same session moves to a direct path 1.2 s later.
+    metrics.connected(connection, punched(0.3, relayed=True), True, False)
+    assert metrics.to_direct.count == 0
+    clock.advance(1.2)
+    connection.path_changed(relayed=False, session_id=b"first")
+    assert metrics.to_direct.count == 1 and metrics.to_direct.sum == pytest.approx(1.5)
+    # Lost and punched again, on the relay, then a new punch (a new session) goes direct:
+    # the move is not counted, only the punch that connected, at its own time.
+    clock.advance(60.0)
+    connection.path_changed(relayed=True, session_id=b"second")
+    metrics.connected(connection, punched(0.2, relayed=True), True, True)
+    clock.advance(30.0)
+    connection.path_changed(relayed=False, session_id=b"third")
+    metrics.connected(connection, punched(0.4, relayed=False), True, True)
+    assert metrics.to_direct.count == 2 and metrics.to_direct.sum == pytest.approx(1.9)
+    assert metrics.path_changes == 3
+    assert len(connection.listeners) == 1

@@ -351,6 +351,35 @@ def test_without_an_answer_from_stun_the_public_address_is_asked_again_in_the_ba
     assert internet.clock.getDelayedCalls() == []
 
 
+def test_a_discovery_that_could_not_tell_the_mapping_is_run_again_later():
+    """
+    Behaviour discovery whose answers do not come (here: no STUN server
+    yet) leaves the mapping unknown, which would keep the techniques for
+    symmetric NATs from running: it is run again with backoff, and a later
+    run's finding replaces the unknown one.
+    """
+    from twisted_nat.nat import MappingBehavior, NATType
+
+    internet = sim.SimulatedInternet(seed=0, latency=0.005)
+    nat = internet.add_nat_of_type("198.51.100.1", "port-restricted-cone")
+    host = internet.add_host("192.0.2.11", behind=nat)
+    service = new_service(host, [PRIMARY], host_addresses=[host.addresses[0]])
+    service.startService()
+    internet.run_until(service.ready(), timeout=30)
+    for _ in range(60):
+        if service.behavior is not None:
+            break
+        internet.advance(1.0)
+    assert service.behavior is not None
+    assert service.behavior.mapping is MappingBehavior.UNKNOWN
+    server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
+    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
+    internet.advance(5.0 + 15.0 + 45.0 + 20.0)
+    assert service.behavior.nat_type is NATType.PORT_RESTRICTED_CONE
+    internet.run_until(service.stopService())
+    assert internet.clock.getDelayedCalls() == []
+
+
 def test_an_answer_waits_only_so_long_for_a_rediscovery_of_the_public_address():
     """
     An offer that arrives while the public address is being asked for

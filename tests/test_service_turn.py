@@ -30,6 +30,7 @@ from tests.support.coturn import (
 from tests.support.polling import until
 from twisted_nat.bases import SHARED
 from twisted_nat.candidates import CandidateType
+from twisted_nat.metrics.peer import PeerCollector, PeerMetrics
 from twisted_nat.punch import PunchSettings
 from twisted_nat.rendezvous import InMemorySignalingHub
 from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
@@ -91,6 +92,16 @@ async def start_pair(
     return services, apps
 
 
+def relayed_bytes(metrics: PeerMetrics) -> dict[str, float]:
+    """The relayed bytes metric of a peer, by direction."""
+    return {
+        sample.labels["direction"]: sample.value
+        for family in PeerCollector(metrics).collect()
+        for sample in family.samples
+        if sample.name == "twisted_nat_peer_relayed_bytes_total"
+    }
+
+
 async def stop(services: dict[str, NATTraversalService]) -> None:
     for service in services.values():
         await service.stopService()
@@ -108,6 +119,7 @@ async def test_a_peer_reachable_only_through_the_relay_is_reached(
             [relayed] = [c for c in service.candidates if c.kind is CandidateType.RELAYED]
             assert relayed.host == PRIMARY_HOST and relayed.port != coturn.port
             assert service.status()["relays"] == [f"{relayed.host}:{relayed.port}"]
+        metrics = PeerMetrics(alice)
         connection = await alice.connect("bob")
         assert connection.relayed
         assert connection.remote.kind in (CandidateType.RELAYED, CandidateType.PEER_REFLEXIVE)
@@ -119,6 +131,12 @@ async def test_a_peer_reachable_only_through_the_relay_is_reached(
         bob.connections["alice"].write(b"and back")
         await until(lambda: bool(apps["alice"][0].received))
         assert apps["alice"][0].received[0][0] == b"and back"
+        # Each frame: 1 type byte, an 8-byte sequence number, the payload, a 16-byte tag.
+        counted = relayed_bytes(metrics)
+        assert counted["sent"] == 25 + len(b"through the relay")
+        assert counted["received"] == 25 + len(b"and back")
+        assert alice.router.stats.relayed_bytes_sent == counted["sent"]
+        assert bob.router.stats.relayed_bytes_received == counted["sent"]
         # Keep-alive runs over the relay too, and measures it.
         await until(lambda: getattr(connection.quality(), "rtt", None) is not None)
         status = alice.status()["connections"][0]
@@ -139,6 +157,7 @@ async def test_a_relay_is_offered_but_the_direct_path_is_taken(coturn: CoturnIns
         assert not bob.connections["alice"].relayed
         connection.write(b"direct")
         await until(lambda: bool(apps["bob"]) and bool(apps["bob"][0].received))
+        assert relayed_bytes(PeerMetrics(alice)) == {"sent": 0, "received": 0}
     finally:
         await stop(services)
 

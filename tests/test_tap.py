@@ -637,7 +637,8 @@ async def test_the_demo_connects_on_loopback_without_connection_detail_at_info()
     other, and the log above debug holds no line per protocol started or
     per rendezvous connection.  (Twisted's own "<protocol> starting on
     <port>" and "(UDP Port N Closed)" lines come from its port classes
-    whatever the protocol says, so they are not asserted on here.)
+    whatever the protocol says; twistd nat's observer drops them, which
+    tests/test_tap_logs.py shows.)
     """
     primary, alternate = free_udp_ports(2, "127.0.0.1", "127.0.0.2")
     options = DemoOptions()

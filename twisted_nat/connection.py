@@ -77,6 +77,10 @@ class RouterStats:
     dropped_unknown_peer: int = 0
     dropped_bad_tag: int = 0
     dropped_replay: int = 0
+    relayed_bytes_sent: int = 0
+    """Bytes of the frames sent on relayed paths (TURN's own framing aside)."""
+    relayed_bytes_received: int = 0
+    """Bytes of the frames delivered from relayed paths."""
 
 
 @implementer(IUDPTransport)
@@ -232,11 +236,10 @@ class PeerConnection:
             raise SequenceExhausted("every sequence number of this session's keys is used")
         cipher = self.router.ciphers.encryptor(self, self.keys)
         self._sequence += 1
-        self.router.send(
-            control.encrypt_frame(cipher, self._sequence, data),
-            self.remote.address,
-            self.base,
-        )
+        frame = control.encrypt_frame(cipher, self._sequence, data)
+        self.router.send(frame, self.remote.address, self.base)
+        if self.relayed:
+            self.router.stats.relayed_bytes_sent += len(frame)
         if self.keepalive is not None:
             self.keepalive.traffic_sent()
 
@@ -317,6 +320,8 @@ class PeerConnection:
             self.log.debug("dropped replayed data from {addr}", addr=self.remote.address)
             return
         self.router.stats.delivered += 1
+        if self.relayed:
+            self.router.stats.relayed_bytes_received += len(frame)
         if self.keepalive is not None:
             self.keepalive.traffic_received()
         if self.protocol is not None:

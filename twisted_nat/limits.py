@@ -109,10 +109,16 @@ class DropLog:
     """
 
     def __init__(
-        self, log: Logger, clock: IReactorTime, rate: float = 0.2, burst: float = 5
+        self,
+        log: Logger,
+        clock: IReactorTime,
+        rate: float = 0.2,
+        burst: float = 5,
+        what: str = "dropped",
     ) -> None:
         self.log = log
         self.clock = clock
+        self.what = what
         self.counts: Counter[str] = Counter()
         self._bucket = TokenBucket(rate, burst, clock.seconds())
         self._unlogged = 0
@@ -124,7 +130,7 @@ class DropLog:
             self._unlogged += 1
             return
         unlogged, self._unlogged = self._unlogged, 0
-        suffix = f" ({unlogged} more dropped since the last report)" if unlogged else ""
+        suffix = f" ({unlogged} more {self.what} since the last report)" if unlogged else ""
         self.log.warn(format + "{suffix}", suffix=suffix, **fields)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from tests.support.hostile import VICTIMS, cost_of_offers, hostile_offer
@@ -97,3 +98,25 @@ def test_a_flood_of_offers_is_answered_busy_and_counted() -> None:
     assert "busy" in str(refused[0].value)
     assert sum(bob.status()["limited"].values()) == len(refused)
     assert bob.status()["limited"]["too many offers"] >= 50
+
+
+def test_the_punches_a_stranger_makes_fail_are_logged_briefly_and_at_a_bounded_rate() -> None:
+    """
+    Thirty offers from fresh keys, each punching addresses that never
+    answer: every failure is counted, but only a few are logged, each on a
+    short line (a failure's full pair report is for debug), so that
+    strangers cannot fill the operator's log.
+    """
+    w = build_world({"bob": ("port-restricted-cone", sim.PortAllocation.PRESERVING)}, World)
+    bob = w.services["bob"]
+    with capturedLogs() as events:
+        for _ in range(30):
+            bob.punching.on_offer(hostile_offer(bob, "bob", None))
+            w.internet.advance(0.01)
+        w.internet.advance(15.0)
+    assert bob.punching.failures.counts["answer failed"] == 30
+    warned = [formatEvent(e) for e in events if e.get("log_level") is LogLevel.warn]
+    failed = [line for line in warned if line.startswith("could not connect to")]
+    assert 1 <= len(failed) <= 6, failed
+    assert all(len(line) < 200 for line in failed), failed
+    assert "32 pairs tried, none heard from" in failed[0]

@@ -13,10 +13,14 @@ every test of the module (L{require_lab}); elsewhere the tests skip,
 saying why.  Every peer a test started is stopped after it, and the lab
 (namespaces, servers and anything still running in them) is torn down
 after the module, also when a test or the building failed.
+
+With C{LAB_PEER_LOGS=DIR} in the environment, every peer logs at info
+level to C{DIR/NAME.log}: the story of a trial that went wrong.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -93,9 +97,23 @@ class Peers:
             arguments += ["--turn-password", TURN_CREDENTIALS.password]
         arguments += ["--instances", str(instances), "--exit-after", str(PEER_LIFETIME)]
         namespace = world.lab.nat(nat).peers[index].namespace
-        peer = PeerProcess.spawn(
-            world.lab, namespace, [*arguments, *options], label=f"{name} ({nat} p{index})"
-        )
+        logs = os.environ.get("LAB_PEER_LOGS")
+        stderr = None
+        if logs:
+            os.makedirs(logs, exist_ok=True)
+            arguments.append("--verbose")
+            stderr = open(os.path.join(logs, f"{name}.log"), "w")  # noqa: SIM115
+        try:
+            peer = PeerProcess.spawn(
+                world.lab,
+                namespace,
+                [*arguments, *options],
+                label=f"{name} ({nat} p{index})",
+                stderr=stderr,
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
         self.started.append(peer)
         return peer
 

@@ -98,6 +98,10 @@ def start_servers(lab: Lab, coturn: str | None, workdir: str) -> None:
     twistd = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
     server = ["nat", "server", "--no-rendezvous", "--address", primary, "--port", str(OURS)]
     server += ["--alternate-address", alternate, "--alternate-port", str(OURS_ALTERNATE)]
+    # Dozens of peers share each NAT's address and discover its behaviour
+    # at once: the per-address limit is raised as a carrier NAT's operator
+    # would (the default's burst turned some discoveries' answers away).
+    server += ["--rate-limit", "5000"]
     lab.spawn(
         inet,
         [sys.executable, "-c", twistd, "-n", "--pidfile=", "--logfile=/dev/null", *server],

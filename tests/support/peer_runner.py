@@ -5,7 +5,8 @@ driven by its options and by commands on stdin, and reporting what happens
 as JSON lines on stdout, which the test reads with L{PeerProcess}.
 
     python -m tests.support.peer_runner --name alice \\
-        --rendezvous tcp:host=H:port=P --stun H:3478 \\
+        --rendezvous tcp:host=H:port=P [--rendezvous ...] --stun H:3478 \\
+        [--interface ADDRESS] \\
         [--instances N] [--connect PEER] [--wait-for-peer S] [--trial-gap S] \\
         [--keepalive-interval S] [--keepalive-timeout S] [--no-keepalive] \\
         [--punch-timeout S] [--echo] [--send-every S --duration D [--burst K]] \\
@@ -113,7 +114,7 @@ from twisted.python.failure import Failure
 from twisted_nat.address import format_address, parse_hostport
 from twisted_nat.bases import SHARED
 from twisted_nat.connection import ConnectionClosed, PeerConnection
-from twisted_nat.errors import RendezvousUnavailable, UnknownPeer
+from twisted_nat.errors import PeerUnavailable, RendezvousUnavailable, UnknownPeer
 from twisted_nat.nat import NATBehavior
 from twisted_nat.portmap import Mode
 from twisted_nat.punch import PunchFailed, PunchResult, PunchSettings
@@ -235,6 +236,11 @@ class _Counter(DatagramProtocol):
         self._instance.emit("data", **fields)
 
 
+def _interface(address: str | None) -> dict[str, Any]:
+    """The settings that keep a peer on one address (loopback), or none."""
+    return {} if address is None else {"interface": address, "host_addresses": [address]}
+
+
 class Instance:
     """One service, its name, and what it has seen."""
 
@@ -253,6 +259,7 @@ class Instance:
             rendezvous=options.rendezvous,
             protocol_factory=lambda connection: _Counter(self, connection),
             settings=PeerSettings(
+                **_interface(options.interface),
                 detect_behavior=detect,
                 turn_servers=options.turn,
                 keepalive=KeepAliveSettings(
@@ -350,7 +357,8 @@ class Instance:
 
     async def connect(self, peer: str) -> bool:
         """
-        Offer a connection to C{peer}; while it is not registered yet, try
+        Offer a connection to C{peer}; while it is not registered yet (or
+        its node is gone and it has not registered at another yet), try
         again until C{--wait-for-peer} runs out, so that peers may be
         started in any order.  The set-up time reported is that of the
         offer that succeeded.
@@ -360,7 +368,7 @@ class Instance:
             try:
                 await self.service.connect(peer)
                 return True
-            except (UnknownPeer, RendezvousUnavailable) as e:
+            except (UnknownPeer, PeerUnavailable, RendezvousUnavailable) as e:
                 if time.monotonic() >= deadline:
                     self.failed(peer, "offerer", Failure(e))
                     return False
@@ -542,7 +550,17 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="A NAT traversal peer for the NAT lab, reporting events as JSON lines.",
     )
     parser.add_argument("--name", required=True, help="the name to register")
-    parser.add_argument("--rendezvous", required=True, help="client endpoint string")
+    parser.add_argument(
+        "--rendezvous",
+        action="append",
+        required=True,
+        help="client endpoint string of a rendezvous node (repeatable: failover in this order)",
+    )
+    parser.add_argument(
+        "--interface",
+        metavar="ADDRESS",
+        help="bind to ADDRESS and offer it as the only host address",
+    )
     parser.add_argument(
         "--stun", action="append", default=[], help="HOST[:PORT] of a STUN server (repeatable)"
     )

@@ -19,8 +19,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
+import pytest
 
 from tests.support.coturn import _die_with_parent_hook, require_tool
 
@@ -59,36 +61,40 @@ class RedisServer:
     """
     A running redis-server, as a test sees it.
 
-    @ivar port: its TCP port on L{HOST}.
+    @ivar port: its TCP port on C{host} (L{HOST} unless it runs elsewhere, as in a lab).
     @ivar workdir: where its append-only file lives.
+    @ivar protected: Redis's protected mode (no password: loopback clients only); off for a
+        Redis in a lab's namespace, whose clients come from the lab's addresses.
     """
 
     executable: str
     port: int
     workdir: str
     appendfsync: str = "always"
+    host: str = HOST
+    protected: bool = True
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         """A Twisted client endpoint string for it."""
-        return f"tcp:host={HOST}:port={self.port}"
+        return f"tcp:host={self.host}:port={self.port}"
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def argv(self) -> list[str]:
         return [
             self.executable,
             "--port", str(self.port),
-            "--bind", HOST,
+            "--bind", self.host,
             "--dir", self.workdir,
             "--save", "",
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
             "--daemonize", "no",
-            "--protected-mode", "yes",
+            "--protected-mode", "yes" if self.protected else "no",
             "--logfile", os.path.join(self.workdir, "redis.log"),
         ]  # fmt: skip
 
@@ -131,7 +137,7 @@ class RedisServer:
         request = f"*{len(words)}\r\n".encode() + b"".join(
             f"${len(w.encode())}\r\n".encode() + w.encode() + b"\r\n" for w in words
         )
-        with socket.create_connection((HOST, self.port), timeout=5) as sock:
+        with socket.create_connection((self.host, self.port), timeout=5) as sock:
             sock.sendall(request)
             return sock.recv(65536)
 
@@ -144,12 +150,12 @@ class RedisServer:
 
 
 @contextmanager
-def running_redis() -> Iterator[RedisServer]:
+def running_redis(appendfsync: str = "always") -> Iterator[RedisServer]:
     """A redis-server on a free loopback port, stopped (and its files removed) afterwards."""
     executable = require_redis()
     with tempfile.TemporaryDirectory(prefix="redis-") as workdir:
         for _ in range(_START_ATTEMPTS):
-            server = RedisServer(executable, _free_port(), workdir)
+            server = RedisServer(executable, _free_port(), workdir, appendfsync)
             try:
                 server.start()
             except RedisError:
@@ -160,3 +166,26 @@ def running_redis() -> Iterator[RedisServer]:
                 server.stop()
             return
         raise RedisError(f"redis-server did not start in {_START_ATTEMPTS} attempts")
+
+
+def redis_fixtures() -> tuple[Any, Any]:
+    """
+    The fixtures C{redis_server} (a redis-server for the module) and C{redis}
+    (that server, running and emptied, for one test: a test may have
+    stopped it); a module takes them as C{redis_server, redis = redis_fixtures()}.
+    """
+
+    @pytest.fixture(scope="module")
+    def redis_server() -> Iterator[RedisServer]:
+        with running_redis() as server:
+            yield server
+
+    @pytest.fixture
+    def redis(redis_server: RedisServer) -> RedisServer:
+        """The module's redis-server, emptied, and running."""
+        if redis_server.process is None:
+            redis_server.start()
+        redis_server.command("FLUSHALL")
+        return redis_server
+
+    return redis_server, redis

@@ -37,6 +37,8 @@ SERVER_ID = PREFIX + "server-id"
 CACHE_SIZE = 16_384
 """Bindings a node remembers for when Redis is away (about 200 bytes each)."""
 
+_UNCHECKED: object = object()
+
 _SERVER_ID_SCRIPT = """
 redis.call('set', KEYS[1], ARGV[1], 'NX')
 return redis.call('get', KEYS[1])
@@ -108,16 +110,36 @@ class RedisRegistry:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _open(self) -> None:
-        if self._closed:
-            raise RegistryError("the name registry is closed")
+    def _refused(self, name: object = _UNCHECKED, key: object = _UNCHECKED) -> Failure | None:
+        """Why an operation on C{name} and C{key} cannot go ahead (closed, a bad value), or None."""
+        try:
+            if self._closed:
+                raise RegistryError("the name registry is closed")
+            if name is not _UNCHECKED:
+                require_name(name)  # type: ignore[arg-type]
+            if key is not _UNCHECKED:
+                require_key(key)  # type: ignore[arg-type]
+        except (RegistryError, TypeError, ValueError):
+            return Failure()
+        return None
+
+    def _confirmed(self, name: str, value: object) -> PeerKey | None:
+        """The holder of C{name} as Redis answered it, remembered for when Redis is away."""
+        holder = _holder(value)
+        self._remember(name, holder)
+        return holder
+
+    def _cached(self, name: str, failure: Failure) -> PeerKey | Failure:
+        """Redis is away: the holder of C{name} confirmed last, or C{failure} if none."""
+        failure.trap(RedisUnavailable)
+        known = self._cache.get(name)
+        return failure if known is None else known
 
     def server_id(self) -> Deferred[bytes]:
         """The id kept in Redis (made by the first node), asked once per process."""
-        try:
-            self._open()
-        except RegistryError as e:
-            return defer.fail(e)
+        refused = self._refused()
+        if refused is not None:
+            return defer.fail(refused)
         if self._server_id is not None:
             return defer.succeed(self._server_id)
 
@@ -136,53 +158,26 @@ class RedisRegistry:
         return self.link.eval(_SERVER_ID_SCRIPT, [SERVER_ID], [made]).addCallback(kept)
 
     def claim(self, name: str, key: PeerKey) -> Deferred[bool]:
-        try:
-            self._open()
-            require_name(name)
-            require_key(key)
-        except (RegistryError, TypeError, ValueError) as e:
-            return defer.fail(e)
-
-        def claimed(value: object) -> bool:
-            holder = _holder(value)
-            self._remember(name, holder)
-            return holder == key
-
-        def unavailable(failure: Failure) -> bool | Failure:
-            failure.trap(RedisUnavailable)
-            known = self._cache.get(name)
-            if known is None:
-                return failure
-            return known == key
-
+        refused = self._refused(name, key)
+        if refused is not None:
+            return defer.fail(refused)
         d = self.link.eval(_CLAIM_SCRIPT, [name_key(name), names_key(key)], [key.text, name])
-        return d.addCallbacks(claimed, unavailable)
+        d.addCallbacks(lambda value: self._confirmed(name, value), lambda f: self._cached(name, f))
+        return d.addCallback(lambda holder: holder == key)
 
     def lookup(self, name: str) -> Deferred[PeerKey | None]:
-        try:
-            self._open()
-            require_name(name)
-        except (RegistryError, TypeError, ValueError) as e:
-            return defer.fail(e)
-
-        def found(value: object) -> PeerKey | None:
-            holder = _holder(value)
-            self._remember(name, holder)
-            return holder
-
-        def unavailable(failure: Failure) -> PeerKey | Failure:
-            failure.trap(RedisUnavailable)
-            known = self._cache.get(name)
-            return failure if known is None else known
-
-        return self.link.call("GET", name_key(name)).addCallbacks(found, unavailable)
+        refused = self._refused(name)
+        if refused is not None:
+            return defer.fail(refused)
+        d = self.link.call("GET", name_key(name))
+        return d.addCallbacks(
+            lambda value: self._confirmed(name, value), lambda f: self._cached(name, f)
+        )
 
     def names_of(self, key: PeerKey) -> Deferred[list[str]]:
-        try:
-            self._open()
-            require_key(key)
-        except (RegistryError, TypeError, ValueError) as e:
-            return defer.fail(e)
+        refused = self._refused(key=key)
+        if refused is not None:
+            return defer.fail(refused)
 
         def listed(value: Any) -> list[str]:
             if not isinstance(value, list):
@@ -192,12 +187,9 @@ class RedisRegistry:
         return self.link.call("SMEMBERS", names_key(key)).addCallback(listed)
 
     def release(self, name: str, key: PeerKey) -> Deferred[bool]:
-        try:
-            self._open()
-            require_name(name)
-            require_key(key)
-        except (RegistryError, TypeError, ValueError) as e:
-            return defer.fail(e)
+        refused = self._refused(name, key)
+        if refused is not None:
+            return defer.fail(refused)
 
         def released(value: object) -> bool:
             if value == 1:

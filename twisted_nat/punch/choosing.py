@@ -7,15 +7,26 @@ A session drops all of it once it settles (L{twisted_nat.punch.session}).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import attrs
 
+from twisted_nat import control
 from twisted_nat.address import Address
-from twisted_nat.bases import Base
-from twisted_nat.candidates import Candidate, CandidateType
+from twisted_nat.bases import SHARED, Base
+from twisted_nat.candidates import Candidate, CandidateType, rank
+from twisted_nat.control import SessionKeys
 from twisted_nat.limits import TokenBucket
 from twisted_nat.punch.birthday import SPRAY_PUNCHES, Prober
-from twisted_nat.punch.values import PairKey, PairReport, PunchSettings
+from twisted_nat.punch.values import (
+    RELAY_PAIRED_KINDS,
+    SPRAY_PAIRED_KINDS,
+    Action,
+    PairKey,
+    PairReport,
+    PunchSettings,
+    Send,
+)
 
 
 @attrs.define
@@ -67,6 +78,15 @@ class Guesses:
         self.bases = bases
         self.prober = prober
         self.sent: dict[bytes, tuple[float, PairKey]] = {}
+
+    def probe(self, keys: SessionKeys, now: float) -> list[Action]:
+        """The probes due at C{now}, while probing lasts, each remembered in L{sent}."""
+        actions: list[Action] = []
+        for address in self.prober.due(now) if self.prober is not None else ():
+            tid, data = control.punch(keys, address)
+            self.sent[tid] = (now, (SHARED, address))
+            actions.append(Send(data, address))
+        return actions
 
 
 class Choosing:
@@ -142,9 +162,64 @@ class Choosing:
                 kind = candidate.kind
         return kind
 
+    @classmethod
+    def for_punch(
+        cls,
+        local: Sequence[Candidate],
+        remote: Sequence[Candidate],
+        settings: PunchSettings,
+        now: float,
+        relays: Sequence[Base] = (),
+        spray: Sequence[Base] = (),
+        prober: Prober | None = None,
+        spray_to: Sequence[Candidate] | None = None,
+    ) -> Choosing:
+        """
+        The pairs of a new punch: every remote candidate from the shared
+        socket, and as follows from the other bases.
+
+        @param relays: our relayed bases; they pair with the peer's public
+            candidates (L{RELAY_PAIRED_KINDS}).
+        @param spray: our spray bases, this session's alone: they
+            pair with the peer's server-reflexive candidates
+            (L{SPRAY_PAIRED_KINDS}), or with C{spray_to} only when given, and
+            send L{SPRAY_PUNCHES} each until the peer reaches one.  Their first
+            PUNCHes leave before any other, in the order of C{spray}: a NAT
+            that allocates in sequence gives them consecutive ports
+            (L{twisted_nat.punch.meeting}).
+        @param spray_to: the peer's addresses the spray bases punch, when not
+            its server-reflexive candidates: the port its own run of sockets
+            will hold (L{twisted_nat.punch.meeting}), which no candidate names.
+        @param prober: probes to send (L{Guesses.probe}) until a direct pair answers.
+        """
+        guesses = Guesses(frozenset(spray), prober) if spray or prober is not None else None
+        pacing = TokenBucket(1.0 / settings.pace, settings.pace_burst, now)
+        choosing = cls(tuple(local), settings.unanswered_budget, pacing, guesses)
+        for candidate in rank(list(remote)):
+            bases: list[Base] = [SHARED]
+            if candidate.kind in RELAY_PAIRED_KINDS:
+                bases += relays
+            if candidate.kind in SPRAY_PAIRED_KINDS and spray_to is None:
+                bases += spray
+            for base in bases:
+                pair = choosing.pair(base, candidate)
+                choosing.pairs[pair.key] = pair
+        for candidate in spray_to or ():
+            for base in spray:
+                pair = choosing.pair(base, candidate)
+                choosing.pairs.setdefault(pair.key, pair)
+        return choosing
+
     @staticmethod
     def pair(base: Base, remote: Candidate) -> Pair:
         return Pair(remote, base, base.relayed or remote.kind is CandidateType.RELAYED)
+
+    def learn(self, base: Base, source: Address) -> Pair:
+        """A new pair to a peer-reflexive candidate: where the peer's packets really came from."""
+        pair = self.pairs[(base, source)] = self.pair(
+            base, Candidate(CandidateType.PEER_REFLEXIVE, *source)
+        )
+        return pair
 
     def best_valid(self, direct_only: bool = False) -> PairKey | None:
         pairs = self.pairs

@@ -9,6 +9,7 @@ CONFIRM.  Keep-alive on the paths it punched is its L{Keeper}'s job.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -300,7 +301,7 @@ class HolePuncher(DatagramProtocol):
         if session.searching and punch_id in self._running:
             delay = running.round_delay(self._reactor.seconds())
             running.ticker = self._reactor.callLater(delay, self._tick, punch_id)
-            self._schedule_pace(punch_id, running)
+            running.schedule_pace(self._reactor, partial(self._pace, punch_id))
 
     def _pace(self, punch_id: bytes) -> None:
         running = self._running.get(punch_id)
@@ -310,18 +311,7 @@ class HolePuncher(DatagramProtocol):
         session = running.session
         self._decide(punch_id, lambda: session.pace(self._reactor.seconds()))
         if punch_id in self._running:
-            self._schedule_pace(punch_id, running)
-
-    def _schedule_pace(self, punch_id: bytes, running: Running) -> None:
-        """Addresses the pace held back go when it lets them, unless a round comes first."""
-        due = running.session.next_pace
-        if due is None or running.pacer is not None:
-            return
-        ticker = running.ticker
-        if ticker is not None and ticker.active() and ticker.getTime() <= due:
-            return
-        delay = max(0.0, due - self._reactor.seconds())
-        running.pacer = self._reactor.callLater(delay, self._pace, punch_id)
+            running.schedule_pace(self._reactor, partial(self._pace, punch_id))
 
     def _grace_over(self, punch_id: bytes) -> None:
         running = self._running.get(punch_id)
@@ -355,7 +345,9 @@ class HolePuncher(DatagramProtocol):
             if isinstance(action, Send):
                 self.write(action.data, action.to, action.base)
             elif isinstance(action, StartGrace):
-                self._start_grace(punch_id, running, action.delay)
+                running.start_grace(
+                    self._reactor, action.delay, partial(self._grace_over, punch_id)
+                )
             elif isinstance(action, Connected):
                 if not running.session.searching:
                     running.cancel_timers()
@@ -391,12 +383,9 @@ class HolePuncher(DatagramProtocol):
     # --- the birthday method ---
 
     def _schedule_probe(self, punch_id: bytes, running: Running) -> None:
-        due = running.session.next_probe
-        if running.prober is None or due is None or punch_id not in self._running:
+        probe = partial(self._probe, punch_id)
+        if punch_id not in self._running or not running.schedule_probe(self._reactor, probe):
             self._follow_up(running)
-            return
-        delay = max(0.0, due - self._reactor.seconds())
-        running.prober_timer = self._reactor.callLater(delay, self._probe, punch_id)
 
     def _probe(self, punch_id: bytes) -> None:
         running = self._running.get(punch_id)
@@ -419,34 +408,16 @@ class HolePuncher(DatagramProtocol):
         meeting run: stop the probes once probing is over, and say when
         the session settled.
         """
-        session = running.session
-        gone = self._running.get(session.keys.session_id) is not running
-        prober = running.prober
-        if prober is not None and (gone or session.next_probe is None):
-            running.prober = None
-            if running.prober_timer is not None and running.prober_timer.active():
-                running.prober_timer.cancel()
-            running.prober_timer = None
+        gone = self._running.get(running.session.keys.session_id) is not running
+        prober = running.stop_probing(gone)
+        if prober is not None:
             self.log.info(
                 "stopped probing {host} after {sent} of {budget} PUNCHes",
                 host=prober.host,
                 sent=prober.sent,
                 budget=prober.budget,
             )
-        settled = running.on_settled
-        if settled is not None and (gone or not session.searching):
-            running.on_settled = None
-            chosen = session.chosen if not gone else None
-            settled(chosen[0] if chosen is not None else None)
-
-    def _start_grace(self, punch_id: bytes, running: Running, delay: float) -> None:
-        """A grace period, or a shorter one instead of a relay's longer one."""
-        grace = running.grace
-        if grace is not None and grace.active():
-            if grace.getTime() <= self._reactor.seconds() + delay:
-                return
-            grace.cancel()
-        running.grace = self._reactor.callLater(delay, self._grace_over, punch_id)
+        running.settle(gone)
 
 
 def _route(mux: UDPMultiplexer, protocol: DatagramProtocol) -> object:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_nat.bases import Base
 from twisted_nat.punch.birthday import Prober
@@ -94,6 +94,55 @@ class Running:
         self.rounds += 1
         remaining = self.session.started + settings.timeout - now
         return max(0.0, min(delay, remaining))
+
+    def schedule_pace(self, reactor: IReactorTime, pace: Callable[[], object]) -> None:
+        """Addresses the pace held back go when it lets them, unless a round comes first."""
+        due = self.session.next_pace
+        if due is None or self.pacer is not None:
+            return
+        ticker = self.ticker
+        if ticker is not None and ticker.active() and ticker.getTime() <= due:
+            return
+        self.pacer = reactor.callLater(max(0.0, due - reactor.seconds()), pace)
+
+    def start_grace(self, reactor: IReactorTime, delay: float, over: Callable[[], object]) -> None:
+        """A grace period, or a shorter one instead of a relay's longer one."""
+        grace = self.grace
+        if grace is not None and grace.active():
+            if grace.getTime() <= reactor.seconds() + delay:
+                return
+            grace.cancel()
+        self.grace = reactor.callLater(delay, over)
+
+    def schedule_probe(self, reactor: IReactorTime, probe: Callable[[], object]) -> bool:
+        """The next burst of the birthday method's probes, if probing goes on; whether it does."""
+        due = self.session.next_probe
+        if self.prober is None or due is None:
+            return False
+        self.prober_timer = reactor.callLater(max(0.0, due - reactor.seconds()), probe)
+        return True
+
+    def stop_probing(self, gone: bool) -> Prober | None:
+        """
+        Once probing is over, or the session is C{gone} (forgotten or
+        failed): stop the probes; the prober stopped, if it was now.
+        """
+        prober = self.prober
+        if prober is None or not (gone or self.session.next_probe is None):
+            return None
+        self.prober = None
+        if self.prober_timer is not None and self.prober_timer.active():
+            self.prober_timer.cancel()
+        self.prober_timer = None
+        return prober
+
+    def settle(self, gone: bool) -> None:
+        """Tell L{on_settled} the base of the path in use, once the search is over."""
+        settled = self.on_settled
+        if settled is not None and (gone or not self.session.searching):
+            self.on_settled = None
+            chosen = self.session.chosen if not gone else None
+            settled(chosen[0] if chosen is not None else None)
 
     def cancel_timers(self) -> None:
         """Stop every timer of the session's search."""

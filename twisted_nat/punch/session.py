@@ -25,14 +25,12 @@ from collections.abc import Sequence
 from twisted_nat import control
 from twisted_nat.address import Address
 from twisted_nat.bases import SHARED, Base
-from twisted_nat.candidates import Candidate, CandidateType, candidate_priority, rank
+from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.control import Destination, SessionKeys
-from twisted_nat.limits import TokenBucket
 from twisted_nat.punch.birthday import Prober
-from twisted_nat.punch.choosing import Choosing, Guesses, Pair
+from twisted_nat.punch.choosing import Choosing, Pair
+from twisted_nat.punch.sent import SentIds
 from twisted_nat.punch.values import (
-    RELAY_PAIRED_KINDS,
-    SPRAY_PAIRED_KINDS,
     Action,
     Connected,
     Failed,
@@ -75,19 +73,7 @@ class PunchSession:
     direct pairs until the timeout, and moves to one that works (a second
     L{Connected}).
 
-    @param relays: our relayed bases; they pair with the peer's public
-        candidates (L{RELAY_PAIRED_KINDS}).
-    @param spray: our spray bases, this session's alone: they
-        pair with the peer's server-reflexive candidates
-        (L{SPRAY_PAIRED_KINDS}), or with C{spray_to} only when given, and
-        send L{SPRAY_PUNCHES} each until the peer reaches one.  Their first
-        PUNCHes leave before any other, in the order of C{spray}: a NAT
-        that allocates in sequence gives them consecutive ports
-        (L{twisted_nat.punch.meeting}).
-    @param spray_to: the peer's addresses the spray bases punch, when not
-        its server-reflexive candidates: the port its own run of sockets
-        will hold (L{twisted_nat.punch.meeting}), which no candidate names.
-    @param prober: probes to send (L{probe}) until a direct pair answers.
+    The candidates and bases pair as L{Choosing.for_punch} says.
     """
 
     __slots__ = (
@@ -121,26 +107,10 @@ class PunchSession:
         self.started = now
         self.state = SessionState.PUNCHING
         self.result: PunchResult | None = None
-        guesses = Guesses(frozenset(spray), prober) if spray or prober is not None else None
-        pacing = TokenBucket(1.0 / settings.pace, settings.pace_burst, now)
-        choosing = Choosing(tuple(local_candidates), settings.unanswered_budget, pacing, guesses)
-        self._choosing: Choosing | None = choosing
-        for remote in rank(list(remote_candidates)):
-            bases: list[Base] = [SHARED]
-            if remote.kind in RELAY_PAIRED_KINDS:
-                bases += relays
-            if remote.kind in SPRAY_PAIRED_KINDS and spray_to is None:
-                bases += spray
-            for base in bases:
-                pair = choosing.pair(base, remote)
-                choosing.pairs[pair.key] = pair
-        for remote in spray_to or ():
-            for base in spray:
-                pair = choosing.pair(base, remote)
-                choosing.pairs.setdefault(pair.key, pair)
-        # Once settled: the ids of the PUNCHes sent, all 12 bytes, end to
-        # end (12 bytes each, rather than 56 for an object in a tuple).
-        self._sent_ids = b""
+        self._choosing: Choosing | None = Choosing.for_punch(
+            local_candidates, remote_candidates, settings, now, relays, spray, prober, spray_to
+        )
+        self._sent_ids = SentIds()
         self._chosen: PairKey | None = None
 
     def _choices(self) -> Choosing:
@@ -196,16 +166,9 @@ class PunchSession:
     def probe(self, now: float) -> list[Action]:
         """The probes due at C{now}, if this session probes and still needs to."""
         choosing = self._choosing
-        guesses = choosing.guesses if choosing is not None else None
-        prober = guesses.prober if guesses is not None else None
-        if guesses is None or prober is None or self.state is SessionState.FAILED:
+        if choosing is None or choosing.guesses is None or self.state is SessionState.FAILED:
             return []
-        actions: list[Action] = []
-        for address in prober.due(now):
-            tid, data = control.punch(self.keys, address)
-            guesses.sent[tid] = (now, (SHARED, address))
-            actions.append(Send(data, address))
-        return actions
+        return choosing.guesses.probe(self.keys, now)
 
     @property
     def next_probe(self) -> float | None:
@@ -241,7 +204,9 @@ class PunchSession:
             pair = choosing.pairs.get(key)
             new = pair is None
             if pair is None:
-                pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
+                pair = choosing.pairs[key] = choosing.pair(
+                    base, Candidate(CandidateType.PEER_REFLEXIVE, *source)
+                )
             unheard_spray = choosing.guesses is not None and choosing.unheard_spray(pair)
             # Counted first: a PUNCH back draws on the budget of pairs heard from.
             pair.punches_received += 1
@@ -280,7 +245,7 @@ class PunchSession:
         key = (base, source)
         choosing = self._choosing
         if choosing is None:  # settled: only a CONFIRM again, if this is the path
-            if not self._sent_before(message.transaction_id):
+            if message.transaction_id not in self._sent_ids:
                 return []
             if self.controlling and self._chosen == key:
                 return [Send(control.punch_confirm(self.keys), source, base)]
@@ -295,7 +260,9 @@ class PunchSession:
             return [Refused("a PUNCH_ACK from elsewhere than its PUNCH went")]
         pair = choosing.pairs.get(key)
         if pair is None:  # a probe's answer: the probe went there
-            pair = choosing.pairs[key] = choosing.pair(base, self._reflexive(source))
+            pair = choosing.pairs[key] = choosing.pair(
+                base, Candidate(CandidateType.PEER_REFLEXIVE, *source)
+            )
         pair.acks_received += 1
         if pair.rtt is None:
             pair.rtt = now - when
@@ -362,16 +329,6 @@ class PunchSession:
 
     # --- helpers ---
 
-    @staticmethod
-    def _reflexive(source: Address) -> Candidate:
-        """A peer-reflexive candidate: an address the peer's packets really came from."""
-        return Candidate(
-            CandidateType.PEER_REFLEXIVE,
-            source[0],
-            source[1],
-            candidate_priority(CandidateType.PEER_REFLEXIVE),
-        )
-
     def _may_take(self, pair: Pair) -> bool:
         """Whether the controlled peer may take C{pair} now: any, or a direct one after a relay."""
         return self.state is SessionState.PUNCHING or (
@@ -388,19 +345,7 @@ class PunchSession:
     @property
     def remembered(self) -> int:
         """How many PUNCHes a settled session remembers, to check late ACKs against."""
-        return len(self._sent_ids) // 12
-
-    def _sent_before(self, transaction_id: bytes) -> bool:
-        """Whether a settled session sent a PUNCH with this id."""
-        ids, size = self._sent_ids, len(transaction_id)
-        if not size:
-            return False
-        found = ids.find(transaction_id)
-        while found >= 0:
-            if found % size == 0:
-                return True
-            found = ids.find(transaction_id, found + 1)
-        return False
+        return len(self._sent_ids)
 
     def _punch(self, pair: Pair, now: float) -> Send:
         tid, data = control.punch(self.keys, pair.remote.address)
@@ -441,12 +386,12 @@ class PunchSession:
     def _settle(self) -> None:
         """Nothing better will come: keep only what answering late messages needs."""
         choosing = self._choices()
-        ids = b"".join(choosing.sent)
+        ids = list(choosing.sent)
         if choosing.guesses is not None:
             # Of the guesses, only those on the chosen path can be answered late.
             chosen = self._chosen
-            ids += b"".join(t for t, (_, k) in choosing.guesses.sent.items() if k == chosen)
-        self._sent_ids = ids
+            ids += [t for t, (_, k) in choosing.guesses.sent.items() if k == chosen]
+        self._sent_ids = SentIds(ids)
         self._choosing = None
 
     def _fail(self, now: float) -> list[Action]:
@@ -472,4 +417,4 @@ class PunchSession:
             return transaction_id in choosing.sent or (
                 guesses is not None and transaction_id in guesses.sent
             )
-        return self._sent_before(transaction_id)
+        return transaction_id in self._sent_ids

@@ -144,6 +144,16 @@ class PunchFailed(TwistedNATError):
         self.elapsed = elapsed
         self.pairs = pairs
 
+    def brief(self) -> str:
+        """The failure in one short line, for a log: how many pairs, how many heard from."""
+        if not self.pairs:
+            return str(self)
+        heard = sum(1 for p in self.pairs if p.punches_received or p.acks_received)
+        return (
+            f"hole punching failed after {self.elapsed:.1f}s: {len(self.pairs)} pairs tried,"
+            f" {heard or 'none'} heard from"
+        )
+
 
 class PunchError(PunchFailed):
     """The punch ended on an error of ours, not the network's: C{error} says which."""

@@ -26,6 +26,7 @@ from twisted_nat.punch import (
     ExtraSockets,
     HolePuncher,
     Prober,
+    PunchFailed,
     PunchResult,
     Technique,
     hint_for,
@@ -98,6 +99,8 @@ class Punching:
         self.gate = OfferGate(settings.gate, reactor.seconds())
         self.refused = DropLog(self.log, reactor)
         """Offers refused by a limit, and techniques skipped, by reason."""
+        self.failures = DropLog(self.log, reactor, what="failed")
+        """Punches for offers that failed: a stranger may make many, so logged at a bounded rate."""
 
     async def connect(
         self, signaling: ISignaling, ours: str, name: str | None, key: PeerKey | None
@@ -206,7 +209,12 @@ class Punching:
         )
 
     def _failed(self, failure: Failure, peer: str) -> None:
-        self.log.warn("could not connect to {peer}: {error}", peer=peer, error=failure.value)
+        error = failure.value
+        brief = error.brief() if isinstance(error, PunchFailed) else str(error)
+        self.failures.drop(
+            "answer failed", "could not connect to {peer}: {error}", peer=peer, error=brief
+        )
+        self.log.debug("punch with {peer} failed: {error}", peer=peer, error=error)
         self._events.punch_failed(peer, False, failure)
 
     def _hint(self, latest: int | None) -> NATHint | None:

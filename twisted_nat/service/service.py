@@ -49,7 +49,7 @@ from twisted_nat.errors import ConfigurationError
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.nat import NATBehavior
 from twisted_nat.portmap import ClientFactory
-from twisted_nat.punch import ExtraSockets, HolePuncher, PunchResult
+from twisted_nat.punch import ExtraSockets, HolePuncher, PunchFailed, PunchResult
 from twisted_nat.rendezvous import ISignaling, RendezvousClient
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
@@ -306,7 +306,10 @@ class NATTraversalService(MultiService):
             d.errback(failure)
 
     def _connect_failed(self, failure: Failure, peer: str) -> None:
-        self.log.warn("could not connect to {peer}: {error}", peer=peer, error=failure.value)
+        error = failure.value
+        brief = error.brief() if isinstance(error, PunchFailed) else error
+        self.log.warn("could not connect to {peer}: {error}", peer=peer, error=brief)
+        self.log.debug("punch with {peer} failed: {error}", peer=peer, error=error)
         self.events.punch_failed(peer, True, failure)
 
     def watch(self, watcher: IPeerEvents) -> None:
@@ -324,6 +327,7 @@ class NATTraversalService(MultiService):
     def stopService(self) -> Deferred[None]:
         unmapping = self.port_mapping.stop()
         self.addresses.stop()
+        self.nat.stop()
         self.relays.stop()
         self.links.stop()
         self.extra_sockets.close_all()

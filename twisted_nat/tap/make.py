@@ -137,7 +137,7 @@ def _peer_metrics(endpoint: str, peer: NATTraversalService, reactor: IReactorTim
     except ImportError as e:
         raise ConfigurationError(_NO_METRICS.format(e)) from None
     registry = CollectorRegistry()
-    registry.register(PeerCollector(PeerMetrics(peer)))
+    registry.register(PeerCollector(PeerMetrics(peer, reactor)))
     return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
 
 
@@ -161,7 +161,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
     sub = config.subOptions if config.subCommand else DemoOptions()
     if config.subCommand is None:
         sub.parseOptions([])
-    top = ExitOnListenFailure()
+    top = ExitOnListenFailure(getattr(config, "parent", None), config["log-level"])
     try:
         if command == "server":
             alternate = None if sub["single"] else (sub["alternate-address"], sub["alternate-port"])

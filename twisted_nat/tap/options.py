@@ -21,6 +21,7 @@ from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.sourcelimit import DEFAULT_RATE
+from twisted_nat.tap.logs import LEVELS, level_named
 from twisted_nat.tap.turn import TURN_PASSWORD_ENVIRONMENT, turn_servers
 from twisted_nat.trust.known import Accept
 from twisted_nat.trust.target import Target
@@ -443,6 +444,21 @@ class Options(usage.Options):
         ["demo", None, DemoOptions, "Servers and two peers on loopback (the default)."],
     ]
     defaultSubCommand = "demo"
+    optParameters = [
+        [
+            "log-level",
+            None,
+            "info",
+            f"What twistd prints: {', '.join(LEVELS)} and above. At info, the story "
+            "(NAT found, peer connected, path changed); debug adds every socket and packet.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["log-level"] = level_named(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """

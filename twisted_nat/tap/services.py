@@ -13,12 +13,13 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from twisted_nat.address import Address, format_address
 from twisted_nat.connection import PeerConnection
 from twisted_nat.stun.server import BindingServer, STUNServerGroup
 from twisted_nat.stun.sourcelimit import SourceLimit
+from twisted_nat.tap.logs import filter_twistd_log
 
 
 class STUNServerService(Service):
@@ -89,7 +90,22 @@ class STUNServerService(Service):
 
 
 class ExitOnListenFailure(MultiService):
-    """Turns a port that cannot be bound into one line and exit status 1."""
+    """
+    The top of C{twistd nat}'s tree: turns a port that cannot be bound into
+    one line and exit status 1, and, given twistd's C{twistd_options},
+    filters what twistd logs to C{log_level} (L{filter_twistd_log}) once it
+    joins twistd's application.
+    """
+
+    def __init__(self, twistd_options: Any = None, log_level: LogLevel = LogLevel.info) -> None:
+        super().__init__()
+        self._twistd_options = twistd_options
+        self._log_level = log_level
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self._twistd_options is not None:
+            filter_twistd_log(parent, self._twistd_options, self._log_level)
 
     def privilegedStartService(self) -> None:
         try:
