@@ -356,3 +356,35 @@ def test_a_file_that_cannot_be_read_midway_ends_both_with_one_reason(tmp_path, m
     assert received.error is not None
     assert received.error.startswith("the sender stopped: the sender cannot read d/big")
     assert not (output / "d" / "big").exists()
+
+
+def test_a_part_file_of_other_bytes_is_sent_again_whole(tmp_path):
+    output = tmp_path / "out" / "d"
+    output.mkdir(parents=True)
+    (output / ".big.tn-part").write_bytes(b"not the sender's bytes" * 100)
+    sent, received, out, _, _ = transfer(tmp_path)
+    assert sent == received == Outcome(3, 3, None)
+    assert (out / "d" / "big").read_bytes() == (tmp_path / "src" / "d" / "big").read_bytes()
+    assert not (out / "d" / ".big.tn-part").exists()
+
+
+def test_a_part_file_of_the_right_bytes_is_resumed(tmp_path):
+    make_files(tmp_path / "src")
+    big = (tmp_path / "src" / "d" / "big").read_bytes()
+    output = tmp_path / "out" / "d"
+    output.mkdir(parents=True)
+    (output / ".big.tn-part").write_bytes(big[:300_000])
+    moved: list[int] = []
+    real = Reporter.moved
+
+    def counting(self: Reporter, count: int) -> None:
+        moved.append(count)
+        real(self, count)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Reporter, "moved", counting)
+        sent, received, out, _, _ = transfer(tmp_path)
+    assert sent == received == Outcome(3, 3, None)
+    assert (out / "d" / "big").read_bytes() == big
+    # Each side counts what it moved: what the part lacked, and the small file.
+    assert sum(moved) == 2 * (len(big) - 300_000 + len(b"hello"))
