@@ -88,10 +88,7 @@ class ConnectionOptions(usage.Options):
         super().parseOptions([*ordered, "--", *arguments])
 
     def opt_rendezvous(self, endpoint: str) -> None:
-        """
-        Client endpoint of the rendezvous server (repeatable, for the nodes
-        of one rendezvous); default tcp:host=127.0.0.1:port=8765.
-        """
+        """Client endpoint of the rendezvous server (repeatable); default: loopback's 8765."""
         self["rendezvous"].append(endpoint)
 
     opt_r = opt_rendezvous
