@@ -98,7 +98,9 @@ class PeerStreams:
         if connection.streams is None:
             link = self.link(connection, client=offerer)
             if offerer and self.settings.eager:
-                link.connect()
+                # After the punch's caller has its connection: the handshake's
+                # CPU (a ClientHello, then the server's flight) is not set-up.
+                self._reactor.callLater(0, link.connect)
 
     def link(self, connection: PeerConnection, client: bool) -> QuicLink:
         """Streams on C{connection}; we are the QUIC client if C{client}."""
