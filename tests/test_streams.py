@@ -433,3 +433,26 @@ def test_quic_datagrams_reach_the_connection_protocol_when_both_peers_take_them(
     with pytest.raises(ConfigurationError):
         bob.connections["alice"].streams.send_datagram(b"off here")
     w.stop()
+
+
+def test_an_offerer_that_takes_no_streams_makes_no_quic_until_it_opens_one() -> None:
+    """
+    A handshake costs both peers CPU and each end tens of kilobytes: an
+    offerer without a stream factory (it would refuse the peer's streams)
+    connects QUIC only at its first stream; one given a factory later
+    connects then, so that the peer may open the first stream.
+    """
+    w = world()
+    alice, bob, connection = connected(w, Servers())
+    w.internet.advance(2.0)
+    assert connection.streams.driver is None
+    assert bob.streams.stats.received == 0
+    alice.streams.factory = Servers()
+    w.internet.advance(1.0)
+    assert connection.streams.driver is not None and connection.streams.ready
+    from_bob = Recorder()
+    w.internet.run_until(bob.open_stream("alice", from_bob))
+    from_bob.transport.write(b"now bob may speak first")
+    w.internet.advance(1.0)
+    assert bytes(from_bob.received) == b"now bob may speak first"
+    w.stop()

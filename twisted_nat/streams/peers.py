@@ -16,6 +16,8 @@ a L{QuicLink}: the peer that offered is the QUIC client.
 
 from __future__ import annotations
 
+from weakref import WeakSet
+
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -87,20 +89,41 @@ class PeerStreams:
     ) -> None:
         self.stats = QuicStats()
         self.settings = settings
-        self.factory = factory
+        self._factory = factory
+        self._clients: WeakSet[QuicLink] = WeakSet()
+        """Our links as the QUIC client, to connect if a factory comes later."""
         self._reactor = reactor
         self._identity = identity
         self.drops = DropLog(self.log, reactor)
         self.router = QuicRouter(data, self.stats, self.drops)
 
+    @property
+    def factory(self) -> IProtocolFactory | None:
+        return self._factory
+
+    @factory.setter
+    def factory(self, factory: IProtocolFactory | None) -> None:
+        """A factory set late: eager links connect now, so that peers may open streams."""
+        self._factory = factory
+        if factory is not None and self.settings.eager:
+            for link in list(self._clients):
+                link.connect()
+
     def connected(self, connection: PeerConnection, offerer: bool) -> None:
-        """A punch made or rebound C{connection}: it gets its streams once."""
+        """
+        A punch made or rebound C{connection}: it gets its streams once.
+        With L{StreamSettings.eager}, the offerer connects QUIC at once if
+        it takes streams (a factory) or QUIC datagrams, so that the peer may
+        open the first stream; without a factory it would refuse them anyway.
+        """
         if connection.streams is None:
             link = self.link(connection, client=offerer)
-            if offerer and self.settings.eager:
-                # After the punch's caller has its connection: the handshake's
-                # CPU (a ClientHello, then the server's flight) is not set-up.
-                self._reactor.callLater(0, link.connect)
+            if offerer:
+                self._clients.add(link)
+                if self.settings.eager and (self._factory is not None or self.settings.datagrams):
+                    # After the punch's caller has its connection: the
+                    # handshake's CPU is not the connection's set-up.
+                    self._reactor.callLater(0, link.connect)
 
     def link(self, connection: PeerConnection, client: bool) -> QuicLink:
         """Streams on C{connection}; we are the QUIC client if C{client}."""
@@ -116,7 +139,7 @@ class PeerStreams:
         )
 
     def _accept(self, address: PeerAddress) -> IProtocol | None:
-        factory = self.factory
+        factory = self._factory
         if factory is None:
             return None
         return factory.buildProtocol(address)

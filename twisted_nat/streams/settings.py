@@ -40,10 +40,12 @@ class StreamSettings:
     @ivar max_stream_data: the receive window of one stream, in bytes.
     @ivar max_data: the receive window of the whole connection, in bytes.
     @ivar eager: the offerer (the QUIC client) connects as soon as the
-        peer connection is made, so that either peer may open the first
-        stream; otherwise only at its first L{open_stream}, and an
-        answerer's streams wait for that (an idle connection then holds no
-        QUIC state).
+        peer connection is made, if it takes streams (the service has a
+        stream factory) or QUIC datagrams, so that either peer may open the
+        first stream;
+        otherwise at its first L{open_stream}, and an answerer's streams
+        wait for that.  A connection without QUIC holds no QUIC state and
+        spends no handshake.
     @ivar datagrams: accept and send QUIC DATAGRAM frames (RFC 9221).
     @ivar congestion_control: aioquic's algorithm, C{"reno"} or C{"cubic"}.
     """
