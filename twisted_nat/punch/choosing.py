@@ -15,6 +15,7 @@ from twisted_nat.bases import Base
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.limits import TokenBucket
 from twisted_nat.punch.birthday import SPRAY_PUNCHES, Prober
+from twisted_nat.punch.preference import DEFAULT_PREFERENCE, FamilyPreference
 from twisted_nat.punch.values import PairKey, PairReport, PunchSettings
 
 
@@ -146,12 +147,42 @@ class Choosing:
     def pair(base: Base, remote: Candidate) -> Pair:
         return Pair(remote, base, base.relayed or remote.kind is CandidateType.RELAYED)
 
-    def best_valid(self, direct_only: bool = False) -> PairKey | None:
+    def best_valid(
+        self, direct_only: bool = False, families: FamilyPreference = DEFAULT_PREFERENCE
+    ) -> PairKey | None:
+        """
+        The pair to name: direct before relayed; between direct pairs of
+        both families, the family C{families} prefers by their RTTs; then
+        the best-ranked.
+        """
         pairs = self.pairs
         candidates = [k for k in self.valid if not (direct_only and pairs[k].relayed)]
         if not candidates:
             return None
-        return max(candidates, key=lambda k: pairs[k].rank())
+        best = max(candidates, key=lambda k: pairs[k].rank())
+        if pairs[best].relayed:
+            return best
+        by_family: dict[int, PairKey] = {}
+        for key in candidates:
+            pair = pairs[key]
+            family = pair.base.family
+            if not pair.relayed and (
+                family not in by_family or pair.rank() > pairs[by_family[family]].rank()
+            ):
+                by_family[family] = key
+        if len(by_family) < 2:
+            return best
+        return by_family[families.choose(pairs[by_family[6]].rtt, pairs[by_family[4]].rtt)]
+
+    def waits_for_ipv6(self) -> bool:
+        """
+        Whether a direct IPv6 pair is still being punched while none has
+        worked: the controlling peer then waits a little for it.
+        """
+        pairs = self.pairs
+        if any(pairs[k].base.family == 6 and not pairs[k].relayed for k in self.valid):
+            return False
+        return any(p.base.family == 6 and not p.relayed for p in pairs.values())
 
     def paced(self, pair: Pair, now: float) -> bool:
         """

@@ -23,8 +23,8 @@ import enum
 from collections.abc import Sequence
 
 from twisted_nat import control
-from twisted_nat.address import Address
-from twisted_nat.bases import SHARED, Base
+from twisted_nat.address import Address, family_of
+from twisted_nat.bases import SHARED, Base, shared_base
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority, rank
 from twisted_nat.control import Destination, SessionKeys
 from twisted_nat.limits import TokenBucket
@@ -126,18 +126,23 @@ class PunchSession:
         choosing = Choosing(tuple(local_candidates), settings.unanswered_budget, pacing, guesses)
         self._choosing: Choosing | None = choosing
         for remote in rank(list(remote_candidates)):
-            bases: list[Base] = [SHARED]
+            # Pairs form within a family: the shared socket of the
+            # candidate's, and the relays and spray sockets of that family.
+            family = family_of(remote.host)
+            bases: list[Base] = [shared_base(family)]
             if remote.kind in RELAY_PAIRED_KINDS:
                 bases += relays
             if remote.kind in SPRAY_PAIRED_KINDS and spray_to is None:
                 bases += spray
             for base in bases:
-                pair = choosing.pair(base, remote)
-                choosing.pairs[pair.key] = pair
+                if base.family == family:
+                    pair = choosing.pair(base, remote)
+                    choosing.pairs[pair.key] = pair
         for remote in spray_to or ():
             for base in spray:
-                pair = choosing.pair(base, remote)
-                choosing.pairs.setdefault(pair.key, pair)
+                if base.family == family_of(remote.host):
+                    pair = choosing.pair(base, remote)
+                    choosing.pairs.setdefault(pair.key, pair)
         # Once settled: the ids of the PUNCHes sent, all 12 bytes, end to
         # end (12 bytes each, rather than 56 for an object in a tuple).
         self._sent_ids = b""
@@ -317,15 +322,25 @@ class PunchSession:
                 # Connected over a relay, and a direct pair works now: move.
                 return self._nominate(key, now)
             return []
-        if len(choosing.valid) == 1 or (
-            not pair.relayed and all(choosing.pairs[k].relayed for k in choosing.valid[:-1])
-        ):
-            # Long enough for a better-ranked path, which is usually also the
-            # shorter one, to answer too; never longer than the setting.  A
-            # relay waits longer, for a direct pair to come.
-            delay = min(self.settings.grace, max(0.005, 2 * pair.rtt))
+        earlier = [choosing.pairs[k] for k in choosing.valid[:-1]]
+        # Long enough for a better-ranked path, which is usually also the
+        # shorter one, to answer too; never longer than the setting.
+        delay = min(self.settings.grace, max(0.005, 2 * pair.rtt))
+        if not earlier or (not pair.relayed and all(p.relayed for p in earlier)):
             if pair.relayed:
+                # A relay waits longer, for a direct pair to come.
                 delay = self.settings.relay_grace
+            elif pair.base.family == 4 and choosing.waits_for_ipv6():
+                # The race of the families: IPv6 gets a moment to work too.
+                delay = max(delay, self.settings.families.wait)
+            return [StartGrace(delay)]
+        if (
+            not pair.relayed
+            and pair.base.family == 6
+            and not any(p.base.family == 6 and not p.relayed for p in earlier)
+        ):
+            # Both families work now: the race is decided, and the wait for
+            # IPv6 is cut short to the ordinary grace.
             return [StartGrace(delay)]
         return []
 
@@ -333,7 +348,7 @@ class PunchSession:
         """The controlling peer names the best path that works."""
         if self.state is not SessionState.PUNCHING:
             return []
-        best = self._choices().best_valid()
+        best = self._choices().best_valid(families=self.settings.families)
         if best is None:
             return []
         return self._nominate(best, now)
