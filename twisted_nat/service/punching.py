@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
-from twisted_nat.bases import Base
+from twisted_nat.bases import SHARED6, Base
 from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.connection import PeerConnection
 from twisted_nat.errors import ConfigurationError, PeerUnavailable, TrustError
@@ -31,7 +31,7 @@ from twisted_nat.punch import (
     hint_for,
     plan,
 )
-from twisted_nat.punch.admission import admit
+from twisted_nat.punch.admission import FAMILIES, admit
 from twisted_nat.punch.plan import ORDINARY, confine
 from twisted_nat.rendezvous import Answer, ISignaling, NATHint, Offer
 from twisted_nat.rendezvous.values import MAX_CANDIDATES
@@ -268,7 +268,8 @@ class Punching:
         alike), if it is aimed at C{seen_from} (where the rendezvous saw
         the peer) and the gate lets it run now.
         """
-        admitted = admit(remote, self._addresses.candidates)
+        families = frozenset({4, 6}) if SHARED6 in self._puncher.bases else FAMILIES
+        admitted = admit(remote, self._addresses.candidates, families)
         for candidate, reason in admitted.skipped:
             self.log.debug(
                 "skipped the peer's candidate {address}: {reason}",
