@@ -1,0 +1,138 @@
+"""
+Dual stack on real sockets between two stateful firewalls (tests/support/lab6.py):
+the firewalls drop what nobody inside asked for, a direct IPv6 path forms
+by simultaneous sends, and with IPv6 blocked by one firewall IPv4 is taken
+after the wait for IPv6, without the application seeing anything else.
+Timings on this shared machine are loaded: the bounds are generous, and
+the figures go to benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.lab6 import PEERS, Lab6, ipv6_lab
+from tests.support.natlab import require_lab
+from twisted_nat.punch.preference import DEFAULT_PREFERENCE
+
+pytestmark = pytest.mark.lab
+
+RUNNER = [sys.executable, "-m", "tests.support.lab6_runner"]
+WAIT = 60.0
+"""Seconds a process may take to say what it is expected to, on a loaded machine."""
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab6]:
+    require_lab()
+    with ipv6_lab() as built:
+        yield built
+
+
+def events(process: subprocess.Popen[str], until: str, deadline: float) -> list[dict[str, Any]]:
+    """The JSON lines of C{process} up to the first of event C{until}."""
+    assert process.stdout is not None
+    seen: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if not ready:
+            if process.poll() is not None:
+                break
+            continue
+        line = process.stdout.readline()
+        if not line:
+            break
+        event = json.loads(line)
+        seen.append(event)
+        if event["event"] in (until, "failed"):
+            return seen
+    raise AssertionError(f"no {until!r} from the process; saw {seen}")
+
+
+def connect(lab: Lab6) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """b waits, a connects: a's connected event, b's, and what b received."""
+    deadline = time.monotonic() + WAIT
+    server = lab.spawn("fwa", [*RUNNER, "server", lab.rendezvous_server])
+    events(server, "ready", deadline)
+    _, b4, b6, _, _ = PEERS["b"]
+    _, a4, a6, _, _ = PEERS["a"]
+    bob = lab.spawn("b", [*RUNNER, "peer", "b", lab.rendezvous, b4, b6])
+    events(bob, "ready", deadline)
+    alice = lab.spawn("a", [*RUNNER, "peer", "a", lab.rendezvous, a4, a6, "b"])
+    *_, alices = events(alice, "connected", deadline)
+    assert alices["event"] == "connected", alices
+    *_, bobs = events(bob, "connected", deadline)
+    received = [e for e in events(bob, "received", deadline) if e["event"] == "received"]
+    return alices, bobs, received
+
+
+def unsolicited_reaches(lab: Lab6, family: int) -> bool:
+    """Whether a datagram from a to a port of b that never sent gets through b's firewall."""
+    _, b4, b6, _, _ = PEERS["b"]
+    host = b6 if family == 6 else b4
+    af = "AF_INET6" if family == 6 else "AF_INET"
+    listener = lab.spawn(
+        "b",
+        [
+            sys.executable,
+            "-c",
+            "import socket,sys\n"
+            f"s=socket.socket(socket.{af},socket.SOCK_DGRAM);s.bind(({host!r},9999))\n"
+            "print('ready',flush=True);s.settimeout(2)\n"
+            "try:\n s.recvfrom(100);print('got')\nexcept OSError:\n print('nothing')\n",
+        ],
+    )
+    assert listener.stdout is not None
+    assert listener.stdout.readline().strip() == "ready"
+    sender = (
+        f"import socket,time\ns=socket.socket(socket.{af},socket.SOCK_DGRAM)\n"
+        f"for _ in range(5):\n s.sendto(b'x',({host!r},9999));time.sleep(0.1)\n"
+    )
+    lab.run("a", [sys.executable, "-c", sender])
+    return listener.stdout.readline().strip() == "got"
+
+
+def test_the_firewalls_drop_what_nobody_asked_for(lab: Lab6) -> None:
+    assert not unsolicited_reaches(lab, 6)
+    assert not unsolicited_reaches(lab, 4)
+    lab.run("fwb", ["nft", "delete table inet lab6"])
+    assert unsolicited_reaches(lab, 6), "the routes work: it was the firewall"
+    assert unsolicited_reaches(lab, 4)
+
+
+def test_a_direct_ipv6_path_forms_through_both_firewalls(lab: Lab6) -> None:
+    """IPv4 blocked on the way: only simultaneous IPv6 sends can open the firewalls."""
+    lab.block("fwa", 4)
+    alices, bobs, received = connect(lab)
+    assert (alices["family"], alices["remote"]) == (6, PEERS["b"][2])
+    assert (bobs["family"], bobs["remote"]) == (6, PEERS["a"][2])
+    assert [e["data"] for e in received] == ["hello from a"]
+    print(f"IPv6 through two firewalls: {alices['elapsed'] * 1000:.0f} ms (load: shared machine)")
+
+
+def test_with_ipv6_blocked_by_one_firewall_ipv4_wins(lab: Lab6) -> None:
+    lab.block("fwb", 6)
+    alices, bobs, received = connect(lab)
+    assert alices["family"] == 4 and bobs["family"] == 4
+    assert [e["data"] for e in received] == ["hello from a"]
+    # The wait for IPv6 plus a round trip, and a generous allowance for a loaded machine.
+    assert alices["elapsed"] < DEFAULT_PREFERENCE.wait + alices["rtt"] + 2.0, alices
+    assert alices["elapsed"] >= DEFAULT_PREFERENCE.wait, "IPv6 had its chance"
+    elapsed, rtt = alices["elapsed"] * 1000, alices["rtt"] * 1000
+    print(f"IPv4 after IPv6 blocked: {elapsed:.0f} ms, rtt {rtt:.1f} ms")
+
+
+def test_both_open_both_connect(lab: Lab6) -> None:
+    """Both families work; which one is taken depends on the RTTs measured (recorded)."""
+    alices, bobs, received = connect(lab)
+    assert alices["family"] == bobs["family"]
+    assert [e["data"] for e in received] == ["hello from a"]
+    print(f"both open: IPv{alices['family']} in {alices['elapsed'] * 1000:.0f} ms")
