@@ -136,3 +136,23 @@ def test_both_open_both_connect(lab: Lab6) -> None:
     assert alices["family"] == bobs["family"]
     assert [e["data"] for e in received] == ["hello from a"]
     print(f"both open: IPv{alices['family']} in {alices['elapsed'] * 1000:.0f} ms")
+
+
+def test_a_dead_ipv6_path_falls_back_to_ipv4(lab: Lab6) -> None:
+    """
+    Connected over IPv6, then one firewall blocks IPv6: keep-alive finds
+    the path lost, the offerer punches again, and the same connection goes
+    on over IPv4; the application sees a path change and nothing else.
+    """
+    alices, bobs, received = connect(lab)
+    assert alices["family"] == 6, "both open: IPv6 first"
+    lab.block("fwb", 6)
+    lost = time.monotonic()
+    deadline = lost + WAIT
+    [alice, bob] = lab.processes[-1], lab.processes[-2]
+    *_, again = events(alice, "connected", deadline)
+    assert again["event"] == "connected" and again["again"], again
+    assert again["family"] == 4
+    arrived = [e["data"] for e in events(bob, "received", deadline) if e["event"] == "received"]
+    assert arrived == ["again from a"], "the connection carries data on its new path"
+    print(f"IPv6 lost, on IPv4 again after {time.monotonic() - lost:.1f} s (keep-alive 2 s)")

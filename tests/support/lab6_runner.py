@@ -8,7 +8,8 @@ A server runs a rendezvous server.  A peer runs a service with both
 sockets and the host candidates given (the lab has no NAT, hence no STUN),
 prints one JSON line per event on stdout ("ready", "connected" with the
 path's family, address and times, "received"), connects to PEER when given
-and sends it one datagram over the connection.
+and sends it one datagram over the connection, and a few more on each new
+path (a punch again after the path was lost).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Printer(DatagramProtocol):
 
 
 class Told(PeerEventsBase):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def connected(
         self, connection: PeerConnection, result: PunchResult, offerer: bool, again: bool
     ) -> None:
@@ -53,7 +57,14 @@ class Told(PeerEventsBase):
             rtt=result.rtt,
             offerer=offerer,
             pairs=[report.describe() for report in result.pairs],
+            again=again,
         )
+        if again and offerer:
+            # The same connection on its new path: the application just writes
+            # on, a few times, as datagrams sent while the peer takes the
+            # new path may be lost as any datagram may.
+            for delay in (0.0, 0.5, 1.0, 1.5):
+                reactor.callLater(delay, connection.write, f"again from {self.name}".encode())
 
 
 async def peer(name: str, rendezvous: str, host4: str, host6: str, other: str | None) -> None:
@@ -68,7 +79,7 @@ async def peer(name: str, rendezvous: str, host4: str, host6: str, other: str | 
             keepalive=KeepAliveSettings(interval=2.0, timeout=1.0),
         ),
     )
-    service.watch(Told())
+    service.watch(Told(name))
     service.startService()
     await service.ready()
     assert service.signaling is not None
