@@ -156,3 +156,26 @@ def test_a_dead_ipv6_path_falls_back_to_ipv4(lab: Lab6) -> None:
     arrived = [e["data"] for e in events(bob, "received", deadline) if e["event"] == "received"]
     assert arrived == ["again from a"], "the connection carries data on its new path"
     print(f"IPv6 lost, on IPv4 again after {time.monotonic() - lost:.1f} s (keep-alive 2 s)")
+
+
+@pytest.mark.parametrize(
+    ("firewall", "nat_type"), [(True, "no NAT, firewalled"), (False, "open internet")]
+)
+def test_ipv6_behaviour_discovery(lab: Lab6, firewall: bool, nat_type: str) -> None:
+    """RFC 5780 over IPv6, against our server beyond a's firewall (on fwb, two addresses)."""
+    if not firewall:
+        lab.run("fwa", ["nft", "delete table inet lab6"])
+    deadline = time.monotonic() + WAIT
+    lab.add_address("fwb", "2001:db8:c::12")
+    stun = lab.spawn("fwb", [*RUNNER, "stun", "2001:db8:c::2", "2001:db8:c::12"])
+    events(stun, "ready", deadline)
+    server = lab.spawn("fwa", [*RUNNER, "server", lab.rendezvous_server])
+    events(server, "ready", deadline)
+    _, a4, a6, _, _ = PEERS["a"]
+    alice = lab.spawn("a", [*RUNNER, "peer", "a", lab.rendezvous, a4, a6, "-", "2001:db8:c::2"])
+    *_, found = events(alice, "nat6", deadline)
+    assert found["event"] == "nat6", found
+    nat = found["nat"]
+    assert nat is not None, "discovery over IPv6 ended"
+    assert nat["nat_type"] == nat_type, nat
+    assert nat["public"] == nat["local"], "no NAT66 on the way"

@@ -64,3 +64,19 @@ def test_a_server_refuses_an_ipv4_address6() -> None:
     with pytest.raises(SystemExit) as raised:
         Options().parseOptions(["server", "--address6", "127.0.0.1"])
     assert "--address6 is no IPv6 address" in str(raised.value)
+
+
+def test_a_server_serves_rfc5780_on_ipv6_with_two_addresses() -> None:
+    options = Options()
+    options.parseOptions(
+        ["server", "--address6", "::1", "--alternate-address6", "::2", "--no-rendezvous"]
+    )
+    service: Any = makeService(options, reactor=Clock())
+    _, ipv6 = list(service)
+    assert (ipv6.primary, ipv6.alternate) == (("::1", 3478), ("::2", 3479))
+
+
+def test_an_alternate_address6_alone_is_refused() -> None:
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(["server", "--alternate-address6", "::2"])
+    assert "--alternate-address6 needs --address6" in str(raised.value)

@@ -103,6 +103,10 @@ class Lab6:
         rule = f"insert rule inet lab6 forward meta nfproto {protocol} meta l4proto udp drop"
         self.run(router, ["nft", rule])
 
+    def add_address(self, role: str, address: str) -> None:
+        """One more IPv6 address on C{role}'s outside link (a router's)."""
+        self.run(role, ["ip", "-6", "addr", "add", f"{address}/64", "dev", "wan", "nodad"])
+
     @property
     def rendezvous(self) -> str:
         """The peers' client endpoint for the rendezvous server."""

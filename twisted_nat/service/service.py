@@ -196,6 +196,11 @@ class NATTraversalService(MultiService):
             self.links.lifetime_found,
             self.events,
         )
+        interface6 = ipv6_interface(True, settings.interface, settings.interface6)
+        self.nat6 = BehaviorWatch(
+            reactor, interface6 or "::", False, lambda _: None, PeerEvents(), "IPv6 NAT"
+        )
+        """Behaviour discovery on IPv6 ("no NAT, firewalled", or a NAT66), heard by no watcher."""
         self.punching = Punching(
             reactor,
             settings,
@@ -301,6 +306,8 @@ class NATTraversalService(MultiService):
         await mapping
         if self.stun.stun_servers and self.settings.detect_behavior:
             self.nat.start(self.stun.stun_servers)
+        if self.ipv6.port and self.ipv6.stun.stun_servers and self.settings.detect_behavior:
+            self.nat6.start(self.ipv6.stun.stun_servers)
         if self.settings.turn_servers:
             await self.relays.start()
         self._gathered = True
@@ -420,6 +427,7 @@ class NATTraversalService(MultiService):
                 format_address(self.addresses.public6.mapped) if self.addresses.public6 else None
             ),
             "nat": behavior.as_json() if behavior else None,
+            "nat6": self.nat6.behavior.as_json() if self.nat6.behavior else None,
             "candidates": [{**c.as_json(), "type": c.kind.value} for c in self.candidates],
             "port_mapping": self.port_mapping.status(),
             "relays": sorted(format_address(a) for a in self.relays.relayed_addresses()),

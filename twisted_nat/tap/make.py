@@ -177,10 +177,13 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 sub["rate-limit"],
             ).setServiceParent(top)
             if sub["address6"] is not None:
+                alternate6 = sub["alternate-address6"]
+                if alternate6 is not None and not sub["single"]:
+                    alternate6 = (alternate6, sub["alternate-port"])
                 STUNServerService(
                     cast(IReactorUDP, reactor),
                     (sub["address6"], sub["port"]),
-                    None,
+                    None if sub["single"] else alternate6,
                     sub["software"] or None,
                     sub["rate-limit"],
                 ).setServiceParent(top)

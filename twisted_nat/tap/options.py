@@ -65,7 +65,13 @@ class ServerOptions(usage.Options):
             "Second IP address (RFC 5780 mode).",
         ],
         ["alternate-port", "P", str(DEFAULT_ALTERNATE_PORT), "Second UDP port (RFC 5780 mode)."],
-        ["address6", None, None, "Also serve plain STUN on this IPv6 address, on --port."],
+        ["address6", None, None, "Also serve STUN on this IPv6 address, on --port."],
+        [
+            "alternate-address6",
+            None,
+            None,
+            "Second IPv6 address: RFC 5780 discovery over IPv6 too (with --address6).",
+        ],
         ["software", None, "twisted-nat", "SOFTWARE attribute value; empty for none."],
         [
             "rendezvous",
@@ -169,8 +175,11 @@ class ServerOptions(usage.Options):
             self["port"] = parse_port(self["port"])
             self["alternate-address"] = parse_ip(self["alternate-address"])
             self["alternate-port"] = parse_port(self["alternate-port"])
-            if self["address6"] is not None and ":" not in parse_ip(self["address6"]):
-                raise ConfigurationError(f"--address6 is no IPv6 address: {self['address6']}")
+            for option in ("address6", "alternate-address6"):
+                if self[option] is not None and ":" not in parse_ip(self[option]):
+                    raise ConfigurationError(f"--{option} is no IPv6 address: {self[option]}")
+            if self["alternate-address6"] is not None and self["address6"] is None:
+                raise ConfigurationError("--alternate-address6 needs --address6")
             if self["redis"] is not None:
                 self["redis"] = parse_redis_address(self["redis"])
         except ConfigurationError as e:
