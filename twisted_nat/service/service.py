@@ -268,7 +268,8 @@ class NATTraversalService(MultiService):
         )
         if interface6 is not None:
             local_port = self.settings.local_port
-            self.ipv6.bind(interface6, local_port or self._shared_port(), bool(local_port))
+            if self.ipv6.bind(interface6, local_port or self._shared_port(), bool(local_port)):
+                self.relays.attach6(self.ipv6.mux, self.ipv6.stun)
         super().privilegedStartService()
 
     def startService(self) -> None:
