@@ -10,6 +10,7 @@ the figures go to benchmarks/README.md.
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
@@ -37,19 +38,33 @@ def lab() -> Iterator[Lab6]:
         yield built
 
 
+_PENDING: dict[int, bytes] = {}
+"""What each process wrote past its last whole line, by pid."""
+
+
 def events(process: subprocess.Popen[str], until: str, deadline: float) -> list[dict[str, Any]]:
-    """The JSON lines of C{process} up to the first of event C{until}."""
+    """
+    The JSON lines of C{process} up to the first of event C{until}.  Read
+    from the descriptor itself: a buffered reader would keep a second line
+    that came with the first where C{select} cannot see it.
+    """
     assert process.stdout is not None
+    fd = process.stdout.fileno()
     seen: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if not ready:
-            if process.poll() is not None:
+        pending = _PENDING.get(process.pid, b"")
+        if b"\n" not in pending:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                if process.poll() is not None:
+                    break
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
+            _PENDING[process.pid] = pending + chunk
             continue
-        line = process.stdout.readline()
-        if not line:
-            break
+        line, _PENDING[process.pid] = pending.split(b"\n", 1)
         event = json.loads(line)
         seen.append(event)
         if event["event"] in (until, "failed"):

@@ -11,8 +11,8 @@ sockets and the host candidates given (the lab has no NAT, hence no STUN),
 prints one JSON line per event on stdout ("ready", "connected" with the
 path's family, address and times, "received"), connects to PEER when given
 and sends it one datagram over the connection (with STUN6, after IPv6
-behaviour discovery, said as "nat6"), and a few more on each new
-path (a punch again after the path was lost).
+behaviour discovery, said as "nat6"), and one more on each new path (a
+punch again after the path was lost).
 """
 
 from __future__ import annotations
@@ -65,11 +65,8 @@ class Told(PeerEventsBase):
             again=again,
         )
         if again and offerer:
-            # The same connection on its new path: the application just writes
-            # on, a few times, as datagrams sent while the peer takes the
-            # new path may be lost as any datagram may.
-            for delay in (0.0, 0.5, 1.0, 1.5):
-                reactor.callLater(delay, connection.write, f"again from {self.name}".encode())
+            # The same connection on its new path: the application just writes on.
+            connection.write(f"again from {self.name}".encode())
 
 
 async def peer(
