@@ -18,8 +18,10 @@ from tests.fakes import Collector
 from tests.support.polling import until
 from twisted_nat.bases import SHARED, SHARED6
 from twisted_nat.candidates import CandidateType
+from twisted_nat.connection import PeerConnection
+from twisted_nat.punch import PunchResult
 from twisted_nat.rendezvous import InMemorySignalingHub
-from twisted_nat.service import NATTraversalService
+from twisted_nat.service import NATTraversalService, PeerEventsBase
 from twisted_nat.service.settings import PeerSettings
 from twisted_nat.stun.server import BindingServer
 
@@ -161,3 +163,32 @@ async def test_the_ipv6_public_address_comes_from_an_ipv6_stun_server() -> None:
     finally:
         await stopped(alice)
         server_port.stopListening()
+
+
+class Results(PeerEventsBase):
+    def __init__(self) -> None:
+        self.results: list[PunchResult] = []
+
+    def connected(
+        self, connection: PeerConnection, result: PunchResult, offerer: bool, again: bool
+    ) -> None:
+        self.results.append(result)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ipv6_socket_without_an_ipv6_address_punches_no_ipv6() -> None:
+    """Without an IPv6 candidate of ours there is no IPv6 route: the peer's are skipped."""
+    hub = InMemorySignalingHub(reactor=reactor)
+    alice, bob = peer(hub, "alice", []), peer(hub, "bob", [])
+    results = Results()
+    bob.watch(results)
+    await started(alice, bob)
+    try:
+        assert bob.ipv6.local_port is not None
+        bob.addresses.remove(("::1", bob.ipv6.local_port))
+        connection = await bob.connect("alice")
+        assert connection.base is SHARED
+        [result] = results.results
+        assert [r.remote.host for r in result.pairs] == ["127.0.0.1"], "no IPv6 pair at all"
+    finally:
+        await stopped(alice, bob)

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_nat.address import format_address
+from twisted_nat.address import family_of, format_address
 from twisted_nat.bases import SHARED6, Base
 from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.connection import PeerConnection
@@ -268,8 +268,12 @@ class Punching:
         alike), if it is aimed at C{seen_from} (where the rendezvous saw
         the peer) and the gate lets it run now.
         """
-        families = frozenset({4, 6}) if SHARED6 in self._puncher.bases else FAMILIES
-        admitted = admit(remote, self._addresses.candidates, families)
+        local = self._addresses.candidates
+        # IPv6 only with an IPv6 socket and an IPv6 address of ours to be
+        # reached at: a socket without one has no route, and its pairs would
+        # only hold the choice back by the wait for IPv6.
+        ipv6 = SHARED6 in self._puncher.bases and any(family_of(c.host) == 6 for c in local)
+        admitted = admit(remote, local, frozenset({4, 6}) if ipv6 else FAMILIES)
         for candidate, reason in admitted.skipped:
             self.log.debug(
                 "skipped the peer's candidate {address}: {reason}",
