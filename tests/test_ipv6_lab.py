@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.lab6 import PEERS, Lab6, ipv6_lab
+from tests.support.lab6 import PEERS, ROUTERS, Lab6, ipv6_lab
 from tests.support.natlab import require_lab
 from twisted_nat.punch.preference import DEFAULT_PREFERENCE
 
@@ -194,3 +194,35 @@ def test_ipv6_behaviour_discovery(lab: Lab6, firewall: bool, nat_type: str) -> N
     assert nat is not None, "discovery over IPv6 ended"
     assert nat["nat_type"] == nat_type, nat
     assert nat["public"] == nat["local"], "no NAT66 on the way"
+
+
+def test_behind_a_nat66_the_ipv6_public_address_comes_from_stun(lab: Lab6) -> None:
+    """
+    fwa masquerades a's IPv6: discovery over IPv6 sees a NAT, a offers
+    the server-reflexive IPv6 address our STUN server saw, and a direct
+    IPv6 path still forms (IPv4 blocked on the way).
+    """
+    deadline = time.monotonic() + WAIT
+    lab.nat66("fwa")
+    lab.block("fwa", 4)
+    lab.add_address("fwb", "2001:db8:c::12")
+    stun = lab.spawn("fwb", [*RUNNER, "stun", "2001:db8:c::2", "2001:db8:c::12"])
+    events(stun, "ready", deadline)
+    server = lab.spawn("fwa", [*RUNNER, "server", lab.rendezvous_server])
+    events(server, "ready", deadline)
+    _, b4, b6, _, _ = PEERS["b"]
+    _, a4, a6, _, _ = PEERS["a"]
+    bob = lab.spawn("b", [*RUNNER, "peer", "b", lab.rendezvous, b4, b6])
+    events(bob, "ready", deadline)
+    alice = lab.spawn("a", [*RUNNER, "peer", "a", lab.rendezvous, a4, a6, "b", "2001:db8:c::2"])
+    seen = events(alice, "nat6", deadline)
+    [ready] = [e for e in seen if e["event"] == "ready"]
+    [srflx] = [c for c in ready["candidates"] if c["type"] == "srflx"]
+    assert srflx["host"] == ROUTERS["fwa"][1], "the NAT66's outside address"
+    nat = seen[-1]["nat"]
+    assert nat is not None and nat["nat_present"] is True, nat
+    assert nat["nat_type"] == "port-restricted cone", nat
+    *_, alices = events(alice, "connected", deadline)
+    assert alices["event"] == "connected" and alices["family"] == 6, alices
+    *_, bobs = events(bob, "connected", deadline)
+    assert bobs["family"] == 6 and bobs["remote"] == ROUTERS["fwa"][1], bobs

@@ -55,6 +55,13 @@ table inet lab6 {
         iifname "lan" accept
         meta l4proto { icmp, ipv6-icmp } accept
     }
+    chain input {
+        type filter hook input priority 0; policy accept;
+        # A peer's datagram that reaches a router before its own peer's
+        # left would otherwise leave a flow behind, which a NAT66 must
+        # then avoid by taking another port; STUN stays open.
+        iifname "wan" meta l4proto udp udp dport != { 3478, 3479 } ct state new drop
+    }
 }
 """
 
@@ -102,6 +109,18 @@ class Lab6:
         protocol = "ipv6" if family == 6 else "ipv4"
         rule = f"insert rule inet lab6 forward meta nfproto {protocol} meta l4proto udp drop"
         self.run(router, ["nft", rule])
+
+    def nat66(self, router: str) -> None:
+        """C{router} masquerades its LAN's IPv6 behind its outside address (NAT66)."""
+        ruleset = (
+            "table ip6 lab6nat {\n"
+            "    chain postrouting {\n"
+            "        type nat hook postrouting priority 100;\n"
+            '        oifname "wan" masquerade\n'
+            "    }\n"
+            "}\n"
+        )
+        self.run(router, ["nft", "-f", "-"], ruleset)
 
     def add_address(self, role: str, address: str) -> None:
         """One more IPv6 address on C{role}'s outside link (a router's)."""
