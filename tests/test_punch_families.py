@@ -31,6 +31,7 @@ def sessions(
     alice_has: tuple[Candidate, ...] = (ALICE4, ALICE6),
     bob_has: tuple[Candidate, ...] = (BOB4, BOB6),
     relays: tuple[Base, ...] = (),
+    family_in_use: int | None = None,
 ) -> tuple[PunchSession, PunchSession]:
     """alice (controlling) and bob, each with the candidates given."""
     alice = PunchSession(
@@ -41,6 +42,7 @@ def sessions(
         PunchSettings(),
         0.0,
         relays,
+        family_in_use=family_in_use,
     )
     bob = PunchSession(
         SessionKeys.derive(SESSION, SECRET, offerer=False),
@@ -99,6 +101,16 @@ def test_ipv6_clearly_slower_loses_to_ipv4() -> None:
     works(alice, bob, first, BOB4, 0.0, 0.020)
     works(alice, bob, first, BOB6, 0.0, 0.030)
     assert what(alice.grace_over(0.06))[1] == ("Connected", BOB4.address, SHARED)
+
+
+@pytest.mark.parametrize(("in_use", "taken"), [(None, SHARED6), (6, SHARED6), (4, SHARED)])
+def test_a_punch_again_leans_to_the_family_in_use(in_use: int | None, taken: Base) -> None:
+    """IPv6 8 % slower: taken afresh, kept if in use, not worth leaving IPv4 for."""
+    alice, bob = sessions(family_in_use=in_use)
+    first = alice.tick(0.0)
+    works(alice, bob, first, BOB4, 0.0, 0.050)
+    works(alice, bob, first, BOB6, 0.0, 0.054)
+    assert what(alice.grace_over(0.1))[1][2] is taken
 
 
 def test_ipv6_blocked_ipv4_is_taken_after_the_wait() -> None:

@@ -148,12 +148,15 @@ class Choosing:
         return Pair(remote, base, base.relayed or remote.kind is CandidateType.RELAYED)
 
     def best_valid(
-        self, direct_only: bool = False, families: FamilyPreference = DEFAULT_PREFERENCE
+        self,
+        direct_only: bool = False,
+        families: FamilyPreference = DEFAULT_PREFERENCE,
+        current: int | None = None,
     ) -> PairKey | None:
         """
         The pair to name: direct before relayed; between direct pairs of
-        both families, the family C{families} prefers by their RTTs; then
-        the best-ranked.
+        both families, the family C{families} prefers by their RTTs (for a
+        connection on the family C{current}, if any); then the best-ranked.
         """
         pairs = self.pairs
         candidates = [k for k in self.valid if not (direct_only and pairs[k].relayed)]
@@ -172,7 +175,36 @@ class Choosing:
                 by_family[family] = key
         if len(by_family) < 2:
             return best
-        return by_family[families.choose(pairs[by_family[6]].rtt, pairs[by_family[4]].rtt)]
+        rtt6, rtt4 = pairs[by_family[6]].rtt, pairs[by_family[4]].rtt
+        return by_family[families.choose(rtt6, rtt4, current)]
+
+    def grace(self, pair: Pair, settings: PunchSettings) -> float | None:
+        """
+        How long the controlling peer waits for better pairs once C{pair},
+        the last of L{valid}, works (None: as long as it waits already).
+        """
+        assert pair.rtt is not None
+        earlier = [self.pairs[k] for k in self.valid[:-1]]
+        # Long enough for a better-ranked path, which is usually also the
+        # shorter one, to answer too; never longer than the setting.
+        delay = min(settings.grace, max(0.005, 2 * pair.rtt))
+        if not earlier or (not pair.relayed and all(p.relayed for p in earlier)):
+            if pair.relayed:
+                # A relay waits longer, for a direct pair to come.
+                return settings.relay_grace
+            if pair.base.family == 4 and self.waits_for_ipv6():
+                # The race of the families: IPv6 gets a moment to work too.
+                return max(delay, settings.families.wait)
+            return delay
+        if (
+            not pair.relayed
+            and pair.base.family == 6
+            and not any(p.base.family == 6 and not p.relayed for p in earlier)
+        ):
+            # Both families work now: the race is decided, and the wait for
+            # IPv6 is cut short to the ordinary grace.
+            return delay
+        return None
 
     def waits_for_ipv6(self) -> bool:
         """

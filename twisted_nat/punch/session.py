@@ -88,6 +88,8 @@ class PunchSession:
         its server-reflexive candidates: the port its own run of sockets
         will hold (L{twisted_nat.punch.meeting}), which no candidate names.
     @param prober: probes to send (L{probe}) until a direct pair answers.
+    @param family_in_use: the family of the path this punch replaces, if
+        any, which the choice between families leans to.
     """
 
     __slots__ = (
@@ -95,6 +97,7 @@ class PunchSession:
         "_chosen",
         "_sent_ids",
         "controlling",
+        "family_in_use",
         "keys",
         "result",
         "settings",
@@ -114,8 +117,10 @@ class PunchSession:
         spray: Sequence[Base] = (),
         prober: Prober | None = None,
         spray_to: Sequence[Candidate] | None = None,
+        family_in_use: int | None = None,
     ) -> None:
         self.keys = keys
+        self.family_in_use = family_in_use
         self.controlling = controlling
         self.settings = settings
         self.started = now
@@ -322,33 +327,16 @@ class PunchSession:
                 # Connected over a relay, and a direct pair works now: move.
                 return self._nominate(key, now)
             return []
-        earlier = [choosing.pairs[k] for k in choosing.valid[:-1]]
-        # Long enough for a better-ranked path, which is usually also the
-        # shorter one, to answer too; never longer than the setting.
-        delay = min(self.settings.grace, max(0.005, 2 * pair.rtt))
-        if not earlier or (not pair.relayed and all(p.relayed for p in earlier)):
-            if pair.relayed:
-                # A relay waits longer, for a direct pair to come.
-                delay = self.settings.relay_grace
-            elif pair.base.family == 4 and choosing.waits_for_ipv6():
-                # The race of the families: IPv6 gets a moment to work too.
-                delay = max(delay, self.settings.families.wait)
-            return [StartGrace(delay)]
-        if (
-            not pair.relayed
-            and pair.base.family == 6
-            and not any(p.base.family == 6 and not p.relayed for p in earlier)
-        ):
-            # Both families work now: the race is decided, and the wait for
-            # IPv6 is cut short to the ordinary grace.
-            return [StartGrace(delay)]
-        return []
+        delay = choosing.grace(pair, self.settings)
+        return [] if delay is None else [StartGrace(delay)]
 
     def grace_over(self, now: float) -> list[Action]:
         """The controlling peer names the best path that works."""
         if self.state is not SessionState.PUNCHING:
             return []
-        best = self._choices().best_valid(families=self.settings.families)
+        best = self._choices().best_valid(
+            families=self.settings.families, current=self.family_in_use
+        )
         if best is None:
             return []
         return self._nominate(best, now)

@@ -338,6 +338,11 @@ class Punching:
             self._connections.moved(session_id, result)
 
         settings = self._settings.punch
+        in_use = [
+            c.base.family
+            for c in self._connections.by_peer.values()
+            if c.peer_key == peer and not c.closed and not c.base.relayed
+        ]
         try:
             return self._puncher.punch_hole(
                 self._shared_port(),
@@ -355,6 +360,7 @@ class Punching:
                 on_settled=settled if expensive else None,
                 spray_to=chosen.spray_to,
                 settings=settings,
+                family_in_use=in_use[0] if in_use else None,
             )
         except BaseException:
             settled(None)
