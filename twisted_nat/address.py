@@ -62,6 +62,11 @@ def parse_hostport(text: str, default_port: int | None = None) -> Address:
     return host, default_port
 
 
+def family_of(host: str) -> int:
+    """4 or 6: the family of an IP literal (a host name counts as IPv4, as it is resolved so)."""
+    return 6 if ":" in host else 4
+
+
 def format_address(address: Address) -> str:
     """C{host:port}, with an IPv6 host in brackets."""
     host, port = address

@@ -20,7 +20,7 @@ from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from twisted_nat.address import Address, format_address
+from twisted_nat.address import Address, family_of, format_address
 from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.mux import UDPMultiplexer
 
@@ -41,6 +41,8 @@ class Base:
 
     kind: BaseKind
     label: str
+    family: int = 4
+    """The address family (4 or 6) of the addresses it sends to: pairs form within a family."""
 
     @property
     def relayed(self) -> bool:
@@ -57,6 +59,18 @@ class Base:
 SHARED = Base(BaseKind.SHARED, "the shared socket")
 """The socket whose NAT binding the public address belongs to: every service has one."""
 
+SHARED6 = Base(BaseKind.SHARED, "the shared IPv6 socket", 6)
+"""
+The IPv6 socket of a service that has one: IPv6's shared socket, as
+L{SHARED} is IPv4's.  It is added to a registry as any other base, and its
+multiplexer carries its own STUN client.
+"""
+
+
+def shared_base(family: int) -> Base:
+    """The shared socket of C{family}."""
+    return SHARED6 if family == 6 else SHARED
+
 
 def extra_base(method: str, port: int) -> Base:
     """An extra socket of the punch technique C{method}, named by its local port."""
@@ -64,8 +78,8 @@ def extra_base(method: str, port: int) -> Base:
 
 
 def relay_base(relayed: Address) -> Base:
-    """A TURN allocation, named by its relayed address."""
-    return Base(BaseKind.RELAY, f"relay {format_address(relayed)}")
+    """A TURN allocation, named by its relayed address (of its family)."""
+    return Base(BaseKind.RELAY, f"relay {format_address(relayed)}", family_of(relayed[0]))
 
 
 Received = Callable[[bytes, Address, Base], None]

@@ -32,6 +32,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.address import IPv4Address
 from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import (
@@ -241,6 +242,8 @@ def test_the_shared_socket_of_connected_peers(recorded: Recorder) -> None:
         keepalive_timeout=0.5,
     )
     alice, bob = w.services["alice"], w.services["bob"]
+    # Alice takes streams, so QUIC connects as soon as the punch does.
+    alice.streams.factory = Factory.forProtocol(Protocol)
     connection = w.internet.run_until(alice.connect("bob"))
     w.internet.advance(0.5)
     for i in range(5):

@@ -16,7 +16,7 @@ import attrs
 from twisted_nat.candidates import Candidate
 
 FAMILIES = frozenset({4})
-"""The address families our sockets have: the shared socket is IPv4."""
+"""The address families of a service with its IPv4 socket alone (and 6 with an IPv6 socket)."""
 
 
 @attrs.frozen

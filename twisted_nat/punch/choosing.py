@@ -12,12 +12,13 @@ from collections.abc import Sequence
 import attrs
 
 from twisted_nat import control
-from twisted_nat.address import Address
-from twisted_nat.bases import SHARED, Base
+from twisted_nat.address import Address, family_of
+from twisted_nat.bases import SHARED, Base, shared_base
 from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.control import SessionKeys
 from twisted_nat.limits import TokenBucket
 from twisted_nat.punch.birthday import SPRAY_PUNCHES, Prober
+from twisted_nat.punch.preference import DEFAULT_PREFERENCE, FamilyPreference
 from twisted_nat.punch.values import (
     RELAY_PAIRED_KINDS,
     SPRAY_PAIRED_KINDS,
@@ -175,8 +176,9 @@ class Choosing:
         spray_to: Sequence[Candidate] | None = None,
     ) -> Choosing:
         """
-        The pairs of a new punch: every remote candidate from the shared
-        socket, and as follows from the other bases.
+        The pairs of a new punch, within a family: every remote candidate
+        from the shared socket of its family, and as follows from the other
+        bases of that family.
 
         @param relays: our relayed bases; they pair with the peer's public
             candidates (L{RELAY_PAIRED_KINDS}).
@@ -196,18 +198,23 @@ class Choosing:
         pacing = TokenBucket(1.0 / settings.pace, settings.pace_burst, now)
         choosing = cls(tuple(local), settings.unanswered_budget, pacing, guesses)
         for candidate in rank(list(remote)):
-            bases: list[Base] = [SHARED]
+            # Pairs form within a family: the shared socket of the
+            # candidate's, and the relays and spray sockets of that family.
+            family = family_of(candidate.host)
+            bases: list[Base] = [shared_base(family)]
             if candidate.kind in RELAY_PAIRED_KINDS:
                 bases += relays
             if candidate.kind in SPRAY_PAIRED_KINDS and spray_to is None:
                 bases += spray
             for base in bases:
-                pair = choosing.pair(base, candidate)
-                choosing.pairs[pair.key] = pair
+                if base.family == family:
+                    pair = choosing.pair(base, candidate)
+                    choosing.pairs[pair.key] = pair
         for candidate in spray_to or ():
             for base in spray:
-                pair = choosing.pair(base, candidate)
-                choosing.pairs.setdefault(pair.key, pair)
+                if base.family == family_of(candidate.host):
+                    pair = choosing.pair(base, candidate)
+                    choosing.pairs.setdefault(pair.key, pair)
         return choosing
 
     @staticmethod
@@ -221,12 +228,74 @@ class Choosing:
         )
         return pair
 
-    def best_valid(self, direct_only: bool = False) -> PairKey | None:
+    def best_valid(
+        self,
+        direct_only: bool = False,
+        families: FamilyPreference = DEFAULT_PREFERENCE,
+        current: int | None = None,
+    ) -> PairKey | None:
+        """
+        The pair to name: direct before relayed; between direct pairs of
+        both families, the family C{families} prefers by their RTTs (for a
+        connection on the family C{current}, if any); then the best-ranked.
+        """
         pairs = self.pairs
         candidates = [k for k in self.valid if not (direct_only and pairs[k].relayed)]
         if not candidates:
             return None
-        return max(candidates, key=lambda k: pairs[k].rank())
+        best = max(candidates, key=lambda k: pairs[k].rank())
+        if pairs[best].relayed:
+            return best
+        by_family: dict[int, PairKey] = {}
+        for key in candidates:
+            pair = pairs[key]
+            family = pair.base.family
+            if not pair.relayed and (
+                family not in by_family or pair.rank() > pairs[by_family[family]].rank()
+            ):
+                by_family[family] = key
+        if len(by_family) < 2:
+            return best
+        rtt6, rtt4 = pairs[by_family[6]].rtt, pairs[by_family[4]].rtt
+        return by_family[families.choose(rtt6, rtt4, current)]
+
+    def grace(self, pair: Pair, settings: PunchSettings) -> float | None:
+        """
+        How long the controlling peer waits for better pairs once C{pair},
+        the last of L{valid}, works (None: as long as it waits already).
+        """
+        assert pair.rtt is not None
+        earlier = [self.pairs[k] for k in self.valid[:-1]]
+        # Long enough for a better-ranked path, which is usually also the
+        # shorter one, to answer too; never longer than the setting.
+        delay = min(settings.grace, max(0.005, 2 * pair.rtt))
+        if not earlier or (not pair.relayed and all(p.relayed for p in earlier)):
+            if pair.relayed:
+                # A relay waits longer, for a direct pair to come.
+                return settings.relay_grace
+            if pair.base.family == 4 and self.waits_for_ipv6():
+                # The race of the families: IPv6 gets a moment to work too.
+                return max(delay, settings.families.wait)
+            return delay
+        if (
+            not pair.relayed
+            and pair.base.family == 6
+            and not any(p.base.family == 6 and not p.relayed for p in earlier)
+        ):
+            # Both families work now: the race is decided, and the wait for
+            # IPv6 is cut short to the ordinary grace.
+            return delay
+        return None
+
+    def waits_for_ipv6(self) -> bool:
+        """
+        Whether a direct IPv6 pair is still being punched while none has
+        worked: the controlling peer then waits a little for it.
+        """
+        pairs = self.pairs
+        if any(pairs[k].base.family == 6 and not pairs[k].relayed for k in self.valid):
+            return False
+        return any(p.base.family == 6 and not p.relayed for p in pairs.values())
 
     def paced(self, pair: Pair, now: float) -> bool:
         """

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from twisted_nat.address import family_of
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.nat import PREDICTED_PREFERENCE, FilteringBehavior, NATBehavior
@@ -116,7 +117,8 @@ def plan(
     The plan for a punch towards C{remote}, from the hints both sides sent
     (C{ours} as sent, not as known now, so that both sides decide alike).
     """
-    public = [c for c in remote if c.kind in SPRAY_PAIRED_KINDS]
+    # The hints describe our IPv4 NATs: the techniques aim at IPv4 only.
+    public = [c for c in remote if c.kind in SPRAY_PAIRED_KINDS and family_of(c.host) == 4]
     if not public or ours is None or theirs is None:
         return ORDINARY
     if settings.meeting_sockets and _meets(ours, theirs):

@@ -155,6 +155,7 @@ class HolePuncher(DatagramProtocol):
         on_settled: Callable[[Base | None], object] | None = None,
         spray_to: Sequence[Candidate] | None = None,
         settings: PunchSettings | None = None,
+        family_in_use: int | None = None,
     ) -> Deferred[PunchResult]:
         """
         Punch towards C{remote_candidates} for session C{punch_id}.
@@ -181,6 +182,9 @@ class HolePuncher(DatagramProtocol):
             forgotten first: when the spray bases can go.
         @param settings: all the session's settings at once, in place of
             C{interval}, C{timeout} and C{max_retries}.
+        @param family_in_use: the family of the connection this punch
+            replaces the path of, if any: the choice between families
+            leans to it (L{FamilyPreference}'s hysteresis).
         @return: a Deferred firing with a L{PunchResult}, or failing with
             L{PunchFailed} saying what each pair saw.
         """
@@ -208,6 +212,7 @@ class HolePuncher(DatagramProtocol):
             bases,
             prober,
             spray_to,
+            family_in_use,
         )
         running = Running(session, on_better_path, prober, on_settled)
         self._running[punch_id] = running

@@ -74,6 +74,8 @@ class PunchSession:
     L{Connected}).
 
     The candidates and bases pair as L{Choosing.for_punch} says.
+    @param family_in_use: the family of the path this punch replaces, if
+        any, which the choice between families leans to.
     """
 
     __slots__ = (
@@ -81,6 +83,7 @@ class PunchSession:
         "_chosen",
         "_sent_ids",
         "controlling",
+        "family_in_use",
         "keys",
         "result",
         "settings",
@@ -100,8 +103,10 @@ class PunchSession:
         spray: Sequence[Base] = (),
         prober: Prober | None = None,
         spray_to: Sequence[Candidate] | None = None,
+        family_in_use: int | None = None,
     ) -> None:
         self.keys = keys
+        self.family_in_use = family_in_use
         self.controlling = controlling
         self.settings = settings
         self.started = now
@@ -284,23 +289,16 @@ class PunchSession:
                 # Connected over a relay, and a direct pair works now: move.
                 return self._nominate(key, now)
             return []
-        if len(choosing.valid) == 1 or (
-            not pair.relayed and all(choosing.pairs[k].relayed for k in choosing.valid[:-1])
-        ):
-            # Long enough for a better-ranked path, which is usually also the
-            # shorter one, to answer too; never longer than the setting.  A
-            # relay waits longer, for a direct pair to come.
-            delay = min(self.settings.grace, max(0.005, 2 * pair.rtt))
-            if pair.relayed:
-                delay = self.settings.relay_grace
-            return [StartGrace(delay)]
-        return []
+        delay = choosing.grace(pair, self.settings)
+        return [] if delay is None else [StartGrace(delay)]
 
     def grace_over(self, now: float) -> list[Action]:
         """The controlling peer names the best path that works."""
         if self.state is not SessionState.PUNCHING:
             return []
-        best = self._choices().best_valid()
+        best = self._choices().best_valid(
+            families=self.settings.families, current=self.family_in_use
+        )
         if best is None:
             return []
         return self._nominate(best, now)

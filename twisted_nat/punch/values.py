@@ -15,6 +15,7 @@ from twisted_nat.bases import SHARED, Base
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.errors import TwistedNATError
 from twisted_nat.limits import positive
+from twisted_nat.punch.preference import DEFAULT_PREFERENCE, FamilyPreference
 
 PairKey = tuple[Base, Address]
 """A candidate pair: the base of ours a PUNCH leaves from, and the peer's address it goes to."""
@@ -66,6 +67,8 @@ class PunchSettings:
         burst.  The best-ranked go first; an address already punched is
         punched again every round, and the spray bases' guesses keep their
         technique's own pace.
+    @ivar families: which family's path to take when IPv6 and IPv4 pairs
+        both work, and how long to wait for IPv6 once IPv4 works.
     """
 
     interval: float = 0.2
@@ -76,6 +79,7 @@ class PunchSettings:
     unanswered_budget: int = 100
     pace: float = attrs.field(default=0.005, validator=positive)
     pace_burst: int = attrs.field(default=32, validator=positive)
+    families: FamilyPreference = DEFAULT_PREFERENCE
 
     @staticmethod
     def of(interval: float, timeout: float, max_retries: int) -> PunchSettings:

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from twisted_nat.address import Address, format_address
+from twisted_nat.address import Address, family_of, format_address
 from twisted_nat.candidates import (
     Candidate,
     CandidateType,
@@ -23,6 +23,7 @@ from twisted_nat.candidates import (
     rank,
 )
 from twisted_nat.errors import TwistedNATError
+from twisted_nat.hosts6 import ipv6_host_addresses
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 
 DISCOVERY_ATTEMPTS = 2
@@ -58,18 +59,43 @@ class Addresses:
         self._running = running
         self.candidates: list[Candidate] = []
         self.public: DiscoveryResult | None = None
+        self.public6: DiscoveryResult | None = None
+        """What STUN last told us of our IPv6 socket's public address, if anything."""
+        self._stun6: STUNClient | None = None
         self._refreshing: Deferred[None] | None = None
         self._refresh_waiters: list[Deferred[None]] = []
         self._rediscovery: IDelayedCall | None = None
         self._rediscoveries = 0
 
-    def gather_hosts(self, port: int, interface: str, addresses: Sequence[str] | None) -> None:
-        """Host candidates for the shared socket's C{port}, bound to C{interface}."""
+    def gather_hosts(
+        self,
+        port: int,
+        interface: str,
+        addresses: Sequence[str] | None,
+        ipv6: tuple[int, str, STUNClient] | None = None,
+    ) -> None:
+        """
+        Host candidates for the shared socket's C{port}, bound to
+        C{interface}, and for the IPv6 socket's, when there is one:
+        C{ipv6} is its port, interface and STUN client.  Of C{addresses},
+        given, the IPv6 ones are offered only with an IPv6 socket.
+        """
+        given = addresses
         if addresses is None:
             addresses = interface_addresses(include_loopback=interface.startswith("127."))
         if interface not in ("", "0.0.0.0"):
             addresses = [interface]
-        self.candidates = rank(host_candidates(port, addresses))
+        found = host_candidates(port, [a for a in addresses if family_of(a) == 4])
+        if ipv6 is not None:
+            port6, interface6, self._stun6 = ipv6
+            if interface6 != "::":
+                hosts6 = [interface6]
+            elif given is not None:
+                hosts6 = [a for a in given if family_of(a) == 6]
+            else:
+                hosts6 = ipv6_host_addresses()
+            found += host_candidates(port6, hosts6)
+        self.candidates = rank(found)
 
     def add(self, candidate: Candidate) -> None:
         self.candidates = rank([*self.candidates, candidate])
@@ -89,9 +115,51 @@ class Addresses:
 
     async def discover(self) -> None:
         """
-        (Re)learn our server-reflexive candidate on the shared socket; when
-        STUN does not answer, keep asking in the background.
+        (Re)learn our server-reflexive candidate on the shared socket (and
+        on the IPv6 socket, at the same time); when STUN does not answer,
+        keep asking in the background.
         """
+        ipv6 = None
+        if self._stun6 is not None and self._stun6.stun_servers:
+            ipv6 = Deferred.fromCoroutine(self._discover6(self._stun6))
+        try:
+            await self._discover4()
+        finally:
+            if ipv6 is not None:
+                await ipv6
+
+    async def _discover6(self, stun: STUNClient) -> None:
+        """
+        The IPv6 server-reflexive candidate: the address itself when no
+        NAT66 is on the way (then it is a host candidate already), another
+        one behind a NAT66.  Without an answer, IPv6 goes on with its host
+        candidates: no rediscovery is scheduled for it alone.
+        """
+        try:
+            self.public6 = await stun.discover()
+        except TwistedNATError as e:
+            self.log.info("no public IPv6 address: {error}", error=e)
+            return
+        self.log.info(
+            "public IPv6 address {public} (seen by {server})",
+            public=format_address(self.public6.mapped),
+            server=format_address(self.public6.server),
+        )
+        self._found_public(self.public6.mapped)
+
+    def _found_public(self, mapped: Address) -> None:
+        """Our server-reflexive candidate of C{mapped}'s family is C{mapped} now."""
+        family = family_of(mapped[0])
+        found = [
+            c
+            for c in self.candidates
+            if c.kind is not CandidateType.SERVER_REFLEXIVE or family_of(c.host) != family
+        ]
+        if mapped not in [c.address for c in found]:
+            found.append(Candidate(CandidateType.SERVER_REFLEXIVE, *mapped))
+        self.candidates = rank(found)
+
+    async def _discover4(self) -> None:
         if not self._has_servers:
             return
         for _ in range(DISCOVERY_ATTEMPTS):
@@ -110,10 +178,7 @@ class Addresses:
             public=format_address(self.public.mapped),
             server=format_address(self.public.server),
         )
-        found = [c for c in self.candidates if c.kind is not CandidateType.SERVER_REFLEXIVE]
-        if self.public.mapped not in [c.address for c in found]:
-            found.append(Candidate(CandidateType.SERVER_REFLEXIVE, *self.public.mapped))
-        self.candidates = rank(found)
+        self._found_public(self.public.mapped)
         self.log.info(
             "candidates: {candidates}",
             candidates=", ".join(

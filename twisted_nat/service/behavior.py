@@ -44,6 +44,8 @@ class BehaviorWatch:
 
     @param on_lifetime: called with the binding lifetime once measured
         (only with C{follow_lifetime}, and only behind a NAT).
+    @param what: what the log calls it: the IPv6 socket's discovery says
+        "IPv6 NAT type".
     """
 
     log = Logger()
@@ -55,7 +57,9 @@ class BehaviorWatch:
         follow_lifetime: bool,
         on_lifetime: Callable[[float], object],
         events: IPeerEvents,
+        what: str = "NAT",
     ) -> None:
+        self._what = what
         self._reactor = reactor
         self._interface = interface
         self._follow_lifetime = follow_lifetime
@@ -124,7 +128,8 @@ class BehaviorWatch:
     def _report(self, behavior: NATBehavior) -> None:
         self.behavior = behavior
         self.log.info(
-            "NAT type: {nat_type} ({mapping} mapping, {filtering} filtering)",
+            "{what} type: {nat_type} ({mapping} mapping, {filtering} filtering)",
+            what=self._what,
             nat_type=behavior.nat_type.value,
             mapping=behavior.mapping.value,
             filtering=behavior.filtering.value,

@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_nat.address import format_address
-from twisted_nat.bases import Base
+from twisted_nat.address import family_of, format_address
+from twisted_nat.bases import SHARED6, Base
 from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.connection import PeerConnection
 from twisted_nat.errors import ConfigurationError, PeerUnavailable, TrustError
@@ -32,7 +32,7 @@ from twisted_nat.punch import (
     hint_for,
     plan,
 )
-from twisted_nat.punch.admission import admit
+from twisted_nat.punch.admission import FAMILIES, admit
 from twisted_nat.punch.plan import ORDINARY, confine
 from twisted_nat.rendezvous import Answer, ISignaling, NATHint, Offer
 from twisted_nat.rendezvous.values import MAX_CANDIDATES
@@ -276,7 +276,12 @@ class Punching:
         alike), if it is aimed at C{seen_from} (where the rendezvous saw
         the peer) and the gate lets it run now.
         """
-        admitted = admit(remote, self._addresses.candidates)
+        local = self._addresses.candidates
+        # IPv6 only with an IPv6 socket and an IPv6 address of ours to be
+        # reached at: a socket without one has no route, and its pairs would
+        # only hold the choice back by the wait for IPv6.
+        ipv6 = SHARED6 in self._puncher.bases and any(family_of(c.host) == 6 for c in local)
+        admitted = admit(remote, local, frozenset({4, 6}) if ipv6 else FAMILIES)
         for candidate, reason in admitted.skipped:
             self.log.debug(
                 "skipped the peer's candidate {address}: {reason}",
@@ -341,6 +346,11 @@ class Punching:
             self._connections.moved(session_id, result)
 
         settings = self._settings.punch
+        in_use = [
+            c.base.family
+            for c in self._connections.by_peer.values()
+            if c.peer_key == peer and not c.closed and not c.base.relayed
+        ]
         try:
             return self._puncher.punch_hole(
                 self._shared_port(),
@@ -358,6 +368,7 @@ class Punching:
                 on_settled=settled if expensive else None,
                 spray_to=chosen.spray_to,
                 settings=settings,
+                family_in_use=in_use[0] if in_use else None,
             )
         except BaseException:
             settled(None)

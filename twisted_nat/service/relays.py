@@ -3,6 +3,13 @@ Relays: a TURN allocation on each configured server, each one more base of
 every punch and one more candidate we offer.  A relay is used only for the
 peers no direct path reaches; a server that cannot be reached, or refuses,
 costs a warning, not the service, and is asked again later.
+
+With an IPv6 socket, a server is also asked for an IPv6 relayed address
+(REQUESTED-ADDRESS-FAMILY, RFC 8656), for the peers' IPv6 candidates:
+over the IPv6 socket for UDP, over a stream of its own for TCP and TLS.  A
+server named by an IPv4 literal is asked for IPv4 only, one named by an
+IPv6 literal for IPv6 only, and one that has no IPv6 relays (440) is not
+asked again.
 """
 
 from __future__ import annotations
@@ -10,13 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from twisted.application.internet import backoffPolicy
+from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_nat.address import Address, format_address
+from twisted_nat.address import Address, family_of, format_address
 from twisted_nat.bases import Base, BaseRegistry, relay_base
 from twisted_nat.candidates import Candidate, CandidateType, rank
 from twisted_nat.errors import TURNAllocationClosed, TURNError, TwistedNATError
@@ -37,6 +45,9 @@ without the relayed candidate cannot use the relay, but a TURN server that
 does not answer would hold the start for the whole of STUN's
 retransmissions.  A relay that comes later is offered from then on.
 """
+
+FAMILY_NOT_SUPPORTED = 440
+"""TURN's error code for a relayed address family the server does not offer."""
 
 RETRY = backoffPolicy(initialDelay=5.0, maxDelay=300.0, factor=2.0, jitter=lambda: 0.0)
 """Pauses between attempts to get a relay again after an allocation failed or ended."""
@@ -66,18 +77,38 @@ class Relays:
         self._running = running
         self.allocations: dict[Base, Allocation] = {}
         self._udp: TURNClient | None = None
+        self._udp6: TURNClient | None = None
+        self._ipv6 = False
         self._streams: list[TURNClient] = []
-        self._retries: dict[TURNServer, IDelayedCall] = {}
+        self._retries: dict[tuple[TURNServer, int], IDelayedCall] = {}
 
     def attach(self, mux: UDPMultiplexer, stun: STUNClient) -> None:
         """Allocate over the shared socket too (for C{turn:...?transport=udp} servers)."""
         if any(server.transport == "udp" for server in self._servers):
             self._udp = TURNClient.on_multiplexer(mux, self._reactor, stun=stun)
 
+    def attach6(self, mux: UDPMultiplexer, stun: STUNClient) -> None:
+        """Allocate IPv6 relayed addresses over the IPv6 socket too."""
+        self._ipv6 = True
+        if any(server.transport == "udp" for server in self._servers):
+            self._udp6 = TURNClient.on_multiplexer(mux, self._reactor, stun=stun)
+
+    def families(self, server: TURNServer) -> list[int]:
+        """The families of relayed address to ask C{server} for."""
+        if ":" in server.host:
+            return [6] if self._ipv6 else []
+        if isIPAddress(server.host) or not self._ipv6:
+            return [4]
+        return [4, 6]
+
     def start(self) -> Deferred[None]:
         """Allocate on every server; fires when all answered, or after L{RELAY_WAIT}."""
         allocating = DeferredList(
-            [Deferred.fromCoroutine(self._allocate(server, 0)) for server in self._servers]
+            [
+                Deferred.fromCoroutine(self._allocate(server, 0, family))
+                for server in self._servers
+                for family in self.families(server)
+            ]
         )
         return within(self._reactor, allocating, RELAY_WAIT)
 
@@ -88,32 +119,46 @@ class Relays:
 
     @property
     def retrying(self) -> list[TURNServer]:
-        """The servers to be asked again later."""
-        return list(self._retries)
+        """The servers to be asked again later (for one family or both)."""
+        return list(dict.fromkeys(server for server, _ in self._retries))
 
     def relayed_addresses(self) -> list[Address]:
         return [a.relayed_address for a in self.allocations.values() if a.active]
 
-    async def _allocate(self, server: TURNServer, attempt: int) -> None:
-        self._retries.pop(server, None)
+    async def _allocate(self, server: TURNServer, attempt: int, family: int = 4) -> None:
+        self._retries.pop((server, family), None)
         stream: TURNClient | None = None
+        # REQUESTED-ADDRESS-FAMILY only for IPv6: without it a server relays IPv4.
+        requested = 2 if family == 6 else None
         try:
             if server.transport == "udp":
-                assert self._udp is not None
-                allocation = await self._udp.allocate(
-                    (server.host, server.port), server.username, server.password
+                client = self._udp6 if family == 6 else self._udp
+                assert client is not None
+                allocation = await client.allocate(
+                    (server.host, server.port), server.username, server.password, family=requested
                 )
             else:
                 stream = await connect_stream(self._reactor, server.endpoint())
                 self._streams.append(stream)
-                allocation = await stream.allocate(None, server.username, server.password)
+                allocation = await stream.allocate(
+                    None, server.username, server.password, family=requested
+                )
         except (TwistedNATError, DNSLookupError) as e:
             if stream is not None:
                 self._streams.remove(stream)
                 stream.close()
-            if self._running():  # stopping cancels an allocation under way: nothing to say
-                self.log.warn("no relay on {server}: {error}", server=server.uri(), error=e)
-                self._retry(server, attempt)
+            if not self._running():  # stopping cancels an allocation under way: nothing to say
+                return
+            if family == 6 and isinstance(e, TURNError) and e.code == FAMILY_NOT_SUPPORTED:
+                self.log.info("{server} relays no IPv6", server=server.uri())
+                return
+            self.log.warn(
+                "no {family}relay on {server}: {error}",
+                family="IPv6 " if family == 6 else "",
+                server=server.uri(),
+                error=e,
+            )
+            self._retry(server, attempt, family)
             return
         if not self._running():
             allocation.close()
@@ -139,14 +184,14 @@ class Relays:
         if isinstance(reason, TURNAllocationClosed) or not self._running():
             return
         self.log.warn("{relay} lost: {reason}", relay=base, reason=reason)
-        self._retry(server, 0)
+        self._retry(server, 0, base.family)
 
-    def _retry(self, server: TURNServer, attempt: int) -> None:
+    def _retry(self, server: TURNServer, attempt: int, family: int) -> None:
         if not self._running():
             return
-        self._retries[server] = self._reactor.callLater(
+        self._retries[(server, family)] = self._reactor.callLater(
             RETRY(attempt),
-            lambda: Deferred.fromCoroutine(self._allocate(server, attempt + 1)),
+            lambda: Deferred.fromCoroutine(self._allocate(server, attempt + 1, family)),
         )
 
     def permit(self, remote: Sequence[Candidate], seen_from: str | None = None) -> None:
@@ -162,10 +207,11 @@ class Relays:
         if seen_from is not None:
             public = [c for c in public if c.kind is CandidateType.RELAYED or c.host == seen_from]
         hosts = list(dict.fromkeys(c.host for c in public))[:MAX_PERMITTED]
-        if not hosts:
-            return
         for base, allocation in self.allocations.items():
-            allocation.create_permission(*hosts).addErrback(self._not_permitted, base)
+            # A relay reaches addresses of its own family only (else 443).
+            mine = [host for host in hosts if family_of(host) == base.family]
+            if mine:
+                allocation.create_permission(*mine).addErrback(self._not_permitted, base)
 
     def _not_permitted(self, failure: Failure, relay: Base) -> None:
         if self._running():  # stopping cancels what is still asked, and nobody needs to know

@@ -55,6 +55,7 @@ from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
 from twisted_nat.service.connections import Connections, ProtocolFactory
 from twisted_nat.service.events import IPeerEvents, PeerEvents, PeerEventsBase
+from twisted_nat.service.ipv6 import IPv6Socket, ipv4_servers, ipv6_interface
 from twisted_nat.service.portmapping import PortMapping
 from twisted_nat.service.punching import Punching, need_signaling
 from twisted_nat.service.relays import Relays
@@ -149,8 +150,10 @@ class NATTraversalService(MultiService):
 
         self.port: IListeningPort | None = None
         self.mux = UDPMultiplexer()
-        self.stun = STUNClient(self.stun_servers, reactor=reactor)
+        self.stun = STUNClient(ipv4_servers(self.stun_servers), reactor=reactor)
         self.bases = BaseRegistry()
+        self.ipv6 = IPv6Socket(reactor, self.bases, self.stun_servers)
+        """The IPv6 socket, bound when the settings and the machine allow (L{PeerSettings.ipv6})."""
         self.puncher = HolePuncher(reactor, self.bases)
         self.router = AppDataRouter(self.bases)
         # The reactor must provide IReactorUDP too; it is asked for sockets only once started.
@@ -163,7 +166,7 @@ class NATTraversalService(MultiService):
         self.streams = PeerStreams(reactor, identity, self.router, stream_factory, settings.streams)
         """QUIC streams on every connection (L{open_stream})."""
         self.events.watchers.append(_GiveStreams(self.streams))
-        self.addresses = Addresses(reactor, self.stun, bool(self.stun_servers), running)
+        self.addresses = Addresses(reactor, self.stun, bool(self.stun.stun_servers), running)
         self.relays = Relays(reactor, settings.turn_servers, self.bases, self.addresses, running)
         self.port_mapping = PortMapping(
             reactor,
@@ -193,6 +196,11 @@ class NATTraversalService(MultiService):
             self.links.lifetime_found,
             self.events,
         )
+        interface6 = ipv6_interface(True, settings.interface, settings.interface6)
+        self.nat6 = BehaviorWatch(
+            reactor, interface6 or "::", False, lambda _: None, PeerEvents(), "IPv6 NAT"
+        )
+        """Behaviour discovery on IPv6 ("no NAT, firewalled", or a NAT66), heard by no watcher."""
         self.punching = Punching(
             reactor,
             settings,
@@ -255,6 +263,13 @@ class NATTraversalService(MultiService):
         self.puncher.attach(self.mux)
         self.router.attach(self.mux)
         self.streams.router.attach(self.mux)
+        interface6 = ipv6_interface(
+            self.settings.ipv6, self.settings.interface, self.settings.interface6
+        )
+        if interface6 is not None:
+            local_port = self.settings.local_port
+            if self.ipv6.bind(interface6, local_port or self._shared_port(), bool(local_port)):
+                self.relays.attach6(self.ipv6.mux, self.ipv6.stun)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -279,14 +294,21 @@ class NATTraversalService(MultiService):
         return self.port.getHost().port  # type: ignore[attr-defined,no-any-return]
 
     async def _gather(self) -> None:
+        port6 = self.ipv6.local_port
+        interface6 = ipv6_interface(True, self.settings.interface, self.settings.interface6)
         self.addresses.gather_hosts(
-            self._shared_port(), self.settings.interface, self.settings.host_addresses
+            self._shared_port(),
+            self.settings.interface,
+            self.settings.host_addresses,
+            None if port6 is None or interface6 is None else (port6, interface6, self.ipv6.stun),
         )
         mapping = self.port_mapping.start(self._shared_port(), self.settings.interface)
         await self.addresses.discover()
         await mapping
-        if self.stun_servers and self.settings.detect_behavior:
-            self.nat.start(self.stun_servers)
+        if self.stun.stun_servers and self.settings.detect_behavior:
+            self.nat.start(self.stun.stun_servers)
+        if self.ipv6.port and self.ipv6.stun.stun_servers and self.settings.detect_behavior:
+            self.nat6.start(self.ipv6.stun.stun_servers)
         if self.settings.turn_servers:
             await self.relays.start()
         self._gathered = True
@@ -332,6 +354,9 @@ class NATTraversalService(MultiService):
         self.links.stop()
         self.extra_sockets.close_all()
         stopping = Deferred.fromCoroutine(_both(super().stopService(), unmapping))
+        closing6 = self.ipv6.close()
+        if closing6 is not None:
+            stopping = Deferred.fromCoroutine(_both(stopping, closing6))
         if self.port is not None:
             port, self.port = self.port, None
             stopped = port.stopListening()
@@ -401,8 +426,13 @@ class NATTraversalService(MultiService):
             "name": self._our_name(),
             "key": self.key.text,
             "local_port": self._shared_port() if self.port else None,
+            "local_port6": self.ipv6.local_port,
             "public": format_address(self.public.mapped) if self.public else None,
+            "public6": (
+                format_address(self.addresses.public6.mapped) if self.addresses.public6 else None
+            ),
             "nat": behavior.as_json() if behavior else None,
+            "nat6": self.nat6.behavior.as_json() if self.nat6.behavior else None,
             "candidates": [{**c.as_json(), "type": c.kind.value} for c in self.candidates],
             "port_mapping": self.port_mapping.status(),
             "relays": sorted(format_address(a) for a in self.relays.relayed_addresses()),

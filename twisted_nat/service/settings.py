@@ -83,6 +83,14 @@ class PeerSettings:
         (C{twistd nat peer} asks for C{auto}).
     @ivar port_mapping_lease: seconds of lease asked for; renewed at half.
     @ivar streams: QUIC streams between peers (L{StreamSettings}).
+    @ivar ipv6: also bind an IPv6 socket, when the machine has IPv6, with
+        IPv6 host candidates and (from an IPv6 STUN server) an IPv6
+        server-reflexive one; IPv6 and IPv4 pairs are then punched together
+        (L{twisted_nat.punch.FamilyPreference}).  Without IPv6 everything
+        is as with C{ipv6=False}.
+    @ivar interface6: the IPv6 address to bind; when not given, every
+        address (C{::}) if C{interface} is every IPv4 address, else no
+        IPv6 socket at all.
     """
 
     local_port: int = 0
@@ -99,6 +107,8 @@ class PeerSettings:
     port_mapping: Mode = Mode.OFF
     port_mapping_lease: int = attrs.field(default=DEFAULT_LIFETIME, validator=positive)
     streams: StreamSettings = attrs.field(factory=StreamSettings)
+    ipv6: bool = True
+    interface6: str | None = None
 
 
 DEFAULT_SETTINGS = PeerSettings()

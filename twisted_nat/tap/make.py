@@ -73,6 +73,8 @@ def _peer(
     known_peers: str | None = None,
     accept: Accept = Accept.ANYONE,
     port_mapping: Mode = Mode.OFF,
+    ipv6: bool = True,
+    interface6: str | None = None,
 ) -> NATTraversalService:
     settings = PeerSettings(
         local_port=port,
@@ -86,6 +88,8 @@ def _peer(
             birthday_sockets, birthday_probes, birthday_rate, meeting_sockets
         ),
         port_mapping=port_mapping,
+        ipv6=ipv6,
+        interface6=interface6,
     )
     service = NATTraversalService(
         stun,
@@ -172,6 +176,17 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 sub["software"] or None,
                 sub["rate-limit"],
             ).setServiceParent(top)
+            if sub["address6"] is not None:
+                alternate6 = sub["alternate-address6"]
+                if alternate6 is not None and not sub["single"]:
+                    alternate6 = (alternate6, sub["alternate-port"])
+                STUNServerService(
+                    cast(IReactorUDP, reactor),
+                    (sub["address6"], sub["port"]),
+                    None if sub["single"] else alternate6,
+                    sub["software"] or None,
+                    sub["rate-limit"],
+                ).setServiceParent(top)
             if not sub["no-rendezvous"]:
                 if sub["registry"] is not None:
                     check_registry(sub["registry"])
@@ -216,6 +231,8 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                 known_peers=sub["known-peers"],
                 accept=sub["accept"],
                 port_mapping=sub["port-mapping"],
+                ipv6=sub["ipv6"] == "auto",
+                interface6=sub["interface6"],
             )
             peer.setServiceParent(top)
             if sub["status"]:

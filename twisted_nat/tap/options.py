@@ -6,8 +6,6 @@ into one line and exit status 1.
 
 from __future__ import annotations
 
-import math
-
 import attrs
 from twisted.python import usage
 
@@ -22,6 +20,9 @@ from twisted_nat.rendezvous.quotas import ServerLimits
 from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.sourcelimit import DEFAULT_RATE
 from twisted_nat.tap.logs import LEVELS, level_named
+from twisted_nat.tap.parsing import parse_count as _parse_count
+from twisted_nat.tap.parsing import parse_limit as _parse_limit
+from twisted_nat.tap.parsing import parse_rate as _parse_rate
 from twisted_nat.tap.turn import TURN_PASSWORD_ENVIRONMENT, turn_servers
 from twisted_nat.trust.known import Accept
 from twisted_nat.trust.target import Target
@@ -63,6 +64,13 @@ class ServerOptions(usage.Options):
             "Second IP address (RFC 5780 mode).",
         ],
         ["alternate-port", "P", str(DEFAULT_ALTERNATE_PORT), "Second UDP port (RFC 5780 mode)."],
+        ["address6", None, None, "Also serve STUN on this IPv6 address, on --port."],
+        [
+            "alternate-address6",
+            None,
+            None,
+            "Second IPv6 address: RFC 5780 discovery over IPv6 too (with --address6).",
+        ],
         ["software", None, "twisted-nat", "SOFTWARE attribute value; empty for none."],
         [
             "rendezvous",
@@ -166,6 +174,11 @@ class ServerOptions(usage.Options):
             self["port"] = parse_port(self["port"])
             self["alternate-address"] = parse_ip(self["alternate-address"])
             self["alternate-port"] = parse_port(self["alternate-port"])
+            for option in ("address6", "alternate-address6"):
+                if self[option] is not None and ":" not in parse_ip(self[option]):
+                    raise ConfigurationError(f"--{option} is no IPv6 address: {self[option]}")
+            if self["alternate-address6"] is not None and self["address6"] is None:
+                raise ConfigurationError("--alternate-address6 needs --address6")
             if self["redis"] is not None:
                 self["redis"] = parse_redis_address(self["redis"])
         except ConfigurationError as e:
@@ -241,6 +254,14 @@ class PeerOptions(usage.Options):
         ["accept", None, "anyone", "Whose offers to answer: anyone, or known (pinned) peers."],
         ["port", "p", "0", "Local UDP port (0: any)."],
         ["interface", "i", "0.0.0.0", "Local address to bind."],
+        [
+            "ipv6",
+            None,
+            "auto",
+            "auto: an IPv6 socket too where the machine has IPv6, its paths raced against "
+            "IPv4's and taken when about as quick; off: IPv4 only.",
+        ],
+        ["interface6", None, None, "Local IPv6 address to bind (default: all, if --interface is)."],
         [
             "port-mapping",
             None,
@@ -345,6 +366,10 @@ class PeerOptions(usage.Options):
         try:
             self["port"] = parse_port(self["port"])
             self["interface"] = parse_ip(self["interface"])
+            if self["interface6"] is not None and ":" not in parse_ip(self["interface6"]):
+                raise ConfigurationError(f"--interface6 is no IPv6 address: {self['interface6']}")
+            if self["ipv6"] not in ("auto", "off"):
+                raise ConfigurationError(f"--ipv6 must be auto or off, not {self['ipv6']!r}")
             for option in ("birthday-sockets", "birthday-probes", "meeting-sockets"):
                 self[option] = _parse_count(option, self[option])
             self["birthday-rate"] = _parse_rate("birthday-rate", self["birthday-rate"])
@@ -369,49 +394,6 @@ class PeerOptions(usage.Options):
 
     def _turn_servers(self) -> list[TURNServer]:
         return turn_servers(self["turn"], self["turn-user"], self["turn-password"])
-
-
-def _parse_count(option: str, text: str) -> int:
-    """A number of sockets or probes: a whole number, 0 or more."""
-    try:
-        count = int(text, 10)
-    except ValueError:
-        raise ConfigurationError(f"--{option} must be a whole number, not {text!r}") from None
-    if count < 0:
-        raise ConfigurationError(f"--{option} cannot be negative (0 switches it off): {count}")
-    return count
-
-
-def _parse_limit(rate_text: str, burst_text: str | None) -> tuple[float, float] | None:
-    """C{--rate-limit} and C{--rate-burst}: (rate, burst), or None for no limit."""
-    try:
-        rate = float(rate_text)
-    except ValueError:
-        raise ConfigurationError(f"--rate-limit must be a number, not {rate_text!r}") from None
-    if not (rate >= 0 and math.isfinite(rate)):
-        raise ConfigurationError(f"--rate-limit must be 0 or more and finite: {rate_text}")
-    if rate == 0:
-        return None
-    if burst_text is None:
-        return rate, max(1.0, 2 * rate)
-    try:
-        burst = float(burst_text)
-    except ValueError:
-        raise ConfigurationError(f"--rate-burst must be a number, not {burst_text!r}") from None
-    if not (burst >= 1 and math.isfinite(burst)):
-        raise ConfigurationError(f"--rate-burst must be 1 or more and finite: {burst_text}")
-    return rate, burst
-
-
-def _parse_rate(option: str, text: str) -> float:
-    """A rate: a finite number above 0."""
-    try:
-        rate = float(text)
-    except ValueError:
-        raise ConfigurationError(f"--{option} must be a number, not {text!r}") from None
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ConfigurationError(f"--{option} must be positive and finite: {text}")
-    return rate
 
 
 class DemoOptions(usage.Options):

@@ -55,9 +55,12 @@ server on the public internet; hosts are reactors, so it needs no change::
 
 Simulated time only moves when told to: L{SimulatedInternet.advance}
 moves it, and L{SimulatedInternet.run_until} moves it until a Deferred
-fires.  Only IPv4 is simulated, and UDP only.
+fires.  UDP only: IPv4 with NATs, and global IPv6 addresses (C{add_host(...,
+ipv6=[...], firewall=Firewall())}) reached without NAT, through a stateful
+L{Firewall} in front of a host when it has one.
 """
 
+from twisted_nat.testing._firewall import Firewall, FirewallStats
 from twisted_nat.testing._host import NetworkStats, SimulatedHost, SimulatedPort
 from twisted_nat.testing._nat import (
     CLASSIC_NAT_TYPES,
@@ -75,6 +78,8 @@ __all__ = [
     "CLASSIC_NAT_TYPES",
     "ClassicNATType",
     "FilteringBehavior",
+    "Firewall",
+    "FirewallStats",
     "MappingBehavior",
     "NATBox",
     "NATMapping",

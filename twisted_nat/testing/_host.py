@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress
-from twisted.internet.address import IPv4Address
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import (
@@ -33,9 +33,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_nat.address import Address
+from twisted_nat.testing._firewall import Firewall
 from twisted_nat.testing._nat import NATBox
 
 WILDCARD = "0.0.0.0"
+WILDCARD6 = "::"
 EPHEMERAL_PORTS = range(32768, 61000)
 """Linux's default C{ip_local_port_range}: where port 0 binds land."""
 MAX_UDP_PAYLOAD = 65507
@@ -120,6 +122,11 @@ class SimulatedPort:
     def __repr__(self) -> str:
         return f"<SimulatedPort {self.interface}:{self.port} {type(self.protocol).__name__}>"
 
+    @property
+    def ipv6(self) -> bool:
+        """Whether this port is bound to IPv6 (only: as with C{IPV6_V6ONLY})."""
+        return ":" in self.interface
+
     def startListening(self) -> None:
         """Bind, then connect the protocol, as C{listenUDP} does."""
         self.port = self.host._bind(self)
@@ -144,13 +151,18 @@ class SimulatedPort:
         if not isinstance(packet, bytes):
             raise TypeError(f"datagrams are bytes, not {type(packet).__name__}")
         host, port = addr
-        if not isIPAddress(host):
+        if self.ipv6 and not isIPv6Address(host):
+            raise InvalidAddressError(host, "write() only accepts IPv6 addresses here")
+        if not self.ipv6 and not isIPAddress(host):
             raise InvalidAddressError(host, "write() only accepts IPv4 addresses here")
         if not 0 < port < 65536:
             raise ValueError(f"cannot send to port {port}")
         if len(packet) > MAX_UDP_PAYLOAD:
             raise MessageLengthError("message too long")
-        source = self.host.addresses[0] if self.interface == WILDCARD else self.interface
+        if self.interface == WILDCARD6:
+            source = self.host.addresses6[0]
+        else:
+            source = self.host.addresses[0] if self.interface == WILDCARD else self.interface
         self.host.internet._send(self.host, (source, self.port), (host, port), packet)
 
     def writeSequence(self, seq: Iterable[bytes], addr: Address) -> None:
@@ -159,7 +171,9 @@ class SimulatedPort:
     def connect(self, host: str, port: int) -> None:
         raise NotImplementedError("connected UDP is not simulated")
 
-    def getHost(self) -> IPv4Address:
+    def getHost(self) -> IPv4Address | IPv6Address:
+        if self.ipv6:
+            return IPv6Address("UDP", self.interface, self.port)
         return IPv4Address("UDP", self.interface, self.port)
 
     def setBroadcastAllowed(self, enabled: bool) -> None:
@@ -201,14 +215,26 @@ class SimulatedHost:
         is behind (or the public internet); datagrams from a port bound to
         every address leave from the first.
     @ivar behind: the NAT it is behind, or None on the public internet.
+    @ivar addresses6: its global IPv6 addresses (none: a host without
+        IPv6, where binding C{::} fails); datagrams from a port bound to
+        C{::} leave from the first.
+    @ivar firewall: the stateful firewall in front of its IPv6 addresses,
+        or None for none.
     """
 
     def __init__(
-        self, internet: Network, addresses: tuple[str, ...], behind: NATBox | None
+        self,
+        internet: Network,
+        addresses: tuple[str, ...],
+        behind: NATBox | None,
+        addresses6: tuple[str, ...] = (),
+        firewall: Firewall | None = None,
     ) -> None:
         self.internet = internet
         self.addresses = addresses
         self.behind = behind
+        self.addresses6 = addresses6
+        self.firewall = firewall
         self._ports: dict[Address, SimulatedPort] = {}
 
     def __repr__(self) -> str:
@@ -226,7 +252,8 @@ class SimulatedHost:
     ) -> SimulatedPort:
         """
         Bind C{port} (0 for a free ephemeral one) on C{interface} (one of
-        L{addresses}, or C{""} / C{"0.0.0.0"} for all of them).
+        L{addresses}, or C{""} / C{"0.0.0.0"} for all of them; one of
+        L{addresses6}, or C{"::"} for all of them, for IPv6).
 
         @raise CannotListenError: the port is taken on that address, or the
             address is not this host's, as a real bind would refuse.
@@ -242,7 +269,7 @@ class SimulatedHost:
         discovery asks this to tell "no NAT" from "NAT" (see
         L{twisted_nat.nat.route_source}).
         """
-        return self.addresses[0]
+        return self.addresses6[0] if ":" in destination else self.addresses[0]
 
     def ports(self) -> list[SimulatedPort]:
         """The ports listening now, for assertions about what is left bound."""
@@ -250,7 +277,8 @@ class SimulatedHost:
 
     def _deliver(self, data: bytes, source: Address, destination: Address) -> None:
         """The end of a path: hand the datagram to the port bound to C{destination}."""
-        listening = self._ports.get(destination) or self._ports.get((WILDCARD, destination[1]))
+        wildcard = WILDCARD6 if ":" in destination[0] else WILDCARD
+        listening = self._ports.get(destination) or self._ports.get((wildcard, destination[1]))
         if listening is None:
             self.internet.stats.unreachable += 1
             return
@@ -258,7 +286,12 @@ class SimulatedHost:
 
     def _bind(self, listening: SimulatedPort) -> int:
         interface, port = listening.interface, listening.port
-        if interface != WILDCARD and interface not in self.addresses:
+        mine = self.addresses6 if ":" in interface else self.addresses
+        if interface == WILDCARD6 and not mine:
+            raise CannotListenError(
+                interface, port, OSError(errno.EADDRNOTAVAIL, "this host has no IPv6")
+            )
+        if interface not in (WILDCARD, WILDCARD6) and interface not in mine:
             raise CannotListenError(
                 interface, port, OSError(errno.EADDRNOTAVAIL, "not an address of this host")
             )
@@ -275,9 +308,12 @@ class SimulatedHost:
         self._ports.pop((listening.interface, listening.port), None)
 
     def _free(self, interface: str, port: int) -> bool:
-        if interface == WILDCARD:
-            return all(p != port for _, p in self._ports)
-        return (interface, port) not in self._ports and (WILDCARD, port) not in self._ports
+        """Whether C{port} is free on C{interface}: the families' ports are apart."""
+        ipv6 = ":" in interface
+        wildcard = WILDCARD6 if ipv6 else WILDCARD
+        if interface == wildcard:
+            return all(p != port for i, p in self._ports if (":" in i) == ipv6)
+        return (interface, port) not in self._ports and (wildcard, port) not in self._ports
 
     def _ephemeral(self, interface: str) -> int:
         rng = self.internet._random

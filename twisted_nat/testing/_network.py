@@ -17,6 +17,7 @@ way, or not.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypedDict, TypeVar, Unpack
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 
 from twisted_nat.address import Address
 from twisted_nat.errors import TwistedNATError
+from twisted_nat.testing._firewall import Firewall
 from twisted_nat.testing._host import NetworkStats, SimulatedHost
 from twisted_nat.testing._nat import (
     CLASSIC_NAT_TYPES,
@@ -127,12 +129,21 @@ class SimulatedInternet:
     # --- building the network ---
 
     def add_host(
-        self, addresses: str | Sequence[str], behind: NATBox | None = None
+        self,
+        addresses: str | Sequence[str],
+        behind: NATBox | None = None,
+        ipv6: Sequence[str] = (),
+        firewall: Firewall | None = None,
     ) -> SimulatedHost:
         """
         A host with these IPv4 addresses, on the public internet or on the
         inside of the NAT C{behind}.  Addresses must be unique within that
         address space only: two homes may both be 10.0.0.2.
+
+        @param ipv6: its global IPv6 addresses, reached directly (IPv6 has
+            no NAT here), unique on the whole internet.
+        @param firewall: a stateful L{Firewall} in front of them, as a home
+            router's for IPv6; none by default.
         """
         if isinstance(addresses, str):
             addresses = (addresses,)
@@ -141,15 +152,22 @@ class SimulatedInternet:
             raise ValueError("a host needs at least one address")
         for address in addresses:
             _check_ipv4(address)
-        if len(set(addresses)) != len(addresses):
-            raise ValueError(f"duplicate address in {addresses}")
-        realm = self._realms[behind]
-        host = SimulatedHost(self, addresses, behind)
-        for address in addresses:
-            if address in realm.nodes:
+        addresses6 = tuple(str(ipaddress.IPv6Address(a)) for a in ipv6)
+        for group in (addresses, addresses6):
+            if len(set(group)) != len(group):
+                raise ValueError(f"duplicate address in {group}")
+        realm, public = self._realms[behind], self._realms[None]
+        host = SimulatedHost(self, addresses, behind, addresses6, firewall)
+        for address, where in [
+            *((a, realm) for a in addresses),
+            *((a, public) for a in addresses6),
+        ]:
+            if address in where.nodes:
                 raise ValueError(f"{address} is already in use there")
         for address in addresses:
             realm.claim(address, host)
+        for address in addresses6:
+            public.claim(address, host)
         return host
 
     def add_nat(
@@ -310,6 +328,9 @@ class SimulatedInternet:
         destination lives, then put the datagram in flight.
         """
         self.stats.sent += 1
+        if ":" in destination[0]:
+            self._send6(sender, source, destination, data)
+            return
         realm = self._realms[sender.behind]
         while True:
             nat = realm.nat
@@ -336,6 +357,18 @@ class SimulatedInternet:
                 return
             source = translated
             realm = self._realms[nat.behind]
+
+    def _send6(
+        self, sender: SimulatedHost, source: Address, destination: Address, data: bytes
+    ) -> None:
+        """IPv6: out through the sender's firewall, which opens the flow, and straight there."""
+        if sender.firewall is not None:
+            sender.firewall.outbound(source, destination, self.clock.seconds())
+        node = self._realms[None].nodes.get(destination[0])
+        if node is None:
+            self.stats.unroutable += 1
+            return
+        self._fly(node, source, destination, data)
 
     def _fly(
         self, node: SimulatedHost | NATBox, source: Address, destination: Address, data: bytes
@@ -365,6 +398,13 @@ class SimulatedInternet:
                 self.stats.unroutable += 1
                 return
             node = found
+        firewall = node.firewall
+        if (
+            firewall is not None
+            and ":" in destination[0]
+            and not firewall.admits(destination, source, self.clock.seconds())
+        ):
+            return
         node._deliver(data, source, destination)
 
 
