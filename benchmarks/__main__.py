@@ -40,7 +40,10 @@ def main() -> int:
     status |= bench_stun_amplification.main(["--json", str(RESULTS / "stun_amplification.json")])
     print("\n== TURN relay through coturn: ours against aioice ==", flush=True)
     status |= bench_turn.main(["--json", str(RESULTS / "turn.json")])
-    print("\n== QUIC streams on loopback: ours against stock aioquic, and through coturn ==")
+    print(
+        "\n== QUIC streams on loopback: ours against stock aioquic, and through coturn ==",
+        flush=True,
+    )
     status |= bench_streams.main(["--json", str(RESULTS / "streams.json")])
     print("\n== 10,000 peer connections with keep-alive in one process ==", flush=True)
     status |= bench_scale.main(["--json", str(RESULTS / "scale.json")])

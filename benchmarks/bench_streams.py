@@ -162,6 +162,9 @@ def aioquic(mib: int) -> dict[str, Any]:
     )
 
 
+_FIGURES = ("seconds", "mib_per_second", "sender_cpu_per_mib", "receiver_cpu_per_mib")
+
+
 def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {
         key: {
@@ -169,8 +172,20 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "min": min(r[key] for r in results),
             "max": max(r[key] for r in results),
         }
-        for key in ("seconds", "mib_per_second", "sender_cpu_per_mib", "receiver_cpu_per_mib")
+        for key in _FIGURES
+        if all(key in r for r in results)
     }
+
+
+def _ratios(
+    ours: list[dict[str, Any]], theirs: list[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """Ours over theirs, run by run: interleaved runs share the machine's load of the moment."""
+    paired = [
+        {key: mine[key] / other[key] for key in _FIGURES if key != "seconds"}
+        for mine, other in zip(ours, theirs, strict=True)
+    ]
+    return {key: figures for key, figures in _summary(paired).items() if key != "seconds"}
 
 
 def _cell(figures: dict[str, float], digits: int) -> str:
@@ -235,15 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             f"| {_cell(summary['sender_cpu_per_mib'], 4)} "
             f"| {_cell(summary['receiver_cpu_per_mib'], 4)} |"
         )
-    ratios = {
-        key: summaries["ours"][key]["median"] / summaries["aioquic"][key]["median"]
-        for key in ("mib_per_second", "sender_cpu_per_mib", "receiver_cpu_per_mib")
-    }
+    ratios = _ratios(results["ours"], results["aioquic"])
     print(
-        f"\nours / aioquic: throughput {ratios['mib_per_second']:.2f}x, CPU per MiB "
-        f"{ratios['sender_cpu_per_mib']:.2f}x (sender), "
-        f"{ratios['receiver_cpu_per_mib']:.2f}x (receiver)"
+        "\nours / aioquic, median (range) of the runs' own ratios (each run's pair ran together):"
     )
+    for key, label in (
+        ("mib_per_second", "throughput"),
+        ("sender_cpu_per_mib", "sender CPU per MiB"),
+        ("receiver_cpu_per_mib", "receiver CPU per MiB"),
+    ):
+        print(f"  {label}: {_cell(ratios[key], 2)}")
     if results["ours relayed"]:
         coturn_cpu = statistics.median(r["coturn_cpu_per_mib"] for r in results["ours relayed"])
         print(f"coturn's CPU while relaying: {coturn_cpu:.4f} s/MiB (median)")
