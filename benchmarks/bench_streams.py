@@ -41,7 +41,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_turn import _process_cpu
 from tests.netutil import free_tcp_port, free_udp_ports
 from tests.support.coturn import CoturnMode, coturn_path, running_coturn
 
@@ -50,6 +49,17 @@ TWISTD = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
 USER, PASSWORD, REALM = "bench-user", "bench-password", "bench.test"
 TIMEOUT = 300.0
 KINDS = ("ours", "aioquic", "ours relayed")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system seconds of another process (coturn), from /proc; 0 where it is missing."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _spawn(arguments: list[str]) -> subprocess.Popen[str]:
@@ -127,6 +137,11 @@ def _pair(receiver: list[str], sender: list[str]) -> dict[str, Any]:
         for process in (sending, receiving):
             if process is not None:
                 _stop(process)
+    return result_of(sent, received)
+
+
+def result_of(sent: dict[str, Any], received: dict[str, Any]) -> dict[str, Any]:
+    """One run's figures from the two sides' reports; a short transfer is an error."""
     if received["bytes"] != sent["bytes"]:
         raise RuntimeError(f"sent {sent['bytes']} bytes, {received['bytes']} arrived")
     mib = sent["bytes"] / (1 << 20)
