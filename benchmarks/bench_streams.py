@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
@@ -125,12 +125,22 @@ def nat_server() -> Iterator[str]:
         _stop(process)
 
 
-def _pair(receiver: list[str], sender: list[str]) -> dict[str, Any]:
-    receiving = _spawn(receiver)
+Spawner = Callable[[list[str]], "subprocess.Popen[str]"]
+"""Starts C{python ARGUMENTS} somewhere: on this host, or in a lab's namespace."""
+
+
+def pair(
+    receiver: list[str],
+    sender: list[str],
+    spawn_receiver: Spawner = _spawn,
+    spawn_sender: Spawner = _spawn,
+) -> dict[str, Any]:
+    """One transfer: the receiver's process, once ready, then the sender's; both stopped after."""
+    receiving = spawn_receiver(receiver)
     sending: subprocess.Popen[str] | None = None
     try:
         _event(receiving, "ready")
-        sending = _spawn(sender)
+        sending = spawn_sender(sender)
         sent = _event(sending, "sent")
         received = _event(receiving, "received")
     finally:
@@ -157,7 +167,7 @@ def result_of(sent: dict[str, Any], received: dict[str, Any]) -> dict[str, Any]:
 def ours(rendezvous: str, mib: int, run: int, turn: list[str] | None = None) -> dict[str, Any]:
     common = ["--rendezvous", rendezvous, *(turn or [])]
     receiver, sender = f"bob-{run}", f"alice-{run}"
-    result = _pair(
+    result = pair(
         ["-m", "benchmarks.streams_ours", "receive", "--name", receiver, *common],
         [
             *("-m", "benchmarks.streams_ours", "send", "--name", sender, "--to", receiver),
@@ -171,7 +181,7 @@ def ours(rendezvous: str, mib: int, run: int, turn: list[str] | None = None) -> 
 
 def aioquic(mib: int) -> dict[str, Any]:
     [port] = free_udp_ports(1, "127.0.0.1")
-    return _pair(
+    return pair(
         ["-m", "benchmarks.streams_aioquic", "server", str(port)],
         ["-m", "benchmarks.streams_aioquic", "client", str(port), str(mib)],
     )
@@ -211,7 +221,7 @@ def _cell(figures: dict[str, float], digits: int) -> str:
 
 def _ours_relayed(rendezvous: str, mib: int, run: int, coturn: Any) -> dict[str, Any]:
     turn = [
-        *("--turn", f"{coturn.host}:{coturn.port}", "--relay-only"),
+        *("--turn", f"turn:{coturn.host}:{coturn.port}?transport=udp", "--relay-only"),
         *("--turn-user", USER, "--turn-password", PASSWORD),
     ]
     before = _process_cpu(coturn.pid)
@@ -246,17 +256,12 @@ def measure(mib: int, runs: int) -> dict[str, list[dict[str, Any]]]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--mib", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None)
-    options = parser.parse_args(argv)
-    results = measure(options.mib, options.runs)
+def summary_table(
+    results: dict[str, list[dict[str, Any]]], runs: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Print each kind's medians and ranges as a Markdown table, and return them."""
     summaries = {kind: _summary(done) for kind, done in results.items() if done}
-    print(
-        f"\n{options.mib} MiB over one stream on loopback, median (range) of {options.runs} runs:\n"
-    )
+    print(f"median (range) of {runs} runs\n")
     print("| | MiB/s | sender CPU s/MiB | receiver CPU s/MiB |")
     print("|---|---|---|---|")
     for kind, summary in summaries.items():
@@ -265,6 +270,18 @@ def main(argv: list[str] | None = None) -> int:
             f"| {_cell(summary['sender_cpu_per_mib'], 4)} "
             f"| {_cell(summary['receiver_cpu_per_mib'], 4)} |"
         )
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    options = parser.parse_args(argv)
+    results = measure(options.mib, options.runs)
+    print(f"\n{options.mib} MiB over one stream on loopback:\n")
+    summaries = summary_table(results, options.runs)
     ratios = _ratios(results["ours"], results["aioquic"])
     print(
         "\nours / aioquic, median (range) of the runs' own ratios (each run's pair ran together):"

@@ -3,7 +3,8 @@ Our side of the stream benchmark: one twisted-nat peer on the real reactor,
 sending or receiving one stream, in a process of its own.
 
     python -m benchmarks.streams_ours receive --name bob --rendezvous EP
-        [--turn HOST:PORT --turn-user U --turn-password P --relay-only]
+        [--interface ADDRESS] [--stun HOST:PORT]
+        [--turn URI --turn-user U --turn-password P --relay-only]
         prints {"event": "ready"} once registered, then a
         {"event": "received", ...} line per stream received to its end
     python -m benchmarks.streams_ours send --name alice --to bob --mib N
@@ -31,9 +32,10 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from twisted_nat.address import parse_hostport
 from twisted_nat.errors import PeerUnavailable, RendezvousUnavailable, UnknownPeer
 from twisted_nat.service import NATTraversalService, PeerSettings
-from twisted_nat.turn import TURNServer
+from twisted_nat.turn import TURNServer, parse_turn_uri
 
 MIB = 1 << 20
 CHUNK = 1 << 16
@@ -118,18 +120,15 @@ class Source(Protocol):
 def service_for(reactor: Any, options: Any, streams: Factory | None) -> NATTraversalService:
     turn: tuple[TURNServer, ...] = ()
     if options.turn:
-        host, port = options.turn.rsplit(":", 1)
-        turn = (
-            TURNServer(host, int(port), "udp", False, options.turn_user, options.turn_password),
-        )
+        turn = (parse_turn_uri(options.turn, options.turn_user, options.turn_password),)
     return NATTraversalService(
-        [],
+        [parse_hostport(options.stun)] if options.stun else [],
         reactor=reactor,
         name=options.name,
         rendezvous=options.rendezvous,
         stream_factory=streams,
         settings=PeerSettings(
-            interface="127.0.0.1",
+            interface=options.interface,
             detect_behavior=False,
             relay_only=options.relay_only,
             turn_servers=turn,
@@ -171,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rendezvous", required=True)
     parser.add_argument("--to")
     parser.add_argument("--mib", type=int, default=64)
-    parser.add_argument("--turn")
+    parser.add_argument("--interface", default="127.0.0.1")
+    parser.add_argument("--stun", help="HOST:PORT of a STUN server (none on loopback)")
+    parser.add_argument("--turn", help="a turn: URI")
     parser.add_argument("--turn-user", default="")
     parser.add_argument("--turn-password", default="")
     parser.add_argument("--relay-only", action="store_true")
