@@ -19,6 +19,7 @@ from benchmarks import (
     bench_server,
     bench_server_abuse,
     bench_streams,
+    bench_streams_lab,
     bench_stun_amplification,
     bench_transfer,
     bench_turn,
@@ -53,6 +54,11 @@ def main() -> int:
     reason = lab_unavailable_reason()
     if reason is None:
         status |= bench_detect.main(["--json", str(RESULTS / "detect.json")])
+    else:
+        print(f"skipped: {reason}")
+    print("\n== QUIC streams between two real NATs: direct and through coturn ==", flush=True)
+    if reason is None:
+        status |= bench_streams_lab.main(["--json", str(RESULTS / "streams_lab.json")])
     else:
         print(f"skipped: {reason}")
     print("\n== 64 MiB between two real NATs: twisted-nat send against magic-wormhole ==")
