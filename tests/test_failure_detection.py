@@ -214,3 +214,29 @@ def test_a_replayed_ack_does_not_hide_a_lost_path() -> None:
 def _is_ack(datagram: bytes) -> bool:
     fields = control.keepalive_fields(datagram)
     return fields is not None and fields[1] is MessageClass.SUCCESS
+
+
+def test_both_sides_wake_their_rendezvous_connection_after_a_loss() -> None:
+    """
+    A NAT that lost its bindings silenced our connection to the rendezvous
+    too, until we send on it: the side that waits for a new offer must.
+    """
+    w = world()
+    alice = connect(w)
+    looked_up: dict[str, list[str]] = {"alice": [], "bob": []}
+    for name, service in w.services.items():
+        signaling: Any = service.signaling
+        lookup = signaling.lookup
+
+        def spy(peer: str, name: str = name, lookup: Any = lookup) -> Any:
+            looked_up[name].append(peer)
+            return lookup(peer)
+
+        signaling.lookup = spy
+    flow = Flow(w, alice)
+    for nat in w.nats.values():
+        nat.flush()
+    for _ in range(60):
+        flow.step()
+    assert looked_up == {"alice": ["alice"], "bob": ["bob"]}
+    assert alice.state == "healthy"

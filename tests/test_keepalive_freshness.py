@@ -115,6 +115,45 @@ def test_answer_to_the_first_check_keeps_the_state_healthy() -> None:
     assert freshness.state is PathState.HEALTHY
 
 
+def test_a_stopped_flow_from_the_peer_is_checked_once() -> None:
+    """Our NAT may have silenced it, and only a datagram of ours opens it again."""
+    freshness = Freshness(SETTINGS)
+    freshness.heard(0.0)
+    assert freshness.wake() is None  # one datagram is no flow
+    freshness.heard(0.1)
+    freshness.heard(0.2)
+    assert freshness.wake() == pytest.approx(1.2)  # the quiet second
+    tick = freshness.tick(1.2)
+    assert tick.check and not tick.changed
+    freshness.checked("a", 1.2)
+    assert freshness.check_answered("a", 1.25) is not None
+    # Answered: nothing more until the peer's data comes again.
+    assert freshness.wake() is None
+    assert run(freshness, 100.0) == []
+
+
+def test_a_slow_flow_is_given_twice_its_gap() -> None:
+    freshness = Freshness(SETTINGS)
+    freshness.heard(10.0)
+    freshness.heard(13.0)
+    assert freshness.wake() == 19.0
+    # Our own datagram wants an answer sooner.
+    freshness.sent(14.0)
+    assert freshness.wake() == 15.0
+    freshness.sent(14.5)
+    assert freshness.wake() == 15.0
+
+
+def test_a_silenced_flow_loses_the_path() -> None:
+    freshness = Freshness(SETTINGS)
+    freshness.heard(0.0)
+    freshness.heard(0.1)
+    happened = run(freshness, 100.0)
+    assert happened[0] == (1.1, "check")
+    when, what = happened[-1]
+    assert (round(when, 6), what) == (3.1, "lost")
+
+
 def test_peer_data_does_not_end_checks() -> None:
     """Only an ACK to our own check shows that our datagrams still arrive."""
     freshness = Freshness(SETTINGS)

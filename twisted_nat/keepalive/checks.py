@@ -99,8 +99,11 @@ class LivenessChecks:
 
     def heard(self) -> None:
         """Fresh authenticated data came from the peer."""
-        if not self._stopped:
-            self._freshness.heard(self._now())
+        if self._stopped:
+            return
+        now = self._now()
+        self._freshness.heard(now)
+        self._arm(now)
 
     def answered(self) -> None:
         """The peer answered one of the machine's keep-alive probes."""

@@ -10,9 +10,9 @@ several timeouts more.  An application that sends meanwhile loses all of
 it.  So, as ICE consent freshness (RFC 7675) and Tailscale's ping on
 traffic do, the moment the application has sent and nothing authenticated
 has come back for about a second (or a keep-alive probe has gone that long
-unanswered), liveness checks go out at a short, fixed interval; the first
-answer ends them, and a few seconds without one declare the path lost, so
-its owner punches again.
+unanswered, or the peer's flow of data stopped), liveness checks go out at
+a short, fixed interval; the first answer ends them, and a few seconds
+without one declare the path lost, so its owner punches again.
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ class Freshness:
     application's data, its keep-alive probes), authenticated data from
     the peer (L{heard}), ACKs to its own keep-alive probes (L{answered})
     and to checks (L{check_answered}), and calls L{tick} at L{wake}.
+    Checks start C{quiet} after the first datagram of ours that nothing
+    authenticated followed, or when the peer's flow of data stops (see
+    L{heard}).
 
     Only an ACK to one of our own fresh probes or checks proves that our
     datagrams still arrive (RFC 7675 counts only responses to fresh
@@ -109,11 +112,12 @@ class Freshness:
     """
 
     __slots__ = (
-        "_awaiting",
         "_checking_since",
         "_checks",
+        "_due",
         "_in_flight",
         "_last_check",
+        "_last_data",
         "_patience",
         "_settings",
         "_state",
@@ -123,8 +127,10 @@ class Freshness:
         self._settings = settings
         self._patience = patience
         self._state = PathState.HEALTHY
-        # When the oldest datagram of ours still owed an answer left.
-        self._awaiting: float | None = None
+        # When checks start unless something authenticated arrives first.
+        self._due: float | None = None
+        # When the peer's last data arrived, for the gaps of its flow.
+        self._last_data: float | None = None
         self._checking_since: float | None = None
         self._last_check = 0.0
         self._checks = 0
@@ -164,13 +170,23 @@ class Freshness:
 
     def sent(self, now: float) -> None:
         """We sent the peer something that should bring an answer back."""
-        if self._awaiting is None and self._state is PathState.HEALTHY:
-            self._awaiting = now
+        if self._checking_since is None:
+            due = now + self.quiet
+            if self._due is None or due < self._due:
+                self._due = due
 
     def heard(self, now: float) -> None:
-        """Fresh authenticated data came from the peer: no need to check, unless checking."""
+        """
+        Fresh authenticated data came from the peer: no need to check now,
+        unless checking already.  Its flow is expected to go on: if
+        nothing authenticated follows for twice the last gap between its
+        datagrams (at least C{quiet}), one check goes out, since a NAT of
+        ours that lost its bindings silences a flow towards us, and only
+        our own datagram can open it again.
+        """
+        previous, self._last_data = self._last_data, now
         if self._checking_since is None:
-            self._awaiting = None
+            self._due = None if previous is None else now + max(self.quiet, 2 * (now - previous))
 
     def answered(self, now: float) -> bool:
         """
@@ -182,7 +198,7 @@ class Freshness:
             return False
         changed = self._state is not PathState.HEALTHY
         self._state = PathState.HEALTHY
-        self._awaiting = None
+        self._due = None
         self._checking_since = None
         self._checks = 0
         return changed
@@ -216,7 +232,7 @@ class Freshness:
         expired = self._expire(now)
         before = self._state
         if self._checking_since is None:
-            if self._awaiting is None or now + SLACK < self._awaiting + self.quiet:
+            if self._due is None or now + SLACK < self._due:
                 return Tick(expired=expired) if expired else NOTHING
             self._checking_since = now
             self._checks = 0
@@ -241,8 +257,8 @@ class Freshness:
         if self._checking_since is not None:
             times.append(self._last_check + self._settings.interval)
             times.append(self._checking_since + self.lost_after)
-        elif self._awaiting is not None:
-            times.append(self._awaiting + self.quiet)
+        elif self._due is not None:
+            times.append(self._due)
         return min(times) if times else None
 
     def _expire(self, now: float) -> int:

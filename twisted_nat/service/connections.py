@@ -43,7 +43,8 @@ class Connections:
 
     @param punch_again: offer a connection to a peer anew (the service's
         L{connect}); used for lost paths to the peers we offered to.
-    @param refresh: relearn our public address; called when a path is lost.
+    @param refresh: relearn our public address, and make sure the rendezvous
+        still hears us; called when a path is lost.
     """
 
     log = Logger()
