@@ -15,6 +15,7 @@ from benchmarks import (
     bench_aead,
     bench_codec,
     bench_detect,
+    bench_failure,
     bench_scale,
     bench_server,
     bench_server_abuse,
@@ -46,6 +47,13 @@ def main() -> int:
     reason = lab_unavailable_reason()
     if reason is None:
         status |= bench_detect.main(["--json", str(RESULTS / "detect.json")])
+    else:
+        print(f"skipped: {reason}")
+    print(
+        "\n== Recovery from a NAT reboot: liveness checks against keep-alive alone ==", flush=True
+    )
+    if reason is None:
+        status |= bench_failure.main(["--json", str(RESULTS / "failure.json")])
     else:
         print(f"skipped: {reason}")
     return status
