@@ -18,7 +18,8 @@ datagram sent after it.  Two pairs of NATs:
 Each pair runs with the defaults (checks on) and with
 C{--no-liveness-checks} (keep-alive alone: 25 s interval, 5 s timeout,
 lost after five unanswered probes), the four at once on four pairs of
-NATs, each for C{--trials} reboots of one connection.  A trial with no
+NATs, each for C{--trials} reboots of one connection, 1 to 26 s apart at
+random (so that a flush falls anywhere in the keep-alive's period).  A trial with no
 datagram within C{--give-up} seconds counts as that many seconds and is
 reported.
 """
@@ -28,10 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +57,31 @@ def percentile(values: list[float], fraction: float) -> float:
 def run(
     peers: Peers, offerer: str, answerer: str, options: tuple[str, ...], args: argparse.Namespace
 ) -> list[Recovery]:
-    """C{--trials} reboots of one connection from C{offerer}'s NAT to C{answerer}'s."""
+    """
+    C{--trials} reboots of a connection from C{offerer}'s NAT to
+    C{answerer}'s.  A connection whose data does not flow before a reboot
+    (a trial that gave up left it broken) is replaced by a new one, and
+    both peers' last events are printed.
+    """
     nats = [peers.world.lab.nat(offerer), peers.world.lab.nat(answerer)]
     # A peer process would end itself after the lab fixtures' few minutes.
     lasting = ("--exit-after", str(args.trials * (args.give_up + 10) + 60))
-    alice, bob = flowing_pair(peers, (offerer, 0), (answerer, 0), *options, *lasting)
-    recoveries = []
-    for _ in range(args.trials):
-        recoveries.append(reboot(alice, bob, nats, args.give_up))
-        time.sleep(1.0)
+    pair = flowing_pair(peers, (offerer, 0), (answerer, 0), *options, *lasting)
+    recoveries: list[Recovery] = []
+    rng = random.Random(f"{offerer} {answerer}")
+    while len(recoveries) < args.trials:
+        try:
+            recoveries.append(reboot(*pair, nats, args.give_up))
+        except AssertionError as e:
+            print(f"{offerer} -> {answerer}: no data before a reboot; a new pair\n{e}", flush=True)
+            for peer in pair:
+                events = [e for e in peer.snapshot() if e["event"] not in ("sent", "data")]
+                print("\n".join(json.dumps(event) for event in events[-40:]))
+                peer.stop()
+            pair = flowing_pair(peers, (offerer, 0), (answerer, 0), *options, *lasting)
+        # At a random moment of the keep-alive's 25 s period: trials a fixed
+        # time apart would flush at the same moment of it every time.
+        time.sleep(rng.uniform(1.0, 26.0))
     return recoveries
 
 
@@ -100,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         peers = Peers(world)
         try:
             with ThreadPoolExecutor(len(runs)) as pool:
-                futures = [
-                    pool.submit(run, peers, offerer, answerer, MODES[mode], args)
-                    for _, mode, offerer, answerer in runs
-                ]
-                for (pair, mode, _, _), future in zip(runs, futures, strict=True):
+                futures = {
+                    pool.submit(run, peers, offerer, answerer, MODES[mode], args): (pair, mode)
+                    for pair, mode, offerer, answerer in runs
+                }
+                for future in as_completed(futures):
+                    pair, mode = futures[future]
                     row = {"pair": pair, "mode": mode, **summarise(future.result(), args.give_up)}
                     rows.append(row)
                     print(

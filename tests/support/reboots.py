@@ -74,9 +74,14 @@ def flowing_pair(
 
 
 def reboot(alice: PeerProcess, bob: PeerProcess, nats: Sequence[Nat], timeout: float) -> Recovery:
-    """Flush C{nats}' conntrack while C{alice} streams to C{bob}; wait up to C{timeout}."""
+    """
+    Flush C{nats}' conntrack while C{alice} streams to C{bob}; wait up to
+    C{timeout}.
+
+    @raise AssertionError: no data flows before the flush.
+    """
     started = time.time()
-    bob.wait_for("data", 1, timeout=5, where=lambda e: e["time"] > started)
+    bob.wait_for("data", 1, timeout=10, where=lambda e: e["time"] > started)
     flushed = time.time()
     for nat in nats:
         nat.flush_conntrack()
