@@ -82,9 +82,11 @@ def reboot(alice: PeerProcess, bob: PeerProcess, nats: Sequence[Nat], timeout: f
     """
     started = time.time()
     bob.wait_for("data", 1, timeout=10, where=lambda e: e["time"] > started)
-    flushed = time.time()
     for nat in nats:
         nat.flush_conntrack()
+    # From when both NATs have forgotten: a datagram sent while a flush was
+    # still under way may have passed on the old mapping.
+    flushed = time.time()
     after = alice.wait_for("sent", 1, timeout=5, where=lambda e: e["time"] > flushed)[0]["count"]
     try:
         arrived = bob.wait_for("data", 1, timeout=timeout, where=lambda e: e["seq"] >= after)[0]
