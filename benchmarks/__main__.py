@@ -15,6 +15,7 @@ from benchmarks import (
     bench_aead,
     bench_codec,
     bench_detect,
+    bench_failure,
     bench_scale,
     bench_server,
     bench_server_abuse,
@@ -64,6 +65,11 @@ def main() -> int:
     print("\n== 64 MiB between two real NATs: twisted-nat send against magic-wormhole ==")
     if reason is None:
         status |= bench_transfer.main(["--json", str(RESULTS / "transfer.json")])
+    print(
+        "\n== Recovery from a NAT reboot: liveness checks against keep-alive alone ==", flush=True
+    )
+    if reason is None:
+        status |= bench_failure.main(["--json", str(RESULTS / "failure.json")])
     else:
         print(f"skipped: {reason}")
     return status

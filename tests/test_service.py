@@ -289,9 +289,13 @@ def test_punching_again_retries_until_the_rendezvous_is_back():
 
     alice.signaling.connect = flaky
     w.nats["alice"].flush()
-    w.internet.advance(12.0)
+    for _ in range(120):
+        w.internet.advance(0.1)
+        if connection.reconnecting:
+            break
     assert connection.reconnecting
-    assert alice.status()["connections"][0]["reconnecting"] is True
+    row = alice.status()["connections"][0]
+    assert (row["reconnecting"], row["state"]) == (True, "reconnecting")
     w.internet.advance(10.0)  # retries after 1 s, then 2 s
     assert attempts == ["bob", "bob", "bob"]
     assert not connection.reconnecting

@@ -43,7 +43,7 @@ from twisted_nat.ciphers import SHARED as SHARED_CIPHERS
 from twisted_nat.ciphers import CipherCache
 from twisted_nat.control import ReplayWindow, SessionKeys
 from twisted_nat.errors import TwistedNATError
-from twisted_nat.keepalive import KeepAliveMachine, LinkQuality
+from twisted_nat.keepalive import KeepAliveMachine, LinkQuality, LivenessChecks, PathState
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.trust.keys import PeerKey
 
@@ -154,8 +154,12 @@ class PeerConnection:
         self.peer_nat: str | None = None
         self.protocol: AbstractDatagramProtocol | None = None
         self.keepalive: KeepAliveMachine | None = None
+        self.liveness: LivenessChecks | None = None
+        """The path's liveness checks, while keep-alive runs them."""
         self.reconnecting = False
         """True from a lost path until a new punch rebinds the connection."""
+        self._state = "healthy"
+        self._state_listeners: list[Callable[[PeerConnection], object]] | None = None
         self.closed = False
         self._sequence = 0
         self._replay = ReplayWindow()
@@ -200,11 +204,43 @@ class PeerConnection:
         self._path_listeners.append(listener)
 
     def _path_changed(self) -> None:
-        for listener in self._path_listeners or ():
+        self._tell(self._path_listeners)
+        self.state_changed()
+
+    @property
+    def state(self) -> str:
+        """
+        C{"healthy"}; C{"checking"} while nothing authenticated comes back
+        and liveness checks are out; C{"reconnecting"} from a lost path to
+        a new punch; C{"closed"}.
+        """
+        if self.closed:
+            return "closed"
+        if self.reconnecting:
+            return "reconnecting"
+        if self.liveness is not None and self.liveness.state is PathState.CHECKING:
+            return "checking"
+        return "healthy"
+
+    def on_state_change(self, listener: Callable[[PeerConnection], object]) -> None:
+        """Call C{listener} with this connection whenever its L{state} changes."""
+        if self._state_listeners is None:
+            self._state_listeners = []
+        self._state_listeners.append(listener)
+
+    def state_changed(self, *ignored: object) -> None:
+        """Something that L{state} depends on changed: tell the listeners, if it did."""
+        state = self.state
+        if state != self._state:
+            self._state = state
+            self._tell(self._state_listeners)
+
+    def _tell(self, listeners: list[Callable[[PeerConnection], object]] | None) -> None:
+        for listener in listeners or ():
             try:
                 listener(self)
             except Exception:
-                self.log.failure("a path listener of {peer} failed", peer=self.peer)
+                self.log.failure("a listener of {peer} failed", peer=self.peer)
 
     def set_protocol(self, protocol: AbstractDatagramProtocol) -> None:
         """Give the application's protocol the peer: its transport writes there."""
@@ -242,6 +278,8 @@ class PeerConnection:
             self.router.stats.relayed_bytes_sent += len(frame)
         if self.keepalive is not None:
             self.keepalive.traffic_sent()
+        if self.liveness is not None:
+            self.liveness.sent()
 
     def rebind(
         self,
@@ -296,6 +334,9 @@ class PeerConnection:
         if self.keepalive is not None:
             self.keepalive.stop()
             self.keepalive = None
+        if self.liveness is not None:
+            self.liveness.stop()
+            self.liveness = None
         self.remote = remote
         self.local_kind = local_kind
         self.rtt = rtt
@@ -324,6 +365,8 @@ class PeerConnection:
             self.router.stats.relayed_bytes_received += len(frame)
         if self.keepalive is not None:
             self.keepalive.traffic_received()
+        if self.liveness is not None:
+            self.liveness.heard()
         if self.protocol is not None:
             self.protocol.datagramReceived(payload, self.remote.address)
 
@@ -339,6 +382,7 @@ class PeerConnection:
         closing, self._closing = self._closing, None
         for d in closing or ():
             d.callback(None)
+        self.state_changed()
 
     def when_closed(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()

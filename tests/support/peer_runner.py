@@ -9,6 +9,7 @@ as JSON lines on stdout, which the test reads with L{PeerProcess}.
         [--interface ADDRESS] \\
         [--instances N] [--connect PEER] [--wait-for-peer S] [--trial-gap S] \\
         [--keepalive-interval S] [--keepalive-timeout S] [--no-keepalive] \\
+        [--no-liveness-checks] \\
         [--punch-timeout S] [--echo] [--send-every S --duration D [--burst K]] \\
         [--payload-size BYTES] [--no-detect] [--exit-when-done [--linger S]] \\
         [--turn URI --turn-user U --turn-password P]
@@ -52,6 +53,8 @@ and, for events of one instance, C{name} and C{instance}:
                 relay (same C{session_id}), or a re-punch's (new C{session_id});
                 C{path}, C{since_setup_ms} (from the first set-up's start)
     lost        keep-alive declared the path to C{peer} lost (a re-punch follows)
+    state       the connection to C{peer} changed its C{state} (healthy,
+                checking, reconnecting, closed)
     sent        C{peer}, C{count} (datagrams sent to it so far)
     data        C{peer}, C{count} (datagrams received from it so far), C{seq},
                 C{kind} (C{data}, or C{echo} with C{echo_rtt_ms})
@@ -115,6 +118,7 @@ from twisted_nat.address import format_address, parse_hostport
 from twisted_nat.bases import SHARED
 from twisted_nat.connection import ConnectionClosed, PeerConnection
 from twisted_nat.errors import PeerUnavailable, RendezvousUnavailable, UnknownPeer
+from twisted_nat.keepalive import CheckSettings
 from twisted_nat.nat import NATBehavior
 from twisted_nat.portmap import Mode
 from twisted_nat.punch import PunchFailed, PunchResult, PunchSettings
@@ -266,6 +270,7 @@ class Instance:
                     enabled=not options.no_keepalive,
                     interval=options.keepalive_interval,
                     timeout=options.keepalive_timeout,
+                    checks=CheckSettings(enabled=not options.no_liveness_checks),
                 ),
                 punch=PunchSettings(timeout=options.punch_timeout),
                 port_mapping=Mode(options.port_mapping),
@@ -305,6 +310,9 @@ class Instance:
         started = time.perf_counter() - setup
         if not repunch:
             connection.on_path_change(lambda moved: self.moved(moved, started))
+            connection.on_state_change(
+                lambda changed: self.emit("state", peer=changed.peer, state=changed.state)
+            )
         self.emit(
             "connected",
             peer=connection.peer,
@@ -583,6 +591,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--keepalive-timeout", type=float, default=5.0, metavar="S", help="wait for an answer"
     )
     parser.add_argument("--no-keepalive", action="store_true", help="no keep-alive at all")
+    parser.add_argument(
+        "--no-liveness-checks",
+        action="store_true",
+        help="find a broken path by keep-alive alone, as before liveness checks",
+    )
     parser.add_argument(
         "--punch-timeout", type=float, default=10.0, metavar="S", help="give a punch up after S"
     )

@@ -56,6 +56,7 @@ _KEEPALIVE = {
     "keepalive_interval": "interval",
     "keepalive_timeout": "timeout",
     "follow_lifetime": "follow_lifetime",
+    "keepalive_checks": "checks",
 }
 _PUNCH = {"punch_timeout": "timeout", "punch_interval": "interval", "max_retries": "max_retries"}
 _SYMMETRIC = {"birthday_sockets", "birthday_probes", "birthday_rate", "meeting_sockets"}

@@ -24,6 +24,8 @@ from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import ConfigurationError, TwistedNATError
+from twisted_nat.keepalive.checks import LivenessChecks
+from twisted_nat.keepalive.freshness import CheckSettings, PathState
 from twisted_nat.keepalive.machine import KeepAliveMachine
 from twisted_nat.keepalive.timers import Schedule, TimerQueue
 from twisted_nat.mux import UDPMultiplexer
@@ -61,14 +63,27 @@ class KeeperStats:
     dropped_wrong_path: int = 0
 
 
+def _ignore(state: PathState) -> None:
+    pass
+
+
 class KeptPath:
     """
-    One path's keep-alive: its machine, the Deferred its owner holds, and
-    the machine's callbacks, as methods rather than closures, since there
-    is one of these per connection.
+    One path's keep-alive: its machine, its liveness checks (if any), the
+    Deferred its owner holds, and their callbacks, as methods rather than
+    closures, since there is one of these per connection.
     """
 
-    __slots__ = ("base", "deferred", "keeper", "keys", "machine", "remote", "session_id")
+    __slots__ = (
+        "base",
+        "checks",
+        "deferred",
+        "keeper",
+        "keys",
+        "machine",
+        "remote",
+        "session_id",
+    )
 
     def __init__(
         self,
@@ -77,6 +92,9 @@ class KeptPath:
         keys: SessionKeys,
         remote: Address,
         base: Base,
+        checks: CheckSettings | None = None,
+        on_state: Callable[[PathState], object] = _ignore,
+        check_schedule: Schedule | None = None,
         **machine_options: Any,
     ) -> None:
         self.keeper = keeper
@@ -88,11 +106,46 @@ class KeptPath:
         self.machine = KeepAliveMachine(
             send_probe=self.send_probe, on_warning=self.warn, on_lost=self.lost, **machine_options
         )
+        self.checks: LivenessChecks | None = None
+        if checks is not None and checks.enabled:
+            self.checks = LivenessChecks(
+                checks,
+                send_check=self.send_check,
+                machine=self.machine,
+                schedule=check_schedule or machine_options["schedule"],
+                now=machine_options["now"],
+                on_lost=self.checks_lost,
+                on_state=on_state,
+            )
 
     def send_probe(self) -> bytes:
+        tid = self.send_check()
+        if self.checks is not None:
+            # An unanswered probe starts checks as unanswered data does.
+            self.checks.sent()
+        return tid
+
+    def send_check(self) -> bytes:
         tid, data = control.keepalive(self.keys)
         self.keeper.write(data, self.remote, self.base)
         return tid
+
+    def acked(self, transaction_id: bytes) -> None:
+        """An authenticated ACK on the path: the machine's probe's, or a check's."""
+        if self.machine.ack_received(transaction_id) is not None:
+            if self.checks is not None:
+                self.checks.answered()
+        elif self.checks is not None:
+            self.checks.check_answered(transaction_id)
+
+    def stop(self) -> None:
+        self.machine.stop()
+        if self.checks is not None:
+            self.checks.stop()
+
+    def checks_lost(self) -> None:
+        self.machine.stop()
+        self.lost()
 
     def warn(self, failures: int) -> None:
         self.keeper.log.warn(
@@ -102,6 +155,8 @@ class KeptPath:
         )
 
     def lost(self) -> None:
+        if self.checks is not None:
+            self.checks.stop()
         self.keeper.lost(self)
         self.deferred.errback(BindingLost(f"no answer from {format_address(self.remote)}"))
 
@@ -147,13 +202,17 @@ class Keeper(DatagramProtocol):
         base: Base = SHARED,
         interval: float = 25.0,
         timeout: float = 5.0,
+        checks: CheckSettings | None = None,
+        on_state: Callable[[PathState], object] = _ignore,
         **options: Any,
     ) -> KeptPath:
         """
         Keep the NAT bindings of the path from C{base} to C{remote} open
         with KEEP_ALIVE every C{interval} seconds, measuring it meanwhile.
         C{options} go to the machine (C{warn_after}, C{dead_after},
-        C{retry_interval}).  The path's Deferred fires with None when
+        C{retry_interval}).  With C{checks}, liveness checks find a broken
+        path in use within seconds (L{LivenessChecks}), and C{on_state}
+        hears their verdicts.  The path's Deferred fires with None when
         L{stop} is called, or fails with L{BindingLost}.
         """
         if session_id in self._kept:
@@ -167,6 +226,9 @@ class Keeper(DatagramProtocol):
             keys,
             remote,
             base,
+            checks,
+            on_state,
+            self._schedule(timer_resolution(checks.interval, checks.interval)) if checks else None,
             interval=interval,
             timeout=timeout,
             schedule=schedule,
@@ -184,7 +246,7 @@ class Keeper(DatagramProtocol):
         """Stop keeping a session's path alive (its Deferred fires with None)."""
         kept = self._kept.pop(session_id, None)
         if kept is not None:
-            kept.machine.stop()
+            kept.stop()
             kept.deferred.callback(None)
 
     def lost(self, kept: KeptPath) -> None:
@@ -277,7 +339,7 @@ class Keeper(DatagramProtocol):
             if kept is not None:
                 kept.machine.probe_received()
         elif message_class == MessageClass.SUCCESS and kept is not None:
-            kept.machine.ack_received(transaction_id)
+            kept.acked(transaction_id)
 
     def doStop(self) -> None:
         for session_id in list(self._kept):

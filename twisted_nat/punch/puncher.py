@@ -23,7 +23,7 @@ from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.candidates import Candidate
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import ConfigurationError
-from twisted_nat.keepalive import KeepAliveMachine
+from twisted_nat.keepalive import KeepAliveMachine, LivenessChecks
 from twisted_nat.keepalive.keeper import Keeper
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.punch.birthday import Prober
@@ -51,6 +51,7 @@ class KeptConnection(Protocol):
 
     keys: SessionKeys
     keepalive: KeepAliveMachine | None
+    liveness: LivenessChecks | None
 
 
 class HolePuncher(DatagramProtocol):
@@ -112,7 +113,8 @@ class HolePuncher(DatagramProtocol):
         Keep the NAT bindings of C{connection}'s path open with KEEP_ALIVE
         every C{interval} seconds, and measure the path while doing so
         (L{Keeper.keep}).  The connection gets the path's machine as its
-        C{keepalive}, whose C{quality()} is the link's RTT, loss and jitter.
+        C{keepalive}, whose C{quality()} is the link's RTT, loss and jitter,
+        and its liveness checks as C{liveness} (with C{checks} settings).
 
         @return: a Deferred that fires with None when keep-alive is stopped
             (L{stop_binding}, L{forget}), or fails with
@@ -131,6 +133,7 @@ class HolePuncher(DatagramProtocol):
             session.keys = keys = theirs
         kept = self.keeper.keep(session_id, keys, remote_addr, base, interval, timeout, **options)
         connection.keepalive = kept.machine
+        connection.liveness = kept.checks
         return kept.deferred
 
     def stop_binding(self, session_id: bytes) -> None:

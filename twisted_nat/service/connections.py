@@ -19,7 +19,7 @@ from twisted_nat.address import Address, format_address
 from twisted_nat.connection import AppDataRouter, PeerConnection
 from twisted_nat.control import SessionKeys
 from twisted_nat.errors import KeyMismatch
-from twisted_nat.keepalive import interval_for_lifetime
+from twisted_nat.keepalive import PathState, interval_for_lifetime
 from twisted_nat.keepalive.keeper import BindingLost
 from twisted_nat.punch import ExtraSockets, HolePuncher, PunchResult
 from twisted_nat.service.events import IPeerEvents
@@ -43,7 +43,8 @@ class Connections:
 
     @param punch_again: offer a connection to a peer anew (the service's
         L{connect}); used for lost paths to the peers we offered to.
-    @param refresh: relearn our public address; called when a path is lost.
+    @param refresh: relearn our public address, and make sure the rendezvous
+        still hears us; called when a path is lost.
     """
 
     log = Logger()
@@ -211,8 +212,20 @@ class Connections:
             interval=interval,
             timeout=min(self._keepalive.timeout, interval),
             base=connection.base,
+            checks=self._keepalive.checks,
+            on_state=lambda state: self._checked(connection, state),
         )
         keeping.addErrback(self._path_lost, connection)
+
+    def _checked(self, connection: PeerConnection, state: PathState) -> None:
+        """Liveness checks changed their verdict on the connection's path."""
+        if state is PathState.LOST:
+            return  # the keep-alive's Deferred fails next: _path_lost
+        if state is PathState.CHECKING:
+            self.log.info("no answer from {peer}: checking its path", peer=connection.peer)
+        elif state is PathState.HEALTHY:
+            self.log.info("{peer} answers again", peer=connection.peer)
+        connection.state_changed()
 
     def _path_lost(self, failure: Failure, connection: PeerConnection) -> None:
         failure.trap(BindingLost)
@@ -221,6 +234,7 @@ class Connections:
             return
         self._events.path_lost(connection, failure)
         connection.reconnecting = True
+        connection.state_changed()
         if peer in self._offered:
             self._again(connection, 0)
         else:
@@ -283,6 +297,7 @@ class Connections:
                     },
                     "relayed": connection.relayed,
                     "setup_ms": round(connection.setup_time * 1000, 3),
+                    "state": connection.state,
                     "reconnecting": connection.reconnecting,
                     "rtt_ms": _ms(rtt),
                     "loss": quality.loss if quality else None,

@@ -174,8 +174,11 @@ class Punching:
     async def _answer(self, offer: Offer) -> Answer:
         await self._ready()
         await self._watch.known()
-        if self._addresses.refreshing:
-            # Answer with our new public address if it comes in time.
+        existing = self._connections.by_peer.get(offer.from_name)
+        if self._addresses.refreshing or (existing is not None and not existing.closed):
+            # Answer with our new public address if it comes in time.  A
+            # connected peer offering again lost its path: perhaps because
+            # our NAT lost its bindings, and our public address with them.
             await within(self._reactor, self._addresses.refresh(), REFRESH_WAIT)
         candidates, latest = await self.candidates_for_punch(offer.candidates)
         hint = self._hint(latest)

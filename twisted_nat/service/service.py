@@ -58,6 +58,7 @@ from twisted_nat.service.events import IPeerEvents, PeerEvents, PeerEventsBase
 from twisted_nat.service.ipv6 import IPv6Socket, ipv4_servers, ipv6_interface
 from twisted_nat.service.portmapping import PortMapping
 from twisted_nat.service.punching import Punching, need_signaling
+from twisted_nat.service.recovery import Recovery
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
 from twisted_nat.service.trust import PeerTrust
@@ -176,6 +177,9 @@ class NATTraversalService(MultiService):
             settings.port_mapping_lease,
         )
         """The shared socket's port mapped on the gateway, and offered as a candidate."""
+        recovery = Recovery(
+            reactor, self.addresses, lambda: self.signaling, self._our_name, self.connect
+        )
         self.links = Connections(
             reactor,
             self.puncher,
@@ -184,8 +188,8 @@ class NATTraversalService(MultiService):
             self.relays,
             settings.keepalive,
             protocol_factory,
-            self.connect,
-            self.addresses.refresh,
+            recovery.connect_again,
+            recovery.relearn,
             running,
             self.events,
         )

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import attrs
 
 from twisted_nat.errors import ConfigurationError
+from twisted_nat.keepalive.freshness import CheckSettings
 from twisted_nat.limits import positive
 from twisted_nat.portmap import DEFAULT_LIFETIME, Mode
 from twisted_nat.punch import PunchSettings, SymmetricSettings
@@ -45,12 +46,15 @@ class KeepAliveSettings:
     @ivar follow_lifetime: measure how long the NAT keeps an idle binding (in
         the background; it takes about twice that lifetime) and then send
         keep-alives at half of it instead of C{interval}.
+    @ivar checks: liveness checks, which find a broken path in use within
+        seconds rather than at the next keep-alive (L{CheckSettings}).
     """
 
     enabled: bool = True
     interval: float = attrs.field(default=25.0, validator=positive)
     timeout: float = attrs.field(default=5.0, validator=positive)
     follow_lifetime: bool = False
+    checks: CheckSettings = attrs.field(factory=CheckSettings)
 
 
 @attrs.frozen
