@@ -145,23 +145,30 @@ def test_64_mib_from_a_random_symmetric_nat_to_a_port_restricted_cone(world, tmp
     )
 
 
+def said(process: subprocess.Popen[str]) -> str:
+    """What an ended process wrote on its standard error."""
+    return process.stderr.read() if process.stderr is not None else ""
+
+
 class Transfer:
     """
-    C{twisted-nat receive} behind the port-restricted cone, waiting, and
-    C{twisted-nat send} of C{source} behind the symmetric NAT, both with
-    C{--json} and C{extra} options, their lines read as they come.
+    C{twisted-nat receive --name NAME} behind the port-restricted cone,
+    waiting, and C{twisted-nat send} of C{source} behind the symmetric NAT,
+    both with C{--json} and C{extra} options, their lines read as they
+    come.  Each test's receiver has a name of its own: the rendezvous
+    server binds a name to the first key that takes it.
     """
 
-    def __init__(self, world: LabWorld, home: Path, source: Path, *extra: str) -> None:
+    def __init__(self, world: LabWorld, home: Path, name: str, source: Path, *extra: str) -> None:
         lab = world.lab
         self.output = home / "output"
         self.output.mkdir()
         self.receiving = lab.spawn(
             lab.nat("portrestr").peers[0].namespace,
             [
-                *(sys.executable, "-c", CLI, "receive", "--name", "bob"),
+                *(sys.executable, "-c", CLI, "receive", "--name", name),
                 *("--output", str(self.output), "--yes", "--json"),
-                *options(world, home, "bob"),
+                *options(world, home, name),
                 *extra,
             ],
             stderr=subprocess.PIPE,
@@ -169,12 +176,16 @@ class Transfer:
         self.sending: subprocess.Popen[str] | None = None
         self.seconds = 0.0
         self.received = lines_of(self.receiving)
-        events(self.received, "waiting", 60)
+        try:
+            events(self.received, "waiting", 60)
+        except AssertionError as e:
+            self.stop()
+            raise AssertionError(f"{e}; the receiver said: {said(self.receiving)}") from None
         self.started = time.monotonic()
         self.sending = lab.spawn(
             lab.nat("symmetric").peers[0].namespace,
             [
-                *(sys.executable, "-c", CLI, "send", str(source), "--to", "bob", "--json"),
+                *(sys.executable, "-c", CLI, "send", str(source), "--to", name, "--json"),
                 *options(world, home, "alice"),
                 *extra,
             ],
@@ -188,8 +199,8 @@ class Transfer:
         sent = sent + events(self.sent, "done", TIMEOUT)
         seconds = time.monotonic() - self.started
         received = events(self.received, "done", 60)
-        assert self.sending.wait(timeout=60) == 0, self.sending.stderr
-        assert self.receiving.wait(timeout=60) == 0, self.receiving.stderr
+        assert self.sending.wait(timeout=60) == 0, said(self.sending)
+        assert self.receiving.wait(timeout=60) == 0, said(self.receiving)
         self.seconds = seconds
         return sent, received
 
@@ -223,7 +234,7 @@ def test_a_direct_path_cut_for_15_s_moves_to_the_relay_and_back_in_one_run(world
     lab = world.lab
     source = random_file(tmp_path / "payload.bin", CUT_SIZE)
     near, far = lab.nat("symmetric"), lab.nat("portrestr")
-    transfer = Transfer(world, tmp_path, source, *FAST_KEEPALIVE)
+    transfer = Transfer(world, tmp_path, "carol", source, *FAST_KEEPALIVE)
     try:
         sent = events(transfer.sent, "accepted", 90)
         sent += events(transfer.sent, "progress", 30)
@@ -274,7 +285,7 @@ def test_a_file_at_10_percent_loss_on_both_nats_arrives_whole(world, tmp_path):
     lab = world.lab
     source = random_file(tmp_path / "payload.bin", LOSSY_SIZE)
     with loss_on([lab.nat("symmetric"), lab.nat("portrestr")], 10):
-        transfer = Transfer(world, tmp_path, source)
+        transfer = Transfer(world, tmp_path, "dave", source)
         try:
             sent, received = transfer.finish([])
         finally:
