@@ -121,3 +121,19 @@ def test_closing_the_connection_stops_the_attempts() -> None:
     alice.links.close(connection)
     w.internet.advance(600.0)
     assert offers == []
+
+
+def test_a_lost_path_punched_again_meanwhile_carries_the_count_on() -> None:
+    w = world()
+    alice = w.services["alice"]
+    connection = w.internet.run_until(alice.connect("bob"))
+    offers = counted_offers(alice)
+    fall_back(alice, "bob")
+    connection.reconnecting = True  # the relayed path was lost too, and is being punched again
+    w.internet.advance(DIRECT_AGAIN(0) + 1)
+    assert offers == [], "the punch for the lost path goes first"
+    fall_back(alice, "bob")  # it ended on the relay again
+    w.internet.advance(DIRECT_AGAIN(1) - 1)
+    assert offers == []
+    w.internet.advance(2.0)
+    assert offers == ["bob"] and not connection.relayed
