@@ -36,6 +36,14 @@ Pauses between attempts to punch a lost path again: whatever broke the path
 which needs time to return.
 """
 
+DIRECT_AGAIN = backoffPolicy(initialDelay=15.0, maxDelay=300.0, factor=2.0, jitter=lambda: 0.0)
+"""
+Pauses before a connection that fell back to a relay, when its direct path
+was lost, punches again for a direct one: whatever broke the direct path
+may mend, and the relayed session's own search for direct pairs lasts only
+a punch's timeout.
+"""
+
 
 class Connections:
     """
@@ -79,6 +87,8 @@ class Connections:
         """Seconds between KEEP_ALIVEs: the setting, or half the binding lifetime measured."""
         self._offered: set[str] = set()
         self._retries: dict[str, IDelayedCall] = {}
+        self._direct_again: dict[str, tuple[int, IDelayedCall]] = {}
+        """Per peer: the attempt at a direct path again, and its timer (fired while it runs)."""
 
     def offered(self, peer: str, key: PeerKey) -> None:
         """We made an offer to C{peer}: when a path to it is lost, we punch again."""
@@ -117,6 +127,7 @@ class Connections:
         keys = SessionKeys.derive(session_id, secret, offerer=controlling)
         existing = self.by_peer.get(peer)
         again = existing is not None and not existing.closed
+        was_direct = existing is not None and again and not existing.relayed
         if existing is not None and again:
             self._puncher.forget(existing.session_id)
             existing.rebind(
@@ -160,7 +171,52 @@ class Connections:
         self._events.connected(connection, result, controlling, again)
         self._prune_sockets()
         self._keep_alive(connection)
+        self._seek_direct(peer, connection, was_direct)
         return connection
+
+    def _seek_direct(self, peer: str, connection: PeerConnection, was_direct: bool) -> None:
+        """
+        A connection to a peer we offered to that fell back to a relay
+        after its direct path was lost punches again for a direct path,
+        after L{DIRECT_AGAIN}, for as long as each punch ends relayed.  One
+        relayed from the start does not: what kept it off a direct path
+        then will most likely keep it off now.
+        """
+        earlier = self._direct_again.pop(peer, None)
+        if earlier is not None and earlier[1].active():
+            earlier[1].cancel()
+        if not connection.relayed or peer not in self._offered:
+            return
+        if earlier is None and not was_direct:
+            return
+        attempt = 0 if earlier is None else earlier[0] + 1
+        self._schedule_direct(peer, connection, attempt)
+
+    def _schedule_direct(self, peer: str, connection: PeerConnection, attempt: int) -> None:
+        delay = DIRECT_AGAIN(attempt)
+        call = self._reactor.callLater(delay, self._try_direct, peer, connection, attempt)
+        self._direct_again[peer] = (attempt, call)
+
+    def _try_direct(self, peer: str, connection: PeerConnection, attempt: int) -> None:
+        if connection.closed or not connection.relayed or not self._running():
+            self._direct_again.pop(peer, None)
+            return
+        if connection.reconnecting:
+            return  # the punch for the lost path comes first, and carries the count on
+        self.log.info("punching again to {peer} for a direct path", peer=peer)
+
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "punching again to {peer} for a direct path failed ({error})",
+                peer=peer,
+                error=failure.value,
+            )
+            entry = self._direct_again.get(peer)
+            current = entry is not None and entry[0] == attempt and not entry[1].active()
+            if current and not connection.closed and self._running():
+                self._schedule_direct(peer, connection, attempt + 1)
+
+        self._punch_again(peer).addErrback(failed)
 
     def moved(self, session_id: bytes, result: PunchResult) -> None:
         """A session connected over a relay found a direct path: move there."""
@@ -267,6 +323,8 @@ class Connections:
 
     def close(self, connection: PeerConnection) -> None:
         self._puncher.forget(connection.session_id)
+        if connection.peer is not None and self.by_peer.get(connection.peer) is connection:
+            self._forget_direct(connection.peer)
         connection.close()
         if connection.peer is not None and self.by_peer.get(connection.peer) is connection:
             del self.by_peer[connection.peer]
@@ -277,8 +335,15 @@ class Connections:
             if retry.active():
                 retry.cancel()
         self._retries.clear()
+        for peer in list(self._direct_again):
+            self._forget_direct(peer)
         for connection in list(self.by_peer.values()):
             self.close(connection)
+
+    def _forget_direct(self, peer: str) -> None:
+        entry = self._direct_again.pop(peer, None)
+        if entry is not None and entry[1].active():
+            entry[1].cancel()
 
     def status(self) -> list[dict[str, Any]]:
         """Each connection as C{--status} shows it."""

@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from twisted_nat.errors import TransferError, TwistedNATError
-from twisted_nat.service import NATTraversalService, PeerSettings
+from twisted_nat.service import KeepAliveSettings, NATTraversalService, PeerSettings
 from twisted_nat.streams import QuicLink, StreamSettings
 from twisted_nat.streams.stream import PeerAddress
 from twisted_nat.transfer.disk import hash_file
@@ -77,6 +77,7 @@ def _service(
         interface=options["interface"],
         turn_servers=options["turn"],
         streams=TRANSFER_STREAMS,
+        keepalive=KeepAliveSettings(interval=options["keepalive-interval"]),
     )
     return NATTraversalService(
         options["stun"],
