@@ -25,6 +25,7 @@ ALICE4 = Candidate(CandidateType.SERVER_REFLEXIVE, "198.51.100.1", 40001)
 ALICE6 = Candidate(CandidateType.HOST, "2001:db8:a::1", 5000)
 BOB4 = Candidate(CandidateType.SERVER_REFLEXIVE, "198.51.100.2", 40002)
 BOB6 = Candidate(CandidateType.HOST, "2001:db8:b::1", 5000)
+BOB_HOST4 = Candidate(CandidateType.HOST, "192.0.2.12", 5000)
 
 
 def sessions(
@@ -79,8 +80,14 @@ def test_pairs_form_within_a_family() -> None:
 
 def test_without_ipv6_candidates_the_grace_is_the_ordinary_one() -> None:
     """A peer (or a machine) without IPv6 punches and waits exactly as before."""
-    alice, bob = sessions((ALICE4,), (BOB4,))
+    alice, bob = sessions((ALICE4,), (BOB_HOST4, BOB4))
     assert what(works(alice, bob, alice.tick(0.0), BOB4, 0.0, 0.01)) == [("StartGrace", 0.02)]
+
+
+def test_the_best_pair_working_with_no_other_family_left_is_taken_at_once() -> None:
+    """Nothing ranks above it and no IPv6 pair races it: no grace to wait."""
+    alice, bob = sessions((ALICE4,), (BOB4,))
+    assert what(works(alice, bob, alice.tick(0.0), BOB4, 0.0, 0.01)) == [("StartGrace", 0.0)]
 
 
 def test_ipv4_first_waits_for_ipv6_and_takes_it_when_as_quick() -> None:

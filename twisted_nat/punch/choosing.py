@@ -276,7 +276,7 @@ class Choosing:
             if pair.base.family == 4 and self.waits_for_ipv6():
                 # The race of the families: IPv6 gets a moment to work too.
                 return max(delay, settings.families.wait)
-            return delay
+            return 0.0 if self.outranks_the_rest(pair) else delay
         if (
             not pair.relayed
             and pair.base.family == 6
@@ -286,6 +286,22 @@ class Choosing:
             # IPv6 is cut short to the ordinary grace.
             return delay
         return None
+
+    def outranks_the_rest(self, pair: Pair) -> bool:
+        """
+        Whether nothing better can come for C{pair}, a direct pair that
+        works: no pair that has not worked yet ranks above it, and no
+        direct pair of the other family is left to race it.  Waiting then
+        would only delay the connection (a peer with a public address, or
+        IPv6 without NAT).
+        """
+        rank, family, valid = pair.rank(), pair.base.family, self.valid
+        for key, other in self.pairs.items():
+            if key in valid:
+                continue
+            if other.rank() > rank or (not other.relayed and other.base.family != family):
+                return False
+        return True
 
     def waits_for_ipv6(self) -> bool:
         """
