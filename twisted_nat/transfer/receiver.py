@@ -24,7 +24,7 @@ from zope.interface import implementer
 from twisted_nat.errors import TransferError, TransferProtocolError, UnsafeName
 from twisted_nat.streams.stream import PeerAddress
 from twisted_nat.transfer.disk import PartFile, Survey, survey
-from twisted_nat.transfer.names import split_name
+from twisted_nat.transfer.names import check_names
 from twisted_nat.transfer.protocol import (
     Abort,
     Accept,
@@ -117,7 +117,11 @@ class Receiver:
 
     def _offered(self, offer: Offer) -> None:
         self._offer = offer
-        self._split = [split_name(entry.name) for entry in offer.files]
+        try:
+            self._split = check_names([entry.name for entry in offer.files])
+        except UnsafeName as e:
+            self._refuse(f"cannot write {e}")
+            return
         assert self.peer is not None
         self._report.offer(self.peer, offer, incoming=True)
         looking = self._in_thread(survey, self.root, offer.files, self._split)
