@@ -16,6 +16,14 @@ from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.tap.turn import TURN_PASSWORD_ENVIRONMENT, turn_servers
 
 
+def stun_server(text: str) -> tuple[str, int]:
+    """A C{--stun} value, HOST[:PORT] (port 3478 if not given), or L{usage.UsageError}."""
+    try:
+        return parse_hostport(text, DEFAULT_STUN_PORT)
+    except ConfigurationError as e:
+        raise usage.UsageError(str(e)) from None
+
+
 class PeerConnectionOptions(usage.Options):
     """
     Rendezvous, STUN and TURN servers, our key and pins, the local socket
@@ -84,10 +92,7 @@ class PeerConnectionOptions(usage.Options):
 
     def opt_stun(self, server: str) -> None:
         """A STUN server, HOST[:PORT] (repeatable)."""
-        try:
-            self["stun"].append(parse_hostport(server, DEFAULT_STUN_PORT))
-        except ConfigurationError as e:
-            raise usage.UsageError(str(e)) from None
+        self["stun"].append(stun_server(server))
 
     def opt_turn(self, uri: str) -> None:
         """A TURN server, turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]."""
