@@ -441,3 +441,15 @@ def test_a_link_under_a_file_name_is_neither_followed_nor_replaced(tmp_path):
     assert victim.read_bytes() == b"precious"
     assert (hostile.output / "f").is_symlink()
     assert sorted(p.name for p in hostile.output.iterdir()) == ["f"]
+
+
+def test_a_name_too_long_below_the_output_directory_is_refused_in_one_short_line(tmp_path):
+    deep = tmp_path / ("b" * 200)
+    deep.mkdir()
+    hostile = Hostile(deep)
+    name = "/".join(["a" * 200] * 20)
+    control = hostile.open(offer_of(FileEntry(name, 3, SHA_OF_ABC)))
+    outcome = result(hostile.receiver.done)
+    assert outcome.error == f"cannot read {name[:80]}...: File name too long"
+    assert control.other is not None and isinstance(control.other.protocol, _Sink)
+    assert str(tmp_path).encode() not in bytes(control.other.protocol.data)
