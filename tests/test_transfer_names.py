@@ -46,6 +46,12 @@ def test_plain_names_split_into_their_parts():
         ("a\x00b", "control"),
         ("a\nb", "control"),
         ("a\x7fb", "control"),
+        ("a\x9b31mb", "control"),
+        ("a\x85b", "control"),
+        ("a\u2028b", "control"),
+        ("a\u2029b", "control"),
+        ("invoice\u202egpj.exe", "bidirectional"),
+        ("d\u2066x\u2069/f", "bidirectional"),
         ("x.tn-part", "receiver's own"),
         ("d/.x.tn-part", "receiver's own"),
         ("\udc80", "UTF-8"),
@@ -91,6 +97,15 @@ def test_a_name_must_be_text(value):
 
 def test_names_that_only_resemble_windows_devices_pass():
     for name in ("CONSOLE", "con-fig.txt", "nullable", "COM10", "LPT", "my.con", "a.nul", "COMA"):
+        assert split_name(name) == (name,)
+
+
+def test_joiners_and_marks_that_scripts_need_pass():
+    for name in (
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+        "\u05e9\u05dc\u05d5\u05dd\u200f.txt",
+        "\U0001f469\u200d\U0001f4bb",
+    ):
         assert split_name(name) == (name,)
 
 
@@ -174,4 +189,5 @@ def test_any_name_that_passes_stays_below_the_directory(name):
     assert not any(c in joined for c in '<>"|?*')
     assert all(unicodedata.is_normalized("NFC", part) for part in parts)
     assert not any(part.endswith((".", " ")) for part in parts)
+    assert not any(unicodedata.category(c) == "Cc" for c in joined)
     assert list(parts) == joined[len("/out/") :].split("/")

@@ -8,10 +8,11 @@ strictest of them (Windows, macOS, Linux), so a transfer that works
 between two Linux machines works to any: no absolute names, no C{..} or
 C{.}, no drive letters, backslashes or other characters Windows refuses,
 no device names (C{CON}, C{NUL.txt}), no part ending in a dot or space,
-no control characters, and bounded lengths.  Names are written in
-Unicode NFC, and two names of one offer that a case-insensitive file
-system would take for one are refused.  Symbolic links on the way are the
-disk's business (L{twisted_nat.transfer.disk}); this module is pure.
+no control characters or bidirectional overrides, and bounded lengths.
+Names are written in Unicode NFC, and two names of one offer that a
+case-insensitive file system would take for one are refused.  Symbolic
+links on the way are the disk's business (L{twisted_nat.transfer.disk});
+this module is pure.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ WINDOWS_DEVICES = frozenset(
     + [f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"]
 )
 """Names Windows takes for devices, whatever their case or extension."""
+_CONTROLS = frozenset(["Cc", "Zl", "Zp"])
+"""C0 and C1 controls, DEL, and the line and paragraph separators: none is printed as itself."""
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Embeddings, overrides and isolates, which can show C{exe.jpg} for C{gpj.exe}."""
 _UNITS = "bytes (UTF-8, or UTF-16 decomposed)"
 
 
@@ -66,8 +71,10 @@ def split_name(name: object) -> tuple[str, ...]:
     name = unicodedata.normalize("NFC", name)
     if _length(name) > MAX_NAME_BYTES:
         raise UnsafeName(f"{shown}: longer than {MAX_NAME_BYTES} {_UNITS}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if any(unicodedata.category(c) in _CONTROLS for c in name):
         raise UnsafeName(f"{shown}: control characters (NUL, newline, ...) in a name")
+    if _BIDI.intersection(name):
+        raise UnsafeName(f"{shown}: bidirectional controls (they change how a name reads)")
     if "\\" in name:
         raise UnsafeName(f"{shown}: a backslash in a name")
     if ":" in name:
