@@ -54,6 +54,8 @@ def test_plain_names_split_into_their_parts():
         ("d\u2066x\u2069/f", "bidirectional"),
         ("x.tn-part", "receiver's own"),
         ("d/.x.tn-part", "receiver's own"),
+        (".x.TN-Part", "receiver's own"),
+        (".f.tn-part/g", "receiver's own"),
         ("\udc80", "UTF-8"),
         ("a" * (MAX_PART_BYTES + 1), "part longer"),
         ("/".join(["a" * 200] * 21), "longer than"),

@@ -38,7 +38,10 @@ less room for the hidden name of the file while it is received.
 MAX_DEPTH = 64
 """Parts of one name at most."""
 PART_SUFFIX = ".tn-part"
-"""Ends the name of a file being received; names ending so are refused, they are ours."""
+"""
+Ends the name of a file being received; names with a part ending so, in
+any case, are refused: they are ours.
+"""
 
 WINDOWS_FORBIDDEN = frozenset('<>:"|?*\\')
 """Characters Windows refuses in a name, beside control characters."""
@@ -89,7 +92,7 @@ def split_name(name: object) -> tuple[str, ...]:
         raise UnsafeName(f"{shown}: more than {MAX_DEPTH} levels deep")
     for part in parts:
         _check_part(shown, part)
-    if parts[-1].endswith(PART_SUFFIX):
+    if any(part.casefold().endswith(PART_SUFFIX) for part in parts):
         raise UnsafeName(f"{shown}: names ending {PART_SUFFIX} are the receiver's own")
     return parts
 
