@@ -454,6 +454,11 @@ def test_bad_endpoint_is_one_line():
         (["server", "--rate-limit", "-1"], "--rate-limit must be 0 or more"),
         (["server", "--rate-limit", "inf"], "--rate-limit must be 0 or more and finite"),
         (["server", "--rate-burst", "0.5"], "--rate-burst must be 1 or more"),
+        (["server", "--rate-burst", "x"], "--rate-burst must be a number, not 'x'"),
+        (["server", "--rate-burst", "nan"], "--rate-burst must be 1 or more and finite: nan"),
+        (["server", "--rate-limit", "nan"], "--rate-limit must be 0 or more and finite: nan"),
+        (["server", "--offer-timeout", "0"], "--offer-timeout must be positive and finite: 0"),
+        (["server", "--idle-timeout", "-inf"], "--idle-timeout must be positive and finite"),
     ],
 )
 def test_bad_options_end_in_one_line(args, message):
@@ -687,3 +692,24 @@ async def test_status_requests_are_logged_at_debug_only():
     assert len(requests) == 3
     assert all(e["log_level"] is LogLevel.debug for e in requests)
     assert not [line for line in info_lines(events) if "GET" in line or line.startswith(NOISY)]
+
+
+@pytest.mark.parametrize(
+    "arguments, prefix, other",
+    [
+        (["server", "--single"], b"twisted_nat_rendezvous_", b"twisted_nat_peer_"),
+        (PEER, b"twisted_nat_peer_", b"twisted_nat_rendezvous_"),
+    ],
+)
+def test_metrics_serve_the_server_or_the_peer_they_belong_to(arguments, prefix, other):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from twisted_nat.metrics.exposition import MetricsSite
+
+    options = Options()
+    options.parseOptions([*arguments, "--metrics", "tcp:0:interface=127.0.0.1"])
+    services: Any = list(makeService(options, reactor=Clock()))  # type: ignore[call-overload]
+    [site] = [s.factory for s in services if isinstance(getattr(s, "factory", None), MetricsSite)]
+    text = generate_latest(site.resource.registry)
+    assert prefix in text and other not in text

@@ -165,3 +165,16 @@ def test_the_sender_refuses_what_it_cannot_send(tmp_path):
     (tmp_path / "bad\\name").write_bytes(b"")
     with pytest.raises(TransferError, match="backslash"):
         collect([str(tmp_path / "bad\\name")])
+
+
+def test_the_sender_refuses_names_one_where_case_does_not_count(tmp_path):
+    top = tmp_path / "photos"
+    top.mkdir()
+    (top / "IMG.jpg").write_bytes(b"a")
+    (top / "img.jpg").write_bytes(b"b")
+    with pytest.raises(TransferError, match="differ only in case"):
+        collect([str(top)])
+    (top / "img.jpg").unlink()
+    (top / "NUL.jpg").write_bytes(b"b")
+    with pytest.raises(TransferError, match="device name"):
+        collect([str(top)])

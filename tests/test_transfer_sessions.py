@@ -388,3 +388,68 @@ def test_a_part_file_of_the_right_bytes_is_resumed(tmp_path):
     assert (out / "d" / "big").read_bytes() == big
     # Each side counts what it moved: what the part lacked, and the small file.
     assert sum(moved) == 2 * (len(big) - 300_000 + len(b"hello"))
+
+
+@pytest.mark.parametrize(
+    "names, why",
+    [
+        (["README", "readme"], "differ only in case"),
+        (["d/f", "D/F"], "differ only in case"),
+        (["CON.txt"], "device name"),
+        (["a<b"], "Windows refuses"),
+        (["dir./f"], "dot or space"),
+        (["a\\b"], "backslash"),
+        (["../x"], "'..'"),
+        (["/etc/x"], "absolute"),
+    ],
+)
+def test_an_offer_of_names_not_portable_is_refused_before_the_disk(tmp_path, names, why):
+    hostile = Hostile(tmp_path)
+    control = hostile.open(offer_of(*(FileEntry(name, 3, SHA_OF_ABC) for name in names)))
+    outcome = result(hostile.receiver.done)
+    assert outcome.received == 0
+    assert outcome.error is not None and outcome.error.startswith("cannot write ")
+    assert why in outcome.error
+    assert control.write_closed
+    assert control.other is not None and isinstance(control.other.protocol, _Sink)
+    said = bytes(control.other.protocol.data)
+    assert b'"type":"refuse"' in said and why.encode() in said
+    assert list(hostile.output.iterdir()) == []
+
+
+def test_a_link_in_the_output_directory_is_not_followed_out(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    hostile = Hostile(tmp_path)
+    (hostile.output / "d").symlink_to(outside)
+    hostile.open(offer_of(FileEntry("d/f", 3, SHA_OF_ABC)))
+    outcome = result(hostile.receiver.done)
+    assert outcome.received == 0
+    assert outcome.error == "cannot write d/f: d is a symbolic link here"
+    assert list(outside.iterdir()) == []
+
+
+def test_a_link_under_a_file_name_is_neither_followed_nor_replaced(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    hostile = Hostile(tmp_path)
+    (hostile.output / "f").symlink_to(victim)
+    hostile.open(offer_of(FileEntry("f", 3, SHA_OF_ABC)))
+    assert hostile.receiver.buildProtocol(SENDER) is None
+    outcome = result(hostile.receiver.done)
+    assert outcome.error == "f exists at the receiver (use --overwrite)"
+    assert victim.read_bytes() == b"precious"
+    assert (hostile.output / "f").is_symlink()
+    assert sorted(p.name for p in hostile.output.iterdir()) == ["f"]
+
+
+def test_a_name_too_long_below_the_output_directory_is_refused_in_one_short_line(tmp_path):
+    deep = tmp_path / ("b" * 200)
+    deep.mkdir()
+    hostile = Hostile(deep)
+    name = "/".join(["a" * 200] * 20)
+    control = hostile.open(offer_of(FileEntry(name, 3, SHA_OF_ABC)))
+    outcome = result(hostile.receiver.done)
+    assert outcome.error == f"cannot read {name[:80]}...: File name too long"
+    assert control.other is not None and isinstance(control.other.protocol, _Sink)
+    assert str(tmp_path).encode() not in bytes(control.other.protocol.data)

@@ -41,6 +41,7 @@ from twisted_nat.address import format_address, parse_hostport
 from twisted_nat.errors import ConfigurationError, TwistedNATError
 from twisted_nat.nat import detect_nat
 from twisted_nat.stun.client import DEFAULT_STUN_PORT, DiscoveryResult, STUNClient
+from twisted_nat.tap.connection_options import stun_server
 from twisted_nat.transfer.options import ReceiveOptions, SendOptions
 from twisted_nat.trust import create_identity, load_identity
 
@@ -87,10 +88,7 @@ class DetectOptions(usage.Options):
 
     def opt_stun(self, server: str) -> None:
         """A STUN server, HOST[:PORT] (repeatable; port 3478 if not given)."""
-        try:
-            self["stun"].append(parse_hostport(server, DEFAULT_STUN_PORT))
-        except ConfigurationError as e:
-            raise usage.UsageError(str(e)) from None
+        self["stun"].append(stun_server(server))
 
     opt_s = opt_stun
 

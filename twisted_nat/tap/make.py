@@ -117,31 +117,23 @@ def _cluster(
     return ClusterNode(reactor, address, relay_timeout, limits.max_pending)
 
 
-def _metrics(endpoint: str, rendezvous: RendezvousService, reactor: IReactorTime) -> IService:
-    """Prometheus metrics of C{rendezvous} on C{endpoint}."""
-    try:
-        from prometheus_client import CollectorRegistry
-
-        from twisted_nat.metrics.exposition import metrics_service
-        from twisted_nat.metrics.rendezvous import RendezvousCollector
-    except ImportError as e:
-        raise ConfigurationError(_NO_METRICS.format(e)) from None
-    registry = CollectorRegistry()
-    registry.register(RendezvousCollector(rendezvous.factory))
-    return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
-
-
-def _peer_metrics(endpoint: str, peer: NATTraversalService, reactor: IReactorTime) -> IService:
-    """Prometheus metrics of C{peer} on C{endpoint}."""
+def _metrics(
+    endpoint: str, served: RendezvousService | NATTraversalService, reactor: IReactorTime
+) -> IService:
+    """Prometheus metrics of a rendezvous server or a peer on C{endpoint}."""
     try:
         from prometheus_client import CollectorRegistry
 
         from twisted_nat.metrics.exposition import metrics_service
         from twisted_nat.metrics.peer import PeerCollector, PeerMetrics
+        from twisted_nat.metrics.rendezvous import RendezvousCollector
     except ImportError as e:
         raise ConfigurationError(_NO_METRICS.format(e)) from None
     registry = CollectorRegistry()
-    registry.register(PeerCollector(PeerMetrics(peer, reactor)))
+    if isinstance(served, RendezvousService):
+        registry.register(RendezvousCollector(served.factory))
+    else:
+        registry.register(PeerCollector(PeerMetrics(served, reactor)))
     return metrics_service(endpoint, registry, cast(IReactorCore, reactor))
 
 
@@ -240,7 +232,7 @@ def makeService(config: Options, reactor: IReactorTime | None = None) -> IServic
                     top
                 )
             if sub["metrics"]:
-                _peer_metrics(sub["metrics"], peer, reactor).setServiceParent(top)
+                _metrics(sub["metrics"], peer, reactor).setServiceParent(top)
         else:
             demo_service(reactor, sub).setServiceParent(top)
     except (ConfigurationError, ValueError) as e:

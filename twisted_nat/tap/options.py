@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 from twisted.python import usage
 
-from twisted_nat.address import parse_hostport, parse_ip, parse_port
+from twisted_nat.address import parse_ip, parse_port
 from twisted_nat.cluster.address import parse_redis_address
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.limits import DESCRIPTOR_RESERVE
@@ -17,16 +17,14 @@ from twisted_nat.portmap import Mode
 from twisted_nat.punch import birthday, meeting
 from twisted_nat.rendezvous.interfaces import DEFAULT_RELAY_TIMEOUT
 from twisted_nat.rendezvous.quotas import ServerLimits
-from twisted_nat.stun.client import DEFAULT_STUN_PORT
 from twisted_nat.stun.sourcelimit import DEFAULT_RATE
+from twisted_nat.tap.connection_options import PeerConnectionOptions
 from twisted_nat.tap.logs import LEVELS, level_named
 from twisted_nat.tap.parsing import parse_count as _parse_count
 from twisted_nat.tap.parsing import parse_limit as _parse_limit
 from twisted_nat.tap.parsing import parse_rate as _parse_rate
-from twisted_nat.tap.turn import TURN_PASSWORD_ENVIRONMENT, turn_servers
 from twisted_nat.trust.known import Accept
 from twisted_nat.trust.target import Target
-from twisted_nat.turn.uri import TURNServer
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_ALTERNATE_ADDRESS = "127.0.0.2"
@@ -212,7 +210,7 @@ class ServerOptions(usage.Options):
         )
 
 
-class PeerOptions(usage.Options):
+class PeerOptions(PeerConnectionOptions):
     """Options of C{twistd nat peer}."""
 
     synopsis = "--name NAME --rendezvous ENDPOINT [options]"
@@ -237,23 +235,7 @@ class PeerOptions(usage.Options):
     ]
     optParameters = [
         ["name", "n", None, "Our name at the rendezvous server."],
-        [
-            "key",
-            "k",
-            None,
-            "Our key file (made, mode 0600, if missing); without it a new key is made "
-            "for this run only, and peers that pinned us refuse the next one.",
-        ],
-        [
-            "known-peers",
-            None,
-            None,
-            "File of the keys pinned to peer names, one 'NAME KEY' per line (default: "
-            "memory only).",
-        ],
         ["accept", None, "anyone", "Whose offers to answer: anyone, or known (pinned) peers."],
-        ["port", "p", "0", "Local UDP port (0: any)."],
-        ["interface", "i", "0.0.0.0", "Local address to bind."],
         [
             "ipv6",
             None,
@@ -269,8 +251,6 @@ class PeerOptions(usage.Options):
             "Ask the default gateway to forward a public port to our socket, and offer it "
             "to peers: auto (PCP, then NAT-PMP, then UPnP-IGD), pcp, natpmp, upnp or off.",
         ],
-        # Numeric defaults: usage.Options coerces given values only, not defaults.
-        ["keepalive-interval", None, 25.0, "Seconds between keep-alives.", float],
         ["status", None, None, f"Serve our state as JSON on this endpoint, e.g. {STATUS_EXAMPLE}."],
         [
             "metrics",
@@ -280,16 +260,8 @@ class PeerOptions(usage.Options):
             "lost) on this endpoint, e.g. tcp:9101:interface=127.0.0.1; needs "
             "twisted-nat[metrics].",
         ],
+        # Numeric defaults: usage.Options coerces given values only, not defaults.
         ["greet-every", None, 0.0, "Send each connected peer a datagram this often (s).", float],
-        ["turn-user", None, None, "User name on the --turn servers (one for all of them)."],
-        [
-            "turn-password",
-            None,
-            None,
-            "Password on the --turn servers. Anyone who can list processes can read it "
-            f"here: prefer the environment variable {TURN_PASSWORD_ENVIRONMENT}, which is "
-            "read when this option is not given.",
-        ],
         # Parsed in postOptions, so that a bad value is refused naming its option.
         [
             "birthday-sockets",
@@ -322,29 +294,7 @@ class PeerOptions(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["stun"] = []
         self["connect"] = []
-        self["turn"] = []
-        self["rendezvous"] = []
-
-    def opt_rendezvous(self, endpoint: str) -> None:
-        """
-        Client endpoint of the rendezvous server, e.g. tcp:host=HOST:port=8765;
-        repeatable, for the nodes of one rendezvous: the peer stays registered
-        at one and moves to the next when it goes away.
-        """
-        if endpoint in self["rendezvous"]:
-            raise usage.UsageError(f"--rendezvous {endpoint} is given twice")
-        self["rendezvous"].append(endpoint)
-
-    opt_r = opt_rendezvous
-
-    def opt_stun(self, server: str) -> None:
-        """A STUN server, HOST[:PORT] (repeatable)."""
-        try:
-            self["stun"].append(parse_hostport(server, DEFAULT_STUN_PORT))
-        except ConfigurationError as e:
-            raise usage.UsageError(str(e)) from None
 
     def opt_connect(self, peer: str) -> None:
         """Connect to this peer once ready: NAME, NAME=KEY or KEY (repeatable)."""
@@ -353,19 +303,13 @@ class PeerOptions(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--connect {peer}: {e}") from None
 
-    def opt_turn(self, uri: str) -> None:
-        """A TURN server, turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]."""
-        # Parsed in postOptions, once the credentials (which may come after) are known.
-        self["turn"].append(uri)
-
     def postOptions(self) -> None:
         if not self["name"]:
             raise usage.UsageError("a peer needs --name")
         if not self["rendezvous"]:
             raise usage.UsageError("a peer needs --rendezvous ENDPOINT")
+        self.check_connection()
         try:
-            self["port"] = parse_port(self["port"])
-            self["interface"] = parse_ip(self["interface"])
             if self["interface6"] is not None and ":" not in parse_ip(self["interface6"]):
                 raise ConfigurationError(f"--interface6 is no IPv6 address: {self['interface6']}")
             if self["ipv6"] not in ("auto", "off"):
@@ -375,15 +319,12 @@ class PeerOptions(usage.Options):
             self["birthday-rate"] = _parse_rate("birthday-rate", self["birthday-rate"])
         except ConfigurationError as e:
             raise usage.UsageError(str(e)) from None
-        if self["keepalive-interval"] <= 0:
-            raise usage.UsageError("--keepalive-interval must be positive")
         try:
             self["accept"] = Accept(self["accept"])
         except ValueError:
             raise usage.UsageError(
                 f"--accept must be anyone or known, not {self['accept']!r}"
             ) from None
-        self["turn"] = self._turn_servers()
         try:
             self["port-mapping"] = Mode(self["port-mapping"])
         except ValueError:
@@ -391,9 +332,6 @@ class PeerOptions(usage.Options):
             raise usage.UsageError(
                 f"--port-mapping must be one of {choices}, not {self['port-mapping']!r}"
             ) from None
-
-    def _turn_servers(self) -> list[TURNServer]:
-        return turn_servers(self["turn"], self["turn-user"], self["turn-password"])
 
 
 class DemoOptions(usage.Options):

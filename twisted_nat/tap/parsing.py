@@ -23,31 +23,26 @@ def parse_count(option: str, text: str) -> int:
 
 def parse_limit(rate_text: str, burst_text: str | None) -> tuple[float, float] | None:
     """C{--rate-limit} and C{--rate-burst}: (rate, burst), or None for no limit."""
-    try:
-        rate = float(rate_text)
-    except ValueError:
-        raise ConfigurationError(f"--rate-limit must be a number, not {rate_text!r}") from None
-    if not (rate >= 0 and math.isfinite(rate)):
-        raise ConfigurationError(f"--rate-limit must be 0 or more and finite: {rate_text}")
+    rate = _finite("rate-limit", rate_text, 0.0, "0 or more")
     if rate == 0:
         return None
     if burst_text is None:
         return rate, max(1.0, 2 * rate)
-    try:
-        burst = float(burst_text)
-    except ValueError:
-        raise ConfigurationError(f"--rate-burst must be a number, not {burst_text!r}") from None
-    if not (burst >= 1 and math.isfinite(burst)):
-        raise ConfigurationError(f"--rate-burst must be 1 or more and finite: {burst_text}")
-    return rate, burst
+    return rate, _finite("rate-burst", burst_text, 1.0, "1 or more")
 
 
 def parse_rate(option: str, text: str) -> float:
     """A rate: a finite number above 0."""
+    return _finite(option, text, 0.0, "positive", strictly=True)
+
+
+def _finite(option: str, text: str, least: float, bound: str, strictly: bool = False) -> float:
+    """A finite number of at least C{least} (above it, if C{strictly}); C{bound} says which."""
     try:
-        rate = float(text)
+        value = float(text)
     except ValueError:
         raise ConfigurationError(f"--{option} must be a number, not {text!r}") from None
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ConfigurationError(f"--{option} must be positive and finite: {text}")
-    return rate
+    within = value > least if strictly else value >= least
+    if not (within and math.isfinite(value)):
+        raise ConfigurationError(f"--{option} must be {bound} and finite: {text}")
+    return value

@@ -10,15 +10,12 @@ from __future__ import annotations
 import getopt
 import os
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.python import usage
 
-from twisted_nat.address import parse_hostport, parse_ip, parse_port
-from twisted_nat.errors import ConfigurationError
-from twisted_nat.stun.client import DEFAULT_STUN_PORT
+from twisted_nat.tap.connection_options import PeerConnectionOptions
 from twisted_nat.tap.options import DEFAULT_ADDRESS, DEFAULT_PORT
-from twisted_nat.tap.turn import turn_servers
 from twisted_nat.trust.names import normalise_name
 from twisted_nat.trust.target import Target
 
@@ -26,53 +23,27 @@ DEFAULT_RENDEZVOUS_CLIENT = "tcp:host=127.0.0.1:port=8765"
 """Where C{twistd -n nat server} (and the demonstration) runs its rendezvous server."""
 
 
-class ConnectionOptions(usage.Options):
-    """How a peer reaches others: those of C{twistd nat peer}."""
+class ConnectionOptions(PeerConnectionOptions):
+    """
+    Those of C{twistd nat peer} (L{PeerConnectionOptions}), with the
+    loopback defaults, and what both commands add: C{--json}, C{--timeout}.
+    """
 
+    help: ClassVar[dict[str, str]] = {
+        "key": "Our key file (made, mode 0600, if missing); default: send.key or "
+        "receive-NAME.key in $XDG_CONFIG_HOME/twisted-nat (~/.config/twisted-nat).",
+        "known-peers": "File of the keys pinned to peer names ('NAME KEY' lines); default for "
+        "send: known_peers beside the key, for receive: memory only.",
+        "rendezvous": "Client endpoint of the rendezvous server (repeatable); default: "
+        "loopback's 8765.",
+        "stun": "A STUN server, HOST[:PORT] (repeatable); default 127.0.0.1:3478.",
+    }
     optFlags: list[list[Any]] = [
         ["json", "j", "Print one JSON object per line (for scripts) instead of progress."],
     ]
     optParameters: list[list[Any]] = [
-        [
-            "key",
-            "k",
-            None,
-            "Our key file (made, mode 0600, if missing); default: send.key or "
-            "receive-NAME.key in $XDG_CONFIG_HOME/twisted-nat (~/.config/twisted-nat).",
-        ],
-        [
-            "known-peers",
-            None,
-            None,
-            "File of the keys pinned to peer names ('NAME KEY' lines); default for send: "
-            "known_peers beside the key, for receive: memory only.",
-        ],
-        ["port", "p", "0", "Local UDP port (0: any)."],
-        ["interface", "i", "0.0.0.0", "Local address to bind."],
-        ["turn-user", None, None, "User name on the --turn servers."],
-        [
-            "turn-password",
-            None,
-            None,
-            "Password on the --turn servers (better: the environment variable "
-            "TWISTED_NAT_TURN_PASSWORD).",
-        ],
         ["timeout", None, 30.0, "Seconds to reach the rendezvous server and the peer.", float],
-        [
-            "keepalive-interval",
-            None,
-            25.0,
-            "Seconds between keep-alives (a probe waits at most as long for its answer); "
-            "shorter finds a dead path sooner, and moves the transfer to a relay sooner.",
-            float,
-        ],
     ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self["stun"] = []
-        self["turn"] = []
-        self["rendezvous"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -95,38 +66,14 @@ class ConnectionOptions(usage.Options):
                     ordered.append(value)
         super().parseOptions([*ordered, "--", *arguments])
 
-    def opt_rendezvous(self, endpoint: str) -> None:
-        """Client endpoint of the rendezvous server (repeatable); default: loopback's 8765."""
-        self["rendezvous"].append(endpoint)
-
-    opt_r = opt_rendezvous
-
-    def opt_stun(self, server: str) -> None:
-        """A STUN server, HOST[:PORT] (repeatable); default 127.0.0.1:3478."""
-        try:
-            self["stun"].append(parse_hostport(server, DEFAULT_STUN_PORT))
-        except ConfigurationError as e:
-            raise usage.UsageError(str(e)) from None
-
-    def opt_turn(self, uri: str) -> None:
-        """A TURN server, turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]."""
-        self["turn"].append(uri)
-
     def postOptions(self) -> None:
         if not self["rendezvous"]:
             self["rendezvous"] = [DEFAULT_RENDEZVOUS_CLIENT]
         if not self["stun"]:
             self["stun"] = [(DEFAULT_ADDRESS, DEFAULT_PORT)]
-        try:
-            self["port"] = parse_port(self["port"])
-            self["interface"] = parse_ip(self["interface"])
-        except ConfigurationError as e:
-            raise usage.UsageError(str(e)) from None
+        self.check_connection()
         if self["timeout"] <= 0:
             raise usage.UsageError("--timeout must be positive")
-        if self["keepalive-interval"] <= 0:
-            raise usage.UsageError("--keepalive-interval must be positive")
-        self["turn"] = turn_servers(self["turn"], self["turn-user"], self["turn-password"])
 
 
 class SendOptions(ConnectionOptions):

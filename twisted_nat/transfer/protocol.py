@@ -24,8 +24,7 @@ from typing import Any
 
 import attrs
 
-from twisted_nat.errors import TransferProtocolError, UnsafeName
-from twisted_nat.transfer.names import check_names
+from twisted_nat.errors import TransferProtocolError
 
 MAX_MESSAGE = 1 << 20
 """Bytes of one message at most: an offer of the most files with long names fits."""
@@ -49,6 +48,8 @@ class FileEntry:
 
 @attrs.frozen
 class Offer:
+    """The sender's files, named as it likes: L{twisted_nat.transfer.names} checks them."""
+
     files: tuple[FileEntry, ...]
 
     @property
@@ -200,10 +201,9 @@ def _offer(files: object) -> Offer:
     if not all(isinstance(item, dict) for item in items):
         raise TransferProtocolError("a file in an offer that is not an object")
     names = [item.get("name") for item in items]
-    try:
-        check_names(names)
-    except UnsafeName as e:
-        raise TransferProtocolError(f"an unsafe file name: {e}") from None
+    if not all(isinstance(name, str) for name in names):
+        raise TransferProtocolError("a file name in an offer that is not text")
+    # Whether the names may be written is the receiver's to say, in its refusal.
     return Offer(
         tuple(
             FileEntry(str(name), _count(item.get("size")), _hash(item.get("sha256")))

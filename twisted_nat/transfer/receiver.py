@@ -12,6 +12,7 @@ received at once; each file no longer than offered.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from zope.interface import implementer
 from twisted_nat.errors import TransferError, TransferProtocolError, UnsafeName
 from twisted_nat.streams.stream import PeerAddress
 from twisted_nat.transfer.disk import PartFile, Survey, survey
-from twisted_nat.transfer.names import split_name
+from twisted_nat.transfer.names import check_names
 from twisted_nat.transfer.protocol import (
     Abort,
     Accept,
@@ -117,7 +118,11 @@ class Receiver:
 
     def _offered(self, offer: Offer) -> None:
         self._offer = offer
-        self._split = [split_name(entry.name) for entry in offer.files]
+        try:
+            self._split = check_names([entry.name for entry in offer.files])
+        except UnsafeName as e:
+            self._refuse(f"cannot write {e}")
+            return
         assert self.peer is not None
         self._report.offer(self.peer, offer, incoming=True)
         looking = self._in_thread(survey, self.root, offer.files, self._split)
@@ -129,10 +134,20 @@ class Receiver:
         if isinstance(error, UnsafeName):
             self._refuse(f"cannot write {error}")
         elif isinstance(error, OSError):
-            self._refuse(f"cannot read {error.filename}: {error.strerror}")
+            self._refuse(f"cannot read {self._below_root(error.filename)}: {error.strerror}")
         else:
             self.log.failure("looking at the output directory failed", failure)
             self._refuse(f"cannot look at the output directory: {error}")
+
+    def _below_root(self, path: object) -> str:
+        """
+        A path the survey could not read as the sender may see it: below the
+        output directory (whose own path is none of its business), cut short.
+        """
+        if not isinstance(path, str):
+            return "the output directory"
+        shown = os.path.relpath(path, self.root)
+        return shown if len(shown) <= 80 else f"{shown[:80]}..."
 
     def _surveyed(self, found: Survey) -> Deferred[None] | None:
         self._survey = found
