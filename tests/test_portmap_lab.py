@@ -37,6 +37,7 @@ import pytest
 from tests.support.lab_fixtures import LabWorld, Peers, lab_world
 from tests.support.miniupnpd import Miniupnpd, require_miniupnpd
 from tests.support.natlab import Lab, Nat, NatSpec, NatType
+from twisted_nat.portmap.announce import ANNOUNCE_SPREAD
 
 pytestmark = pytest.mark.lab
 
@@ -349,3 +350,42 @@ def test_a_gateway_restart_mid_connection(gateway: Gateway, peers: Peers) -> Non
     before = mapped.status()["received"][far_name]
     assert until(lambda: mapped.status()["received"][far_name] >= before + 10, 5)
     assert mapped.of("lost") == [] and far.of("lost") == []
+
+
+def test_a_gateway_announcing_its_restart_is_asked_again_at_once(
+    gateway: Gateway, peers: Peers
+) -> None:
+    """
+    miniupnpd multicasts a PCP ANNOUNCE when it starts: a peer whose lease
+    would be renewed only in a minute hears it, and has its mapping back
+    within the announcement's spread, not at the renewal.
+    """
+    serial = next(_pairs)
+    lease = 120
+    mapped = peers.start(
+        "gw",
+        f"m{serial}",
+        "--no-detect",
+        "--port-mapping",
+        "pcp",
+        "--port-mapping-lease",
+        str(lease),
+    )
+    mapped.wait_for("ready", timeout=30)
+    external = mapped.status()["port_mapping"]["mapping"]["external"]
+    time.sleep(3)  # past RFC 6887's 2 s of tolerance, so the new epoch tells the restart
+
+    gateway.miniupnpd.restart()
+    restarted = time.monotonic()
+    assert not dnat_rule(gateway, int(external.rsplit(":", 1)[1]))
+
+    def restored() -> bool:
+        return bool(mapped.status()["port_mapping"]["restored"] == 1)
+
+    assert until(restored, ANNOUNCE_SPREAD + 5), mapped.status()["port_mapping"]
+    took = time.monotonic() - restarted
+    status = mapped.status()["port_mapping"]
+    assert status["announced"] == 1 and status["renewed"] == 1, status
+    now = status["mapping"]["external"]
+    assert dnat_rule(gateway, int(now.rsplit(":", 1)[1]))
+    print(f"\nmapping back {took:.1f} s after the restart (renewal due in {lease / 2:.0f} s)")

@@ -7,6 +7,8 @@ service stops.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
@@ -16,6 +18,7 @@ from twisted.python.failure import Failure
 
 from twisted_nat.address import format_address
 from twisted_nat.errors import PortMappingError
+from twisted_nat.portmap.announce import ANNOUNCE_SPACING, ANNOUNCE_SPREAD
 from twisted_nat.portmap.client import Grant, IMappingClient
 from twisted_nat.portmap.lease import retry_renewal, search_again
 from twisted_nat.portmap.values import DEFAULT_LIFETIME, Mapping, Mode, Protocol
@@ -39,6 +42,8 @@ class PortMapper:
     @ivar renewals: how many renewals the gateway granted.
     @ivar restores: how often the gateway had lost the mapping and it was
         made again.
+    @ivar announcements: how many of the gateway's announcements brought a
+        check forward (L{announced}).
     """
 
     log = Logger()
@@ -52,6 +57,7 @@ class PortMapper:
         changed: Changed,
         lifetime: int = DEFAULT_LIFETIME,
         searched: Callable[[], object] = lambda: None,
+        rng: random.Random | None = None,
     ) -> None:
         self._clock = clock
         self.mode = mode
@@ -64,6 +70,9 @@ class PortMapper:
         self.failures: dict[Protocol, str] = {}
         self.restores = 0
         self.renewals = 0
+        self.announcements = 0
+        self._rng = rng if rng is not None else random.Random()
+        self._quiet_until = -math.inf
         self._client: IMappingClient | None = None
         self._trying: IMappingClient | None = None
         self._timer: IDelayedCall | None = None
@@ -82,6 +91,25 @@ class PortMapper:
         if self._running:
             delay = max(0.0, when - self._clock.seconds())
             self._timer = self._clock.callLater(delay, self._work)
+
+    def announced(self) -> None:
+        """
+        The gateway announced a (re)start: renew, or search, within a
+        random L{ANNOUNCE_SPREAD} rather than when due, at most once per
+        L{ANNOUNCE_SPACING} (a forged announcement costs one request).
+        """
+        now = self._clock.seconds()
+        timer = self._timer
+        if not self._running or timer is None or now < self._quiet_until:
+            return  # stopped, or asking already
+        self._quiet_until = now + ANNOUNCE_SPACING
+        when = now + self._rng.uniform(0.0, ANNOUNCE_SPREAD)
+        if timer.getTime() <= when:
+            return
+        timer.cancel()
+        self.announcements += 1
+        self.log.debug("port mapping: the gateway announced a restart; asking it again")
+        self._at(when)
 
     def _work(self) -> None:
         self._timer = None
@@ -216,4 +244,5 @@ class PortMapper:
             "failures": {p.value: reason for p, reason in self.failures.items()},
             "renewed": self.renewals,
             "restored": self.restores,
+            "announced": self.announcements,
         }
