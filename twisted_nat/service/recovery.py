@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from twisted_nat.rendezvous import ISignaling
+from twisted_nat.rendezvous import ISignaling, RendezvousClient
 from twisted_nat.service.addresses import Addresses
-from twisted_nat.service.waiting import within
+from twisted_nat.service.waiting import both, within
 
 REGISTERED_WAIT = 5.0
 """How long a new offer to a peer whose path was lost waits for the rendezvous to have us again."""
@@ -47,12 +47,17 @@ class Recovery:
         """
         Our public address again, and a word to the rendezvous (a lookup
         of our own name): it opens our NAT for the server's words again,
-        or finds the connection dead, so that the client makes a new one.
+        or finds the connection dead, so that the client makes a new one,
+        at once (L{RendezvousClient.verify}); fires once both are done, so
+        that a new offer does not go out on a connection about to die.
         """
         signaling, name = self._signaling(), self._our_name()
-        if signaling is not None and name is not None:
+        verified: Deferred[Any] = succeed(None)
+        if isinstance(signaling, RendezvousClient):
+            verified = signaling.verify()
+        elif signaling is not None and name is not None:
             signaling.lookup(name).addErrback(lambda _: None)
-        return self._addresses.refresh()
+        return Deferred.fromCoroutine(both(verified, self._addresses.refresh()))
 
     def connect_again(self, peer: str) -> Deferred[Any]:
         """Offer again to C{peer}, once the rendezvous has us (or after L{REGISTERED_WAIT})."""
