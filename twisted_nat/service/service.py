@@ -62,14 +62,13 @@ from twisted_nat.service.recovery import Recovery
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.report import peer_status
 from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
-from twisted_nat.service.trust import PeerTrust, choose_identity
+from twisted_nat.service.trust import PeerTrust, checked_name, choose_identity
 from twisted_nat.service.waiting import both
 from twisted_nat.streams.peers import PeerStreams
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 from twisted_nat.stun.message import MessageClass, Method
 from twisted_nat.trust.keys import Identity, PeerKey
 from twisted_nat.trust.known import KnownPeers
-from twisted_nat.trust.names import normalise_name
 
 
 class NATTraversalService(MultiService):
@@ -135,7 +134,7 @@ class NATTraversalService(MultiService):
         self.settings = settings
         self.stun_servers = list(stun_servers)
         if name is not None:
-            name = _normalised(name)
+            name = checked_name(name)
         self.peer_name = name
         identity = choose_identity(identity, signaling, name)
         self.trust = PeerTrust(identity, known_peers if known_peers is not None else KnownPeers())
@@ -177,7 +176,12 @@ class NATTraversalService(MultiService):
         )
         """The shared socket's port mapped on the gateway, and offered as a candidate."""
         recovery = Recovery(
-            reactor, self.addresses, lambda: self.signaling, self._our_name, self.connect
+            reactor,
+            self.addresses,
+            lambda: self.signaling,
+            self._our_name,
+            self.connect,
+            self.relays.verify,
         )
         self.links = Connections(
             reactor,
@@ -350,7 +354,7 @@ class NATTraversalService(MultiService):
         if name is None and key is None:
             raise ConfigurationError("connect to a name, a key, or both")
         if name is not None:
-            name = _normalised(name)
+            name = checked_name(name)
         return await self.punching.connect(signaling, ours, name, key)
 
     def open_stream(self, peer: str, protocol: IProtocol) -> Deferred[IProtocol]:
@@ -362,7 +366,7 @@ class NATTraversalService(MultiService):
         return Deferred.fromCoroutine(self._open_stream(peer, protocol))
 
     async def _open_stream(self, peer: str, protocol: IProtocol) -> IProtocol:
-        name = _normalised(peer)
+        name = checked_name(peer)
         connection = self.links.by_peer.get(name)
         if connection is None or connection.closed:
             connection = await self.connect(name)
@@ -391,13 +395,6 @@ class _GiveStreams(PeerEventsBase):
         self, connection: PeerConnection, result: PunchResult, offerer: bool, again: bool
     ) -> None:
         self._streams.connected(connection, offerer)
-
-
-def _normalised(name: str) -> str:
-    try:
-        return normalise_name(name)
-    except ValueError as e:
-        raise ConfigurationError(str(e)) from None
 
 
 NATTraversalManager = NATTraversalService

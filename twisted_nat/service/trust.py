@@ -153,3 +153,11 @@ def choose_identity(
         key=identity.public.text,
     )
     return identity
+
+
+def checked_name(name: str) -> str:
+    """C{name} normalised, or L{ConfigurationError} saying why it is no name."""
+    try:
+        return normalise_name(name)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
