@@ -8,7 +8,6 @@ carries the connection's traffic again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,9 +15,9 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet import task
 
-from tests.support.coturn import CoturnInstance, CoturnMode, require_tool, running_coturn
+from tests.support.coturn import CoturnInstance
 from tests.support.polling import until
-from tests.test_service_turn import PASSWORD, REALM, USER, start_pair, stop
+from tests.test_service_turn import coturn, start_pair, stop
 from twisted_nat.candidates import CandidateType
 from twisted_nat.errors import TURNError
 from twisted_nat.service import NATTraversalService
@@ -27,16 +26,9 @@ from twisted_nat.turn.attributes import Lifetime, XorPeerAddress
 
 pytestmark = pytest.mark.interop
 
+__all__ = ["coturn"]  # the fixture, shared with the module it comes from
+
 reactor: Any = global_reactor
-
-
-@pytest.fixture(scope="module")
-def coturn() -> Iterator[CoturnInstance]:
-    require_tool("turnserver")
-    with running_coturn(
-        CoturnMode.TURN, username=USER, password=PASSWORD, realm=REALM, tcp=True
-    ) as server:
-        yield server
 
 
 async def forget_allocations(service: NATTraversalService) -> None:
