@@ -16,7 +16,11 @@ C{benchmarks.bench_failure}'s to measure):
     sender's connection said so meanwhile: it announced C{checking} and
     C{reconnecting} before it was healthy again;
   - an idle connection works again in both directions one keep-alive
-    interval plus the checks' time (and some slack) after the reboot.
+    interval plus the checks' time (and some slack) after the reboot;
+  - between two symmetric NATs, where only a TURN relay (coturn, in a lab
+    of its own) carries the connection, data flows again through the
+    relay: the reboot moved both peers to new ports, which cost them
+    their allocations, and both allocate again before the new punch.
 
 C{FAILURE_LAB_TRIALS} sets the reboots with data flowing (2 by default).
 """
@@ -28,7 +32,7 @@ import time
 
 import pytest
 
-from tests.support.lab_fixtures import LabWorld, Peers, lab_fixtures
+from tests.support.lab_fixtures import LabWorld, Peers, lab_fixtures, lab_world
 from tests.support.natlab import NatSpec, NatType
 from tests.support.peer_runner import PeerProcess
 from tests.support.reboots import flowing_pair, reboot
@@ -112,3 +116,24 @@ def test_idle_connection_is_repaired_within_an_interval(world: LabWorld, peers: 
     assert [e["seq"] for e in bob.wait_for("data", 3, timeout=10)] == [1, 2, 3]
     assert [e["seq"] for e in alice.wait_for("data", 3, timeout=10)] == [1, 2, 3]
     print(f"\nidle: states {[e['state'] for e in alice.of('state')]}, lost {alice.of('lost')}")
+
+
+def test_reboot_of_a_relayed_pair_is_carried_by_the_relay_again() -> None:
+    specs = [NatSpec("random1", NatType.SYMMETRIC), NatSpec("random2", NatType.SYMMETRIC)]
+    with lab_world(specs, turn=True) as relayed_world:
+        peers = Peers(relayed_world)
+        try:
+            nats = [relayed_world.lab.nat(spec.name) for spec in specs]
+            alice, bob = flowing_pair(peers, ("random1", 0), ("random2", 0))
+            [row] = alice.status()["connections"]
+            assert row["relayed"], row
+            for trial in range(TRIALS):
+                recovery = reboot(alice, bob, nats, SAFETY)
+                print(f"\nrelayed, trial {trial + 1}: {recovery}")
+                assert recovery.seconds is not None, f"no data within {SAFETY:.0f} s: {recovery}"
+                assert recovery.lost and recovery.repunched, recovery
+                assert_healthy_soon(alice)
+                [row] = alice.status()["connections"]
+                assert row["relayed"], row
+        finally:
+            peers.stop_all()

@@ -55,6 +55,9 @@ RetryPolicy = Callable[[int], float]
 
 DEFAULT_CALL_TIMEOUT = 30.0
 
+VERIFY_TIMEOUT = 1.0
+"""How long L{RendezvousClient.verify} waits for the server's answer."""
+
 _T = TypeVar("_T")
 
 
@@ -140,11 +143,11 @@ class RendezvousClient(Service):
         self._waiters: list[Deferred[None]] = []
         self._registrations = 0
         self._taken: RegisteredElsewhere | None = None
+        self._policy = retry_policy or default_retry_policy()
+        self._verifying: RendezvousClientProtocol | None = None
+        self._at_once = False
         self._service = ClientService(
-            self.nodes,
-            _Factory(self),
-            retryPolicy=retry_policy or default_retry_policy(),
-            clock=reactor,
+            self.nodes, _Factory(self), retryPolicy=self._retry_delay, clock=reactor
         )
 
     @property
@@ -251,6 +254,9 @@ class RendezvousClient(Service):
 
     def _lost(self, protocol: RendezvousClientProtocol, reason: Failure) -> None:
         endpoint = self.endpoint
+        if protocol is self._verifying:
+            self._verifying = None
+            self._at_once = True
         self.nodes.lost()  # the next attempt starts with the next node
         if protocol.superseded is not None and self.running:
             self._superseded(protocol.superseded, endpoint)
@@ -264,6 +270,47 @@ class RendezvousClient(Service):
                 endpoint=endpoint,
                 reason=reason.getErrorMessage(),
             )
+
+    def _retry_delay(self, attempt: int) -> float:
+        if self._at_once:
+            self._at_once = False
+            return 0.0
+        return self._policy(attempt)
+
+    def verify(self, timeout: float = VERIFY_TIMEOUT) -> Deferred[bool]:
+        """
+        Whether our connection still answers: a lookup of our own name,
+        given C{timeout} seconds, fires True if it does.  A connection that
+        fails it (reset, or silent and then dropped here) is made again at
+        once instead of after the retry policy's first delay: whoever asks
+        has seen a path die (a NAT that lost its bindings) and waited
+        already.  Failures after that wait as the policy says.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            return defer.succeed(False)
+        self._verifying = protocol
+        d = protocol.lookup(self.peer_name)
+        d.addTimeout(timeout, self._reactor)
+
+        def answered(result: object) -> bool:
+            if self._verifying is protocol:
+                self._verifying = None
+            return True
+
+        def silent(failure: Failure) -> bool:
+            if protocol is self._protocol and protocol.transport is not None:
+                self.log.info(
+                    "The rendezvous server at {endpoint} did not answer in {timeout:g} s; "
+                    "reconnecting",
+                    endpoint=self.endpoint,
+                    timeout=timeout,
+                )
+                self._protocol = None  # not registered from now: the loss comes a turn later
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            return False
+
+        return d.addCallbacks(answered, silent)
 
     def _superseded(self, reason: str, endpoint: str) -> None:
         """Another connection holds our key now: stop, rather than take it back in turn."""

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED6, BaseRegistry
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.service.settings import PeerSettings
 from twisted_nat.stun.client import STUNClient
 from twisted_nat.stun.message import MessageClass, Method
 
@@ -87,6 +88,16 @@ class IPv6Socket:
         if self.port is None:
             return None
         return self.port.getHost().port  # type: ignore[attr-defined,no-any-return]
+
+    def start(self, settings: PeerSettings, shared_port: int) -> bool:
+        """
+        Bind where the settings say (L{ipv6_interface}), on their port or
+        else on the IPv4 socket's C{shared_port}; False for no IPv6 socket.
+        """
+        interface = ipv6_interface(settings.ipv6, settings.interface, settings.interface6)
+        if interface is None:
+            return False
+        return self.bind(interface, settings.local_port or shared_port, bool(settings.local_port))
 
     def bind(self, interface: str, port: int, fixed: bool) -> bool:
         """

@@ -44,7 +44,7 @@ from twisted_nat.service.gate import OfferGate
 from twisted_nat.service.relays import Relays
 from twisted_nat.service.settings import PeerSettings
 from twisted_nat.service.trust import PeerTrust
-from twisted_nat.service.waiting import within
+from twisted_nat.service.waiting import both, within
 from twisted_nat.trust.handshake import Offering, answer_offer
 from twisted_nat.trust.keys import PeerKey
 
@@ -176,10 +176,12 @@ class Punching:
         await self._watch.known()
         existing = self._connections.by_peer.get(offer.from_name)
         if self._addresses.refreshing or (existing is not None and not existing.closed):
-            # Answer with our new public address if it comes in time.  A
-            # connected peer offering again lost its path: perhaps because
-            # our NAT lost its bindings, and our public address with them.
-            await within(self._reactor, self._addresses.refresh(), REFRESH_WAIT)
+            # Answer with our new public address (and relays) if they come
+            # in time.  A connected peer offering again lost its path:
+            # perhaps because our NAT lost its bindings, and our public
+            # address and relay allocations with them.
+            relearning = both(self._addresses.refresh(), self._relays.verify())
+            await within(self._reactor, Deferred.fromCoroutine(relearning), REFRESH_WAIT)
         candidates, latest = await self.candidates_for_punch(offer.candidates)
         hint = self._hint(latest)
         our_name = self._our_name()

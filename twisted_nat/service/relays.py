@@ -49,6 +49,9 @@ retransmissions.  A relay that comes later is offered from then on.
 FAMILY_NOT_SUPPORTED = 440
 """TURN's error code for a relayed address family the server does not offer."""
 
+VERIFY_WAIT = 2.0
+"""How long L{Relays.verify} is waited for: a TURN server that does not answer is not."""
+
 RETRY = backoffPolicy(initialDelay=5.0, maxDelay=300.0, factor=2.0, jitter=lambda: 0.0)
 """Pauses between attempts to get a relay again after an allocation failed or ended."""
 
@@ -81,6 +84,7 @@ class Relays:
         self._ipv6 = False
         self._streams: list[TURNClient] = []
         self._retries: dict[tuple[TURNServer, int], IDelayedCall] = {}
+        self._server_of: dict[Base, TURNServer] = {}
 
     def attach(self, mux: UDPMultiplexer, stun: STUNClient) -> None:
         """Allocate over the shared socket too (for C{turn:...?transport=udp} servers)."""
@@ -168,6 +172,7 @@ class Relays:
         allocation.attach(relay_mux)
         self._bases.add(base, relay_mux)
         self.allocations[base] = allocation
+        self._server_of[base] = server
         self._addresses.add(Candidate(CandidateType.RELAYED, *allocation.relayed_address))
         self.log.info(
             "relayed candidate {relayed} on {server}",
@@ -178,6 +183,7 @@ class Relays:
 
     def _lost(self, reason: TURNError, server: TURNServer, base: Base) -> None:
         allocation = self.allocations.pop(base, None)
+        self._server_of.pop(base, None)
         self._bases.remove(base)
         if allocation is not None:
             self._addresses.remove(allocation.relayed_address)
@@ -185,6 +191,33 @@ class Relays:
             return
         self.log.warn("{relay} lost: {reason}", relay=base, reason=reason)
         self._retry(server, 0, base.family)
+
+    def verify(self) -> Deferred[None]:
+        """
+        After a lost path: refresh every allocation now.  One the server no
+        longer keeps for us (a NAT that lost its bindings moved us to a new
+        port: 437, allocation mismatch; or a stream that was reset) is made
+        again at once, not after L{RETRY}'s first pause, so that the next
+        offer carries a relayed candidate that works.  Fires when all are
+        done, or after L{VERIFY_WAIT}.
+        """
+        checks = [
+            Deferred.fromCoroutine(self._verify(base, allocation, self._server_of[base]))
+            for base, allocation in list(self.allocations.items())
+            if base in self._server_of
+        ]
+        return within(self._reactor, DeferredList(checks), VERIFY_WAIT)
+
+    async def _verify(self, base: Base, allocation: Allocation, server: TURNServer) -> None:
+        try:
+            await allocation.refresh()
+        except TwistedNATError:  # lost, and logged: _lost scheduled a new allocation
+            retry = self._retries.get((server, base.family))
+            if retry is None or not self._running():
+                return
+            if retry.active():
+                retry.cancel()
+            await self._allocate(server, 0, base.family)
 
     def _retry(self, server: TURNServer, attempt: int, family: int) -> None:
         if not self._running():

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocol,
@@ -39,9 +39,8 @@ from twisted.internet.interfaces import (
     IReactorUDP,
 )
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from twisted_nat.address import Address, format_address
+from twisted_nat.address import Address
 from twisted_nat.bases import BaseRegistry
 from twisted_nat.candidates import Candidate
 from twisted_nat.connection import AppDataRouter, PeerConnection
@@ -49,25 +48,27 @@ from twisted_nat.errors import ConfigurationError
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.nat import NATBehavior
 from twisted_nat.portmap import ClientFactory
-from twisted_nat.punch import ExtraSockets, HolePuncher, PunchFailed, PunchResult
+from twisted_nat.punch import ExtraSockets, HolePuncher, PunchResult
 from twisted_nat.rendezvous import ISignaling, RendezvousClient
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.behavior import BehaviorWatch
 from twisted_nat.service.connections import Connections, ProtocolFactory
 from twisted_nat.service.events import IPeerEvents, PeerEvents, PeerEventsBase
+from twisted_nat.service.gathering import Gathering
 from twisted_nat.service.ipv6 import IPv6Socket, ipv4_servers, ipv6_interface
 from twisted_nat.service.portmapping import PortMapping
 from twisted_nat.service.punching import Punching, need_signaling
 from twisted_nat.service.recovery import Recovery
 from twisted_nat.service.relays import Relays
+from twisted_nat.service.report import peer_status
 from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
-from twisted_nat.service.trust import PeerTrust
+from twisted_nat.service.trust import PeerTrust, checked_name, choose_identity
+from twisted_nat.service.waiting import both
 from twisted_nat.streams.peers import PeerStreams
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 from twisted_nat.stun.message import MessageClass, Method
 from twisted_nat.trust.keys import Identity, PeerKey
 from twisted_nat.trust.known import KnownPeers
-from twisted_nat.trust.names import normalise_name
 
 
 class NATTraversalService(MultiService):
@@ -133,12 +134,9 @@ class NATTraversalService(MultiService):
         self.settings = settings
         self.stun_servers = list(stun_servers)
         if name is not None:
-            try:
-                name = normalise_name(name)
-            except ValueError as e:
-                raise ConfigurationError(str(e)) from None
+            name = checked_name(name)
         self.peer_name = name
-        identity = _identity(identity, signaling, name)
+        identity = choose_identity(identity, signaling, name)
         self.trust = PeerTrust(identity, known_peers if known_peers is not None else KnownPeers())
         """Our key, the keys we have pinned, and whose offers we answer."""
         self.signaling: ISignaling | None = signaling
@@ -178,7 +176,12 @@ class NATTraversalService(MultiService):
         )
         """The shared socket's port mapped on the gateway, and offered as a candidate."""
         recovery = Recovery(
-            reactor, self.addresses, lambda: self.signaling, self._our_name, self.connect
+            reactor,
+            self.addresses,
+            lambda: self.signaling,
+            self._our_name,
+            self.connect,
+            self.relays.verify,
         )
         self.links = Connections(
             reactor,
@@ -218,8 +221,19 @@ class NATTraversalService(MultiService):
             self.trust,
             self._our_name,
         )
-        self._gathered = False
-        self._waiting: list[Deferred[None]] = []
+        self.gathering = Gathering(
+            settings,
+            self.addresses,
+            self.port_mapping,
+            (self.nat, self.nat6),
+            self.relays,
+            self.ipv6,
+            self.stun,
+            self.events,
+            lambda: self.signaling,
+            self.connect,
+        )
+        """Our candidates, gathered at start."""
 
     # --- what the parts found ---
 
@@ -267,13 +281,8 @@ class NATTraversalService(MultiService):
         self.puncher.attach(self.mux)
         self.router.attach(self.mux)
         self.streams.router.attach(self.mux)
-        interface6 = ipv6_interface(
-            self.settings.ipv6, self.settings.interface, self.settings.interface6
-        )
-        if interface6 is not None:
-            local_port = self.settings.local_port
-            if self.ipv6.bind(interface6, local_port or self._shared_port(), bool(local_port)):
-                self.relays.attach6(self.ipv6.mux, self.ipv6.stun)
+        if self.ipv6.start(self.settings, self._shared_port()):
+            self.relays.attach6(self.ipv6.mux, self.ipv6.stun)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -282,8 +291,7 @@ class NATTraversalService(MultiService):
         super().startService()
         if self.signaling is not None:
             self.signaling.set_offer_handler(self.punching.on_offer)
-        gathering = Deferred.fromCoroutine(self._gather())
-        gathering.addErrback(self._gathering_failed)
+        self.gathering.start(self._shared_port())
 
     def _our_name(self) -> str | None:
         if self.signaling is not None and self.signaling.peer_name is not None:
@@ -297,58 +305,13 @@ class NATTraversalService(MultiService):
         assert self.port is not None
         return self.port.getHost().port  # type: ignore[attr-defined,no-any-return]
 
-    async def _gather(self) -> None:
-        port6 = self.ipv6.local_port
-        interface6 = ipv6_interface(True, self.settings.interface, self.settings.interface6)
-        self.addresses.gather_hosts(
-            self._shared_port(),
-            self.settings.interface,
-            self.settings.host_addresses,
-            None if port6 is None or interface6 is None else (port6, interface6, self.ipv6.stun),
-        )
-        mapping = self.port_mapping.start(self._shared_port(), self.settings.interface)
-        await self.addresses.discover()
-        await mapping
-        if self.stun.stun_servers and self.settings.detect_behavior:
-            self.nat.start(self.stun.stun_servers)
-        if self.ipv6.port and self.ipv6.stun.stun_servers and self.settings.detect_behavior:
-            self.nat6.start(self.ipv6.stun.stun_servers)
-        if self.settings.turn_servers:
-            await self.relays.start()
-        self._gathered = True
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
-        if self.settings.connect_to and self.signaling is not None:
-            await self.signaling.when_registered()
-            for target in self.settings.connect_to:
-                connecting = self.connect(target.name, target.key)
-                connecting.addErrback(self._connect_failed, str(target))
-
-    def _gathering_failed(self, failure: Failure) -> None:
-        self.log.failure("gathering candidates failed", failure)
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.errback(failure)
-
-    def _connect_failed(self, failure: Failure, peer: str) -> None:
-        error = failure.value
-        brief = error.brief() if isinstance(error, PunchFailed) else error
-        self.log.warn("could not connect to {peer}: {error}", peer=peer, error=brief)
-        self.log.debug("punch with {peer} failed: {error}", peer=peer, error=error)
-        self.events.punch_failed(peer, True, failure)
-
     def watch(self, watcher: IPeerEvents) -> None:
         """Tell C{watcher} what happens from now on (L{IPeerEvents})."""
         self.events.watchers.append(watcher)
 
     def ready(self) -> Deferred[None]:
         """Fires once the socket is bound and candidates are gathered."""
-        if self._gathered:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        return d
+        return self.gathering.ready()
 
     def stopService(self) -> Deferred[None]:
         unmapping = self.port_mapping.stop()
@@ -357,15 +320,15 @@ class NATTraversalService(MultiService):
         self.relays.stop()
         self.links.stop()
         self.extra_sockets.close_all()
-        stopping = Deferred.fromCoroutine(_both(super().stopService(), unmapping))
+        stopping = Deferred.fromCoroutine(both(super().stopService(), unmapping))
         closing6 = self.ipv6.close()
         if closing6 is not None:
-            stopping = Deferred.fromCoroutine(_both(stopping, closing6))
+            stopping = Deferred.fromCoroutine(both(stopping, closing6))
         if self.port is not None:
             port, self.port = self.port, None
             stopped = port.stopListening()
             if stopped is not None:
-                return Deferred.fromCoroutine(_both(stopping, stopped))
+                return Deferred.fromCoroutine(both(stopping, stopped))
         return stopping
 
     # --- connections ---
@@ -391,10 +354,7 @@ class NATTraversalService(MultiService):
         if name is None and key is None:
             raise ConfigurationError("connect to a name, a key, or both")
         if name is not None:
-            try:
-                name = normalise_name(name)
-            except ValueError as e:
-                raise ConfigurationError(str(e)) from None
+            name = checked_name(name)
         return await self.punching.connect(signaling, ours, name, key)
 
     def open_stream(self, peer: str, protocol: IProtocol) -> Deferred[IProtocol]:
@@ -406,10 +366,7 @@ class NATTraversalService(MultiService):
         return Deferred.fromCoroutine(self._open_stream(peer, protocol))
 
     async def _open_stream(self, peer: str, protocol: IProtocol) -> IProtocol:
-        try:
-            name = normalise_name(peer)
-        except ValueError as e:
-            raise ConfigurationError(str(e)) from None
+        name = checked_name(peer)
         connection = self.links.by_peer.get(name)
         if connection is None or connection.closed:
             connection = await self.connect(name)
@@ -425,45 +382,7 @@ class NATTraversalService(MultiService):
 
     def status(self) -> dict[str, Any]:
         """The state of this peer, as served by C{--status}."""
-        behavior = self.behavior
-        return {
-            "name": self._our_name(),
-            "key": self.key.text,
-            "local_port": self._shared_port() if self.port else None,
-            "local_port6": self.ipv6.local_port,
-            "public": format_address(self.public.mapped) if self.public else None,
-            "public6": (
-                format_address(self.addresses.public6.mapped) if self.addresses.public6 else None
-            ),
-            "nat": behavior.as_json() if behavior else None,
-            "nat6": self.nat6.behavior.as_json() if self.nat6.behavior else None,
-            "candidates": [{**c.as_json(), "type": c.kind.value} for c in self.candidates],
-            "port_mapping": self.port_mapping.status(),
-            "relays": sorted(format_address(a) for a in self.relays.relayed_addresses()),
-            "connections": self.links.status(),
-            "refused": self.trust.stats.as_json(),
-            "limited": dict(sorted(self.punching.refused.counts.items())),
-        }
-
-
-def _identity(
-    identity: Identity | None, signaling: ISignaling | None, name: str | None
-) -> Identity:
-    """The key a service signs with: given, the signalling channel's, or a new one."""
-    if signaling is not None:
-        theirs: Identity = signaling.identity
-        if identity is not None and identity.public != theirs.public:
-            raise ConfigurationError("the signalling channel is registered with another key")
-        return theirs
-    if identity is not None:
-        return identity
-    identity = Identity.generate()
-    NATTraversalService.log.info(
-        "no key given: {name} is {key} until it stops (give a key file to keep one)",
-        name=name or "this peer",
-        key=identity.public.text,
-    )
-    return identity
+        return peer_status(self._our_name(), self._shared_port() if self.port else None, self)
 
 
 class _GiveStreams(PeerEventsBase):
@@ -480,9 +399,3 @@ class _GiveStreams(PeerEventsBase):
 
 NATTraversalManager = NATTraversalService
 """The name the first design gave the service; the same class, kept for its users."""
-
-
-async def _both(first: Any, second: Any) -> None:
-    if first is not None:
-        await first
-    await second

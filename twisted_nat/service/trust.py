@@ -14,12 +14,20 @@ from collections.abc import Callable
 import attrs
 from twisted.logger import Logger
 
-from twisted_nat.errors import BadSignature, KeyMismatch, PeerRefused, TrustError
-from twisted_nat.rendezvous import Answer, Offer
+from twisted_nat.errors import (
+    BadSignature,
+    ConfigurationError,
+    KeyMismatch,
+    PeerRefused,
+    TrustError,
+)
+from twisted_nat.rendezvous import Answer, ISignaling, Offer
 from twisted_nat.trust.handshake import check_addressed, check_offer
 from twisted_nat.trust.keys import Identity, PeerKey
 from twisted_nat.trust.known import KnownPeers
 from twisted_nat.trust.names import normalise_name
+
+_log = Logger()
 
 
 @attrs.define
@@ -125,3 +133,31 @@ class PeerTrust:
             key=key.text if key is not None else "no key",
             error=error,
         )
+
+
+def choose_identity(
+    identity: Identity | None, signaling: ISignaling | None, name: str | None
+) -> Identity:
+    """The key a service signs with: given, the signalling channel's, or a new one."""
+    if signaling is not None:
+        theirs: Identity = signaling.identity
+        if identity is not None and identity.public != theirs.public:
+            raise ConfigurationError("the signalling channel is registered with another key")
+        return theirs
+    if identity is not None:
+        return identity
+    identity = Identity.generate()
+    _log.info(
+        "no key given: {name} is {key} until it stops (give a key file to keep one)",
+        name=name or "this peer",
+        key=identity.public.text,
+    )
+    return identity
+
+
+def checked_name(name: str) -> str:
+    """C{name} normalised, or L{ConfigurationError} saying why it is no name."""
+    try:
+        return normalise_name(name)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None

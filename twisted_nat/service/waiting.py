@@ -25,3 +25,10 @@ def within(reactor: IReactorTime, waited: Deferred[Any], seconds: float) -> Defe
     timer = reactor.callLater(seconds, fire)
     waited.addBoth(fire)
     return done
+
+
+async def both(first: Any, second: Any) -> None:
+    """Waits for C{first} (if not None), then for C{second}."""
+    if first is not None:
+        await first
+    await second
