@@ -58,9 +58,7 @@ RETRY = backoffPolicy(initialDelay=5.0, maxDelay=300.0, factor=2.0, jitter=lambd
 
 class Relays:
     """
-    The allocations of one service.
-
-    @ivar allocations: the live allocations, by their base.
+    The allocations of one service, each held with the server it is on.
     """
 
     log = Logger()
@@ -78,13 +76,17 @@ class Relays:
         self._bases = bases
         self._addresses = addresses
         self._running = running
-        self.allocations: dict[Base, Allocation] = {}
+        self._held: dict[Base, tuple[Allocation, TURNServer]] = {}
         self._udp: TURNClient | None = None
         self._udp6: TURNClient | None = None
         self._ipv6 = False
         self._streams: list[TURNClient] = []
         self._retries: dict[tuple[TURNServer, int], IDelayedCall] = {}
-        self._server_of: dict[Base, TURNServer] = {}
+
+    @property
+    def allocations(self) -> dict[Base, Allocation]:
+        """The live allocations, by their base."""
+        return {base: allocation for base, (allocation, _) in self._held.items()}
 
     def attach(self, mux: UDPMultiplexer, stun: STUNClient) -> None:
         """Allocate over the shared socket too (for C{turn:...?transport=udp} servers)."""
@@ -171,8 +173,7 @@ class Relays:
         relay_mux = UDPMultiplexer()
         allocation.attach(relay_mux)
         self._bases.add(base, relay_mux)
-        self.allocations[base] = allocation
-        self._server_of[base] = server
+        self._held[base] = (allocation, server)
         self._addresses.add(Candidate(CandidateType.RELAYED, *allocation.relayed_address))
         self.log.info(
             "relayed candidate {relayed} on {server}",
@@ -182,11 +183,10 @@ class Relays:
         allocation.lost.addCallback(self._lost, server, base)
 
     def _lost(self, reason: TURNError, server: TURNServer, base: Base) -> None:
-        allocation = self.allocations.pop(base, None)
-        self._server_of.pop(base, None)
+        held = self._held.pop(base, None)
         self._bases.remove(base)
-        if allocation is not None:
-            self._addresses.remove(allocation.relayed_address)
+        if held is not None:
+            self._addresses.remove(held[0].relayed_address)
         if isinstance(reason, TURNAllocationClosed) or not self._running():
             return
         self.log.warn("{relay} lost: {reason}", relay=base, reason=reason)
@@ -202,9 +202,8 @@ class Relays:
         done, or after L{VERIFY_WAIT}.
         """
         checks = [
-            Deferred.fromCoroutine(self._verify(base, allocation, self._server_of[base]))
-            for base, allocation in list(self.allocations.items())
-            if base in self._server_of
+            Deferred.fromCoroutine(self._verify(base, allocation, server))
+            for base, (allocation, server) in list(self._held.items())
         ]
         return within(self._reactor, DeferredList(checks), VERIFY_WAIT)
 
@@ -255,7 +254,8 @@ class Relays:
         A channel to C{peer} on the relay C{base}, if it is one: a channel
         costs 4 bytes a datagram, where a Send indication costs 36.
         """
-        allocation = self.allocations.get(base)
+        held = self._held.get(base)
+        allocation = held[0] if held is not None else None
         if allocation is not None and allocation.active:
             allocation.bind_channel(peer).addErrback(
                 lambda failure: self.log.info(
