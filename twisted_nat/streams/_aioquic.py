@@ -1,7 +1,7 @@
 """
 The few places where we reach inside aioquic, all here.
 
-aioquic has no public way to do four things we need, so each is a small
+aioquic has no public way to do these things we need, so each is a small
 function over its internals, pinned by the version range in the package's
 dependencies and held by the tests (each fails if aioquic changes under
 it):
@@ -14,7 +14,8 @@ it):
  - start congestion control and the RTT estimate afresh on a new path
    (L{reset_path}), as RFC 9000 section 9.4 asks of a migration;
  - know whether, and how large, DATAGRAM frames the peer takes
-   (L{peer_datagram_limit}).
+   (L{peer_datagram_limit});
+ - tell whether a datagram authenticated (L{idle_deadline} moves).
 """
 
 from __future__ import annotations
@@ -86,3 +87,11 @@ def peer_datagram_limit(connection: QuicConnection) -> int:
     """The largest DATAGRAM frame payload the peer said it takes; 0 if none (RFC 9221)."""
     limit = connection._remote_max_datagram_frame_size
     return 0 if limit is None else int(limit)
+
+
+def idle_deadline(connection: QuicConnection) -> float | None:
+    """
+    When the connection would end idle: moved on by every packet that
+    authenticates (and by a send), so a datagram that moved it was the peer's.
+    """
+    return connection._close_at

@@ -34,6 +34,7 @@ from twisted_nat.connection import ConnectionClosed, PeerConnection
 from twisted_nat.errors import (
     ConfigurationError,
     KeyMismatch,
+    PathLost,
     PeerClosedStreams,
     StreamError,
     StreamIdleTimeout,
@@ -46,6 +47,7 @@ from twisted_nat.streams.certificates import key_of
 from twisted_nat.streams.driver import QuicDriver, QuicStats, initial_destination
 from twisted_nat.streams.settings import StreamSettings, quic_configuration
 from twisted_nat.streams.stream import PeerAddress, StreamTransport
+from twisted_nat.streams.watch import PathWatch
 from twisted_nat.trust.keys import Identity
 
 Accept = Callable[[PeerAddress], IProtocol | None]
@@ -90,6 +92,7 @@ class QuicLink:
         connection.streams = self
         connection.on_path_change(self._path_changed)
         connection.when_closed().addCallback(lambda _: self.close())
+        self._watch = PathWatch(reactor, connection, settings.path_lost_timeout, self._path_lost)
 
     # --- the QUIC connection ---
 
@@ -109,6 +112,7 @@ class QuicLink:
         # A base that is gone loses the datagram, as the network may.
         with suppress(ConnectionClosed):
             connection.router.send(datagram, connection.remote_address, connection.base)
+        self._watch.sent()
 
     def datagram_received(self, datagram: bytes) -> None:
         """A QUIC datagram from the peer connection's path."""
@@ -123,7 +127,10 @@ class QuicLink:
                 self.log.debug("dropped a QUIC datagram from {peer}: no connection", peer=self.peer)
                 return
             driver = self._start(initial)
+        before = _aioquic.idle_deadline(driver.quic)
         driver.datagram_received(datagram)
+        if _aioquic.idle_deadline(driver.quic) != before:
+            self._watch.heard()  # QUIC took it: it authenticated
         for stream in list(self.streams.values()):
             stream.check_flow()
 
@@ -133,6 +140,19 @@ class QuicLink:
             return
         _aioquic.reset_path(driver.quic, connection.rtt)
         driver.transmit()
+
+    def _path_lost(self, seconds: float) -> None:
+        if self.driver is None or self.closed:
+            return
+        self.log.info(
+            "no path to {peer} for {seconds:.0f} s: its streams fail",
+            peer=self.peer,
+            seconds=seconds,
+        )
+        reason = PathLost(
+            f"the path to {self.peer} was lost and not found again in {seconds:.0f} s"
+        )
+        self._end(Failure(reason), QuicErrorCode.NO_ERROR)
 
     @property
     def peer(self) -> str:
@@ -354,6 +374,7 @@ class QuicLink:
         if self.closed:
             return
         self.closed = True
+        self._watch.stop()
         self._end(
             Failure(StreamsClosed(f"the connection to {self.peer} closed")),
             QuicErrorCode.NO_ERROR,

@@ -31,6 +31,11 @@ class StreamSettings:
         the QUIC connection ends and its streams fail with
         L{twisted_nat.errors.StreamIdleTimeout}: long enough to outlast a
         lost path being punched again.
+    @ivar path_lost_timeout: seconds the peer connection may spend
+        reconnecting (its path lost, a new punch not yet through) before the
+        QUIC connection ends and its streams fail with
+        L{twisted_nat.errors.PathLost}: long enough for a punch again, or
+        a move to a relay, short of the idle timeout.
     @ivar high_water: unacknowledged bytes of one stream above which its
         producer is paused.
     @ivar low_water: unacknowledged bytes below which a paused producer is
@@ -51,6 +56,7 @@ class StreamSettings:
     """
 
     idle_timeout: float = attrs.field(default=60.0, validator=positive)
+    path_lost_timeout: float = attrs.field(default=20.0, validator=positive)
     high_water: int = attrs.field(default=1 << 20, validator=positive)
     low_water: int = attrs.field(default=1 << 18, validator=_low_below_high)
     max_datagram_size: int = attrs.field(default=1200, validator=positive)
