@@ -45,6 +45,7 @@ from twisted_nat.limits import DropLog
 from twisted_nat.streams import _aioquic
 from twisted_nat.streams.certificates import key_of
 from twisted_nat.streams.driver import QuicDriver, QuicStats, initial_destination
+from twisted_nat.streams.pmtu import PathSizer, no_fragments
 from twisted_nat.streams.settings import StreamSettings, quic_configuration
 from twisted_nat.streams.stream import PeerAddress, StreamTransport
 from twisted_nat.streams.watch import PathWatch
@@ -93,6 +94,13 @@ class QuicLink:
         connection.on_path_change(self._path_changed)
         connection.when_closed().addCallback(lambda _: self.close())
         self._watch = PathWatch(reactor, connection, settings.path_lost_timeout, self._path_lost)
+        self._sizer = PathSizer(
+            reactor,
+            settings.max_datagram_size,
+            settings.probe_sizes,
+            self._send,
+            lambda: no_fragments(connection),
+        )
 
     # --- the QUIC connection ---
 
@@ -102,6 +110,7 @@ class QuicLink:
             configuration=configuration, original_destination_connection_id=initial
         )
         driver = QuicDriver(self._reactor, quic, self._send, self._event, self._stats, self._drops)
+        driver.on_timer = lambda: self._sizer.check(driver)
         self.driver, self.ready, self._last_incoming = driver, False, -1
         return driver
 
@@ -127,10 +136,8 @@ class QuicLink:
                 self.log.debug("dropped a QUIC datagram from {peer}: no connection", peer=self.peer)
                 return
             driver = self._start(initial)
-        before = _aioquic.idle_deadline(driver.quic)
-        driver.datagram_received(datagram)
-        if _aioquic.idle_deadline(driver.quic) != before:
-            self._watch.heard()  # QUIC took it: it authenticated
+        if driver.datagram_received(datagram):
+            self._watch.heard()
         for stream in list(self.streams.values()):
             stream.check_flow()
 
@@ -138,6 +145,7 @@ class QuicLink:
         driver = self.driver
         if driver is None or self.closed:
             return
+        self._sizer.restart(driver)
         _aioquic.reset_path(driver.quic, connection.rtt)
         driver.transmit()
 
@@ -193,6 +201,7 @@ class QuicLink:
             return
         self.ready = True
         self.log.debug("QUIC to {peer} is up", peer=self.peer)
+        self._sizer.start(self.driver)
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
@@ -288,6 +297,7 @@ class QuicLink:
     def _end(self, reason: Failure, code: int | None) -> None:
         """The QUIC connection is over: its streams and waiters fail with C{reason}."""
         driver, self.driver, self.ready = self.driver, None, False
+        self._sizer.stop()
         if driver is not None:
             if code is not None:
                 driver.quic.close(error_code=code, reason_phrase=str(reason.value))

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_nat.connection import PeerConnection
+from twisted_nat.keepalive.checks import LivenessChecks
 
 FEED_INTERVAL = 0.05
 """At most one report of QUIC traffic each way to the liveness checks per this many seconds."""
@@ -30,7 +31,7 @@ class PathWatch:
         C{timeout} seconds, with how long that was.
     """
 
-    __slots__ = ("_connection", "_gone", "_heard_at", "_reactor", "_sent_at", "_timeout", "_timer")
+    __slots__ = ("_connection", "_fed", "_gone", "_reactor", "_timeout", "_timer")
 
     def __init__(
         self,
@@ -44,7 +45,8 @@ class PathWatch:
         self._timeout = timeout
         self._gone = gone
         self._timer: IDelayedCall | None = None
-        self._sent_at = self._heard_at = -FEED_INTERVAL
+        self._fed = [-FEED_INTERVAL, -FEED_INTERVAL]
+        """When QUIC's traffic was last reported to the liveness checks: sent, heard."""
         connection.on_state_change(self._state_changed)
         self._state_changed(connection)
 
@@ -67,18 +69,20 @@ class PathWatch:
 
     def sent(self) -> None:
         """QUIC sent the peer a datagram."""
-        now = self._reactor.seconds()
-        if now - self._sent_at >= FEED_INTERVAL:
-            self._sent_at = now
-            liveness = self._connection.liveness
-            if liveness is not None:
-                liveness.sent()
+        liveness = self._due(0)
+        if liveness is not None:
+            liveness.sent()
 
     def heard(self) -> None:
-        """A QUIC datagram came from the peer (QUIC authenticates it)."""
+        """A QUIC datagram from the peer authenticated."""
+        liveness = self._due(1)
+        if liveness is not None:
+            liveness.heard()
+
+    def _due(self, way: int) -> LivenessChecks | None:
+        """The liveness checks, if a report that way is due (one per L{FEED_INTERVAL})."""
         now = self._reactor.seconds()
-        if now - self._heard_at >= FEED_INTERVAL:
-            self._heard_at = now
-            liveness = self._connection.liveness
-            if liveness is not None:
-                liveness.heard()
+        if now - self._fed[way] < FEED_INTERVAL:
+            return None
+        self._fed[way] = now
+        return self._connection.liveness
