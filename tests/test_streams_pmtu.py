@@ -5,15 +5,19 @@ simulated internet, whose paths carry datagrams up to C{max_payload}.
 
 from __future__ import annotations
 
+import socket
+import sys
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aioquic.quic.recovery import QuicPacketPacer
 
 from tests.test_streams import Echo, Recorder, Servers, connected, world
+from twisted_nat.bases import SHARED
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.streams import StreamSettings, _aioquic
-from twisted_nat.streams.pmtu import MAX_PROBES, SizeSearch
+from twisted_nat.streams.pmtu import MAX_PROBES, SizeSearch, unfragmented
 
 
 def test_the_search_confirms_each_acknowledged_size_in_turn() -> None:
@@ -130,3 +134,41 @@ def test_the_pacer_sends_what_its_rate_allowed_while_a_timer_came_a_millisecond_
     ours = sent_after_a_late_wakeup(_aioquic.CoarsePacer(max_datagram_size=1200))
     assert stock <= 16, "aioquic's bucket: 16 packets at most"
     assert ours >= 800, "a millisecond at 1 MB per millisecond is 833 packets"
+
+
+class _Port:
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's socket options")
+def test_probes_leave_with_the_dont_fragment_bit_and_other_datagrams_as_before() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        port = _Port(sock)
+        bases = SimpleNamespace(transport_of=lambda base: port)
+        connection: Any = SimpleNamespace(router=SimpleNamespace(bases=bases), base=SHARED)
+        level, name = socket.IPPROTO_IP, 10  # IP_MTU_DISCOVER
+        before = sock.getsockopt(level, name)
+        assert before != 2
+        with unfragmented(connection):
+            assert sock.getsockopt(level, name) == 2  # IP_PMTUDISC_DO
+        assert sock.getsockopt(level, name) == before
+    finally:
+        sock.close()
+
+
+def test_a_new_quic_connection_probes_afresh() -> None:
+    w = world()
+    connection, client, at_bob = echoing(w)
+    w.internet.advance(5.0)
+    first = connection.streams.driver
+    assert size_of(connection) == 1472
+    connection.streams.close()
+    connection.streams.closed = False
+    again = Recorder()
+    w.internet.run_until(connection.open_stream(again))
+    w.internet.advance(5.0)
+    assert connection.streams.driver is not first
+    assert size_of(connection) == 1472
+    w.stop()

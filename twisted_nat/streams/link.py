@@ -45,7 +45,7 @@ from twisted_nat.limits import DropLog
 from twisted_nat.streams import _aioquic
 from twisted_nat.streams.certificates import key_of
 from twisted_nat.streams.driver import QuicDriver, QuicStats, initial_destination
-from twisted_nat.streams.pmtu import PathSizer, no_fragments
+from twisted_nat.streams.pmtu import PathSizer, unfragmented
 from twisted_nat.streams.settings import StreamSettings, quic_configuration
 from twisted_nat.streams.stream import PeerAddress, StreamTransport
 from twisted_nat.streams.watch import PathWatch
@@ -99,7 +99,7 @@ class QuicLink:
             settings.max_datagram_size,
             settings.probe_sizes,
             self._send,
-            lambda: no_fragments(connection),
+            lambda: unfragmented(connection),
         )
 
     # --- the QUIC connection ---

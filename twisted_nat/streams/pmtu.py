@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -89,22 +89,41 @@ class SizeSearch:
         self._in_flight = None
 
 
-def dont_fragment(sock: socket.socket) -> None:
-    """Datagrams from C{sock} leave with the don't-fragment bit: too large is lost, not split."""
-    with suppress(OSError):
-        if sock.family == socket.AF_INET and _IP_MTU_DISCOVER is not None:
-            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-        elif sock.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 1)
+def _fragmenting(sock: socket.socket) -> tuple[int, int] | None:
+    """The option that lets C{sock} fragment, as (level, name), if this system has it."""
+    if sock.family == socket.AF_INET and _IP_MTU_DISCOVER is not None:
+        return socket.IPPROTO_IP, _IP_MTU_DISCOVER
+    if sock.family == socket.AF_INET6:
+        return socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG
+    return None
 
 
-def no_fragments(connection: PeerConnection) -> None:
-    """The connection's datagrams leave with the don't-fragment bit, from every socket of ours."""
+@contextmanager
+def unfragmented(connection: PeerConnection) -> Iterator[None]:
+    """
+    While inside, datagrams to the peer leave every socket of ours with the
+    don't-fragment bit, so that one too large for the path is lost, not
+    split; after, each socket is as it was (what else the sockets carry
+    keeps the system's default).
+    """
     bases = connection.router.bases
+    restore: list[tuple[socket.socket, int, int, int]] = []
     for base in {connection.base, SHARED}:
         sock = getattr(bases.transport_of(base), "socket", None)
-        if isinstance(sock, socket.socket):
-            dont_fragment(sock)
+        option = _fragmenting(sock) if isinstance(sock, socket.socket) else None
+        if sock is None or option is None:
+            continue
+        level, name = option
+        with suppress(OSError):
+            before = sock.getsockopt(level, name)
+            sock.setsockopt(level, name, _IP_PMTUDISC_DO if level == socket.IPPROTO_IP else 1)
+            restore.append((sock, level, name, before))
+    try:
+        yield
+    finally:
+        for sock, level, name, before in restore:
+            with suppress(OSError):
+                sock.setsockopt(level, name, before)
 
 
 class PathSizer:
@@ -112,8 +131,8 @@ class PathSizer:
     Path MTU discovery for one QUIC connection.
 
     @param send: sends a datagram on the connection's path now.
-    @param prepare: called before the first probe on a path (to set the
-        don't-fragment bit on its sockets).
+    @param unfragmented: a context in which datagrams leave with the
+        don't-fragment bit.
     """
 
     log = Logger()
@@ -124,13 +143,13 @@ class PathSizer:
         base: int,
         candidates: Sequence[int],
         send: Callable[[bytes], None],
-        prepare: Callable[[], object],
+        unfragmented: Callable[[], AbstractContextManager[object]],
     ) -> None:
         self._reactor = reactor
         self._base = base
         self._search = SizeSearch(base, candidates)
         self._send = send
-        self._prepare = prepare
+        self._unfragmented = unfragmented
         self._driver: QuicDriver | None = None
         self._path = 0
         """Counts path changes: a probe's fate on an earlier path is ignored."""
@@ -140,9 +159,10 @@ class PathSizer:
         return self._search.confirmed
 
     def start(self, driver: QuicDriver) -> None:
-        """The handshake is done: probe the path."""
+        """The handshake is done: probe the path (afresh, for a new QUIC connection)."""
         self._driver = driver
-        self._prepare()
+        self._search.restart()
+        self._path += 1
         self._probe()
 
     def restart(self, driver: QuicDriver) -> None:
@@ -151,7 +171,6 @@ class PathSizer:
         self._path += 1
         _aioquic.set_datagram_size(driver.quic, self._base)
         if self._driver is driver:
-            self._prepare()
             self._probe()
 
     def stop(self) -> None:
@@ -184,7 +203,8 @@ class PathSizer:
         if probe is None:
             self._search.result(size, False)
             return
-        self._send(probe)
+        with self._unfragmented():
+            self._send(probe)
         driver.transmit()  # the loss detection timer now counts the probe
 
     def _settle(self, path: int, size: int, acked: bool) -> None:
