@@ -23,6 +23,7 @@ class StandIn:
         self.received: list[tuple[bytes, Any]] = []
         self.events: list[Any] = []
         self.outgoing: list[bytes] = []
+        self._close_at: float | None = None  # aioquic's idle deadline, moved by what authenticates
 
     def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
         self.received.append((data, addr))
@@ -142,3 +143,22 @@ def test_a_stopped_driver_has_no_timer_and_ignores_datagrams() -> None:
     assert not clock.getDelayedCalls()
     d.datagram_received(SHORT_HEADER)
     assert len(quic.received) == 1
+
+
+def test_a_datagram_that_authenticates_says_so_and_one_that_does_not_is_judged() -> None:
+    clock = Clock()
+    quic = StandIn(None)
+    d, _ = driver(quic, clock)
+    authentic = quic.receive_datagram
+
+    def receive(data: bytes, addr: Any, now: float) -> None:
+        authentic(data, addr, now)
+        if not data.endswith(b"forged"):
+            quic._close_at = now + len(quic.received)  # as aioquic, for a packet it took
+
+    quic.receive_datagram = receive  # type: ignore[method-assign]
+    assert d.datagram_received(SHORT_HEADER) is True
+    assert d.datagram_received(SHORT_HEADER + b"forged") is False
+    assert d._stats.dropped_malformed == 0, "well-formed, only not ours"
+    assert d.datagram_received(b"\x40forged") is False
+    assert d._stats.dropped_malformed == 1

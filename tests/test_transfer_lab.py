@@ -39,6 +39,7 @@ SIZE = 64 << 20
 CUT_SIZE = 384 << 20
 """Large enough to be in flight through the cut, the relay and the move back."""
 CUT = 15.0
+KILL_SIZE = 256 << 20
 LOSSY_SIZE = 4 << 20
 TIMEOUT = 300.0
 FAST_KEEPALIVE = ("--keepalive-interval", "1")
@@ -298,4 +299,46 @@ def test_a_file_at_10_percent_loss_on_both_nats_arrives_whole(world, tmp_path):
         f"\n{LOSSY_SIZE >> 20} MiB at 10 % loss on both NATs: sender's whole run "
         f"{transfer.seconds:.1f} s, receiver's data phase {done['seconds']:.1f} s, "
         f"path {done['path']} ({done['path_changes']} path changes)"
+    )
+
+
+def test_a_sender_killed_mid_transfer_ends_the_receiver_with_one_line_and_a_part_file(
+    world, tmp_path
+):
+    """
+    The sender's process is killed mid-transfer (default keep-alive): the
+    receiver's liveness checks find the path dead, nobody punches again,
+    and once the connection has been reconnecting for the streams'
+    path-lost timeout its streams fail: the receiver exits non-zero with
+    one line, and the part file stays for a resume.
+    """
+    source = random_file(tmp_path / "payload.bin", KILL_SIZE)
+    transfer = Transfer(world, tmp_path, "erin", source)
+    assert transfer.sending is not None
+    try:
+        sent = events(transfer.sent, "accepted", 90)
+        sent += events(transfer.sent, "progress", 30)
+        while sent[-1]["bytes"] < KILL_SIZE // 16:
+            sent += events(transfer.sent, "progress", 30)
+        transfer.sending.kill()
+        transfer.sending.wait()
+        killed = time.monotonic()
+        status = transfer.receiving.wait(timeout=TIMEOUT)
+        seconds = time.monotonic() - killed
+        error = said(transfer.receiving)
+    finally:
+        transfer.stop()
+    assert status != 0
+    lines = [line for line in error.splitlines() if line.startswith("twisted-nat:")]
+    assert len(lines) == 1, error
+    assert "the sender went away: the path to" in lines[0], error
+    assert "was lost and not found again in 20 s" in lines[0], error
+    assert "run the same command again to resume" in lines[0], error
+    part = transfer.output / ".payload.bin.tn-part"
+    assert 0 < part.stat().st_size < KILL_SIZE
+    assert not (transfer.output / "payload.bin").exists()
+    print(
+        f"\nsender killed after {sent[-1]['bytes'] >> 20} MiB of {KILL_SIZE >> 20}: the receiver "
+        f"exited {status} {seconds:.1f} s later, part file {part.stat().st_size >> 20} MiB; "
+        f"it said: {lines[0]}"
     )

@@ -171,6 +171,11 @@ class BaseRegistry:
             return False
         return True
 
+    def transport_of(self, base: Base) -> object | None:
+        """The transport under C{base}'s multiplexer (a UDP port, or a relay's), if any."""
+        mux = self._writers.get(base)
+        return None if mux is None else mux.transport
+
     def __contains__(self, base: object) -> bool:
         return base in self._writers
 

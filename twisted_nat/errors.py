@@ -291,6 +291,14 @@ class StreamIdleTimeout(StreamError):
     """Nothing came from the peer for longer than the idle timeout: the path is dead."""
 
 
+class PathLost(StreamError):
+    """
+    The path to the peer was lost, and no new one was found within the
+    streams' C{path_lost_timeout}: the peer is gone (its process or its
+    network), so its streams fail rather than wait out QUIC's idle timeout.
+    """
+
+
 class StreamsClosed(StreamError):
     """Our side closed the streams: the peer connection or the service stopped."""
 

@@ -25,11 +25,13 @@ else decides where a datagram goes, and no sub-protocol touches the socket.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
+from twisted.internet import udp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IUDPTransport
 from twisted.internet.protocol import AbstractDatagramProtocol
@@ -46,6 +48,9 @@ QUIC_FIRST_BYTES = (*range(64, 128), *range(192, 256))
 """QUIC's fixed bit is set: 01xxxxxx is a short header, 11xxxxxx a long one (RFC 9443)."""
 
 Sources = Callable[[Address], bool]
+
+CHECKED_ADDRESSES = 1024
+"""Addresses the port has taken, remembered to send to directly (all forgotten when full)."""
 
 _TYPE = struct.Struct("!H")
 
@@ -115,11 +120,16 @@ class UDPMultiplexer(AbstractDatagramProtocol):
         self._stun: dict[tuple[int, int], AbstractDatagramProtocol] = {}
         self._rfc3489: AbstractDatagramProtocol | None = None
         self._protocols: list[AbstractDatagramProtocol] = []
+        self._sendto: Callable[[bytes, Address], object] | None = None
+        self._checked: set[Address] = set()
 
     # --- the shared socket ---
 
     def makeConnection(self, transport: IUDPTransport) -> None:
         self.transport = transport
+        sock = getattr(transport, "socket", None)
+        if isinstance(transport, udp.Port) and isinstance(sock, socket.socket):
+            self._sendto = sock.sendto
         self.doStart()
 
     def require_transport(self) -> IUDPTransport:
@@ -128,7 +138,24 @@ class UDPMultiplexer(AbstractDatagramProtocol):
         return self.transport
 
     def write(self, packet: bytes, addr: Address) -> None:
+        """
+        Send C{packet} to C{addr}.  The port's own C{write} checks the
+        address (an IP address, of the socket's family) every time; once it
+        has taken an address, datagrams to it go to the socket directly,
+        and any error is left to the port's C{write} to judge and raise.
+        """
+        sendto = self._sendto
+        if sendto is not None and addr in self._checked:
+            try:
+                sendto(packet, addr)
+                return
+            except OSError:
+                pass
         self.require_transport().write(packet, addr)
+        if sendto is not None:
+            if len(self._checked) >= CHECKED_ADDRESSES:
+                self._checked.clear()
+            self._checked.add(addr)
 
     def getHost(self) -> IPv4Address | IPv6Address:
         return self.require_transport().getHost()
@@ -138,6 +165,8 @@ class UDPMultiplexer(AbstractDatagramProtocol):
             self.remove(protocol)
         super().doStop()
         self.transport = None
+        self._sendto = None
+        self._checked.clear()
 
     # --- registration ---
 

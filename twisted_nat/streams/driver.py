@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from twisted_nat.limits import DropLog
+from twisted_nat.streams import _aioquic
 
 TIMER_SLACK = 1e-6
 """Seconds past its moment that a QUIC timer is handled at (see L{QuicDriver._fire})."""
@@ -109,30 +110,42 @@ class QuicDriver:
         self._again = False
         self._soon: IDelayedCall | None = None
         self.stopped = False
+        self.on_timer: Callable[[], object] | None = None
+        """Called after each QUIC timer is handled."""
 
     def connect(self) -> None:
         """Start the handshake (the client's side)."""
         self.quic.connect(VIRTUAL_PEER, now=self._reactor.seconds())
         self.transmit()
 
-    def datagram_received(self, datagram: bytes) -> None:
-        """A datagram from the peer's path; a malformed one is dropped and counted."""
+    def datagram_received(self, datagram: bytes) -> bool:
+        """
+        A datagram from the peer's path: whether it authenticated.  One
+        that did not is parsed again, to count it if malformed (aioquic
+        drops what it cannot read, silently); one that did needs no second
+        look.
+        """
         if self.stopped:
-            return
+            return False
         self._stats.received += 1
-        if not parses(datagram, self.quic.configuration.connection_id_length):
+        quic = self.quic
+        before = _aioquic.idle_deadline(quic)
+        try:
+            quic.receive_datagram(datagram, VIRTUAL_PEER, now=self._reactor.seconds())
+        except Exception as e:  # aioquic drops what it cannot read; anything else is counted
+            self._stats.dropped_malformed += 1
+            self._drops.drop("malformed", "dropped a QUIC datagram: {error!r}", error=e)
+            return False
+        if self._soon is None:
+            self._soon = self._reactor.callLater(0, self._transmit_soon)
+        if _aioquic.idle_deadline(quic) != before:
+            return True
+        if not parses(datagram, quic.configuration.connection_id_length):
             self._stats.dropped_malformed += 1
             self._drops.drop(
                 "malformed", "dropped a malformed QUIC datagram of {size} bytes", size=len(datagram)
             )
-            return
-        try:
-            self.quic.receive_datagram(datagram, VIRTUAL_PEER, now=self._reactor.seconds())
-        except Exception as e:  # aioquic drops what it cannot read; anything else is counted
-            self._stats.dropped_malformed += 1
-            self._drops.drop("malformed", "dropped a QUIC datagram: {error!r}", error=e)
-        if self._soon is None:
-            self._soon = self._reactor.callLater(0, self._transmit_soon)
+        return False
 
     def _transmit_soon(self) -> None:
         """
@@ -201,6 +214,8 @@ class QuicDriver:
             now = max(now, at + TIMER_SLACK)
         self.quic.handle_timer(now=now)
         self.transmit()
+        if self.on_timer is not None:
+            self.on_timer()
 
     def stop(self) -> None:
         """Forget the connection: no timer, nothing received or sent any more."""

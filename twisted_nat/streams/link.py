@@ -34,6 +34,7 @@ from twisted_nat.connection import ConnectionClosed, PeerConnection
 from twisted_nat.errors import (
     ConfigurationError,
     KeyMismatch,
+    PathLost,
     PeerClosedStreams,
     StreamError,
     StreamIdleTimeout,
@@ -44,8 +45,10 @@ from twisted_nat.limits import DropLog
 from twisted_nat.streams import _aioquic
 from twisted_nat.streams.certificates import key_of
 from twisted_nat.streams.driver import QuicDriver, QuicStats, initial_destination
+from twisted_nat.streams.pmtu import PathSizer, unfragmented
 from twisted_nat.streams.settings import StreamSettings, quic_configuration
 from twisted_nat.streams.stream import PeerAddress, StreamTransport
+from twisted_nat.streams.watch import PathWatch
 from twisted_nat.trust.keys import Identity
 
 Accept = Callable[[PeerAddress], IProtocol | None]
@@ -90,6 +93,14 @@ class QuicLink:
         connection.streams = self
         connection.on_path_change(self._path_changed)
         connection.when_closed().addCallback(lambda _: self.close())
+        self._watch = PathWatch(reactor, connection, settings.path_lost_timeout, self._path_lost)
+        self._sizer = PathSizer(
+            reactor,
+            settings.max_datagram_size,
+            settings.probe_sizes,
+            self._send,
+            lambda: unfragmented(connection),
+        )
 
     # --- the QUIC connection ---
 
@@ -99,6 +110,7 @@ class QuicLink:
             configuration=configuration, original_destination_connection_id=initial
         )
         driver = QuicDriver(self._reactor, quic, self._send, self._event, self._stats, self._drops)
+        driver.on_timer = lambda: self._sizer.check(driver)
         self.driver, self.ready, self._last_incoming = driver, False, -1
         return driver
 
@@ -109,6 +121,7 @@ class QuicLink:
         # A base that is gone loses the datagram, as the network may.
         with suppress(ConnectionClosed):
             connection.router.send(datagram, connection.remote_address, connection.base)
+        self._watch.sent()
 
     def datagram_received(self, datagram: bytes) -> None:
         """A QUIC datagram from the peer connection's path."""
@@ -123,7 +136,8 @@ class QuicLink:
                 self.log.debug("dropped a QUIC datagram from {peer}: no connection", peer=self.peer)
                 return
             driver = self._start(initial)
-        driver.datagram_received(datagram)
+        if driver.datagram_received(datagram):
+            self._watch.heard()
         for stream in list(self.streams.values()):
             stream.check_flow()
 
@@ -131,8 +145,22 @@ class QuicLink:
         driver = self.driver
         if driver is None or self.closed:
             return
+        self._sizer.restart(driver)
         _aioquic.reset_path(driver.quic, connection.rtt)
         driver.transmit()
+
+    def _path_lost(self, seconds: float) -> None:
+        if self.driver is None or self.closed:
+            return
+        self.log.info(
+            "no path to {peer} for {seconds:.0f} s: its streams fail",
+            peer=self.peer,
+            seconds=seconds,
+        )
+        reason = PathLost(
+            f"the path to {self.peer} was lost and not found again in {seconds:.0f} s"
+        )
+        self._end(Failure(reason), QuicErrorCode.NO_ERROR)
 
     @property
     def peer(self) -> str:
@@ -173,6 +201,7 @@ class QuicLink:
             return
         self.ready = True
         self.log.debug("QUIC to {peer} is up", peer=self.peer)
+        self._sizer.start(self.driver)
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
@@ -268,6 +297,7 @@ class QuicLink:
     def _end(self, reason: Failure, code: int | None) -> None:
         """The QUIC connection is over: its streams and waiters fail with C{reason}."""
         driver, self.driver, self.ready = self.driver, None, False
+        self._sizer.stop()
         if driver is not None:
             if code is not None:
                 driver.quic.close(error_code=code, reason_phrase=str(reason.value))
@@ -354,6 +384,7 @@ class QuicLink:
         if self.closed:
             return
         self.closed = True
+        self._watch.stop()
         self._end(
             Failure(StreamsClosed(f"the connection to {self.peer} closed")),
             QuicErrorCode.NO_ERROR,

@@ -24,6 +24,11 @@ def _low_below_high(instance: StreamSettings, attribute: object, value: int) -> 
         raise ConfigurationError("low_water must be at least 0 and below high_water")
 
 
+def _ascending(instance: StreamSettings, attribute: object, value: tuple[int, ...]) -> None:
+    if list(value) != sorted(set(value)) or any(size > 65527 for size in value):
+        raise ConfigurationError("probe_sizes must be ascending UDP payload sizes")
+
+
 @attrs.frozen
 class StreamSettings:
     """
@@ -31,12 +36,23 @@ class StreamSettings:
         the QUIC connection ends and its streams fail with
         L{twisted_nat.errors.StreamIdleTimeout}: long enough to outlast a
         lost path being punched again.
+    @ivar path_lost_timeout: seconds the peer connection may spend
+        reconnecting (its path lost, a new punch not yet through) before the
+        QUIC connection ends and its streams fail with
+        L{twisted_nat.errors.PathLost}: long enough for a punch again, or
+        a move to a relay, short of the idle timeout.
     @ivar high_water: unacknowledged bytes of one stream above which its
         producer is paused.
     @ivar low_water: unacknowledged bytes below which a paused producer is
         resumed.
-    @ivar max_datagram_size: the largest QUIC datagram (UDP payload) sent;
-        1200, QUIC's minimum, fits every path, relays included.
+    @ivar max_datagram_size: the QUIC datagram size (UDP payload) sent
+        until path MTU discovery confirms a larger one, and after a path
+        change; 1200, QUIC's minimum, fits every path, relays included.
+    @ivar probe_sizes: larger datagram sizes to probe the path for, in
+        ascending order (path MTU discovery, L{twisted_nat.streams.pmtu}):
+        1452 fits IPv6 and 1472 IPv4 over Ethernet's 1500-byte MTU.  Each
+        is used only once the peer acknowledged a probe of it; empty: 1200
+        (C{max_datagram_size}) always.
     @ivar max_stream_data: the receive window of one stream, in bytes.
     @ivar max_data: the receive window of the whole connection, in bytes.
     @ivar eager: the offerer (the QUIC client) connects as soon as the
@@ -51,9 +67,11 @@ class StreamSettings:
     """
 
     idle_timeout: float = attrs.field(default=60.0, validator=positive)
+    path_lost_timeout: float = attrs.field(default=20.0, validator=positive)
     high_water: int = attrs.field(default=1 << 20, validator=positive)
     low_water: int = attrs.field(default=1 << 18, validator=_low_below_high)
     max_datagram_size: int = attrs.field(default=1200, validator=positive)
+    probe_sizes: tuple[int, ...] = attrs.field(default=(1452, 1472), validator=_ascending)
     max_stream_data: int = attrs.field(default=1 << 20, validator=positive)
     max_data: int = attrs.field(default=1 << 22, validator=positive)
     eager: bool = True

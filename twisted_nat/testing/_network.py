@@ -97,6 +97,10 @@ class SimulatedInternet:
     @param reorder: the probability that a datagram is held back by one to
         three times the base delay (at least a millisecond), so that it
         arrives after datagrams sent shortly after it.
+
+    @ivar max_payload: the largest UDP payload a path carries (its MTU
+        less the headers), or None for any: a larger datagram is lost, as
+        it is on a real path when it leaves with the don't-fragment bit.
     """
 
     log = Logger()
@@ -121,6 +125,7 @@ class SimulatedInternet:
         self.jitter = jitter
         self.loss = loss
         self.reorder = reorder
+        self.max_payload: int | None = None
         self.stats = NetworkStats()
         self._random = random.Random(seed)
         # Each NAT's inside, and the public internet under None.
@@ -374,7 +379,9 @@ class SimulatedInternet:
         self, node: SimulatedHost | NATBox, source: Address, destination: Address, data: bytes
     ) -> None:
         rng = self._random
-        if self.loss and rng.random() < self.loss:
+        if (self.loss and rng.random() < self.loss) or (
+            self.max_payload is not None and len(data) > self.max_payload
+        ):
             self.stats.lost += 1
             return
         delay = self.latency

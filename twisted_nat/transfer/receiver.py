@@ -266,6 +266,8 @@ class Receiver:
                 why = "the sender went away"
                 if reason is not None and isinstance(reason.value, TransferProtocolError):
                     why = f"the sender broke the protocol: {reason.value}"
+                elif reason is not None and not stream.peer_ended:
+                    why = f"the sender went away: {reason.value}"
                 self._finish(why)
             if not self.closed.called:
                 self.closed.callback(None)
