@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from twisted_nat import control
 from twisted_nat.address import Address, format_address
-from twisted_nat.bases import SHARED, Base
+from twisted_nat.bases import SHARED, Base, BaseRegistry
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.ciphers import CipherCache
 from twisted_nat.control import ReplayWindow, SessionKeys
@@ -84,6 +84,7 @@ class Router(Protocol):
 
     stats: RouterStats
     ciphers: CipherCache
+    bases: BaseRegistry
 
     def add(self, connection: PeerConnection) -> None: ...
 

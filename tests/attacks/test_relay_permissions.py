@@ -14,6 +14,7 @@ from twisted_nat.bases import BaseRegistry, relay_base
 from twisted_nat.candidates import Candidate, CandidateType
 from twisted_nat.service.addresses import Addresses
 from twisted_nat.service.relays import MAX_PERMITTED, Relays
+from twisted_nat.turn import parse_turn_uri
 
 CLAIMED = [Candidate(CandidateType.SERVER_REFLEXIVE, f"100.64.0.{i}", 40000) for i in range(1, 33)]
 THEIR_RELAY = Candidate(CandidateType.RELAYED, "203.0.113.12", 50000)
@@ -34,7 +35,8 @@ class Permissions:
 def relays_asking() -> tuple[Relays, Permissions]:
     relays = Relays(Clock(), [], BaseRegistry(), cast(Addresses, None), lambda: True)
     asked = Permissions()
-    relays.allocations[relay_base(("203.0.113.12", 49999))] = cast(Any, asked)
+    server = parse_turn_uri("turn:203.0.113.12:3478", "user", "secret")
+    relays._held[relay_base(("203.0.113.12", 49999))] = (cast(Any, asked), server)
     return relays, asked
 
 
