@@ -85,9 +85,19 @@ def test_without_ipv6_candidates_the_grace_is_the_ordinary_one() -> None:
 
 
 def test_the_best_pair_working_with_no_other_family_left_is_taken_at_once() -> None:
-    """Nothing ranks above it and no IPv6 pair races it: no grace to wait."""
+    """Nothing ranks above it and no IPv6 pair races it: no grace once bob punched it too."""
     alice, bob = sessions((ALICE4,), (BOB4,))
-    assert what(works(alice, bob, alice.tick(0.0), BOB4, 0.0, 0.01)) == [("StartGrace", 0.0)]
+    assert what(works(alice, bob, alice.tick(0.0), BOB4, 0.0, 0.01)) == [("StartGrace", 0.02)]
+    punch = deliver(sent_to(bob.tick(0.0), ALICE4.address), alice, 0.011, BOB4.address)
+    assert what(punch)[-1] == ("StartGrace", 0.0)
+
+
+def test_an_ipv4_pair_racing_ipv6_waits_though_bob_punched_it() -> None:
+    alice, bob = sessions()
+    first = alice.tick(0.0)
+    assert what(works(alice, bob, first, BOB4, 0.0, 0.01)) == [("StartGrace", 0.25)]
+    punch = deliver(sent_to(bob.tick(0.0), ALICE4.address), alice, 0.011, BOB4.address)
+    assert ("StartGrace", 0.0) not in what(punch)
 
 
 def test_ipv4_first_waits_for_ipv6_and_takes_it_when_as_quick() -> None:

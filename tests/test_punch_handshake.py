@@ -292,10 +292,7 @@ def test_the_whole_handshake_with_the_first_punches_lost() -> None:
 
 @pytest.mark.parametrize("host_first", [False, True], ids=["srflx-first", "host-first"])
 def test_of_two_working_pairs_the_better_ranked_is_chosen(host_first: bool) -> None:
-    """
-    On one LAN both pairs work; the host pair wins whichever answered
-    first: at once when it does, since nothing ranks above it.
-    """
+    """On one LAN both pairs work; the host pair wins whichever answered first."""
     alice, bob = offerer(), answerer()
     first = alice.tick(0.0)
     arrivals = [(BOB_SRFLX, ALICE_SRFLX), (BOB_HOST, ALICE_HOST)]
@@ -305,8 +302,7 @@ def test_of_two_working_pairs_the_better_ranked_is_chosen(host_first: bool) -> N
     for i, (theirs, ours) in enumerate(arrivals):
         ack, _ = deliver(sent_to(first, theirs.address), bob, 0.002 + 0.001 * i, ours.address)
         graces.append(deliver(ack, alice, 0.004 + 0.001 * i, theirs.address))
-    first_grace = 0.0 if host_first else 0.008
-    assert [what(g) for g in graces] == [[("StartGrace", first_grace)], []], "one, from the first"
+    assert [what(g) for g in graces] == [[("StartGrace", 0.008)], []], "one grace, from the first"
     assert what(alice.grace_over(0.02)) == [
         ("CONFIRM", BOB_HOST.address, SHARED),
         ("Connected", BOB_HOST.address, SHARED),
@@ -421,3 +417,44 @@ def test_a_late_ack_brings_the_confirm_again_on_the_chosen_path_only() -> None:
     bobs = SessionKeys.derive(SESSION, SECRET, offerer=False)
     unknown = Send(control.punch_ack(bobs, bytes(12), ALICE_SRFLX.address), ALICE_SRFLX.address)
     assert deliver(unknown, alice, 0.52, BOB_SRFLX.address) == [], "an id it never sent"
+
+
+@pytest.mark.parametrize("punch_first", [False, True], ids=["ack-first", "punch-first"])
+def test_the_best_pair_is_named_at_once_once_the_peer_has_it_too(punch_first: bool) -> None:
+    """
+    Nothing ranks above the host pair: the offerer names it without a
+    grace, but only once the peer's PUNCH came by it, so that the ACK it
+    answered with reaches the peer ahead of the CONFIRM and the peer is
+    connected by the CONFIRM itself (data sent at once is not dropped).
+    """
+    alice = offerer()
+    bob = PunchSession(
+        SessionKeys.derive(SESSION, SECRET, offerer=False),
+        False,
+        [BOB_HOST],
+        [ALICE_HOST],
+        PunchSettings(),
+        0.0,
+    )
+    alice_punch, bob_punch = sent_to(alice.tick(0.0), BOB_HOST.address), bob.tick(0.0)
+    acks_to_bob = []
+    if punch_first:
+        acks_to_bob = deliver(
+            sent_to(bob_punch, ALICE_HOST.address), alice, 0.001, BOB_HOST.address
+        )
+    ack, *_ = deliver(alice_punch, bob, 0.001, ALICE_HOST.address)
+    on_ack = deliver(ack, alice, 0.002, BOB_HOST.address)
+    if punch_first:
+        assert what(on_ack) == [("StartGrace", 0.0)]
+    else:
+        assert what(on_ack) == [("StartGrace", 0.005)], "bob's PUNCH has not come yet"
+        acks_to_bob = deliver(
+            sent_to(bob_punch, ALICE_HOST.address), alice, 0.003, BOB_HOST.address
+        )
+        assert what(acks_to_bob)[-1] == ("StartGrace", 0.0), "now the grace may end"
+    confirm, _ = alice.grace_over(0.003)
+    for answer in [a for a in acks_to_bob if isinstance(a, Send)]:
+        deliver(answer, bob, 0.004, ALICE_HOST.address)
+    assert what(deliver(confirm, bob, 0.005, ALICE_HOST.address)) == [
+        ("Connected", ALICE_HOST.address, SHARED)
+    ]

@@ -276,7 +276,7 @@ class Choosing:
             if pair.base.family == 4 and self.waits_for_ipv6():
                 # The race of the families: IPv6 gets a moment to work too.
                 return max(delay, settings.families.wait)
-            return 0.0 if self.outranks_the_rest(pair) else delay
+            return 0.0 if self.at_once(pair) else delay
         if (
             not pair.relayed
             and pair.base.family == 6
@@ -286,6 +286,21 @@ class Choosing:
             # IPv6 is cut short to the ordinary grace.
             return delay
         return None
+
+    def at_once(self, pair: Pair) -> bool:
+        """
+        Whether C{pair}, the one pair that works, is named without a grace:
+        nothing better can come (L{outranks_the_rest}), and the peer's
+        PUNCH came by it, so our ACK is on its way ahead of the CONFIRM and
+        the pair works for the peer when the CONFIRM arrives (else the
+        peer would check it first, and drop what we send meanwhile).
+        """
+        return (
+            not pair.relayed
+            and pair.punches_received > 0
+            and self.valid == (pair.key,)
+            and self.outranks_the_rest(pair)
+        )
 
     def outranks_the_rest(self, pair: Pair) -> bool:
         """

@@ -233,6 +233,15 @@ class PunchSession:
                 # only on a pair that worked for it, so it checks this one
                 # now, before the CONFIRM comes.
                 actions += self._trigger(pair, now)
+            if (
+                self.controlling
+                and self.state is SessionState.PUNCHING
+                and pair.punches_received == 1
+                and choosing.at_once(pair)
+            ):
+                # It worked for us before the peer's PUNCH came by it: the
+                # grace may end now that our ACK goes ahead of the CONFIRM.
+                actions.append(StartGrace(0.0))
         # Connected: the peer has not heard our CONFIRM, or not its ACK yet.
         if self._chosen == key and self.controlling:
             actions.append(Send(control.punch_confirm(self.keys), source, base))
