@@ -72,7 +72,8 @@ from twisted_nat.testing._nat import (
     NATStats,
     PortAllocation,
 )
-from twisted_nat.testing._network import NATSettings, SimulatedInternet, SimulationTimeout
+from twisted_nat.testing._network import NATSettings, SimulatedInternet
+from twisted_nat.testing._running import SimulationTimeout
 
 __all__ = [
     "CLASSIC_NAT_TYPES",

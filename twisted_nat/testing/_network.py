@@ -26,10 +26,8 @@ from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from twisted_nat.address import Address
-from twisted_nat.errors import TwistedNATError
 from twisted_nat.testing._firewall import Firewall
 from twisted_nat.testing._host import NetworkStats, SimulatedHost
 from twisted_nat.testing._nat import (
@@ -40,6 +38,7 @@ from twisted_nat.testing._nat import (
     NATBox,
     PortAllocation,
 )
+from twisted_nat.testing._running import advance_to, run_until
 
 T = TypeVar("T")
 
@@ -54,10 +53,6 @@ class NATSettings(TypedDict, total=False):
     loss: float
     inbound_refresh: bool
     ports: range
-
-
-class SimulationTimeout(TwistedNATError, TimeoutError):
-    """L{SimulatedInternet.run_until} gave up on a Deferred that never fired."""
 
 
 class _Realm:
@@ -253,7 +248,7 @@ class SimulatedInternet:
         """
         if seconds < 0:
             raise ValueError("time only moves forward")
-        self._advance_to(self.clock.seconds() + seconds)
+        advance_to(self.clock, self.clock.seconds() + seconds)
 
     def run_until(
         self,
@@ -275,53 +270,7 @@ class SimulatedInternet:
             C{timeout} simulated seconds, or nothing is left scheduled that
             could ever fire it.
         """
-        if step <= 0:
-            raise ValueError("step must be positive")
-        d = deferred if isinstance(deferred, Deferred) else Deferred.fromCoroutine(deferred)
-        outcome: list[T | Failure] = []
-
-        def record(result: T | Failure) -> T | None:
-            outcome.append(result)
-            return None if isinstance(result, Failure) else result
-
-        d.addBoth(record)
-        start = self.clock.seconds()
-        deadline = start + timeout
-        while not outcome:
-            now = self.clock.seconds()
-            upcoming = self._next_call()
-            if upcoming is None:
-                raise SimulationTimeout(
-                    f"{d!r} has not fired after {now - start:.3f} simulated seconds,"
-                    " and nothing is scheduled that could fire it"
-                )
-            if now >= deadline or upcoming > deadline:
-                self._advance_to(max(now, deadline))
-                raise SimulationTimeout(f"{d!r} has not fired within {timeout} simulated seconds")
-            # Skip the quiet steps: land at the end of the step holding the
-            # next scheduled call.
-            steps = max(1, -int(-(upcoming - now) // step))
-            self._advance_to(min(now + steps * step, deadline))
-        result = outcome[0]
-        if isinstance(result, Failure):
-            result.raiseException()
-        return result
-
-    def _next_call(self) -> float | None:
-        calls = self.clock.getDelayedCalls()
-        return min(call.getTime() for call in calls) if calls else None
-
-    def _advance_to(self, target: float) -> None:
-        clock = self.clock
-        while True:
-            upcoming = self._next_call()
-            if upcoming is None or upcoming > target:
-                break
-            # Set the time exactly: advance(upcoming - now) can fall an ulp
-            # short of the call and loop forever.
-            clock.rightNow = max(clock.rightNow, upcoming)
-            clock.advance(0)
-        clock.rightNow = max(clock.rightNow, target)
+        return run_until(self.clock, deferred, timeout, step)
 
     # --- the paths ---
 
