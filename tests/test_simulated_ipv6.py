@@ -314,18 +314,21 @@ def test_behaviour_discovery_over_ipv6_reports_the_nat66(
 
 
 @pytest.mark.parametrize("offerer", ["alice", "bob"])
+@pytest.mark.parametrize("firewalled", [False, True], ids=["nat66", "nat66+firewall"])
 def test_a_peer_behind_nat66_connects_over_ipv6_by_its_server_reflexive_address(
-    offerer: str,
+    offerer: str, firewalled: bool
 ) -> None:
     """
-    alice's IPv6 is behind a NAT66, bob's behind a firewall, and no IPv4
-    path can work without a relay (random symmetric NATs): alice offers
-    what the IPv6 STUN server saw, and simultaneous sends open both.
+    alice's IPv6 is behind a NAT66 (and a stateful firewall too, as the
+    lab's router is both), bob's behind a firewall, and no IPv4 path can
+    work without a relay (random symmetric NATs): alice offers what the
+    IPv6 STUN server saw, and simultaneous sends open both.
     """
+    firewall = sim.Firewall() if firewalled else None
     internet, peers, apps = services(
         "symmetric",
         sim.PortAllocation.RANDOM,
-        {"alice": None, "bob": sim.Firewall()},
+        {"alice": firewall, "bob": sim.Firewall()},
         nat66={"alice": "port-restricted-cone"},
     )
     alice = peers["alice"]
@@ -346,3 +349,5 @@ def test_a_peer_behind_nat66_connects_over_ipv6_by_its_server_reflexive_address(
     assert data == b"over IPv6"
     if offerer == "bob":
         assert connection.remote.address == alice.addresses.public6.mapped, "the NAT66's side"
+    if firewall is not None:
+        assert firewall.stats.admitted > 0, "behind the NAT66, the firewall judged what came in"
