@@ -55,9 +55,21 @@ server on the public internet; hosts are reactors, so it needs no change::
 
 Simulated time only moves when told to: L{SimulatedInternet.advance}
 moves it, and L{SimulatedInternet.run_until} moves it until a Deferred
-fires.  UDP only: IPv4 with NATs, and global IPv6 addresses (C{add_host(...,
-ipv6=[...], firewall=Firewall())}) reached without NAT, through a stateful
-L{Firewall} in front of a host when it has one.
+fires.  UDP only, IPv4 and IPv6, each family through NATs of its own: IPv6
+addresses (C{add_host(..., ipv6=[...], firewall=Firewall())}) are global,
+reached without NAT through a stateful L{Firewall} in front of a host when
+it has one, or inside a NAT66 (an C{add_nat} with an IPv6 public address,
+named by C{add_host(..., behind6=nat66)}), which maps and filters as the
+IPv4 NATs do::
+
+    >>> nat66 = internet.add_nat_of_type("2001:db8:7::1", "port-restricted-cone")
+    >>> home = internet.add_host("192.168.1.30", behind=nat, ipv6=["fd00::2"], behind6=nat66)
+    >>> server6 = internet.add_host("192.0.2.11", ipv6=["2001:db8:5::10"])
+    >>> _ = server6.listenUDP(3478, BindingServer(), "::")
+    >>> client6 = STUNClient(reactor=home)
+    >>> _ = home.listenUDP(6000, client6, "::")
+    >>> internet.run_until(client6.discover([("2001:db8:5::10", 3478)])).mapped
+    ('2001:db8:7::1', 6000)
 """
 
 from twisted_nat.testing._firewall import Firewall, FirewallStats
@@ -72,7 +84,8 @@ from twisted_nat.testing._nat import (
     NATStats,
     PortAllocation,
 )
-from twisted_nat.testing._network import NATSettings, SimulatedInternet, SimulationTimeout
+from twisted_nat.testing._network import NATSettings, SimulatedInternet
+from twisted_nat.testing._running import SimulationTimeout
 
 __all__ = [
     "CLASSIC_NAT_TYPES",

@@ -215,11 +215,13 @@ class SimulatedHost:
         is behind (or the public internet); datagrams from a port bound to
         every address leave from the first.
     @ivar behind: the NAT it is behind, or None on the public internet.
-    @ivar addresses6: its global IPv6 addresses (none: a host without
-        IPv6, where binding C{::} fails); datagrams from a port bound to
-        C{::} leave from the first.
+    @ivar addresses6: its IPv6 addresses, global or behind C{behind6}
+        (none: a host without IPv6, where binding C{::} fails); datagrams
+        from a port bound to C{::} leave from the first.
     @ivar firewall: the stateful firewall in front of its IPv6 addresses,
         or None for none.
+    @ivar behind6: the NAT66 its IPv6 addresses are behind, or None when
+        they are global.
     """
 
     def __init__(
@@ -229,12 +231,14 @@ class SimulatedHost:
         behind: NATBox | None,
         addresses6: tuple[str, ...] = (),
         firewall: Firewall | None = None,
+        behind6: NATBox | None = None,
     ) -> None:
         self.internet = internet
         self.addresses = addresses
         self.behind = behind
         self.addresses6 = addresses6
         self.firewall = firewall
+        self.behind6 = behind6
         self._ports: dict[Address, SimulatedPort] = {}
 
     def __repr__(self) -> str:

@@ -173,7 +173,9 @@ class _Binding:
 class NATBox:
     """
     A NAT between an inside realm and the realm it is attached to (the
-    public internet, or the inside of another NAT).
+    public internet, or the inside of another NAT), for one address family:
+    IPv4, or IPv6 (NAT66) when its public address is one.  Nothing in its
+    mapping, filtering or allocation depends on the family.
 
     Made by L{SimulatedInternet.add_nat <twisted_nat.testing.SimulatedInternet.add_nat>};
     its settings are public attributes and may be changed mid-test (a NAT
@@ -230,6 +232,11 @@ class NATBox:
         self._bindings: dict[tuple[str | int, ...], _Binding] = {}
         self._by_port: dict[int, _Binding] = {}
         self._next_port = ports.start
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether this is a NAT66: it translates IPv6, and only IPv6."""
+        return ":" in self.public_address
 
     def __repr__(self) -> str:
         return (

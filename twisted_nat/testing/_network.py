@@ -26,10 +26,8 @@ from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from twisted_nat.address import Address
-from twisted_nat.errors import TwistedNATError
 from twisted_nat.testing._firewall import Firewall
 from twisted_nat.testing._host import NetworkStats, SimulatedHost
 from twisted_nat.testing._nat import (
@@ -40,6 +38,7 @@ from twisted_nat.testing._nat import (
     NATBox,
     PortAllocation,
 )
+from twisted_nat.testing._running import advance_to, run_until
 
 T = TypeVar("T")
 
@@ -54,10 +53,6 @@ class NATSettings(TypedDict, total=False):
     loss: float
     inbound_refresh: bool
     ports: range
-
-
-class SimulationTimeout(TwistedNATError, TimeoutError):
-    """L{SimulatedInternet.run_until} gave up on a Deferred that never fired."""
 
 
 class _Realm:
@@ -81,7 +76,8 @@ class _Realm:
 
 class SimulatedInternet:
     """
-    An in-memory IPv4 network of hosts and NATs on one C{task.Clock}.
+    An in-memory network of hosts and NATs on one C{task.Clock}: IPv4, and
+    IPv6 with or without NAT66.
 
     @param clock: the clock everything runs on; a new one by default.
     @param seed: seeds the one random generator behind loss, jitter,
@@ -139,16 +135,20 @@ class SimulatedInternet:
         behind: NATBox | None = None,
         ipv6: Sequence[str] = (),
         firewall: Firewall | None = None,
+        behind6: NATBox | None = None,
     ) -> SimulatedHost:
         """
         A host with these IPv4 addresses, on the public internet or on the
         inside of the NAT C{behind}.  Addresses must be unique within that
         address space only: two homes may both be 10.0.0.2.
 
-        @param ipv6: its global IPv6 addresses, reached directly (IPv6 has
-            no NAT here), unique on the whole internet.
+        @param ipv6: its IPv6 addresses: global ones, reached directly and
+            unique on the whole internet, or, with C{behind6}, addresses
+            inside that NAT66 (a home's fd00::2 may be another's too).
         @param firewall: a stateful L{Firewall} in front of them, as a home
             router's for IPv6; none by default.
+        @param behind6: the NAT66 (an L{add_nat} with an IPv6 public
+            address) its IPv6 addresses are behind, or None for none.
         """
         if isinstance(addresses, str):
             addresses = (addresses,)
@@ -161,18 +161,20 @@ class SimulatedInternet:
         for group in (addresses, addresses6):
             if len(set(group)) != len(group):
                 raise ValueError(f"duplicate address in {group}")
-        realm, public = self._realms[behind], self._realms[None]
-        host = SimulatedHost(self, addresses, behind, addresses6, firewall)
+        _check_family(behind, ipv6=False, what="behind")
+        _check_family(behind6, ipv6=True, what="behind6")
+        realm, realm6 = self._realms[behind], self._realms[behind6]
+        host = SimulatedHost(self, addresses, behind, addresses6, firewall, behind6)
         for address, where in [
             *((a, realm) for a in addresses),
-            *((a, public) for a in addresses6),
+            *((a, realm6) for a in addresses6),
         ]:
             if address in where.nodes:
                 raise ValueError(f"{address} is already in use there")
         for address in addresses:
             realm.claim(address, host)
         for address in addresses6:
-            public.claim(address, host)
+            realm6.claim(address, host)
         return host
 
     def add_nat(
@@ -191,7 +193,10 @@ class SimulatedInternet:
         """
         A NAT whose public side is C{public_address}, on the public internet
         or, for carrier-grade NAT and the like, inside the NAT C{behind}.
-        Hosts go behind it with C{add_host(..., behind=nat)}.
+        Hosts go behind it with C{add_host(..., behind=nat)}.  An IPv6
+        C{public_address} makes a NAT66, with the same behaviours, for
+        IPv6 addresses: C{add_host(..., behind6=nat)}, and C{behind} a
+        NAT66 too if anything.
 
         @param allocation: how new mappings pick a public port from C{ports}.
         @param hairpinning: whether a datagram from the inside to the NAT's
@@ -206,7 +211,12 @@ class SimulatedInternet:
             a mapping's timer, as well as outbound ones (which always do).
         @param ports: the pool of public ports mappings are allocated from.
         """
-        _check_ipv4(public_address)
+        ipv6 = ":" in public_address
+        if ipv6:
+            public_address = str(ipaddress.IPv6Address(public_address))
+        else:
+            _check_ipv4(public_address)
+        _check_family(behind, ipv6, what="behind")
         outside = self._realms[behind]
         nat = NATBox(
             public_address,
@@ -253,7 +263,7 @@ class SimulatedInternet:
         """
         if seconds < 0:
             raise ValueError("time only moves forward")
-        self._advance_to(self.clock.seconds() + seconds)
+        advance_to(self.clock, self.clock.seconds() + seconds)
 
     def run_until(
         self,
@@ -275,53 +285,7 @@ class SimulatedInternet:
             C{timeout} simulated seconds, or nothing is left scheduled that
             could ever fire it.
         """
-        if step <= 0:
-            raise ValueError("step must be positive")
-        d = deferred if isinstance(deferred, Deferred) else Deferred.fromCoroutine(deferred)
-        outcome: list[T | Failure] = []
-
-        def record(result: T | Failure) -> T | None:
-            outcome.append(result)
-            return None if isinstance(result, Failure) else result
-
-        d.addBoth(record)
-        start = self.clock.seconds()
-        deadline = start + timeout
-        while not outcome:
-            now = self.clock.seconds()
-            upcoming = self._next_call()
-            if upcoming is None:
-                raise SimulationTimeout(
-                    f"{d!r} has not fired after {now - start:.3f} simulated seconds,"
-                    " and nothing is scheduled that could fire it"
-                )
-            if now >= deadline or upcoming > deadline:
-                self._advance_to(max(now, deadline))
-                raise SimulationTimeout(f"{d!r} has not fired within {timeout} simulated seconds")
-            # Skip the quiet steps: land at the end of the step holding the
-            # next scheduled call.
-            steps = max(1, -int(-(upcoming - now) // step))
-            self._advance_to(min(now + steps * step, deadline))
-        result = outcome[0]
-        if isinstance(result, Failure):
-            result.raiseException()
-        return result
-
-    def _next_call(self) -> float | None:
-        calls = self.clock.getDelayedCalls()
-        return min(call.getTime() for call in calls) if calls else None
-
-    def _advance_to(self, target: float) -> None:
-        clock = self.clock
-        while True:
-            upcoming = self._next_call()
-            if upcoming is None or upcoming > target:
-                break
-            # Set the time exactly: advance(upcoming - now) can fall an ulp
-            # short of the call and loop forever.
-            clock.rightNow = max(clock.rightNow, upcoming)
-            clock.advance(0)
-        clock.rightNow = max(clock.rightNow, target)
+        return run_until(self.clock, deferred, timeout, step)
 
     # --- the paths ---
 
@@ -329,14 +293,18 @@ class SimulatedInternet:
         self, sender: SimulatedHost, source: Address, destination: Address, data: bytes
     ) -> None:
         """
-        Climb out through the sender's NATs to the address space where the
-        destination lives, then put the datagram in flight.
+        Climb out through the sender's NATs of the destination's family
+        (IPv6 first through its firewall, which opens the flow) to the
+        address space where the destination lives, then put the datagram
+        in flight.
         """
         self.stats.sent += 1
         if ":" in destination[0]:
-            self._send6(sender, source, destination, data)
-            return
-        realm = self._realms[sender.behind]
+            if sender.firewall is not None:
+                sender.firewall.outbound(source, destination, self.clock.seconds())
+            realm = self._realms[sender.behind6]
+        else:
+            realm = self._realms[sender.behind]
         while True:
             nat = realm.nat
             if nat is not None and destination[0] == nat.public_address:
@@ -362,18 +330,6 @@ class SimulatedInternet:
                 return
             source = translated
             realm = self._realms[nat.behind]
-
-    def _send6(
-        self, sender: SimulatedHost, source: Address, destination: Address, data: bytes
-    ) -> None:
-        """IPv6: out through the sender's firewall, which opens the flow, and straight there."""
-        if sender.firewall is not None:
-            sender.firewall.outbound(source, destination, self.clock.seconds())
-        node = self._realms[None].nodes.get(destination[0])
-        if node is None:
-            self.stats.unroutable += 1
-            return
-        self._fly(node, source, destination, data)
 
     def _fly(
         self, node: SimulatedHost | NATBox, source: Address, destination: Address, data: bytes
@@ -417,4 +373,11 @@ class SimulatedInternet:
 
 def _check_ipv4(address: str) -> None:
     if not isIPAddress(address):
-        raise ValueError(f"{address!r} is not an IPv4 address (only IPv4 is simulated)")
+        raise ValueError(f"{address!r} is not an IPv4 address")
+
+
+def _check_family(nat: NATBox | None, ipv6: bool, what: str) -> None:
+    """A NAT of one family has nothing of the other behind it."""
+    if nat is not None and nat.ipv6 != ipv6:
+        family = "an IPv6 NAT (NAT66)" if ipv6 else "an IPv4 NAT"
+        raise ValueError(f"{what} must be {family}, not {nat!r}")
