@@ -290,33 +290,21 @@ class Choosing:
     def at_once(self, pair: Pair) -> bool:
         """
         Whether C{pair}, the one pair that works, is named without a grace:
-        nothing better can come (L{outranks_the_rest}), and the peer's
-        PUNCH came by it, so our ACK is on its way ahead of the CONFIRM and
-        the pair works for the peer when the CONFIRM arrives (else the
-        peer would check it first, and drop what we send meanwhile).
+        nothing better can come (no other pair ranks above it, and no
+        direct pair of the other family is left to race it: a peer with a
+        public address, or IPv6 without NAT), and the peer's PUNCH came by
+        it, so our ACK is on its way ahead of the CONFIRM and the pair
+        works for the peer when the CONFIRM arrives (else the peer would
+        check it first, and drop what we send meanwhile).
         """
-        return (
-            not pair.relayed
-            and pair.punches_received > 0
-            and self.valid == (pair.key,)
-            and self.outranks_the_rest(pair)
+        if pair.relayed or pair.punches_received == 0 or self.valid != (pair.key,):
+            return False
+        rank, family = pair.rank(), pair.base.family
+        return not any(
+            other.rank() > rank or (not other.relayed and other.base.family != family)
+            for other in self.pairs.values()
+            if other is not pair
         )
-
-    def outranks_the_rest(self, pair: Pair) -> bool:
-        """
-        Whether nothing better can come for C{pair}, a direct pair that
-        works: no pair that has not worked yet ranks above it, and no
-        direct pair of the other family is left to race it.  Waiting then
-        would only delay the connection (a peer with a public address, or
-        IPv6 without NAT).
-        """
-        rank, family, valid = pair.rank(), pair.base.family, self.valid
-        for key, other in self.pairs.items():
-            if key in valid:
-                continue
-            if other.rank() > rank or (not other.relayed and other.base.family != family):
-                return False
-        return True
 
     def waits_for_ipv6(self) -> bool:
         """
