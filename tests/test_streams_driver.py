@@ -54,7 +54,7 @@ def driver(quic: StandIn, clock: Clock, handle: Any = None) -> tuple[QuicDriver,
     stats = QuicStats()
     stand_in: Any = quic
     d = QuicDriver(
-        clock, stand_in, sent.append, handle or (lambda e: None), stats, DropLog(Logger(), clock)
+        clock, stand_in, sent.extend, handle or (lambda e: None), stats, DropLog(Logger(), clock)
     )
     return d, sent
 
@@ -83,6 +83,20 @@ def test_datagrams_come_from_and_go_to_the_one_virtual_peer() -> None:
     assert quic.received == [(SHORT_HEADER, VIRTUAL_PEER)]
     clock.advance(0)
     assert sent == [b"\xc0out"]
+
+
+def test_the_datagrams_of_one_pass_are_handed_over_together_in_order() -> None:
+    clock = Clock()
+    quic = StandIn(None)
+    passes: list[list[bytes]] = []
+    stats = QuicStats()
+    stand_in: Any = quic
+    d = QuicDriver(clock, stand_in, passes.append, lambda e: None, stats, DropLog(Logger(), clock))
+    quic.outgoing = [b"\xc0one", b"\xc0two", b"\xc0three"]
+    d.transmit()
+    d.transmit()
+    assert passes == [[b"\xc0one", b"\xc0two", b"\xc0three"]]
+    assert stats.sent == 3
 
 
 def test_a_burst_of_datagrams_is_answered_once_after_the_reactor_has_read_it() -> None:

@@ -64,6 +64,79 @@ def test_more_bytes_than_offered_are_an_error(tmp_path):
     part.close()
 
 
+BIG = os.urandom(3 * disk.BATCH + 12345)
+"""A file of several batches and a part batch."""
+
+
+def in_frames(data: bytes, size: int = 1400) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_a_file_of_many_frames_arrives_whole_in_batches(tmp_path, monkeypatch):
+    writes: list[int] = []
+    write = os.write
+
+    def counted(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", counted)
+    part = disk.PartFile(str(tmp_path), ["f"], entry("f", BIG), 0, None, False)
+    for frame in in_frames(BIG):
+        part.write(frame)
+    assert part.finish() is None
+    assert (tmp_path / "f").read_bytes() == BIG
+    assert len(writes) == 4 and min(writes[:3]) >= disk.BATCH
+
+
+def test_one_corrupted_byte_in_a_batch_is_found(tmp_path):
+    spoiled = bytearray(BIG)
+    spoiled[disk.BATCH + 7] ^= 1
+    part = disk.PartFile(str(tmp_path), ["f"], entry("f", BIG), 0, None, False)
+    for frame in in_frames(bytes(spoiled)):
+        part.write(frame)
+    assert part.finish() == "SHA-256 differs from the sender's"
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_interrupted_file_keeps_its_gathered_bytes_and_resumes(tmp_path):
+    cut = 2 * disk.BATCH + 5000
+    part = disk.PartFile(str(tmp_path), ["f"], entry("f", BIG), 0, None, False)
+    for frame in in_frames(BIG[:cut]):
+        part.write(frame)
+    part.close()
+    assert (tmp_path / ".f.tn-part").read_bytes() == BIG[:cut]
+    found = disk.survey(str(tmp_path), [entry("f", BIG)], [("f",)])
+    assert found.have == (Have(0, cut, hashlib.sha256(BIG[:cut]).hexdigest()),)
+    part = disk.PartFile(str(tmp_path), ["f"], entry("f", BIG), cut, found.prefixes[0], False)
+    for frame in in_frames(BIG[cut:]):
+        part.write(frame)
+    assert part.finish() is None
+    assert (tmp_path / "f").read_bytes() == BIG
+
+
+def test_a_refused_write_leaves_a_part_file_a_resume_can_trust(tmp_path, monkeypatch):
+    write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 1000:
+            return write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    part = disk.PartFile(str(tmp_path), ["f"], entry("f", BIG), 0, None, False)
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError):
+        for frame in in_frames(BIG):
+            part.write(frame)
+    monkeypatch.setattr(os, "write", write)
+    on_disk = (tmp_path / ".f.tn-part").read_bytes()
+    assert part.written == len(on_disk) > 0 and BIG.startswith(on_disk)
+    part.close()
+    assert part.finish() == f"{len(on_disk)} bytes of {len(BIG)}"
+    found = disk.survey(str(tmp_path), [entry("f", BIG)], [("f",)])
+    assert found.have == (Have(0, len(on_disk), hashlib.sha256(on_disk).hexdigest()),)
+
+
 def test_the_survey_finds_whole_files_conflicts_and_parts(tmp_path):
     (tmp_path / "same").write_bytes(DATA)
     (tmp_path / "other").write_bytes(b"different")

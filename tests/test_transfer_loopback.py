@@ -331,3 +331,24 @@ def test_mistakes_end_with_one_line_and_status_1(server, places, tmp_path):
             timeout=TIMEOUT,
         )
         assert (result.returncode, result.stderr) == (1, message + "\n"), arguments
+
+
+def test_the_commands_exit_with_their_status_and_their_output_flushed():
+    program = (
+        "import sys; from twisted_nat.transfer.command import exit_at_once;"
+        " sys.stdout.write('{\"event\": \"done\"}'); sys.stderr.write('twisted-nat: no');"
+        " exit_at_once(3)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3,
+        '{"event": "done"}',
+        "twisted-nat: no",
+    )

@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         sub = options.subOptions
         main = command.send if options.subCommand == "send" else command.receive
-        sys.exit(command.run(lambda reactor: main(reactor, sub)))
+        command.exit_at_once(command.run(lambda reactor: main(reactor, sub)))
 
     async def run(reactor: object) -> None:
         try:

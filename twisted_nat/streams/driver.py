@@ -81,7 +81,8 @@ class QuicDriver:
     """
     Runs one aioquic connection on a Twisted reactor.
 
-    @param send: carries one datagram to the peer (losing it is allowed).
+    @param send: carries the datagrams of one pass to the peer, in order
+        (losing them is allowed).
     @param handle: gets each event, in order; it may call back into the
         connection (write, close), and what that produces is sent before
         the driver returns.
@@ -93,7 +94,7 @@ class QuicDriver:
         self,
         reactor: IReactorTime,
         quic: QuicConnection,
-        send: Callable[[bytes], None],
+        send: Callable[[list[bytes]], None],
         handle: Callable[[QuicEvent], None],
         stats: QuicStats,
         drops: DropLog,
@@ -173,9 +174,10 @@ class QuicDriver:
                 self._again = False
                 self._events()
                 now = self._reactor.seconds()
-                for datagram, _ in self.quic.datagrams_to_send(now=now):
-                    self._stats.sent += 1
-                    self._send(datagram)
+                datagrams = [datagram for datagram, _ in self.quic.datagrams_to_send(now=now)]
+                if datagrams:
+                    self._stats.sent += len(datagrams)
+                    self._send(datagrams)
         finally:
             self._busy = False
         self._set_timer()

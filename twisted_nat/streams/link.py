@@ -109,7 +109,9 @@ class QuicLink:
         quic = _aioquic.MutualQuicConnection(
             configuration=configuration, original_destination_connection_id=initial
         )
-        driver = QuicDriver(self._reactor, quic, self._send, self._event, self._stats, self._drops)
+        driver = QuicDriver(
+            self._reactor, quic, self._send_all, self._event, self._stats, self._drops
+        )
         driver.on_timer = lambda: self._sizer.check(driver)
         self.driver, self.ready, self._last_incoming = driver, False, -1
         return driver
@@ -121,6 +123,21 @@ class QuicLink:
         # A base that is gone loses the datagram, as the network may.
         with suppress(ConnectionClosed):
             connection.router.send(datagram, connection.remote_address, connection.base)
+        self._watch.sent()
+
+    def _send_all(self, datagrams: list[bytes]) -> None:
+        """
+        The datagrams of one pass of the driver: the path is looked up once
+        for all of them (nothing can change it while they are handed over).
+        """
+        connection = self.connection
+        if connection.closed:
+            return
+        send, to, base = connection.router.send, connection.remote_address, connection.base
+        # A base that is gone loses the datagrams, as the network may.
+        with suppress(ConnectionClosed):
+            for datagram in datagrams:
+                send(datagram, to, base)
         self._watch.sent()
 
     def datagram_received(self, datagram: bytes) -> None:

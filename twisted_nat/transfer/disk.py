@@ -29,6 +29,12 @@ from twisted_nat.transfer.protocol import FileEntry, Have
 
 CHUNK = 1 << 16
 """Bytes read at once when hashing."""
+BATCH = 1 << 18
+"""
+Bytes a part file gathers before one write and one hash update: a stream
+hands over the bytes of each QUIC frame (about a datagram's worth), and a
+system call and a hash call for each cost more than the copy.
+"""
 
 
 def final_path(root: str, parts: Sequence[str]) -> str:
@@ -134,7 +140,9 @@ def survey(root: str, entries: Sequence[FileEntry], split: Sequence[Sequence[str
 class PartFile:
     """
     One file being received: its part file, open, and the SHA-256 of what
-    it holds.  L{finish} renames it to its own name if whole and right.
+    it holds.  Bytes are gathered up to L{BATCH} before they are written
+    and hashed; L{close} and L{finish} write what is gathered first.
+    L{finish} renames the part file to its own name if whole and right.
     """
 
     def __init__(
@@ -160,7 +168,10 @@ class PartFile:
             self._digest = prefix.copy()
         os.ftruncate(self._fd, offset)
         os.lseek(self._fd, offset, os.SEEK_SET)
+        self._gathered: list[bytes] = []
+        self._gathered_size = 0
         self.written = offset
+        """Bytes taken so far: on disk and hashed, or gathered to be."""
 
     def write(self, data: bytes) -> None:
         """Append C{data}; C{OSError} (disk full, ...) as the system raised it."""
@@ -168,12 +179,32 @@ class PartFile:
             return
         if self.written + len(data) > self.entry.size:
             raise TransferError(f"{self.entry.name}: more bytes than offered")
-        view = memoryview(data)
-        while view:
-            done = os.write(self._fd, view)
-            view = view[done:]
-        self._digest.update(data)
+        self._gathered.append(data)
+        self._gathered_size += len(data)
         self.written += len(data)
+        if self._gathered_size >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """
+        Write and hash what is gathered.  When the system refuses, the
+        digest and L{written} still describe exactly the bytes on disk (a
+        part file that a resume can trust); the rest is dropped.
+        """
+        fd, gathered = self._fd, self._gathered
+        if fd is None or not gathered:
+            return
+        block = gathered[0] if len(gathered) == 1 else b"".join(gathered)
+        self._gathered, self._gathered_size = [], 0
+        view = memoryview(block)
+        try:
+            while view:
+                done = os.write(fd, view)
+                self._digest.update(view[:done])
+                view = view[done:]
+        except OSError:
+            self.written -= len(view)
+            raise
 
     def finish(self) -> str | None:
         """
@@ -192,9 +223,13 @@ class PartFile:
         return None
 
     def close(self) -> None:
-        """Close the part file, keeping it for a later resume."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
+        """Write what is gathered and close the part file, keeping it for a later resume."""
+        if self._fd is None:
+            return
+        try:
+            self._flush()
+        finally:
+            fd, self._fd = self._fd, None
             try:
                 os.fsync(fd)
             finally:
