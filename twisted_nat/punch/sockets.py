@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted_nat.bases import Base, BaseRegistry, extra_base
 from twisted_nat.limits import descriptors_left
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.sockbuf import widen_receive_buffer
 
 
 class ExtraSockets:
@@ -22,15 +23,20 @@ class ExtraSockets:
     Extra sockets, each a base of the registry while it is open.  They are
     opened for one punch (L{open}); when it ends (L{settle}) all but the
     one its path uses are closed; that one is kept until no connection
-    uses it any more (L{prune}).
+    uses it any more (L{prune}), and given a receive buffer of
+    C{receive_buffer} bytes (L{widen_receive_buffer}): the others never
+    carry a connection's data.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorUDP, bases: BaseRegistry, interface: str) -> None:
+    def __init__(
+        self, reactor: IReactorUDP, bases: BaseRegistry, interface: str, receive_buffer: int = 0
+    ) -> None:
         self._reactor = reactor
         self._bases = bases
         self._interface = interface
+        self._receive_buffer = receive_buffer
         self._ports: dict[Base, IListeningPort] = {}
         self._punching: dict[bytes, list[Base]] = {}
         self._kept: set[Base] = set()
@@ -90,6 +96,7 @@ class ExtraSockets:
         for base in self._punching.pop(punch_id, ()):
             if base is chosen:
                 self._kept.add(base)
+                widen_receive_buffer(self._ports.get(base), self._receive_buffer)
             else:
                 self._close(base)
 

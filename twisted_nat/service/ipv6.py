@@ -32,6 +32,7 @@ from twisted_nat.address import Address, format_address
 from twisted_nat.bases import SHARED6, BaseRegistry
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.service.settings import PeerSettings
+from twisted_nat.sockbuf import widen_receive_buffer
 from twisted_nat.stun.client import STUNClient
 from twisted_nat.stun.message import MessageClass, Method
 
@@ -97,7 +98,10 @@ class IPv6Socket:
         interface = ipv6_interface(settings.ipv6, settings.interface, settings.interface6)
         if interface is None:
             return False
-        return self.bind(interface, settings.local_port or shared_port, bool(settings.local_port))
+        bound = self.bind(interface, settings.local_port or shared_port, bool(settings.local_port))
+        if bound:
+            widen_receive_buffer(self.port, settings.receive_buffer)
+        return bound
 
     def bind(self, interface: str, port: int, fixed: bool) -> bool:
         """

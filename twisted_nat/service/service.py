@@ -64,6 +64,7 @@ from twisted_nat.service.report import peer_status
 from twisted_nat.service.settings import DEFAULT_SETTINGS, PeerSettings
 from twisted_nat.service.trust import PeerTrust, checked_name, choose_identity
 from twisted_nat.service.waiting import both
+from twisted_nat.sockbuf import widen_receive_buffer
 from twisted_nat.streams.peers import PeerStreams
 from twisted_nat.stun.client import DiscoveryResult, STUNClient
 from twisted_nat.stun.message import MessageClass, Method
@@ -157,7 +158,9 @@ class NATTraversalService(MultiService):
         self.router = AppDataRouter(self.bases)
         # The reactor must provide IReactorUDP too; it is asked for sockets only once started.
         udp = cast(IReactorUDP, reactor)
-        self.extra_sockets = ExtraSockets(udp, self.bases, settings.interface)
+        self.extra_sockets = ExtraSockets(
+            udp, self.bases, settings.interface, settings.receive_buffer
+        )
         """The birthday method's and meeting runs' sockets open now."""
         running = self._is_running
         self.events = PeerEvents()
@@ -276,6 +279,7 @@ class NATTraversalService(MultiService):
             self.settings.interface,
             maxPacketSize=8192,
         )
+        widen_receive_buffer(self.port, self.settings.receive_buffer)
         self.mux.add_stun(self.stun, [Method.BINDING], [MessageClass.SUCCESS, MessageClass.ERROR])
         self.relays.attach(self.mux, self.stun)
         self.puncher.attach(self.mux)

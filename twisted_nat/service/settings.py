@@ -15,6 +15,7 @@ from twisted_nat.limits import positive
 from twisted_nat.portmap import DEFAULT_LIFETIME, Mode
 from twisted_nat.punch import PunchSettings, SymmetricSettings
 from twisted_nat.service.gate import GateSettings
+from twisted_nat.sockbuf import RECEIVE_BUFFER
 from twisted_nat.streams.settings import StreamSettings
 from twisted_nat.trust.target import Target
 from twisted_nat.turn import TURNServer
@@ -95,6 +96,11 @@ class PeerSettings:
     @ivar interface6: the IPv6 address to bind; when not given, every
         address (C{::}) if C{interface} is every IPv4 address, else no
         IPv6 socket at all.
+    @ivar receive_buffer: bytes of kernel receive buffer asked for on the
+        sockets that carry connections (the shared sockets, and an extra
+        socket once a path uses it), so that a fast stream's bursts are not
+        lost while we are busy; the system's limit caps it (on Linux
+        C{net.core.rmem_max}); 0 keeps the system's default.
     """
 
     local_port: int = 0
@@ -113,6 +119,7 @@ class PeerSettings:
     streams: StreamSettings = attrs.field(factory=StreamSettings)
     ipv6: bool = True
     interface6: str | None = None
+    receive_buffer: int = attrs.field(default=RECEIVE_BUFFER, validator=attrs.validators.ge(0))
 
 
 DEFAULT_SETTINGS = PeerSettings()
