@@ -1,15 +1,18 @@
 """
 A file between two real NATs: C{twisted-nat send} against magic-wormhole.
 
-    python -m benchmarks.bench_transfer [--trials 3] [--size-mib 64] [--json PATH]
+    python -m benchmarks.bench_transfer [--trials 3] [--size-mib 64]
+        [--pairs SENDER:RECEIVER,...] [--json PATH]
 
 Needs root (it builds the NAT lab of C{tests.support.natlab}) and the
 C{bench} extra (magic-wormhole, its mailbox server and its transit relay).
-The receiver is behind a port-restricted cone, the sender behind a
-symmetric NAT with random ports.  Each tool has its own servers in the
-lab's internet namespace: ours the STUN and rendezvous servers (and coturn
-for TURN, should no direct path be found), magic-wormhole its mailbox
-server and transit relay.
+Each pair (L{PAIRS}) is a sender behind one of the lab's NATs and a
+receiver behind another: a symmetric NAT with random ports and a
+port-restricted cone, both ways (our birthday method's direct path), two
+symmetric NATs (a relay for both tools), and two peers with public
+addresses (a direct path for both).  Each tool has its own servers in the
+lab's internet namespace: ours the STUN and rendezvous servers and coturn
+for TURN, magic-wormhole its mailbox server and transit relay.
 
 What is timed, the same for both: from starting the sender, with the
 receiver already waiting (ours has registered; wormhole's has claimed the
@@ -42,7 +45,19 @@ from tests.support.natlab import NatSpec, NatType
 NATS = [
     NatSpec("portrestr", NatType.PORT_RESTRICTED_CONE),
     NatSpec("symmetric", NatType.SYMMETRIC),
+    NatSpec("symmetric2", NatType.SYMMETRIC),
+    NatSpec("public", NatType.NONE),
+    NatSpec("public2", NatType.NONE),
 ]
+PAIRS = [
+    ("symmetric", "portrestr"),
+    ("portrestr", "symmetric"),
+    ("symmetric", "symmetric2"),
+    ("public", "public2"),
+]
+"""(sender's NAT, receiver's NAT) of each pair measured, by default."""
+Runs = dict[tuple[str, str], dict[str, list[dict[str, Any]]]]
+"""Each pair's results, by tool."""
 CLI = "from twisted_nat.cli import main; main()"
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.exit(run())"
 MAILBOX = 4000
@@ -72,10 +87,12 @@ def _wait_for_line(process: subprocess.Popen[str], text: str, timeout: float) ->
     raise RuntimeError(f"the receiver never printed {text!r}")
 
 
-def ours(world: LabWorld, source: Path, output: Path, keys: Path) -> dict[str, Any]:
+def ours(
+    world: LabWorld, pair: tuple[str, str], source: Path, output: Path, keys: Path
+) -> dict[str, Any]:
     lab = world.lab
     receiving = lab.spawn(
-        lab.nat("portrestr").peers[0].namespace,
+        lab.nat(pair[1]).peers[0].namespace,
         [
             *(sys.executable, "-c", CLI, "receive", "--name", "bench", "--yes", "--json"),
             *("--output", str(output), *_ours_options(world, keys, "receiver")),
@@ -86,7 +103,7 @@ def ours(world: LabWorld, source: Path, output: Path, keys: Path) -> dict[str, A
         _wait_for_line(receiving, '"waiting"', 60)
         started = time.monotonic()
         sending = lab.run(
-            lab.nat("symmetric").peers[0].namespace,
+            lab.nat(pair[0]).peers[0].namespace,
             [
                 *(sys.executable, "-c", CLI, "send", str(source), "--to", "bench", "--json"),
                 *_ours_options(world, keys, "sender"),
@@ -107,7 +124,9 @@ def ours(world: LabWorld, source: Path, output: Path, keys: Path) -> dict[str, A
     return {"seconds": seconds, "path": done["path"], "data_seconds": done["seconds"]}
 
 
-def wormhole(world: LabWorld, source: Path, output: Path, code: str) -> dict[str, Any]:
+def wormhole(
+    world: LabWorld, pair: tuple[str, str], source: Path, output: Path, code: str
+) -> dict[str, Any]:
     lab = world.lab
     server = lab.internet.addresses[0]
     tool = str(Path(sys.executable).parent / "wormhole")
@@ -117,7 +136,7 @@ def wormhole(world: LabWorld, source: Path, output: Path, code: str) -> dict[str
     ]
     receive = " ".join([*where, "receive", "--accept-file", "--hide-progress", code])
     receiving = lab.spawn(
-        lab.nat("portrestr").peers[0].namespace,
+        lab.nat(pair[1]).peers[0].namespace,
         ["sh", "-c", f"cd {output} && exec {receive}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -126,7 +145,7 @@ def wormhole(world: LabWorld, source: Path, output: Path, code: str) -> dict[str
         time.sleep(2.0)  # the receiver claims the code at the mailbox first
         started = time.monotonic()
         sending = lab.run(
-            lab.nat("symmetric").peers[0].namespace,
+            lab.nat(pair[0]).peers[0].namespace,
             [*where, "send", "--hide-progress", "--code", code, str(source)],
             timeout=TIMEOUT,
         )
@@ -168,13 +187,57 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.split(","):
+        sender, _, receiver = item.partition(":")
+        known = {spec.name for spec in NATS}
+        if sender not in known or receiver not in known or sender == receiver:
+            raise argparse.ArgumentTypeError(f"{item!r}: SENDER:RECEIVER of {sorted(known)}")
+        pairs.append((sender, receiver))
+    return pairs
+
+
+def _figures(results: list[dict[str, Any]]) -> tuple[float, str, str]:
+    seconds = [r["seconds"] for r in results]
+    paths = ", ".join(sorted({r["path"] for r in results}))
+    return statistics.median(seconds), f"{min(seconds):.2f}-{max(seconds):.2f}", paths
+
+
+def _name(pair: tuple[str, str]) -> str:
+    return f"{pair[0]} -> {pair[1]}"
+
+
+def table(size_mib: int, trials: int, runs: Runs) -> str:
+    """The Markdown table of every pair's medians, ranges, paths and ratio."""
+    lines = [
+        f"{size_mib} MiB, median (range) of {trials} trials, seconds from starting the sender"
+        " to both processes done:",
+        "",
+        "| sender -> receiver | twisted-nat send | path | magic-wormhole | path |"
+        " wormhole / ours |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair, tools in runs.items():
+        ours_median, ours_range, ours_paths = _figures(tools["twisted-nat"])
+        theirs_median, theirs_range, theirs_paths = _figures(tools["magic-wormhole"])
+        lines.append(
+            f"| {_name(pair)} | **{ours_median:.2f}** ({ours_range}) | {ours_paths}"
+            f" | {theirs_median:.2f} ({theirs_range}) | {theirs_paths}"
+            f" | {theirs_median / ours_median:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--pairs", type=_pairs, default=PAIRS)
     parser.add_argument("--json", type=Path, default=None)
     options = parser.parse_args(argv)
-    runs: dict[str, list[dict[str, Any]]] = {"twisted-nat": [], "magic-wormhole": []}
+    runs: Runs = {pair: {"twisted-nat": [], "magic-wormhole": []} for pair in options.pairs}
+    codes = 7
     with tempfile.TemporaryDirectory() as temporary, lab_world(NATS, turn=True) as world:
         workdir = Path(temporary)
         os.chmod(workdir, 0o755)
@@ -187,29 +250,23 @@ def main(argv: list[str] | None = None) -> int:
         keys.mkdir()
         _start_wormhole_servers(world, workdir)
         for trial in range(options.trials):
-            for tool in runs:
-                output = workdir / f"{tool}-{trial}"
-                output.mkdir()
-                if tool == "twisted-nat":
-                    result = ours(world, source, output, keys)
-                else:
-                    result = wormhole(world, source, output, f"{trial + 7}-bench-transfer")
-                if _sha256(output / "payload.bin") != expected:
-                    raise RuntimeError(f"{tool}: the received file differs")
-                runs[tool].append(result)
-                print(f"trial {trial + 1} {tool}: {result}", flush=True)
-                with suppress(OSError):
-                    (output / "payload.bin").unlink()
-    ours_median = statistics.median(r["seconds"] for r in runs["twisted-nat"])
-    theirs_median = statistics.median(r["seconds"] for r in runs["magic-wormhole"])
-    print(f"\n{options.size_mib} MiB, symmetric (random) -> port-restricted cone, median of")
-    print(f"{options.trials} trials (sender start to both processes done):\n")
-    print("| tool | seconds | paths |")
-    print("|---|---|---|")
-    for tool, median in (("twisted-nat", ours_median), ("magic-wormhole", theirs_median)):
-        paths = ", ".join(sorted({r["path"] for r in runs[tool]}))
-        print(f"| {tool} | {median:.2f} | {paths} |")
-    print(f"\nratio (wormhole / ours): {theirs_median / ours_median:.2f}x")
+            for pair, tools in runs.items():
+                for tool, results in tools.items():
+                    output = workdir / f"{tool}-{codes}"
+                    output.mkdir()
+                    if tool == "twisted-nat":
+                        result = ours(world, pair, source, output, keys)
+                    else:
+                        result = wormhole(world, pair, source, output, f"{codes}-bench-transfer")
+                    codes += 1
+                    if _sha256(output / "payload.bin") != expected:
+                        raise RuntimeError(f"{tool}: the received file differs")
+                    results.append(result)
+                    print(f"trial {trial + 1} {_name(pair)} {tool}: {result}", flush=True)
+                    with suppress(OSError):
+                        (output / "payload.bin").unlink()
+    print()
+    print(table(options.size_mib, options.trials, runs))
     if options.json is not None:
         options.json.write_text(
             json.dumps(
@@ -218,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": platform.machine(),
                     "python": platform.python_version(),
                     "size_mib": options.size_mib,
-                    "runs": runs,
-                    "median_seconds": {"twisted-nat": ours_median, "magic-wormhole": theirs_median},
+                    "runs": {_name(pair): tools for pair, tools in runs.items()},
                 },
                 indent=2,
             )
