@@ -12,9 +12,16 @@ import pytest
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.nat import FilteringBehavior, MappingBehavior, NATBehavior
-from twisted_nat.punch import PunchPlan, SymmetricSettings, Technique, hint_for, plan
+from twisted_nat.punch import (
+    PunchPlan,
+    PunchSettings,
+    SymmetricSettings,
+    Technique,
+    hint_for,
+    plan,
+)
 from twisted_nat.punch.birthday import ANSWER_DELAY
-from twisted_nat.punch.plan import confine
+from twisted_nat.punch.plan import confine, settings_for
 from twisted_nat.rendezvous.hint import NATHint
 
 SETTINGS = SymmetricSettings()
@@ -222,3 +229,29 @@ def test_the_ordinary_handshake_needs_no_attestation() -> None:
     assert confine(plan(None, None, SETTINGS, REMOTE, True), REMOTE, None) == plan(
         None, None, SETTINGS, REMOTE, True
     )
+
+
+RANDOM = NATHint(MappingBehavior.ADDRESS_AND_PORT_DEPENDENT)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "chosen", "waits"),
+    [
+        (RANDOM, RANDOM, PunchPlan(), False),
+        (SYMMETRIC, SYMMETRIC, PunchPlan(), False),
+        (SEQ, SEQ, PunchPlan(), False),
+        (SEQ, SEQ, PunchPlan(Technique.MEETING, 8), True),
+        (SYMMETRIC, PORT_RESTRICTED, PunchPlan(HARD, 256), True),
+        (SYMMETRIC, PORT_RESTRICTED, PunchPlan(), True),
+        (PORT_RESTRICTED, PORT_RESTRICTED, PunchPlan(), True),
+        (RANDOM, None, PunchPlan(), True),
+        (None, RANDOM, PunchPlan(), True),
+    ],
+)
+def test_the_relay_grace_only_where_a_direct_pair_may_come(
+    ours: NATHint | None, theirs: NATHint | None, chosen: PunchPlan, waits: bool
+) -> None:
+    settings = PunchSettings()
+    adjusted = settings_for(settings, ours, theirs, chosen)
+    assert adjusted.relay_grace == (settings.relay_grace if waits else settings.grace)
+    assert attrs.evolve(adjusted, relay_grace=settings.relay_grace) == settings

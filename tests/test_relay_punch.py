@@ -23,6 +23,7 @@ from twisted_nat.bases import SHARED, Base, relay_base
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.control import SessionKeys
 from twisted_nat.mux import UDPMultiplexer
+from twisted_nat.nat import MappingBehavior
 from twisted_nat.punch import (
     Connected,
     PunchResult,
@@ -32,6 +33,8 @@ from twisted_nat.punch import (
     SessionState,
     StartGrace,
 )
+from twisted_nat.punch.plan import ORDINARY, settings_for
+from twisted_nat.rendezvous.hint import NATHint
 from twisted_nat.stun.message import Message, MessageClass
 
 RELAY_HOST = "203.0.113.200"
@@ -81,6 +84,26 @@ def test_two_symmetric_nats_connect_through_a_relay(relays: str) -> None:
     assert {a.remote.kind, b.remote.kind} & {CandidateType.RELAYED, CandidateType.PEER_REFLEXIVE}
     # The relay was taken only after the relay grace, in case a direct pair came.
     assert a.elapsed >= PunchSettings().relay_grace
+
+
+def test_two_random_symmetric_nats_take_the_relay_without_its_grace() -> None:
+    """
+    With the settings the service gives a punch that no direct pair of the
+    NATs' public addresses can win (L{settings_for}: both map per
+    destination, no technique), the relay is named after the ordinary
+    grace, and the session goes on punching for a direct pair (connected,
+    not settled).
+    """
+    internet = make_internet()
+    alice, bob = make_peer(internet, "symmetric", 1), make_peer(internet, "symmetric", 2)
+    with_relay(internet, alice, 40001)
+    with_relay(internet, bob, 40002)
+    random = NATHint(MappingBehavior.ADDRESS_AND_PORT_DEPENDENT)
+    settings = settings_for(PunchSettings(), random, random, ORDINARY)
+    a, b = results(punch_both(internet, alice, bob, settings=settings))
+    assert a.relayed and b.relayed
+    assert a.elapsed < PunchSettings().relay_grace / 2
+    assert only_session(alice).state is SessionState.CONNECTED
 
 
 @pytest.mark.parametrize("seed", range(5))

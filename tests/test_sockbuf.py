@@ -11,7 +11,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -117,7 +117,7 @@ async def test_the_shared_sockets_are_widened() -> None:
         service.startService()
         try:
             ports = [service.port, service.ipv6.port]
-            sockets = [port.getHandle() for port in ports if port is not None]
+            sockets = [cast(Any, port).getHandle() for port in ports if port is not None]
             assert sockets, "no shared socket"
             assert [_receive_buffer(skt) for skt in sockets] == [expected] * len(sockets)
         finally:

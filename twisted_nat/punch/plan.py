@@ -25,7 +25,7 @@ from twisted_nat.punch.birthday import ANSWER_DELAY, DEFAULT_PROBES, DEFAULT_RAT
 from twisted_nat.punch.birthday import DEFAULT_SOCKETS as BIRTHDAY_SOCKETS
 from twisted_nat.punch.meeting import DEFAULT_SOCKETS as MEETING_SOCKETS
 from twisted_nat.punch.meeting import meeting_port
-from twisted_nat.punch.values import SPRAY_PAIRED_KINDS
+from twisted_nat.punch.values import SPRAY_PAIRED_KINDS, PunchSettings
 from twisted_nat.rendezvous.hint import NATHint
 
 MEETING_PREFERENCE = PREDICTED_PREFERENCE - 256
@@ -142,6 +142,28 @@ def plan(
         delay = 0.0 if controlling else ANSWER_DELAY
         return PunchPlan(Technique.BIRTHDAY_PROBES, probe_host=public[0].host, probe_delay=delay)
     return ORDINARY
+
+
+def settings_for(
+    settings: PunchSettings, ours: NATHint | None, theirs: NATHint | None, chosen: PunchPlan
+) -> PunchSettings:
+    """
+    C{settings} for a punch whose plan is C{chosen}.  When both NATs map
+    per destination and no technique runs to get around it, no pair of
+    their public addresses can work: the relay is taken after the
+    ordinary C{grace}, not after L{PunchSettings.relay_grace}, which would
+    only wait for a pair that cannot come (a host, IPv6 or mapped pair
+    that works later still takes the connection over).
+    """
+    if (
+        chosen.technique is not Technique.ORDINARY
+        or ours is None
+        or theirs is None
+        or ours.endpoint_independent
+        or theirs.endpoint_independent
+    ):
+        return settings
+    return attrs.evolve(settings, relay_grace=min(settings.relay_grace, settings.grace))
 
 
 def hint_for(

@@ -55,6 +55,8 @@ class PunchSettings:
         relayed: a direct path often needs a few rounds more (each NAT
         opens only once its own peer punched), and connecting on the relay
         only to leave it a moment later costs the application a path change.
+        The service waits only C{grace} when both NATs' hints say no pair of
+        their public addresses can work (L{twisted_nat.punch.plan.settings_for}).
     @ivar unanswered_budget: PUNCHes one session sends, in all, to pairs
         that have not answered (no ACK yet), so that an offer naming
         addresses that never answer costs a fixed budget (RFC 7675's

@@ -33,7 +33,7 @@ from twisted_nat.punch import (
     plan,
 )
 from twisted_nat.punch.admission import FAMILIES, admit
-from twisted_nat.punch.plan import ORDINARY, confine
+from twisted_nat.punch.plan import ORDINARY, confine, settings_for
 from twisted_nat.rendezvous import Answer, ISignaling, NATHint, Offer
 from twisted_nat.rendezvous.values import MAX_CANDIDATES
 from twisted_nat.service.addresses import Addresses
@@ -350,7 +350,7 @@ class Punching:
         def better(result: PunchResult) -> None:
             self._connections.moved(session_id, result)
 
-        settings = self._settings.punch
+        settings = settings_for(self._settings.punch, ours, theirs, chosen)
         in_use = [
             c.base.family
             for c in self._connections.by_peer.values()
