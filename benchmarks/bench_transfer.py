@@ -2,7 +2,7 @@
 A file between two real NATs: C{twisted-nat send} against magic-wormhole.
 
     python -m benchmarks.bench_transfer [--trials 3] [--size-mib 64]
-        [--pairs SENDER:RECEIVER,...] [--json PATH]
+        [--pairs SENDER:RECEIVER,...] [--loss PERCENT] [--json PATH]
 
 Needs root (it builds the NAT lab of C{tests.support.natlab}) and the
 C{bench} extra (magic-wormhole, its mailbox server and its transit relay).
@@ -12,7 +12,9 @@ port-restricted cone, both ways (our birthday method's direct path), two
 symmetric NATs (a relay for both tools), and two peers with public
 addresses (a direct path for both).  Each tool has its own servers in the
 lab's internet namespace: ours the STUN and rendezvous servers and coturn
-for TURN, magic-wormhole its mailbox server and transit relay.
+for TURN, magic-wormhole its mailbox server and transit relay.  With
+C{--loss}, each NAT of a pair loses that share of the datagrams and
+segments crossing its outside link, each way, while the pair runs.
 
 What is timed, the same for both: from starting the sender, with the
 receiver already waiting (ours has registered; wormhole's has claimed the
@@ -38,7 +40,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from tests.support.lab_fixtures import LabWorld, lab_world
+from tests.support.lab_fixtures import LabWorld, lab_world, loss_on
 from tests.support.lab_servers import TURN_CREDENTIALS
 from tests.support.natlab import NatSpec, NatType
 
@@ -171,7 +173,8 @@ def _start_wormhole_servers(world: LabWorld, workdir: Path) -> None:
         lab.spawn(
             lab.internet.namespace,
             [
-                *(sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--logfile={workdir / name}"),
+                *(sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--rundir={workdir}"),
+                f"--logfile={workdir / name}",
                 *arguments,
             ],
             stdout=subprocess.DEVNULL,
@@ -234,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--pairs", type=_pairs, default=PAIRS)
+    parser.add_argument("--loss", type=float, default=0.0)
     parser.add_argument("--json", type=Path, default=None)
     options = parser.parse_args(argv)
     runs: Runs = {pair: {"twisted-nat": [], "magic-wormhole": []} for pair in options.pairs}
@@ -251,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         _start_wormhole_servers(world, workdir)
         for trial in range(options.trials):
             for pair, tools in runs.items():
+                lossy = [world.lab.nat(name) for name in pair] if options.loss else []
                 for tool, results in tools.items():
                     output = workdir / f"{tool}-{codes}"
                     output.mkdir()
-                    if tool == "twisted-nat":
-                        result = ours(world, pair, source, output, keys)
-                    else:
-                        result = wormhole(world, pair, source, output, f"{codes}-bench-transfer")
+                    with loss_on(lossy, options.loss):
+                        if tool == "twisted-nat":
+                            result = ours(world, pair, source, output, keys)
+                        else:
+                            code = f"{codes}-bench-transfer"
+                            result = wormhole(world, pair, source, output, code)
                     codes += 1
                     if _sha256(output / "payload.bin") != expected:
                         raise RuntimeError(f"{tool}: the received file differs")
@@ -266,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                     with suppress(OSError):
                         (output / "payload.bin").unlink()
     print()
+    if options.loss:
+        print(f"{options.loss:g} % loss on each NAT's outside link, each way")
     print(table(options.size_mib, options.trials, runs))
     if options.json is not None:
         options.json.write_text(
@@ -275,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": platform.machine(),
                     "python": platform.python_version(),
                     "size_mib": options.size_mib,
+                    "loss_percent": options.loss,
                     "runs": {_name(pair): tools for pair, tools in runs.items()},
                 },
                 indent=2,
