@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -170,13 +171,12 @@ def _start_wormhole_servers(world: LabWorld, workdir: Path) -> None:
         ("mailbox", ["wormhole-mailbox", "--port", f"tcp:{MAILBOX}:interface={server}"]),
         ("transit", ["transitrelay", f"--port=tcp:{TRANSIT}:interface={server}"]),
     ):
+        twistd = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--logfile={workdir / name}"]
+        # In the temporary directory: the servers make their databases where they start.
+        command = f"cd {shlex.quote(str(workdir))} && exec {shlex.join(twistd + arguments)}"
         lab.spawn(
             lab.internet.namespace,
-            [
-                *(sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--rundir={workdir}"),
-                f"--logfile={workdir / name}",
-                *arguments,
-            ],
+            ["sh", "-c", command],
             stdout=subprocess.DEVNULL,
         )
     time.sleep(3.0)

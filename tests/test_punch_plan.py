@@ -20,7 +20,6 @@ from twisted_nat.punch import (
     hint_for,
     plan,
 )
-from twisted_nat.punch.birthday import ANSWER_DELAY
 from twisted_nat.punch.plan import confine, settings_for
 from twisted_nat.rendezvous.hint import NATHint
 
@@ -49,7 +48,7 @@ OTHER_PART = {HARD: EASY, EASY: HARD, ORDINARY: ORDINARY}
 
 
 def technique(ours: NATHint | None, theirs: NATHint | None) -> Technique:
-    return plan(ours, theirs, SETTINGS, REMOTE, controlling=True).technique
+    return plan(ours, theirs, SETTINGS, REMOTE).technique
 
 
 @pytest.mark.parametrize(
@@ -113,7 +112,7 @@ def test_meeting_runs(ours: NATHint | None, theirs: NATHint | None, expected: bo
 
 
 def test_a_meeting_run_aims_at_the_peers_meeting_port_below_its_predicted_ones() -> None:
-    chosen = plan(SEQ, attrs.evolve(SEQ, meet=50064), SETTINGS, REMOTE, controlling=False)
+    chosen = plan(SEQ, attrs.evolve(SEQ, meet=50064), SETTINGS, REMOTE)
     assert chosen.technique is Technique.MEETING
     assert chosen.sockets == SETTINGS.meeting_sockets
     assert chosen.spray_to is not None
@@ -124,21 +123,19 @@ def test_a_meeting_run_aims_at_the_peers_meeting_port_below_its_predicted_ones()
     assert point.priority < lowest_predicted
 
 
-def test_the_easy_side_that_answered_waits_before_probing() -> None:
-    offering = plan(PORT_RESTRICTED, SYMMETRIC, SETTINGS, REMOTE, controlling=True)
-    answering = plan(PORT_RESTRICTED, SYMMETRIC, SETTINGS, REMOTE, controlling=False)
-    assert offering == PunchPlan(EASY, probe_host=PEER_PUBLIC.host, probe_delay=0.0)
-    assert answering == PunchPlan(EASY, probe_host=PEER_PUBLIC.host, probe_delay=ANSWER_DELAY)
-    hard = plan(SYMMETRIC, PORT_RESTRICTED, SETTINGS, REMOTE, controlling=True)
+def test_the_easy_side_probes_at_once_whether_it_offered_or_answered() -> None:
+    easy = plan(PORT_RESTRICTED, SYMMETRIC, SETTINGS, REMOTE)
+    assert easy == PunchPlan(EASY, probe_host=PEER_PUBLIC.host)
+    hard = plan(SYMMETRIC, PORT_RESTRICTED, SETTINGS, REMOTE)
     assert hard == PunchPlan(HARD, sockets=SETTINGS.birthday_sockets)
 
 
 def test_no_technique_without_the_peers_public_address_or_our_own_part() -> None:
-    assert plan(SYMMETRIC, PORT_RESTRICTED, SETTINGS, [PEER_HOST], True).technique is ORDINARY
-    assert plan(SEQ, SEQ, SETTINGS, [PEER_HOST], True).technique is ORDINARY
+    assert plan(SYMMETRIC, PORT_RESTRICTED, SETTINGS, [PEER_HOST]).technique is ORDINARY
+    assert plan(SEQ, SEQ, SETTINGS, [PEER_HOST]).technique is ORDINARY
     off = SymmetricSettings(birthday_sockets=0, birthday_probes=0, meeting_sockets=0)
     for ours, theirs in [(SYMMETRIC, PORT_RESTRICTED), (PORT_RESTRICTED, SYMMETRIC), (SEQ, SEQ)]:
-        assert plan(ours, theirs, off, REMOTE, True).technique is ORDINARY
+        assert plan(ours, theirs, off, REMOTE).technique is ORDINARY
 
 
 @pytest.mark.parametrize(
@@ -196,7 +193,7 @@ STRANGER = Candidate(CandidateType.SERVER_REFLEXIVE, "100.64.0.9", 40000)
 
 
 def test_birthday_sockets_spray_only_the_peers_attested_address() -> None:
-    chosen = plan(SYMMETRIC, PORT_RESTRICTED, SETTINGS, [*REMOTE, STRANGER], True)
+    chosen = plan(SYMMETRIC, PORT_RESTRICTED, SETTINGS, [*REMOTE, STRANGER])
     assert chosen.technique is HARD
     confined = confine(chosen, [*REMOTE, STRANGER], PEER_PUBLIC.host)
     assert isinstance(confined, PunchPlan) and confined.spray_to == (PEER_PUBLIC,)
@@ -209,7 +206,7 @@ def test_no_expensive_technique_towards_an_address_the_rendezvous_did_not_see(
     ours: NATHint, theirs: NATHint
 ) -> None:
     """The candidates are the peer's claim: a stranger may name any address."""
-    chosen = plan(ours, theirs, SETTINGS, [STRANGER], True)
+    chosen = plan(ours, theirs, SETTINGS, [STRANGER])
     assert chosen.technique is not ORDINARY
     assert confine(chosen, [STRANGER], "203.0.113.66") == (
         "the peer's public address is not 203.0.113.66, where the rendezvous saw it"
@@ -219,15 +216,15 @@ def test_no_expensive_technique_towards_an_address_the_rendezvous_did_not_see(
 
 
 def test_a_meeting_run_only_to_the_attested_address() -> None:
-    chosen = plan(SEQ, SEQ, SETTINGS, REMOTE, True)
+    chosen = plan(SEQ, SEQ, SETTINGS, REMOTE)
     assert chosen.technique is Technique.MEETING
     assert confine(chosen, REMOTE, PEER_PUBLIC.host) == chosen
     assert isinstance(confine(chosen, REMOTE, "203.0.113.66"), str)
 
 
 def test_the_ordinary_handshake_needs_no_attestation() -> None:
-    assert confine(plan(None, None, SETTINGS, REMOTE, True), REMOTE, None) == plan(
-        None, None, SETTINGS, REMOTE, True
+    assert confine(plan(None, None, SETTINGS, REMOTE), REMOTE, None) == plan(
+        None, None, SETTINGS, REMOTE
     )
 
 

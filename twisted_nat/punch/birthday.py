@@ -11,7 +11,10 @@ easy side's server-reflexive candidate from each (L{SPRAY_PUNCHES} apiece),
 and the easy side sends PUNCHes to C{n} distinct random ports of the hard
 side's public address, paced (L{Prober}).  A probe that lands on one of the
 C{N} mappings is admitted and answered on its socket, and from then on it
-is an ordinary punch under the session's key.  The chance that at least
+is an ordinary punch under the session's key.  Both sides start at once:
+a probe that reaches a port before the hard side has opened its mapping
+there is dropped by the hard NAT, but it has opened the easy NAT for that
+port, so the hard side's PUNCH from a mapping there comes in.  The chance that at least
 one of C{n} probes lands among C{N} of C{R} ports is about
 C{1 - exp(-n N / R)} (L{success_probability}); docs/architecture.md states
 the budget of the defaults.  Who plays which part is decided by
@@ -51,15 +54,6 @@ hears from the peer is punched from as any other pair.
 
 PROBE_TICK = 0.02
 """Probes leave in bursts this far apart (20 of them at the default rate)."""
-
-ANSWER_DELAY = 0.25
-"""
-How long an easy side that answered waits before probing: the hard side
-opens its sockets only when our answer reaches it, through the rendezvous,
-and a probe that arrives before its mapping exists is wasted.  An easy
-side that offered starts at once: the hard side answered, and opened its
-sockets, before we heard the answer.
-"""
 
 
 def success_probability(

@@ -21,7 +21,7 @@ from twisted_nat.address import family_of
 from twisted_nat.candidates import Candidate, CandidateType, candidate_priority
 from twisted_nat.errors import ConfigurationError
 from twisted_nat.nat import PREDICTED_PREFERENCE, FilteringBehavior, NATBehavior
-from twisted_nat.punch.birthday import ANSWER_DELAY, DEFAULT_PROBES, DEFAULT_RATE
+from twisted_nat.punch.birthday import DEFAULT_PROBES, DEFAULT_RATE
 from twisted_nat.punch.birthday import DEFAULT_SOCKETS as BIRTHDAY_SOCKETS
 from twisted_nat.punch.meeting import DEFAULT_SOCKETS as MEETING_SOCKETS
 from twisted_nat.punch.meeting import meeting_port
@@ -93,14 +93,12 @@ class PunchPlan:
     @ivar spray_to: what the spray bases punch, when not the peer's
         server-reflexive candidates (a meeting run's one port).
     @ivar probe_host: the address whose random ports to probe.
-    @ivar probe_delay: how long to wait before the first probe.
     """
 
     technique: Technique = Technique.ORDINARY
     sockets: int = 0
     spray_to: tuple[Candidate, ...] | None = None
     probe_host: str | None = None
-    probe_delay: float = 0.0
 
 
 ORDINARY = PunchPlan()
@@ -111,7 +109,6 @@ def plan(
     theirs: NATHint | None,
     settings: SymmetricSettings,
     remote: Sequence[Candidate],
-    controlling: bool,
 ) -> PunchPlan:
     """
     The plan for a punch towards C{remote}, from the hints both sides sent
@@ -137,10 +134,7 @@ def plan(
     if _hard_meets_easy(ours, theirs) and settings.birthday_sockets:
         return PunchPlan(Technique.BIRTHDAY_SOCKETS, settings.birthday_sockets)
     if _hard_meets_easy(theirs, ours) and settings.birthday_probes:
-        # An easy side that answered waits for the hard side to open its
-        # sockets, which it does only once our answer reached it.
-        delay = 0.0 if controlling else ANSWER_DELAY
-        return PunchPlan(Technique.BIRTHDAY_PROBES, probe_host=public[0].host, probe_delay=delay)
+        return PunchPlan(Technique.BIRTHDAY_PROBES, probe_host=public[0].host)
     return ORDINARY
 
 

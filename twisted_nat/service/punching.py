@@ -295,7 +295,7 @@ class Punching:
             )
         remote = admitted.kept
         self._relays.permit(remote, seen_from)
-        chosen = plan(ours, theirs, self._settings.symmetric, remote, controlling)
+        chosen = plan(ours, theirs, self._settings.symmetric, remote)
         expensive = chosen.technique is not Technique.ORDINARY
         if expensive:
             confined = confine(chosen, remote, seen_from)
@@ -334,7 +334,7 @@ class Punching:
         elif chosen.technique is Technique.BIRTHDAY_PROBES:
             assert chosen.probe_host is not None
             symmetric = self._settings.symmetric
-            start = self._reactor.seconds() + chosen.probe_delay
+            start = self._reactor.seconds()
             prober = Prober(
                 chosen.probe_host,
                 symmetric.birthday_probes,
