@@ -36,7 +36,7 @@ NATS = [
 ]
 CLI = "from twisted_nat.cli import main; main()"
 SIZE = 64 << 20
-CUT_SIZE = 384 << 20
+CUT_SIZE = 1 << 30
 """Large enough to be in flight through the cut, the relay and the move back."""
 CUT = 15.0
 KILL_SIZE = 256 << 20
