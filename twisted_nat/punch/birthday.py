@@ -14,8 +14,8 @@ C{N} mappings is admitted and answered on its socket, and from then on it
 is an ordinary punch under the session's key.  Both sides start at once:
 a probe that reaches a port before the hard side has opened its mapping
 there is dropped by the hard NAT, but it has opened the easy NAT for that
-port, so the hard side's PUNCH from a mapping there comes in.  The chance that at least
-one of C{n} probes lands among C{N} of C{R} ports is about
+port, so the hard side's PUNCH from a mapping there comes in.  The chance
+that at least one of C{n} probes lands among C{N} of C{R} ports is about
 C{1 - exp(-n N / R)} (L{success_probability}); docs/architecture.md states
 the budget of the defaults.  Who plays which part is decided by
 L{twisted_nat.punch.plan}.
