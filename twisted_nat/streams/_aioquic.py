@@ -53,7 +53,8 @@ Milliseconds we tell the peer we may hold an acknowledgement (RFC 9000
 section 18.2, C{max_ack_delay}): we hold none on purpose (the driver
 answers what one reactor turn read in one pass), so this is the timer's
 granularity twice over.  The peer's probe timeout (RFC 9002 section
-6.2.1) counts it in; aioquic's 25 made every tail loss cost 25 ms more.
+6.2.1) counts it in, so it is what a tail loss costs beyond the round
+trip (aioquic announces 25).
 """
 
 
