@@ -62,10 +62,10 @@ CASES = {
 }
 
 
-def build(case, seed=0, loss=0.0, hairpinning=False, binding_timeout=30.0):
+def build(case, seed=0, loss=0.0, hairpinning=False, binding_timeout=30.0, servers=None):
     internet = sim.SimulatedInternet(seed=seed, latency=0.005, loss=loss)
     server = internet.add_host([PRIMARY[0], ALTERNATE[0]])
-    STUNServerGroup(PRIMARY, ALTERNATE).listen(server)
+    (servers or STUNServerGroup(PRIMARY, ALTERNATE)).listen(server)
     nat_spec = CASES[case][0]
     if nat_spec is None:
         peer = internet.add_host("203.0.113.50")
@@ -217,3 +217,40 @@ def test_a_busy_nat_is_still_seen_to_count_in_sequence(second_look):
     behavior = internet.run_until(detect_nat(peer, [PRIMARY], second_look=second_look))
     assert behavior.mapping is MappingBehavior.ADDRESS_AND_PORT_DEPENDENT
     assert behavior.port_delta == (1 if second_look else None)
+
+
+@pytest.mark.parametrize("unanswered", [0, 1], ids=["mapping", "filtering"])
+def test_one_socket_unanswered_asks_again(unanswered, monkeypatch):
+    """
+    Loss takes every transmission of test I from one of discovery's two
+    sockets (the mapping one, then the filtering one) while the other's is
+    answered: that socket asks again, and the NAT is still classified,
+    rather than reported as blocking UDP or with its filtering unknown.
+    """
+    from twisted_nat.address import Address
+    from twisted_nat.stun.client import RetransmissionSchedule
+
+    group = STUNServerGroup(PRIMARY, ALTERNATE)
+    primary = group.member(0, 0)
+    answer = primary.datagramReceived
+    sources: list[Address] = []
+    dropped: list[Address] = []
+
+    def lossy(data, addr):
+        if addr not in sources:
+            sources.append(addr)
+        # Test I is sent twice (at 0 and 1 s, failing at 2.5 s): lose both.
+        if sources.index(addr) == unanswered and len(dropped) < 2:
+            dropped.append(addr)
+            return
+        answer(data, addr)
+
+    monkeypatch.setattr(primary, "datagramReceived", lossy)
+    internet, peer = build("port-restricted cone", servers=group)
+    behavior = internet.run_until(
+        detect_nat(peer, [PRIMARY], timeout=2.5, first_contact=RetransmissionSchedule(rto=1.0))
+    )
+    assert len(dropped) == 2
+    assert behavior.nat_type is NATType.PORT_RESTRICTED_CONE, behavior.describe()
+    assert behavior.problems == ()
+    assert 2.5 < behavior.elapsed < 3.0

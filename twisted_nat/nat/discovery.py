@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUD
 from twisted.logger import Logger
 
 from twisted_nat.address import Address, format_address
-from twisted_nat.errors import ConfigurationError, DiscoveryError
+from twisted_nat.errors import ConfigurationError, DiscoveryError, STUNTimeout
 from twisted_nat.mux import UDPMultiplexer
 from twisted_nat.nat.behavior import FilteringBehavior, MappingBehavior, NATBehavior, port_delta
 from twisted_nat.nat.hairpin import HairpinListener
@@ -202,8 +202,33 @@ class BehaviorDiscovery:
         )
         return behavior
 
-    def _first(self, sock: _Socket, server: Address) -> Deferred[Response]:
-        return sock.client.request(request(), server, deadline=self._timeout)
+    async def _first_contacts(
+        self, server: Address, mapping: _Socket, filtering: _Socket
+    ) -> tuple[Outcome, Outcome]:
+        """
+        Test I from both sockets at once.  When loss took every transmission
+        of one while the other was answered, the server is there: that one
+        asks again, paced by the answer's round trip, rather than report UDP
+        blocked (or filtering unknown) for a server that answers.
+        """
+        sockets = (mapping, filtering)
+        outcomes = await gatherResults(
+            [
+                Deferred.fromCoroutine(
+                    _settle(sock.client.request(request(), server, deadline=self._timeout))
+                )
+                for sock in sockets
+            ]
+        )
+        answered = [o for o in outcomes if isinstance(o, Response)]
+        if len(answered) == 1:
+            within = RetransmissionSchedule.within(self._window(answered[0].rtt))
+            for i, (outcome, sock) in enumerate(zip(outcomes, sockets, strict=True)):
+                if isinstance(outcome, STUNTimeout):
+                    outcomes[i] = await _settle(
+                        sock.client.request(request(), server, schedule=within)
+                    )
+        return outcomes[0], outcomes[1]
 
     async def _discover(
         self, servers: list[Address], mapping: _Socket, filtering: _Socket
@@ -211,12 +236,7 @@ class BehaviorDiscovery:
         problems: list[str] = []
         answers: dict[Address, Response] = {}
         for server in servers:
-            first, filtered_first = await gatherResults(
-                [
-                    Deferred.fromCoroutine(_settle(self._first(mapping, server))),
-                    Deferred.fromCoroutine(_settle(self._first(filtering, server))),
-                ]
-            )
+            first, filtered_first = await self._first_contacts(server, mapping, filtering)
             if isinstance(first, Exception):
                 problems.append(f"{format_address(server)}: {first}")
                 continue
